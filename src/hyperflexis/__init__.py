@@ -1,0 +1,1 @@
+"""HyperFlexis: multi-SLO LLM serving."""

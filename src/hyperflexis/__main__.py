@@ -1,0 +1,5 @@
+import sys
+
+from hyperflexis.cli import main
+
+sys.exit(main())

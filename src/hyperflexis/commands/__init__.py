@@ -1,0 +1,1 @@
+"""Subcommands of the `hyperflexis` CLI; see `hyperflexis.cli`."""

@@ -1,0 +1,19 @@
+"""Plain data shared by every layer: requests, SLOs, sampling parameters, outputs. No torch."""
+
+from hyperflexis.core.outputs import CompletionOutput, RequestOutput
+from hyperflexis.core.request import FinishReason, Request, RequestStatus
+from hyperflexis.core.sampling import SamplingParams
+from hyperflexis.core.slo import SLO, SLOClass, SLOClasses, LateAction
+
+__all__ = [
+    "SLO",
+    "CompletionOutput",
+    "FinishReason",
+    "LateAction",
+    "Request",
+    "RequestOutput",
+    "RequestStatus",
+    "SLOClass",
+    "SLOClasses",
+    "SamplingParams",
+]

@@ -1,0 +1,139 @@
+"""A request's state as the scheduler and engine see it: tokens, progress, SLO, timing."""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+
+from hyperflexis.core.sampling import SamplingParams
+from hyperflexis.core.slo import SLO
+
+DEFAULT_SLO = SLO(ttft_s=3600.0, tpot_s=3600.0, priority=1, class_name="default")
+
+
+class RequestStatus(enum.Enum):
+    WAITING = "waiting"  # queued; has tokens whose KV is not computed
+    RUNNING = "running"  # holds KV blocks and is scheduled step by step
+    FINISHED = "finished"  # ended; see finish_reason
+
+
+class FinishReason(enum.Enum):
+    STOP = "stop"  # EOS, a stop token or a stop string
+    LENGTH = "length"  # max_tokens reached
+    ABORTED = "abort"  # the client went away or the caller aborted it
+    REJECTED = "rejected"  # admission control: it could no longer meet its SLO
+    PREFILLED = "prefilled"  # a prefill instance finished its part; decode continues elsewhere
+    ERROR = "error"  # the engine failed while serving it
+
+
+@dataclass(slots=True, eq=False)
+class Request:
+    """One request. Tokens whose KV exists are `num_computed_tokens`; the rest are to compute.
+
+    There is no prefill or decode phase: a step computes some of a request's uncomputed tokens,
+    and when it reaches the last one the engine samples the next token (as vLLM v1 does).
+    """
+
+    request_id: str
+    prompt_token_ids: list[int]
+    sampling_params: SamplingParams = field(default_factory=SamplingParams)
+    slo: SLO = DEFAULT_SLO
+    arrival_s: float = 0.0  # when it reached the system, on the driver's clock
+    eos_token_id: int | None = None  # the model's EOS; stops the request unless ignore_eos
+    token_ids: list[int] = field(init=False)  # prompt then output tokens
+    num_computed_tokens: int = 0  # tokens whose KV is in the cache
+    status: RequestStatus = RequestStatus.WAITING
+    finish_reason: FinishReason | None = None
+    first_token_s: float | None = None  # when its first output token was produced
+    last_token_s: float | None = None  # when its latest output token was produced
+    finish_s: float | None = None
+    num_preemptions: int = 0
+
+    def __post_init__(self) -> None:
+        self.token_ids = list(self.prompt_token_ids)
+
+    @property
+    def num_prompt_tokens(self) -> int:
+        return len(self.prompt_token_ids)
+
+    @property
+    def num_tokens(self) -> int:
+        return len(self.token_ids)
+
+    @property
+    def num_output_tokens(self) -> int:
+        return len(self.token_ids) - len(self.prompt_token_ids)
+
+    @property
+    def output_token_ids(self) -> list[int]:
+        return self.token_ids[len(self.prompt_token_ids) :]
+
+    @property
+    def num_uncomputed_tokens(self) -> int:
+        return len(self.token_ids) - self.num_computed_tokens
+
+    @property
+    def is_finished(self) -> bool:
+        return self.status is RequestStatus.FINISHED
+
+    @property
+    def ttft_deadline_s(self) -> float:
+        return self.arrival_s + self.slo.ttft_s
+
+    @property
+    def next_token_deadline_s(self) -> float:
+        """When the next token is due: first token time plus (k+1) TPOTs for k tokens since.
+
+        Cumulative, so a request that ran ahead banks slack and mean TPOT stays within target.
+        Before the first token it is the TTFT deadline.
+        """
+        if self.first_token_s is None:
+            return self.ttft_deadline_s
+        return self.first_token_s + self.num_output_tokens * self.slo.tpot_s
+
+    def append_token(self, token_id: int, now: float) -> None:
+        self.token_ids.append(token_id)
+        if self.first_token_s is None:
+            self.first_token_s = now
+        self.last_token_s = now
+
+    def check_stop(self) -> FinishReason | None:
+        """The stop a newly appended token triggers, without detokenising (stop strings are the
+        engine's job since they need the tokenizer)."""
+        params = self.sampling_params
+        last = self.token_ids[-1]
+        if not params.ignore_eos and last == self.eos_token_id:
+            return FinishReason.STOP
+        if last in params.stop_token_ids:
+            return FinishReason.STOP
+        if self.num_output_tokens >= params.max_tokens:
+            return FinishReason.LENGTH
+        return None
+
+    def finish(self, reason: FinishReason, now: float) -> None:
+        self.status = RequestStatus.FINISHED
+        self.finish_reason = reason
+        self.finish_s = now
+
+    @property
+    def ttft_s(self) -> float | None:
+        return None if self.first_token_s is None else self.first_token_s - self.arrival_s
+
+    @property
+    def tpot_s(self) -> float | None:
+        """Mean seconds per output token after the first; None with fewer than two tokens."""
+        if self.first_token_s is None or self.last_token_s is None or self.num_output_tokens < 2:
+            return None
+        return (self.last_token_s - self.first_token_s) / (self.num_output_tokens - 1)
+
+    @property
+    def attained(self) -> bool:
+        """Completed and met both its TTFT and its mean TPOT."""
+        if self.finish_reason not in (FinishReason.STOP, FinishReason.LENGTH):
+            return False
+        ttft, tpot = self.ttft_s, self.tpot_s
+        return (
+            ttft is not None
+            and ttft <= self.slo.ttft_s
+            and (tpot is None or tpot <= self.slo.tpot_s)
+        )

@@ -1,0 +1,182 @@
+"""The instance scheduler's state and bookkeeping, shared by every policy.
+
+A policy subclasses `Scheduler` and implements `schedule(now)`; everything else (admitting,
+updating after a step, finishing, preempting, freeing KV) lives here once. Nothing here reads a
+clock: the driver (engine loop or simulator) passes `now`.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Mapping
+from typing import ClassVar
+
+from hyperflexis.core.request import FinishReason, Request, RequestStatus
+from hyperflexis.perf.base import StepCostModel
+from hyperflexis.scheduler.config import SchedulerConfig
+from hyperflexis.scheduler.kv_blocks import KVBlockManager
+from hyperflexis.scheduler.output import ScheduledChunk, SchedulerOutput
+
+
+class Scheduler(ABC):
+    """Decides, each step, which tokens of which requests run. Subclasses are policies."""
+
+    name: ClassVar[str]  # registry name
+    needs_cost_model: ClassVar[bool] = False  # True: refuses to run without a latency model
+
+    def __init__(
+        self,
+        config: SchedulerConfig,
+        kv: KVBlockManager,
+        cost_model: StepCostModel | None = None,
+    ) -> None:
+        if self.needs_cost_model and cost_model is None:
+            raise ValueError(f"scheduling policy {self.name!r} needs a step latency model")
+        self.config = config
+        self.kv = kv
+        self.cost_model = cost_model
+        self.waiting: list[Request] = []  # no KV held (new, preempted, or KV still remote)
+        self.running: list[Request] = []  # hold KV blocks
+        self.requests: dict[str, Request] = {}  # every unfinished request, by id
+        self.num_preemptions = 0
+        self.num_rejections = 0
+        self._finished_in_schedule: list[Request] = []  # rejected by schedule(), reported by update()
+
+    # -- the policy -------------------------------------------------------------------------
+
+    @abstractmethod
+    def schedule(self, now: float) -> SchedulerOutput:
+        """Choose this step's batch. May preempt or reject requests; allocates the KV blocks the
+        batch writes. Never exceeds the token budget, `max_num_seqs` or the KV capacity."""
+
+    # -- requests in and out ----------------------------------------------------------------
+
+    def add_request(self, request: Request) -> None:
+        """Queue a request. In the decode role a request arrives with its prompt's KV computed
+        elsewhere (`num_computed_tokens > 0`); it gets blocks when admitted."""
+        if request.request_id in self.requests:
+            raise ValueError(f"duplicate request id {request.request_id!r}")
+        if not request.prompt_token_ids:
+            raise ValueError("prompt must contain at least one token")
+        need = self.kv.blocks_for(request.num_tokens + 1)
+        if need > self.kv.num_blocks:
+            raise ValueError(
+                f"prompt of {request.num_prompt_tokens} tokens needs {need} KV blocks; "
+                f"the cache has {self.kv.num_blocks}"
+            )
+        if not self.config.chunked_prefill and request.num_tokens > self.config.max_num_batched_tokens:
+            raise ValueError(
+                f"prompt of {request.num_prompt_tokens} tokens exceeds the step token budget "
+                f"({self.config.max_num_batched_tokens}) and chunked prefill is off"
+            )
+        request.status = RequestStatus.WAITING
+        self.requests[request.request_id] = request
+        self.waiting.append(request)
+
+    def abort_request(self, request_id: str, now: float) -> Request | None:
+        """End a request at once and free its KV; None if it is unknown or already finished."""
+        request = self.requests.get(request_id)
+        if request is None:
+            return None
+        self._finish(request, FinishReason.ABORTED, now)
+        return request
+
+    def finish_request(self, request_id: str, reason: FinishReason, now: float) -> Request | None:
+        """End a request for a reason found outside the scheduler (a stop string)."""
+        request = self.requests.get(request_id)
+        if request is None:
+            return None
+        self._finish(request, reason, now)
+        return request
+
+    def update(
+        self, output: SchedulerOutput, sampled: Mapping[str, int], now: float
+    ) -> list[Request]:
+        """Record a finished step: computed tokens, sampled tokens, stops. Returns the requests
+        that finished in this step (including any the step's decision rejected)."""
+        finished = self._finished_in_schedule
+        self._finished_in_schedule = []
+        prefill_only = self.config.role == "prefill"
+        for chunk in output.chunks:
+            request = self.requests.get(chunk.request_id)
+            if request is None or request.num_computed_tokens != chunk.start_pos:
+                continue  # aborted or preempted while the step ran
+            request.num_computed_tokens += len(chunk.token_ids)
+            if not chunk.sample:
+                continue
+            request.append_token(sampled[chunk.request_id], now)
+            reason = request.check_stop()
+            if reason is None and prefill_only:
+                reason = FinishReason.PREFILLED
+            if reason is not None:
+                self._finish(request, reason, now)
+                finished.append(request)
+        return finished
+
+    # -- state ------------------------------------------------------------------------------
+
+    @property
+    def num_waiting(self) -> int:
+        return len(self.waiting)
+
+    @property
+    def num_running(self) -> int:
+        return len(self.running)
+
+    def has_unfinished(self) -> bool:
+        return bool(self.requests)
+
+    # -- helpers for policies ---------------------------------------------------------------
+
+    def _chunk(self, request: Request, num_tokens: int) -> ScheduledChunk:
+        """Allocate blocks for `num_tokens` more of `request` (caller checked they fit) and
+        describe the chunk."""
+        start = request.num_computed_tokens
+        end = start + num_tokens
+        table = self.kv.allocate(request.request_id, end)
+        return ScheduledChunk(
+            request_id=request.request_id,
+            token_ids=request.token_ids[start:end],
+            start_pos=start,
+            block_ids=table,
+            sample=end == request.num_tokens,
+            sampling_params=request.sampling_params,
+            num_output_tokens=request.num_output_tokens,
+        )
+
+    def _blocks_needed(self, request: Request, num_tokens: int) -> int:
+        return self.kv.num_blocks_needed(
+            request.request_id, request.num_computed_tokens + num_tokens
+        )
+
+    def _admit(self, request: Request) -> None:
+        """Move a waiting request to running (its blocks are allocated by `_chunk`)."""
+        self.waiting.remove(request)
+        request.status = RequestStatus.RUNNING
+        self.running.append(request)
+
+    def _preempt(self, request: Request, output: SchedulerOutput) -> None:
+        """Free a running request's KV; it recomputes later from its tokens so far."""
+        self.running.remove(request)
+        self.kv.free(request.request_id)
+        request.num_computed_tokens = 0
+        request.status = RequestStatus.WAITING
+        request.num_preemptions += 1
+        self.num_preemptions += 1
+        self.waiting.insert(0, request)
+        output.preempted_ids.append(request.request_id)
+
+    def _reject(self, request: Request, output: SchedulerOutput, now: float) -> None:
+        self._finish(request, FinishReason.REJECTED, now)
+        self.num_rejections += 1
+        self._finished_in_schedule.append(request)
+        output.rejected_ids.append(request.request_id)
+
+    def _finish(self, request: Request, reason: FinishReason, now: float) -> None:
+        if request.status is RequestStatus.RUNNING:
+            self.running.remove(request)
+        elif request.status is RequestStatus.WAITING:
+            self.waiting.remove(request)
+        self.kv.free(request.request_id)
+        del self.requests[request.request_id]
+        request.finish(reason, now)
