@@ -3,7 +3,7 @@
 from hyperflexis.core.outputs import CompletionOutput, RequestOutput
 from hyperflexis.core.request import FinishReason, Request, RequestStatus
 from hyperflexis.core.sampling import SamplingParams
-from hyperflexis.core.slo import SLO, SLOClass, SLOClasses, LateAction
+from hyperflexis.core.slo import SLO, LateAction, SLOClass, SLOClasses
 
 __all__ = [
     "SLO",

@@ -19,8 +19,9 @@ class SamplingParams:
     ignore_eos: bool = False  # keep generating past EOS (benchmarks)
 
     def __post_init__(self) -> None:
-        if isinstance(self.stop, str):
-            self.stop = [self.stop]
+        stop: object = self.stop
+        if isinstance(stop, str):
+            self.stop = [stop]
         _check(_is_int(self.max_tokens) and self.max_tokens >= 1, "max_tokens", "an int >= 1")
         _check(
             _is_number(self.temperature) and 0.0 <= self.temperature <= 100.0,

@@ -32,7 +32,9 @@ class SLO:
         _positive(self.ttft_s, "ttft_s")
         _positive(self.tpot_s, "tpot_s")
         if not isinstance(self.priority, int) or isinstance(self.priority, bool):
-            raise ValueError(f"invalid SLO field 'priority': expected an int, got {self.priority!r}")
+            raise ValueError(
+                f"invalid SLO field 'priority': expected an int, got {self.priority!r}"
+            )
         if self.late not in _LATE_ACTIONS:
             raise ValueError(f"invalid SLO field 'late': expected one of {_LATE_ACTIONS}")
 
@@ -144,7 +146,9 @@ class SLOClasses(Mapping[str, SLOClass]):
         )
         if not classes:
             raise ValueError(f"invalid {source}: field 'classes' is empty")
-        default = data.get("default", "standard" if "standard" in data["classes"] else classes[0].name)
+        default = data.get(
+            "default", "standard" if "standard" in data["classes"] else classes[0].name
+        )
         api_keys = data.get("api_keys", {})
         if not isinstance(api_keys, dict):
             raise ValueError(f"invalid {source}: field 'api_keys' must be a table")

@@ -40,7 +40,8 @@ class Scheduler(ABC):
         self.requests: dict[str, Request] = {}  # every unfinished request, by id
         self.num_preemptions = 0
         self.num_rejections = 0
-        self._finished_in_schedule: list[Request] = []  # rejected by schedule(), reported by update()
+        # Rejected by schedule(), reported by the next update().
+        self._finished_in_schedule: list[Request] = []
 
     # -- the policy -------------------------------------------------------------------------
 
@@ -58,13 +59,19 @@ class Scheduler(ABC):
             raise ValueError(f"duplicate request id {request.request_id!r}")
         if not request.prompt_token_ids:
             raise ValueError("prompt must contain at least one token")
-        need = self.kv.blocks_for(request.num_tokens + 1)
+        max_len = request.num_prompt_tokens + request.sampling_params.max_tokens
+        need = self.kv.blocks_for(max_len)
         if need > self.kv.num_blocks:
+            # It could never finish: alone in the cache it would preempt itself forever.
             raise ValueError(
-                f"prompt of {request.num_prompt_tokens} tokens needs {need} KV blocks; "
+                f"prompt of {request.num_prompt_tokens} tokens plus max_tokens "
+                f"{request.sampling_params.max_tokens} needs {need} KV blocks; "
                 f"the cache has {self.kv.num_blocks}"
             )
-        if not self.config.chunked_prefill and request.num_tokens > self.config.max_num_batched_tokens:
+        if (
+            not self.config.chunked_prefill
+            and request.num_tokens > self.config.max_num_batched_tokens
+        ):
             raise ValueError(
                 f"prompt of {request.num_prompt_tokens} tokens exceeds the step token budget "
                 f"({self.config.max_num_batched_tokens}) and chunked prefill is off"

@@ -1,5 +1,5 @@
 """Scheduling policies; importing this package registers them all."""
 
-from hyperflexis.scheduler.policies import fcfs
+from hyperflexis.scheduler.policies import baselines, fcfs, hyperflexis
 
-__all__ = ["fcfs"]
+__all__ = ["baselines", "fcfs", "hyperflexis"]

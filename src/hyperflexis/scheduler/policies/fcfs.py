@@ -65,7 +65,9 @@ class FCFSScheduler(Scheduler):
             if budget <= 0 or len(self.running) >= max_seqs:
                 break
             num_tokens = self._chunk_cap(request, budget)
-            if num_tokens == 0 or not self.kv.can_allocate(self._blocks_needed(request, num_tokens)):
+            if num_tokens == 0 or not self.kv.can_allocate(
+                self._blocks_needed(request, num_tokens)
+            ):
                 break  # first come, first served: no one overtakes the head of the queue
             self._admit(request)
             output.chunks.append(self._chunk(request, num_tokens))
