@@ -57,7 +57,7 @@ def check_run(scheduler: Scheduler, reqs: list[Request]) -> None:
     assert scheduler.kv.num_free_blocks == scheduler.kv.num_blocks
 
 
-@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(workload=workloads, policy=st.sampled_from(policy_names()), small_kv=st.booleans())
 def test_policy_invariants(
     workload: list[tuple[int, int, float, int, float]], policy: str, small_kv: bool

@@ -151,6 +151,23 @@ class Scheduler(ABC):
             num_output_tokens=request.num_output_tokens,
         )
 
+    def _decode_chunk(self, request: Request) -> ScheduledChunk:
+        """`_chunk(request, 1)` for a decode, on the hot path: a running request's table holds
+        exactly its computed tokens, so it needs a block only when the new token starts one."""
+        pos = request.num_computed_tokens
+        rid = request.request_id
+        kv = self.kv
+        table = kv.allocate(rid, pos + 1) if pos % kv.block_size == 0 else kv.block_table(rid)
+        return ScheduledChunk(
+            rid,
+            request.token_ids[-1:],
+            pos,
+            table,
+            True,
+            request.sampling_params,
+            len(request.token_ids) - len(request.prompt_token_ids),
+        )
+
     def _blocks_needed(self, request: Request, num_tokens: int) -> int:
         return self.kv.num_blocks_needed(
             request.request_id, request.num_computed_tokens + num_tokens

@@ -6,14 +6,12 @@ from __future__ import annotations
 
 import heapq
 from collections.abc import Sequence
-from typing import Any, NamedTuple
+from typing import Any
 
-
-class PrefillJob(NamedTuple):
-    deadline_s: float  # when its first token is due
-    priority: int  # 0 is most important
-    work_tokens: int  # prefill tokens still to compute
-    item: Any  # what the caller schedules (a Request, or a snapshot entry)
+# A waiting prefill, as a plain tuple because the scheduler builds hundreds per step:
+# (deadline_s: when its first token is due, priority: 0 is most important,
+#  work_tokens: prefill tokens still to compute, item: what the caller schedules).
+PrefillJob = tuple[float, int, int, Any]
 
 
 def split_feasible(
@@ -29,28 +27,28 @@ def split_feasible(
     work that can still make it. `start_s` is time already committed before the first job.
     """
     if tokens_per_s <= 0:
-        return [], [job.item for job in jobs]
+        return [], [job[3] for job in jobs]
     late: list[Any] = []
-    ordered = sorted(jobs, key=_deadline_key)
-    kept: list[tuple[int, int, int, PrefillJob]] = []  # heap: least important first
+    ordered = sorted(jobs, key=_deadline_then_priority)
+    kept: list[tuple[int, int, int, float]] = []  # heap: least important first
     removed: set[int] = set()
     elapsed_s = start_s
-    for index, job in enumerate(ordered):
-        own_s = job.work_tokens / tokens_per_s
-        if now + start_s + own_s > job.deadline_s:
-            late.append(job.item)
+    for index, (deadline_s, priority, work_tokens, item) in enumerate(ordered):
+        own_s = work_tokens / tokens_per_s
+        if now + start_s + own_s > deadline_s:
+            late.append(item)
             removed.add(index)
             continue
-        heapq.heappush(kept, (-job.priority, -job.work_tokens, index, job))
+        heapq.heappush(kept, (-priority, -work_tokens, index, own_s))
         elapsed_s += own_s
-        while now + elapsed_s > job.deadline_s:
-            _, _, victim_index, victim = heapq.heappop(kept)
-            elapsed_s -= victim.work_tokens / tokens_per_s
-            late.append(victim.item)
+        while now + elapsed_s > deadline_s:
+            _, _, victim_index, victim_s = heapq.heappop(kept)
+            elapsed_s -= victim_s
+            late.append(ordered[victim_index][3])
             removed.add(victim_index)
-    feasible = [job.item for index, job in enumerate(ordered) if index not in removed]
+    feasible = [job[3] for index, job in enumerate(ordered) if index not in removed]
     return feasible, late
 
 
-def _deadline_key(job: PrefillJob) -> tuple[float, int]:
-    return (job.deadline_s, job.priority)
+def _deadline_then_priority(job: PrefillJob) -> tuple[float, int]:
+    return job[0], job[1]

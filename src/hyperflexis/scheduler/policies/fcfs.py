@@ -4,9 +4,9 @@ request is preempted and recomputed later."""
 
 from __future__ import annotations
 
-from hyperflexis.core.request import Request
+from hyperflexis.core.request import Request, RequestStatus
 from hyperflexis.scheduler.base import Scheduler
-from hyperflexis.scheduler.output import SchedulerOutput
+from hyperflexis.scheduler.output import ScheduledChunk, SchedulerOutput
 from hyperflexis.scheduler.registry import register_policy
 
 
@@ -41,22 +41,29 @@ class FCFSScheduler(Scheduler):
         return min(remaining, budget)
 
     def _schedule_running(self, output: SchedulerOutput, budget: int) -> int:
-        index = 0
-        while index < len(self.running) and budget > 0:
-            request = self.running[index]
+        scheduled: dict[str, ScheduledChunk] = {}
+        for request in list(self.running):
+            if budget <= 0:
+                break
+            if request.status is not RequestStatus.RUNNING:
+                continue  # preempted earlier in this loop
             num_tokens = self._chunk_cap(request, budget)
             if num_tokens == 0:
-                index += 1
                 continue
             while not self.kv.can_allocate(self._blocks_needed(request, num_tokens)):
                 victim = self._victim()
                 self._preempt(victim, output)
+                dropped = scheduled.pop(victim.request_id, None)
+                if dropped is not None:  # it was already in this step's batch
+                    output.chunks.remove(dropped)
+                    budget += dropped.num_tokens
                 if victim is request:
                     break
             else:
-                output.chunks.append(self._chunk(request, num_tokens))
+                chunk = self._chunk(request, num_tokens)
+                output.chunks.append(chunk)
+                scheduled[request.request_id] = chunk
                 budget -= num_tokens
-                index += 1
         return budget
 
     def _schedule_waiting(self, output: SchedulerOutput, budget: int) -> None:

@@ -9,8 +9,11 @@ least important running request.
 
 from __future__ import annotations
 
-from hyperflexis.core.request import Request
-from hyperflexis.perf.base import StepCostModel, StepFeatures, largest_chunk
+import math
+from dataclasses import dataclass, field
+
+from hyperflexis.core.request import Request, RequestStatus
+from hyperflexis.perf.base import StepCostModel, StepFeatures, max_prefill_tokens
 from hyperflexis.scheduler.base import Scheduler
 from hyperflexis.scheduler.feasibility import PrefillJob, split_feasible
 from hyperflexis.scheduler.output import SchedulerOutput
@@ -23,6 +26,44 @@ _KV_WATERMARK = 0.01
 _SIT_OUT_MAX_KV_USAGE = 0.9
 
 
+@dataclass(slots=True)
+class _Decodes:
+    """The decodes of a step, summarised once: the scheduler reads these many times."""
+
+    requests: list[Request]
+    block_size: int  # of the KV cache, to count the blocks the next tokens need
+    features: StepFeatures = field(default_factory=StepFeatures)
+    earliest_deadline_s: float = math.inf  # the soonest next-token deadline
+    tightest_tpot_s: float = math.inf
+    num_new_blocks: int = 0  # KV blocks their next tokens need
+
+    def __post_init__(self) -> None:
+        # One pass with locals only: this runs over every decode every step.
+        block_size = self.block_size
+        earliest, tightest = math.inf, math.inf
+        num_new_blocks = ctx_tokens = 0
+        for r in self.requests:
+            ctx = r.num_computed_tokens
+            ctx_tokens += ctx
+            # A running request holds exactly its computed tokens' blocks (_decode_chunk).
+            if ctx % block_size == 0:
+                num_new_blocks += 1
+            tpot = r.slo.tpot_s
+            deadline = r.next_token_deadline_s
+            if deadline < earliest:
+                earliest = deadline
+            if tpot < tightest:
+                tightest = tpot
+        self.features.num_decodes += len(self.requests)
+        self.features.decode_ctx_tokens += ctx_tokens
+        self.earliest_deadline_s, self.tightest_tpot_s = earliest, tightest
+        self.num_new_blocks = num_new_blocks
+
+    def without(self, dropped: list[Request]) -> _Decodes:
+        gone = {id(r) for r in dropped}
+        return _Decodes([r for r in self.requests if id(r) not in gone], self.block_size)
+
+
 @register_policy
 class HyperFlexisScheduler(Scheduler):
     name = "hyperflexis"
@@ -31,20 +72,21 @@ class HyperFlexisScheduler(Scheduler):
     def schedule(self, now: float) -> SchedulerOutput:
         output = SchedulerOutput()
         decodes, prefills = self._split_running()
-        self._make_room_for_decodes(decodes, output, now)
-        budget_s, features = self._step_budget(decodes, now)
+        decodes = self._make_room_for_decodes(decodes, output, now)
+        budget_s = self._step_budget(decodes, now)
         candidates = prefills + self.waiting
         if self.config.role == "decode":
-            self._admit_decodes(candidates, decodes, features, budget_s, output)
+            self._admit_decodes(candidates, decodes, budget_s, output)
         else:
-            feasible, late = self._prioritise(candidates, decodes, features, now)
-            decodes, budget_s, features = self._sit_out_for(feasible, decodes, budget_s, now)
+            feasible, late = self._prioritise(candidates, decodes, now)
+            decodes, budget_s = self._sit_out_for(feasible, decodes, budget_s, now)
             self._reject_late(late, output, now)
-            late = [r for r in late if not r.is_finished]
-            output.chunks.extend(self._chunk(r, 1) for r in decodes)
+            output.chunks.extend(self._decode_chunk(r) for r in decodes.requests)
+            features = decodes.features.copy()
             self._fill_prefill(feasible, features, budget_s, output)
-            self._fill_prefill(late, features, budget_s, output)
-        output.predicted_step_s = self._model.predict(features)
+            self._fill_prefill([r for r in late if not r.is_finished], features, budget_s, output)
+            decodes.features = features
+        output.predicted_step_s = self._model.predict(decodes.features)
         return output
 
     @property
@@ -54,49 +96,43 @@ class HyperFlexisScheduler(Scheduler):
 
     # -- ongoing requests -------------------------------------------------------------------
 
-    def _split_running(self) -> tuple[list[Request], list[Request]]:
+    def _split_running(self) -> tuple[_Decodes, list[Request]]:
         """Running requests that decode this step, and those still computing their prompt."""
         decodes, prefills = [], []
-        for request in self.running:
-            if request.first_token_s is not None and request.num_uncomputed_tokens == 1:
-                decodes.append(request)
+        for r in self.running:
+            if r.first_token_s is not None and len(r.token_ids) - r.num_computed_tokens == 1:
+                decodes.append(r)
             else:
-                prefills.append(request)
-        return decodes, prefills
+                prefills.append(r)
+        return _Decodes(decodes, self.kv.block_size), prefills
 
     def _make_room_for_decodes(
-        self, decodes: list[Request], output: SchedulerOutput, now: float
-    ) -> None:
+        self, decodes: _Decodes, output: SchedulerOutput, now: float
+    ) -> _Decodes:
         """Preempt the least important running requests while the decodes that must run do not
         fit: KV for their next token, or a step time within every decode's TPOT gap bound."""
-        while decodes:
-            need = sum(self._blocks_needed(r, 1) for r in decodes)
-            features = StepFeatures()
-            for request in decodes:
-                features.add_decode(request.num_computed_tokens)
-            too_slow = len(decodes) > 1 and self._model.predict(features) > self._gap_bound(decodes)
-            if self.kv.can_allocate(need) and not too_slow:
-                return
-            victim = self._least_important(self.running if not too_slow else decodes, now)
+        while decodes.requests:
+            too_slow = len(decodes.requests) > 1 and self._model.predict(
+                decodes.features
+            ) > self._gap_bound(decodes)
+            if self.kv.can_allocate(decodes.num_new_blocks) and not too_slow:
+                break
+            victim = self._least_important(decodes.requests if too_slow else self.running, now)
             self._preempt(victim, output)
-            if victim in decodes:
-                decodes.remove(victim)
+            decodes = decodes.without([victim])
+        return decodes
 
-    def _gap_bound(self, decodes: list[Request]) -> float:
+    def _gap_bound(self, decodes: _Decodes) -> float:
         """The longest step no decode in the batch may exceed."""
-        tightest = min(r.slo.tpot_s for r in decodes)
-        return min(self.config.max_gap_factor * tightest, self.config.max_step_s)
+        return min(self.config.max_gap_factor * decodes.tightest_tpot_s, self.config.max_step_s)
 
-    def _step_budget(self, decodes: list[Request], now: float) -> tuple[float, StepFeatures]:
-        """The step's time budget and the features of its decodes (DESIGN.md §4.1)."""
-        features = StepFeatures()
-        if not decodes:
-            cap = self.config.target_step_s if self.config.role == "prefill" else None
-            return cap or self.config.max_step_s, features
-        earliest = min(r.next_token_deadline_s for r in decodes)
-        for request in decodes:
-            features.add_decode(request.num_computed_tokens)
-        return min(earliest - now, self._gap_bound(decodes)), features
+    def _step_budget(self, decodes: _Decodes, now: float) -> float:
+        """The step's time budget (DESIGN.md §4.1)."""
+        if not decodes.requests:
+            if self.config.role == "prefill":
+                return self.config.target_step_s
+            return self.config.max_step_s
+        return min(decodes.earliest_deadline_s - now, self._gap_bound(decodes))
 
     def _least_important(self, requests: list[Request], now: float) -> Request:
         """Highest priority number first, then the most slack."""
@@ -105,79 +141,61 @@ class HyperFlexisScheduler(Scheduler):
     # -- new requests -----------------------------------------------------------------------
 
     def _prioritise(
-        self,
-        candidates: list[Request],
-        decodes: list[Request],
-        features: StepFeatures,
-        now: float,
+        self, candidates: list[Request], decodes: _Decodes, now: float
     ) -> tuple[list[Request], list[Request]]:
         """Split prefill candidates into feasible (EDF order) and late (most important first)."""
         if not candidates:
             return [], []
-        rate = self._prefill_rate(candidates, decodes, features)
-        jobs = [
-            PrefillJob(r.next_token_deadline_s, r.slo.priority, r.num_uncomputed_tokens, r)
+        rate = self._prefill_rate(candidates, decodes)
+        jobs: list[PrefillJob] = [
+            (r.next_token_deadline_s, r.slo.priority, len(r.token_ids) - r.num_computed_tokens, r)
             for r in candidates
         ]
         feasible, late = split_feasible(jobs, now, rate)
         late.sort(key=lambda r: (r.slo.priority, r.next_token_deadline_s))
         return feasible, late
 
-    def _prefill_rate(
-        self, candidates: list[Request], decodes: list[Request], features: StepFeatures
-    ) -> float:
+    def _prefill_rate(self, candidates: list[Request], decodes: _Decodes) -> float:
         """Prefill tokens/s, estimated conservatively: steps bounded as if the tightest TPOT
         among running and waiting requests were decoding."""
-        tightest = min(r.slo.tpot_s for r in candidates)
-        if decodes:
-            tightest = min(tightest, min(r.slo.tpot_s for r in decodes))
-        step_s = min(self.config.max_gap_factor * tightest, self.config.max_step_s)
         if self.config.role == "prefill":
             step_s = self.config.target_step_s
-        chunk = largest_chunk(self._model, features, 0, self.config.max_num_batched_tokens, step_s)
+        else:
+            tightest = min(decodes.tightest_tpot_s, min(r.slo.tpot_s for r in candidates))
+            step_s = min(self.config.max_gap_factor * tightest, self.config.max_step_s)
+        limit = self.config.max_num_batched_tokens
+        chunk = max_prefill_tokens(self._model, decodes.features, 0, step_s, limit)
         return chunk / step_s
 
     def _sit_out_for(
-        self, feasible: list[Request], decodes: list[Request], budget_s: float, now: float
-    ) -> tuple[list[Request], float, StepFeatures]:
+        self, feasible: list[Request], decodes: _Decodes, budget_s: float, now: float
+    ) -> tuple[_Decodes, float]:
         """Let decodes that are ahead of their deadlines sit out this step when that, and only
         that, lets the most urgent prefill finish in time (DESIGN.md §4.4)."""
-        features = StepFeatures()
-        for request in decodes:
-            features.add_decode(request.num_computed_tokens)
-        if not feasible or not decodes or self.kv.usage >= _SIT_OUT_MAX_KV_USAGE:
-            return decodes, budget_s, features
+        unchanged = decodes, budget_s
+        if not feasible or not decodes.requests or self.kv.usage >= _SIT_OUT_MAX_KV_USAGE:
+            return unchanged
         urgent = feasible[0]
-        work = urgent.num_uncomputed_tokens
-        ctx = urgent.num_computed_tokens
-        limit = self.config.max_num_batched_tokens - len(decodes)
-        if largest_chunk(self._model, features, ctx, limit, budget_s) >= work:
-            return decodes, budget_s, features  # it fits already
+        work, ctx = urgent.num_uncomputed_tokens, urgent.num_computed_tokens
+        limit = self.config.max_num_batched_tokens
+        if max_prefill_tokens(self._model, decodes.features, ctx, budget_s, limit) >= work:
+            return unchanged  # it fits already
+        alone_s = self._model.predict(StepFeatures().with_prefill(work, ctx))
+        if now + alone_s > urgent.ttft_deadline_s or work > limit:
+            return unchanged  # sitting out would not save it
         # Decodes that could skip this step and still meet their deadline after the next one.
-        alone = self._model.predict(StepFeatures().with_prefill(work, ctx))
-        if now + alone > urgent.ttft_deadline_s or work > self.config.max_num_batched_tokens:
-            return decodes, budget_s, features  # sitting out would not save it
-        stay = [r for r in decodes if r.next_token_deadline_s - now < 2 * alone + r.slo.tpot_s]
-        stay_features = StepFeatures()
-        for request in stay:
-            stay_features.add_decode(request.num_computed_tokens)
-        stay_budget = self._gap_budget(stay, now, urgent.ttft_deadline_s - now)
-        fits = largest_chunk(
-            self._model,
-            stay_features,
-            ctx,
-            self.config.max_num_batched_tokens - len(stay),
-            stay_budget,
-        )
-        if fits >= work:
-            return stay, stay_budget, stay_features
-        return decodes, budget_s, features
-
-    def _gap_budget(self, decodes: list[Request], now: float, cap_s: float) -> float:
-        if not decodes:
-            return cap_s
-        earliest = min(r.next_token_deadline_s for r in decodes)
-        return min(earliest - now, self._gap_bound(decodes), cap_s)
+        skip = [
+            r
+            for r in decodes.requests
+            if r.next_token_deadline_s - now >= 2 * alone_s + r.slo.tpot_s
+        ]
+        if not skip:
+            return unchanged
+        stay = decodes.without(skip)
+        stay_budget = min(self._step_budget(stay, now), urgent.ttft_deadline_s - now)
+        if max_prefill_tokens(self._model, stay.features, ctx, stay_budget, limit) >= work:
+            return stay, stay_budget
+        return unchanged
 
     def _reject_late(self, late: list[Request], output: SchedulerOutput, now: float) -> None:
         if not self.config.admission_control:
@@ -195,22 +213,19 @@ class HyperFlexisScheduler(Scheduler):
     ) -> None:
         """Give prefill chunks to `queue` in order while the step's time and token budgets last;
         a request that cannot get KV now is skipped, not waited for."""
-        tokens_left = self.config.max_num_batched_tokens - output.num_tokens
+        tokens_left = (
+            self.config.max_num_batched_tokens - features.num_prefill_tokens - features.num_decodes
+        )
         reserve = int(self.kv.num_blocks * _KV_WATERMARK)
         for request in queue:
             if tokens_left <= 0 or len(output.chunks) >= self.config.max_num_seqs:
                 return
             ctx = request.num_computed_tokens
-            num_tokens = largest_chunk(
-                self._model,
-                features,
-                ctx,
-                min(request.num_uncomputed_tokens, tokens_left),
-                budget_s,
-            )
+            limit = min(request.num_uncomputed_tokens, tokens_left)
+            num_tokens = max_prefill_tokens(self._model, features, ctx, budget_s, limit)
             if num_tokens == 0:
                 return  # the time budget is spent
-            waiting = request in self.waiting
+            waiting = request.status is not RequestStatus.RUNNING
             need = self._blocks_needed(request, num_tokens) + (reserve if waiting else 0)
             if not self.kv.can_allocate(need):
                 continue
@@ -223,27 +238,27 @@ class HyperFlexisScheduler(Scheduler):
     def _admit_decodes(
         self,
         candidates: list[Request],
-        decodes: list[Request],
-        features: StepFeatures,
+        decodes: _Decodes,
         budget_s: float,
         output: SchedulerOutput,
     ) -> None:
         """Decode role: run the decodes and admit arrived requests (their KV came from a prefill
         instance) by next-token deadline while KV and the TPOT gap bound allow."""
-        output.chunks.extend(self._chunk(r, 1) for r in decodes)
-        batch = list(decodes)
+        output.chunks.extend(self._decode_chunk(r) for r in decodes.requests)
+        batch = decodes.requests
         for request in sorted(candidates, key=lambda r: r.next_token_deadline_s):
             if len(output.chunks) >= self.config.max_num_seqs:
                 return
-            trial = features.copy()
-            trial.add_decode(request.num_computed_tokens)
-            if batch and self._model.predict(trial) > self._gap_bound([*batch, request]):
+            grown = None
+            if request.first_token_s is not None:
+                grown = _Decodes([*batch, request], self.kv.block_size)
+            if grown is None or (batch and self._model.predict(grown.features) > budget_s):
                 continue
-            if not self.kv.can_allocate(
-                self._blocks_needed(request, request.num_uncomputed_tokens)
-            ):
+            num_tokens = request.num_uncomputed_tokens
+            if not self.kv.can_allocate(self._blocks_needed(request, num_tokens)):
                 continue
             self._admit(request)
-            output.chunks.append(self._chunk(request, request.num_uncomputed_tokens))
-            features.add_decode(request.num_computed_tokens)
-            batch.append(request)
+            output.chunks.append(self._chunk(request, num_tokens))
+            batch = grown.requests
+            decodes.features = grown.features
+            budget_s = min(budget_s, self._gap_bound(grown))
