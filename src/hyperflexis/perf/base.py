@@ -91,3 +91,18 @@ def largest_chunk(
         else:
             high = mid
     return low
+
+
+def max_prefill_tokens(
+    model: StepCostModel,
+    features_base: StepFeatures,
+    ctx_before: int,
+    budget_s: float,
+    max_tokens: int,
+) -> int:
+    """`largest_chunk` through the model's own solver when it has one (`max_prefill_tokens`
+    method: closed form, same answer), else by bisection."""
+    solver = getattr(model, "max_prefill_tokens", None)
+    if solver is not None:
+        return int(solver(features_base, ctx_before, budget_s, max_tokens))
+    return largest_chunk(model, features_base, ctx_before, max_tokens, budget_s)

@@ -1,1 +1,70 @@
-"""workloads."""
+"""Workloads: seeded request streams (arrivals x lengths x SLO classes) from synthetic
+distributions or Azure traces, shared by the simulator and the live load client."""
+
+from hyperflexis.workloads.arrivals import (
+    ArrivalProcess,
+    ConstantArrivals,
+    GammaArrivals,
+    PoissonArrivals,
+    arrival_names,
+    gamma,
+    generate_arrivals,
+    make_arrival,
+    poisson,
+    with_rate,
+)
+from hyperflexis.workloads.build import build_workload
+from hyperflexis.workloads.lengths import (
+    FixedLengths,
+    LengthDistribution,
+    LogNormalLengths,
+    UniformLengths,
+    fit_lengths,
+    length_names,
+    make_lengths,
+    parse_lengths,
+)
+from hyperflexis.workloads.slo_mix import SLOMix, assign_classes, parse_slo_mix
+from hyperflexis.workloads.spec import (
+    RequestSpec,
+    Workload,
+    load_workload,
+    make_workload,
+    mean_rate_rps,
+    save_workload,
+)
+from hyperflexis.workloads.trace import Trace, read_azure_trace, scale_to_rate
+
+__all__ = [
+    "ArrivalProcess",
+    "ConstantArrivals",
+    "FixedLengths",
+    "GammaArrivals",
+    "LengthDistribution",
+    "LogNormalLengths",
+    "PoissonArrivals",
+    "RequestSpec",
+    "SLOMix",
+    "Trace",
+    "UniformLengths",
+    "Workload",
+    "arrival_names",
+    "assign_classes",
+    "build_workload",
+    "fit_lengths",
+    "gamma",
+    "generate_arrivals",
+    "length_names",
+    "load_workload",
+    "make_arrival",
+    "make_lengths",
+    "make_workload",
+    "mean_rate_rps",
+    "parse_lengths",
+    "parse_slo_mix",
+    "poisson",
+    "read_azure_trace",
+    "save_workload",
+    "scale_to_rate",
+    "with_rate",
+]

@@ -1,0 +1,323 @@
+"""SLO metrics of a run: one record per offered request, and the summary every report is built on.
+
+The simulator and the live load client both produce `RequestRecord`s, so their numbers mean the
+same thing. A request is attained when it completed and met its TTFT and its mean TPOT; rejected,
+aborted and failed requests count as offered and not attained (DESIGN.md §2). Summaries are plain
+dicts of floats, ints and None with classes in sorted order, so the same records give the same
+JSON byte for byte, in whatever order the records came.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import numpy as np
+
+from hyperflexis.core.request import FinishReason, Request
+
+RecordStatus = Literal["completed", "rejected", "aborted", "failed"]
+STATUSES: tuple[RecordStatus, ...] = ("completed", "rejected", "aborted", "failed")
+
+# FinishReason -> status for records made from engine requests; PREFILLED is not an end from the
+# client's side (decode continues elsewhere), so it has no status.
+_STATUS_OF_REASON: dict[FinishReason, RecordStatus] = {
+    FinishReason.STOP: "completed",
+    FinishReason.LENGTH: "completed",
+    FinishReason.REJECTED: "rejected",
+    FinishReason.ABORTED: "aborted",
+    FinishReason.ERROR: "failed",
+}
+
+PERCENTILES = (50, 90, 99)  # the p-keys of every latency summary
+
+
+@dataclass(frozen=True, slots=True)
+class RequestRecord:
+    """What happened to one offered request; times are seconds on the run's clock."""
+
+    request_id: str
+    slo_class: str  # SLO class name, for per-class metrics
+    priority: int  # the class priority (0 is the most important)
+    ttft_slo_s: float  # TTFT target
+    tpot_slo_s: float  # mean TPOT target
+    arrival_s: float  # when the request was sent / arrived
+    first_token_s: float | None  # when its first output token came; None if it never did
+    finish_s: float | None  # when it ended (last token, rejection, abort); None if unknown
+    num_prompt_tokens: int
+    num_output_tokens: int  # output tokens received
+    status: RecordStatus
+    # Gaps between streamed chunks, for ITL plots (stored as a tuple); TPOT comes from the first
+    # token and the finish instead, since a chunk may carry several tokens.
+    inter_token_latencies_s: Sequence[float] | None = None
+
+    def __post_init__(self) -> None:
+        if self.status not in STATUSES:
+            raise ValueError(f"invalid RequestRecord field 'status': {self.status!r}")
+        for name in ("ttft_slo_s", "tpot_slo_s"):
+            value = getattr(self, name)
+            if not _finite(value) or value <= 0:
+                raise ValueError(
+                    f"invalid RequestRecord field {name!r}: expected > 0, got {value!r}"
+                )
+        for name in ("num_prompt_tokens", "num_output_tokens"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise ValueError(
+                    f"invalid RequestRecord field {name!r}: expected >= 0, got {value!r}"
+                )
+        if not _finite(self.arrival_s):
+            raise ValueError(f"invalid RequestRecord field 'arrival_s': {self.arrival_s!r}")
+        for name in ("first_token_s", "finish_s"):
+            value = getattr(self, name)
+            if value is not None and (not _finite(value) or value < self.arrival_s):
+                raise ValueError(
+                    f"invalid RequestRecord field {name!r}: expected >= arrival_s "
+                    f"({self.arrival_s}), got {value!r}"
+                )
+        first, finish = self.first_token_s, self.finish_s
+        if first is not None and finish is not None and finish < first:
+            raise ValueError(
+                f"invalid RequestRecord field 'finish_s': {finish} is before first_token_s {first}"
+            )
+        if self.status == "completed" and (
+            first is None or finish is None or self.num_output_tokens < 1
+        ):
+            raise ValueError(
+                f"invalid RequestRecord {self.request_id!r}: a completed request needs "
+                "first_token_s, finish_s and num_output_tokens >= 1"
+            )
+        if self.inter_token_latencies_s is not None:
+            itls = tuple(float(x) for x in self.inter_token_latencies_s)
+            if any(not math.isfinite(x) or x < 0 for x in itls):
+                raise ValueError("invalid RequestRecord field 'inter_token_latencies_s': need >= 0")
+            object.__setattr__(self, "inter_token_latencies_s", itls)
+
+    @property
+    def ttft_s(self) -> float | None:
+        return None if self.first_token_s is None else self.first_token_s - self.arrival_s
+
+    @property
+    def tpot_s(self) -> float | None:
+        """Mean seconds per output token after the first; None with fewer than two tokens."""
+        if self.first_token_s is None or self.finish_s is None or self.num_output_tokens < 2:
+            return None
+        return (self.finish_s - self.first_token_s) / (self.num_output_tokens - 1)
+
+    @property
+    def e2e_s(self) -> float | None:
+        return None if self.finish_s is None else self.finish_s - self.arrival_s
+
+    @property
+    def attained(self) -> bool:
+        """Completed, within its TTFT target and (with two or more tokens) its mean TPOT."""
+        ttft, tpot = self.ttft_s, self.tpot_s
+        return (
+            self.status == "completed"
+            and ttft is not None
+            and ttft <= self.ttft_slo_s
+            and (tpot is None or tpot <= self.tpot_slo_s)
+        )
+
+
+def record_from_request(request: Request) -> RequestRecord:
+    """The record of a finished engine `Request` (as the simulator keeps them)."""
+    reason = request.finish_reason
+    if not request.is_finished or reason is None:
+        raise ValueError(f"request {request.request_id!r} has not finished")
+    if reason not in _STATUS_OF_REASON:
+        raise ValueError(f"request {request.request_id!r} ended as {reason.value!r}: not final")
+    return RequestRecord(
+        request_id=request.request_id,
+        slo_class=request.slo.class_name,
+        priority=request.slo.priority,
+        ttft_slo_s=request.slo.ttft_s,
+        tpot_slo_s=request.slo.tpot_s,
+        arrival_s=request.arrival_s,
+        first_token_s=request.first_token_s,
+        finish_s=request.finish_s,
+        num_prompt_tokens=request.num_prompt_tokens,
+        num_output_tokens=request.num_output_tokens,
+        status=_STATUS_OF_REASON[reason],
+    )
+
+
+def summarize(
+    records: Sequence[RequestRecord], duration_s: float, instance_seconds: float = 0.0
+) -> dict[str, Any]:
+    """The run's SLO metrics over its offered requests.
+
+    Keys: `num_requests` (offered), `num_attained`, `num_completed`, `num_rejected`, `attainment`
+    (attained / offered; 0.0 when nothing was offered), `attainment_by_class`, `counts_by_class`
+    (class -> `num_requests`, `num_attained`, `num_completed`, `num_rejected`), `ttft_s`, `tpot_s`,
+    `e2e_s` (each `p50`, `p90`, `p99`, `mean` over the completed requests that have the value;
+    all None without data; percentiles interpolate linearly), `goodput_rps` (attained requests
+    per second of `duration_s`) and `instance_seconds` (the cost, passed through).
+    """
+    if not _finite(duration_s) or duration_s <= 0:
+        raise ValueError(f"invalid parameter 'duration_s': expected > 0, got {duration_s!r}")
+    if not _finite(instance_seconds) or instance_seconds < 0:
+        raise ValueError(
+            f"invalid parameter 'instance_seconds': expected >= 0, got {instance_seconds!r}"
+        )
+    _check_unique(records)
+    completed = [r for r in records if r.status == "completed"]
+    counts = _counts(records)
+    by_class = {
+        name: _counts([r for r in records if r.slo_class == name])
+        for name in sorted({r.slo_class for r in records})
+    }
+    return {
+        "num_requests": counts["num_requests"],
+        "num_attained": counts["num_attained"],
+        "num_completed": counts["num_completed"],
+        "num_rejected": counts["num_rejected"],
+        "attainment": _fraction(counts),
+        "attainment_by_class": {name: _fraction(c) for name, c in by_class.items()},
+        "counts_by_class": by_class,
+        "ttft_s": latency_stats(r.ttft_s for r in completed),
+        "tpot_s": latency_stats(r.tpot_s for r in completed),
+        "e2e_s": latency_stats(r.e2e_s for r in completed),
+        "goodput_rps": counts["num_attained"] / float(duration_s),
+        "instance_seconds": float(instance_seconds),
+    }
+
+
+def latency_stats(values: Iterable[float | None]) -> dict[str, float | None]:
+    """`p50`, `p90`, `p99` and `mean` of the values that are not None (all None if none are)."""
+    data = sorted(v for v in values if v is not None)
+    keys = [f"p{p}" for p in PERCENTILES] + ["mean"]
+    if not data:
+        return dict.fromkeys(keys)
+    percentiles = np.percentile(np.asarray(data, dtype=np.float64), PERCENTILES)
+    stats: dict[str, float | None] = {
+        f"p{p}": float(v) for p, v in zip(PERCENTILES, percentiles, strict=True)
+    }
+    stats["mean"] = math.fsum(data) / len(data)  # fsum: exact, so independent of record order
+    return stats
+
+
+def check_conservation(offered_ids: Iterable[str], records: Iterable[RequestRecord]) -> None:
+    """Raise ValueError unless every offered request has exactly one record and no record is for
+    a request that was not offered: a lost or double-counted request would bias attainment."""
+    offered: set[str] = set()
+    for request_id in offered_ids:
+        if request_id in offered:
+            raise ValueError(f"conservation: request {request_id!r} was offered twice")
+        offered.add(request_id)
+    seen: set[str] = set()
+    for record in records:
+        if record.request_id in seen:
+            raise ValueError(f"conservation: request {record.request_id!r} is recorded twice")
+        if record.request_id not in offered:
+            raise ValueError(f"conservation: request {record.request_id!r} was never offered")
+        seen.add(record.request_id)
+    missing = sorted(offered - seen)
+    if missing:
+        shown = ", ".join(repr(m) for m in missing[:5])
+        more = f" and {len(missing) - 5} more" if len(missing) > 5 else ""
+        raise ValueError(f"conservation: {len(missing)} request(s) have no record: {shown}{more}")
+
+
+def goodput_at(attainments_by_rate: Iterable[tuple[float, float]], target: float = 0.9) -> float:
+    """The highest rate that keeps attainment >= `target`, from a rate sweep.
+
+    Walks the rates upwards to the first one that fails; the answer lies between it and the last
+    passing rate, interpolated linearly. A later rate that passes again (noise) does not count, so
+    the figure is conservative. All passing: the highest rate. The lowest already failing: 0.
+    """
+    _check_level(target, "target")
+    points = _sorted_points(attainments_by_rate)
+    for i, (rate, attainment) in enumerate(points):
+        if attainment < target:
+            if i == 0:
+                return 0.0
+            return _crossing(points[i - 1], (rate, attainment), target)
+    return points[-1][0]
+
+
+def rate_where_falls_to(
+    attainments_by_rate: Iterable[tuple[float, float]], level: float = 0.5
+) -> float | None:
+    """The rate, interpolated linearly, where attainment first falls to `level` or below; the
+    lowest rate if it is already there, None if it never gets there in the sweep."""
+    _check_level(level, "level")
+    points = _sorted_points(attainments_by_rate)
+    for i, (rate, attainment) in enumerate(points):
+        if attainment <= level:
+            if i == 0:
+                return rate
+            return _crossing(points[i - 1], (rate, attainment), level)
+    return None
+
+
+def attainment_at(attainments_by_rate: Iterable[tuple[float, float]], rate: float) -> float | None:
+    """Attainment at `rate`, interpolated linearly in a sweep; None outside the swept rates.
+    (To compare systems where a baseline falls to 50%: `attainment_at(ours, rate_where_falls_to(
+    baseline))`.)"""
+    points = _sorted_points(attainments_by_rate)
+    rates = [p[0] for p in points]
+    if not _is_number(rate) or not rates[0] <= rate <= rates[-1]:
+        return None
+    return float(np.interp(rate, rates, [p[1] for p in points]))
+
+
+def _counts(records: Sequence[RequestRecord]) -> dict[str, int]:
+    return {
+        "num_requests": len(records),
+        "num_attained": sum(r.attained for r in records),
+        "num_completed": sum(r.status == "completed" for r in records),
+        "num_rejected": sum(r.status == "rejected" for r in records),
+    }
+
+
+def _fraction(counts: dict[str, int]) -> float:
+    return counts["num_attained"] / counts["num_requests"] if counts["num_requests"] else 0.0
+
+
+def _check_unique(records: Sequence[RequestRecord]) -> None:
+    seen: set[str] = set()
+    for record in records:
+        if record.request_id in seen:
+            raise ValueError(f"invalid records: request {record.request_id!r} appears twice")
+        seen.add(record.request_id)
+
+
+def _sorted_points(points: Iterable[tuple[float, float]]) -> list[tuple[float, float]]:
+    result = sorted((float(rate), float(attainment)) for rate, attainment in points)
+    if not result:
+        raise ValueError("invalid parameter 'attainments_by_rate': no points")
+    for rate, attainment in result:
+        if not math.isfinite(rate) or rate < 0:
+            raise ValueError(f"invalid parameter 'attainments_by_rate': rate {rate}")
+        if not 0.0 <= attainment <= 1.0:
+            raise ValueError(f"invalid parameter 'attainments_by_rate': attainment {attainment}")
+    for (r0, _), (r1, _) in itertools.pairwise(result):
+        if r0 == r1:
+            raise ValueError(f"invalid parameter 'attainments_by_rate': rate {r0} appears twice")
+    return result
+
+
+def _crossing(above: tuple[float, float], below: tuple[float, float], level: float) -> float:
+    """Where the segment from `above` to `below` meets `level`; the callers guarantee that the
+    first attainment is above `level` and the second is not, so the two differ."""
+    (r0, a0), (r1, a1) = above, below
+    return r0 + (a0 - level) / (a0 - a1) * (r1 - r0)
+
+
+def _check_level(value: Any, name: str) -> None:
+    if not _is_number(value) or not 0.0 <= value <= 1.0:
+        raise ValueError(
+            f"invalid parameter {name!r}: expected a fraction in [0, 1], got {value!r}"
+        )
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _finite(value: Any) -> bool:
+    return _is_number(value) and math.isfinite(value)
