@@ -5,8 +5,12 @@ first at a given prefill rate, and which must go late so that the rest can."""
 from __future__ import annotations
 
 import heapq
+import math
 from collections.abc import Sequence
 from typing import Any
+
+from hyperflexis.perf.base import StepCostModel, StepFeatures, max_prefill_tokens
+from hyperflexis.scheduler.config import SchedulerConfig
 
 # A waiting prefill, as a plain tuple because the scheduler builds hundreds per step:
 # (deadline_s: when its first token is due, priority: 0 is most important,
@@ -52,3 +56,20 @@ def split_feasible(
 
 def _deadline_then_priority(job: PrefillJob) -> tuple[float, int]:
     return job[0], job[1]
+
+
+def budgeted_prefill_rate(
+    model: StepCostModel,
+    decode_features: StepFeatures,
+    tightest_tpot_s: float,
+    config: SchedulerConfig,
+) -> float:
+    """Prefill tokens/s an instance sustains next to its decodes, estimated conservatively: every
+    step bounded as if a request with `tightest_tpot_s` (the tightest among running and waiting)
+    were decoding (DESIGN.md §4.3). A prefill instance steps at its target step time."""
+    if config.role == "prefill" or math.isinf(tightest_tpot_s):
+        step_s = config.target_step_s if config.role == "prefill" else config.max_step_s
+    else:
+        step_s = min(config.max_gap_factor * tightest_tpot_s, config.max_step_s)
+    limit = config.max_num_batched_tokens
+    return max_prefill_tokens(model, decode_features, 0, step_s, limit) / step_s

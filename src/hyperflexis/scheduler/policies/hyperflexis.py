@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from hyperflexis.core.request import Request, RequestStatus
 from hyperflexis.perf.base import StepCostModel, StepFeatures, max_prefill_tokens
 from hyperflexis.scheduler.base import Scheduler
-from hyperflexis.scheduler.feasibility import PrefillJob, split_feasible
+from hyperflexis.scheduler.feasibility import PrefillJob, budgeted_prefill_rate, split_feasible
 from hyperflexis.scheduler.output import SchedulerOutput
 from hyperflexis.scheduler.registry import register_policy
 
@@ -146,7 +146,8 @@ class HyperFlexisScheduler(Scheduler):
         """Split prefill candidates into feasible (EDF order) and late (most important first)."""
         if not candidates:
             return [], []
-        rate = self._prefill_rate(candidates, decodes)
+        tightest = min(decodes.tightest_tpot_s, min(r.slo.tpot_s for r in candidates))
+        rate = budgeted_prefill_rate(self._model, decodes.features, tightest, self.config)
         jobs: list[PrefillJob] = [
             (r.next_token_deadline_s, r.slo.priority, len(r.token_ids) - r.num_computed_tokens, r)
             for r in candidates
@@ -154,18 +155,6 @@ class HyperFlexisScheduler(Scheduler):
         feasible, late = split_feasible(jobs, now, rate)
         late.sort(key=lambda r: (r.slo.priority, r.next_token_deadline_s))
         return feasible, late
-
-    def _prefill_rate(self, candidates: list[Request], decodes: _Decodes) -> float:
-        """Prefill tokens/s, estimated conservatively: steps bounded as if the tightest TPOT
-        among running and waiting requests were decoding."""
-        if self.config.role == "prefill":
-            step_s = self.config.target_step_s
-        else:
-            tightest = min(decodes.tightest_tpot_s, min(r.slo.tpot_s for r in candidates))
-            step_s = min(self.config.max_gap_factor * tightest, self.config.max_step_s)
-        limit = self.config.max_num_batched_tokens
-        chunk = max_prefill_tokens(self._model, decodes.features, 0, step_s, limit)
-        return chunk / step_s
 
     def _sit_out_for(
         self, feasible: list[Request], decodes: _Decodes, budget_s: float, now: float
