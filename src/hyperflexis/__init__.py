@@ -1,1 +1,6 @@
 """HyperFlexis: multi-SLO LLM serving."""
+
+from hyperflexis.core.sampling import SamplingParams
+from hyperflexis.llm import LLM
+
+__all__ = ["LLM", "SamplingParams"]

@@ -1,0 +1,251 @@
+"""`LLMEngine`: one instance's step loop. Schedule, execute, update, then turn tokens into outputs.
+
+The loop makes no scheduling decision: the scheduler policy chooses each batch, the model runner
+computes it, and the loop only carries tokens between them. It is the one place here that reads
+the clock (a function passed in, so tests can drive it) and hands `now` to the scheduler.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import operator
+import time
+import uuid
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+from hyperflexis.core.outputs import RequestOutput
+from hyperflexis.core.request import DEFAULT_SLO, FinishReason, Request
+from hyperflexis.core.sampling import SamplingParams
+from hyperflexis.core.slo import SLO
+from hyperflexis.output_processor import DetokenizerFactory, OutputProcessor
+from hyperflexis.perf.base import StepFeatures
+from hyperflexis.scheduler.base import Scheduler
+from hyperflexis.scheduler.output import SchedulerOutput
+
+
+class ModelFacts(Protocol):
+    """What the loop needs to know about the model to validate requests."""
+
+    @property
+    def vocab_size(self) -> int: ...
+
+    @property
+    def eos_token_ids(self) -> tuple[int, ...]: ...
+
+
+class StepRunner(Protocol):
+    """Runs one step's batch: the real `ModelRunner`, or a stand-in in tests."""
+
+    @property
+    def config(self) -> ModelFacts: ...
+
+    @property
+    def max_model_len(self) -> int: ...
+
+    def execute(self, scheduler_output: SchedulerOutput) -> Mapping[str, int]:
+        """Compute the batch; returns the sampled token of every chunk that samples."""
+        ...
+
+
+# Called after every step that ran a batch, with the batch and its measured execute seconds:
+# where an online latency correction learns how far its predictions are off.
+StepObserver = Callable[[SchedulerOutput, float], None]
+
+
+@dataclass(slots=True)
+class StepTimes:
+    """Where one step's time went, in seconds of the engine clock."""
+
+    schedule_s: float = 0.0  # the policy choosing the batch
+    execute_s: float = 0.0  # the model runner's forward pass and sampling
+    update_s: float = 0.0  # the scheduler's bookkeeping after the step
+    process_s: float = 0.0  # detokenising, stop strings, building outputs
+    num_tokens: int = 0  # tokens the batch computed
+
+    @property
+    def overhead_s(self) -> float:
+        """Everything outside the model runner."""
+        return self.schedule_s + self.update_s + self.process_s
+
+
+class LLMEngine:
+    """Requests in, `RequestOutput`s out, one step at a time."""
+
+    def __init__(
+        self,
+        runner: StepRunner,
+        scheduler: Scheduler,
+        make_detokenizer: DetokenizerFactory,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        step_observer: StepObserver | None = None,
+        eos_token_ids: Sequence[int] | None = None,
+    ) -> None:
+        """`eos_token_ids` defaults to the model config's; the first is the one the scheduler
+        checks, the loop stops requests on the others."""
+        self.runner = runner
+        self.scheduler = scheduler
+        self.clock = clock
+        self.step_observer = step_observer
+        self.last_step = StepTimes()  # timing of the latest step, for benchmarks
+        self._outputs = OutputProcessor(make_detokenizer)
+        eos = tuple(runner.config.eos_token_ids if eos_token_ids is None else eos_token_ids)
+        self._eos_token_id = eos[0] if eos else None  # the scheduler stops on this one
+        self._extra_eos_ids = frozenset(eos[1:])  # the loop stops on the others
+        # Generation stops at whichever ends first: the model's context or the KV cache.
+        kv = scheduler.kv
+        self.max_context_len = min(runner.max_model_len, kv.num_blocks * kv.block_size)
+
+    # -- requests in and out ----------------------------------------------------------------
+
+    def add_request(
+        self,
+        prompt_token_ids: Sequence[int],
+        sampling_params: SamplingParams | None = None,
+        slo: SLO | None = None,
+        request_id: str | None = None,
+        arrival_s: float | None = None,
+        prompt: str | None = None,
+    ) -> str:
+        """Validate and queue a request; returns its id. Generation is cut at the end of the
+        context with finish reason "length"."""
+        params = SamplingParams() if sampling_params is None else sampling_params
+        if not isinstance(params, SamplingParams):
+            raise ValueError(
+                f"invalid 'sampling_params': expected SamplingParams, got {type(params).__name__}"
+            )
+        token_ids = self._check_prompt(prompt_token_ids)
+        if len(token_ids) >= self.max_context_len:
+            raise ValueError(
+                f"invalid prompt: {len(token_ids)} tokens leave no room to generate in the KV "
+                f"cache of {self.max_context_len} tokens"
+            )
+        if request_id is None:
+            request_id = uuid.uuid4().hex
+        elif request_id in self._outputs:
+            raise ValueError(f"duplicate request id {request_id!r}")
+        room = self.max_context_len - len(token_ids)
+        if params.max_tokens > room:
+            params = dataclasses.replace(params, max_tokens=room)
+        request = Request(
+            request_id=request_id,
+            prompt_token_ids=token_ids,
+            sampling_params=params,
+            slo=DEFAULT_SLO if slo is None else slo,
+            arrival_s=self.clock() if arrival_s is None else arrival_s,
+            eos_token_id=self._eos_token_id,
+        )
+        self.scheduler.add_request(request)
+        self._outputs.add(request, prompt)
+        return request_id
+
+    def abort(self, request_id: str) -> RequestOutput | None:
+        """End a request now and free its KV; returns its final output, None if unknown."""
+        if request_id not in self._outputs:
+            return None
+        self.scheduler.abort_request(request_id, self.clock())
+        return self._outputs.output(request_id)
+
+    def has_unfinished(self) -> bool:
+        return len(self._outputs) > 0
+
+    @property
+    def num_unfinished(self) -> int:
+        return len(self._outputs)
+
+    # -- the step ---------------------------------------------------------------------------
+
+    def step(self) -> list[RequestOutput]:
+        """Run one step; returns an output for every request that got a token or finished."""
+        start = self.clock()
+        batch = self.scheduler.schedule(start)
+        scheduled = self.clock()
+        sampled = self.runner.execute(batch) if not batch.is_empty else {}
+        executed = self.clock()
+        finished = self.scheduler.update(batch, sampled, executed)
+        updated = self.clock()
+        outputs = self._process(batch, finished, updated)
+        self._record(batch, (start, scheduled, executed, updated, self.clock()))
+        return outputs
+
+    def _record(
+        self, batch: SchedulerOutput, marks: tuple[float, float, float, float, float]
+    ) -> None:
+        start, scheduled, executed, updated, done = marks
+        self.last_step = StepTimes(
+            schedule_s=scheduled - start,
+            execute_s=executed - scheduled,
+            update_s=updated - executed,
+            process_s=done - updated,
+            num_tokens=batch.num_tokens,
+        )
+        if self.step_observer is not None and not batch.is_empty:
+            self.step_observer(batch, self.last_step.execute_s)
+
+    def _process(
+        self, batch: SchedulerOutput, finished: list[Request], now: float
+    ) -> list[RequestOutput]:
+        touched = [c.request_id for c in batch.chunks if c.sample]
+        touched += [r.request_id for r in finished if r.request_id not in touched]
+        outputs = []
+        for request_id in touched:
+            request = self._outputs.get(request_id)
+            if request is None:
+                continue  # aborted while the step ran
+            stop_hit = self._outputs.detokenize(request_id)
+            if not request.is_finished and (stop_hit or self._hit_extra_eos(request)):
+                self.scheduler.finish_request(request_id, FinishReason.STOP, now)
+            elif stop_hit:
+                # Its last token both hit max_tokens and completed a stop string: vLLM says stop.
+                request.finish_reason = FinishReason.STOP
+            outputs.append(self._outputs.output(request_id))
+        return outputs
+
+    def _hit_extra_eos(self, request: Request) -> bool:
+        return (
+            not request.sampling_params.ignore_eos
+            and request.num_output_tokens > 0
+            and request.token_ids[-1] in self._extra_eos_ids
+        )
+
+    # -- validation -------------------------------------------------------------------------
+
+    def _check_prompt(self, prompt_token_ids: Sequence[int]) -> list[int]:
+        token_ids = [_as_token_id(t) for t in prompt_token_ids]
+        if not token_ids:
+            raise ValueError("invalid prompt: it has no tokens")
+        max_len = self.runner.max_model_len
+        if len(token_ids) >= max_len:
+            raise ValueError(
+                f"invalid prompt: {len(token_ids)} tokens leave no room to generate in the "
+                f"model's context of {max_len} tokens"
+            )
+        vocab_size = self.runner.config.vocab_size
+        for token_id in token_ids:
+            if not 0 <= token_id < vocab_size:
+                raise ValueError(
+                    f"invalid prompt: token id {token_id} is outside the vocabulary "
+                    f"of {vocab_size} tokens"
+                )
+        return token_ids
+
+
+def batch_features(batch: SchedulerOutput) -> StepFeatures:
+    """The latency model's view of a batch: decodes at their context, prefill chunks at theirs
+    (the same convention the scheduler policies predict with)."""
+    features = StepFeatures()
+    for chunk in batch.chunks:
+        if chunk.is_decode:
+            features.add_decode(chunk.start_pos)
+        else:
+            features.add_prefill(chunk.num_tokens, chunk.start_pos)
+    return features
+
+
+def _as_token_id(value: object) -> int:
+    """An int token id; numpy and torch integers pass, floats and bools do not."""
+    if isinstance(value, bool) or not hasattr(value, "__index__"):
+        raise ValueError(f"invalid prompt: token id {value!r} is not an int")
+    return operator.index(value)

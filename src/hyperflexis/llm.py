@@ -1,0 +1,280 @@
+"""`LLM`: offline batch generation on one instance, with the call shapes vLLM users know.
+
+llm = LLM()  # the embedded tiny default model on CPU
+outputs = llm.generate(["Hello", "The sky is"], SamplingParams(max_tokens=32))
+print(outputs[0].outputs[0].text)
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from hyperflexis.core.outputs import RequestOutput
+from hyperflexis.core.sampling import SamplingParams
+from hyperflexis.core.slo import SLO, SLOClasses
+from hyperflexis.engine_loop import LLMEngine, StepObserver, batch_features
+from hyperflexis.perf.base import StepCostModel
+from hyperflexis.scheduler import (
+    KVBlockManager,
+    SchedulerConfig,
+    SchedulerOutput,
+    make_scheduler,
+    policy_class,
+)
+
+PromptInput = str | Sequence[str] | Sequence[int] | Sequence[Sequence[int]]
+ChatMessages = list[dict[str, str]]
+
+_DEFAULT_CHUNKED_TOKEN_BUDGET = 2048  # vLLM's default step budget with chunked prefill
+
+
+class LLM:
+    """One engine instance for offline generation: load a model, submit prompts, wait."""
+
+    def __init__(
+        self,
+        model: str | Path | None = None,
+        *,
+        dtype: str = "float32",
+        device: str = "cpu",
+        policy: str = "fcfs",
+        max_num_batched_tokens: int | None = None,
+        max_num_seqs: int = 256,
+        enable_chunked_prefill: bool = True,
+        kv_cache_bytes: int | None = None,
+        block_size: int = 16,
+        seed: int = 0,
+        slo_classes: SLOClasses | None = None,
+        cost_model: StepCostModel | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        """`model` is a Hugging Face checkpoint directory, or None for the embedded default.
+        `max_num_batched_tokens` None means 2048 with chunked prefill, else the whole context
+        (so any prompt fits one step)."""
+        scheduler_class = policy_class(policy)  # an unknown name fails before the model loads
+        if scheduler_class.needs_cost_model and cost_model is None:
+            raise ValueError(
+                f"invalid 'policy': {policy!r} needs a step latency model; pass cost_model "
+                "(hyperflexis.perf.load_profile on a file from `hyperflexis profile`)"
+            )
+        from hyperflexis.engine import IncrementalDetokenizer, ModelRunner
+
+        runner = ModelRunner(
+            model,
+            dtype=dtype,
+            device=device,
+            kv_cache_bytes=kv_cache_bytes,
+            block_size=block_size,
+            seed=seed,
+        )
+        if max_num_batched_tokens is None:
+            max_num_batched_tokens = (
+                _DEFAULT_CHUNKED_TOKEN_BUDGET
+                if enable_chunked_prefill
+                else max(runner.max_model_len, _DEFAULT_CHUNKED_TOKEN_BUDGET)
+            )
+        config = SchedulerConfig(
+            max_num_batched_tokens=max_num_batched_tokens,
+            max_num_seqs=max_num_seqs,
+            chunked_prefill=enable_chunked_prefill,
+        )
+        kv = KVBlockManager(runner.num_kv_blocks, runner.block_size)
+        scheduler = make_scheduler(policy, config, kv, cost_model)
+        tokenizer = runner.tokenizer
+        self.runner = runner
+        self.slo_classes = slo_classes
+        self.engine = LLMEngine(
+            runner,
+            scheduler,
+            lambda prompt_ids: IncrementalDetokenizer(tokenizer, prompt_ids),
+            clock=clock,
+            step_observer=_online_correction(cost_model),
+            eos_token_ids=_eos_ids(runner.config.eos_token_ids, runner.eos_token_ids),
+        )
+
+    def get_tokenizer(self) -> Any:
+        return self.runner.tokenizer
+
+    # -- generation -------------------------------------------------------------------------
+
+    def generate(
+        self,
+        prompts: PromptInput,
+        sampling_params: SamplingParams | Sequence[SamplingParams] | None = None,
+        *,
+        slos: SLO | str | Sequence[SLO | str | None] | None = None,
+        use_tqdm: bool = False,
+    ) -> list[RequestOutput]:
+        """Generate for every prompt; one finished output per prompt, in input order.
+
+        `prompts` is a string, a list of strings, a list of token ids, or a list of such lists.
+        `sampling_params` and `slos` are one value for all prompts or a list, one per prompt.
+        """
+        texts, token_lists = self._tokenize(prompts)
+        params = _per_prompt(sampling_params, len(token_lists), "sampling_params", SamplingParams)
+        slo_list = _per_prompt(slos, len(token_lists), "slos", (SLO, str))
+        resolved = [self._resolve_slo(s) for s in slo_list]
+        return self._run(texts, token_lists, params, resolved, use_tqdm)
+
+    def chat(
+        self,
+        messages: ChatMessages | Sequence[ChatMessages],
+        sampling_params: SamplingParams | Sequence[SamplingParams] | None = None,
+        *,
+        slos: SLO | str | Sequence[SLO | str | None] | None = None,
+        use_tqdm: bool = False,
+    ) -> list[RequestOutput]:
+        """Generate replies to one conversation (a list of `{"role", "content"}` messages) or to
+        a list of conversations, through the model's chat template."""
+        if not isinstance(messages, Sequence) or not messages:
+            raise ValueError("invalid 'messages': expected a non-empty list of messages")
+        conversations = [messages] if isinstance(messages[0], dict) else list(messages)
+        tokenizer = self.get_tokenizer()
+        texts: list[str | None] = []
+        token_lists: list[list[int]] = []
+        for conversation in conversations:
+            if not isinstance(conversation, list) or not all(
+                isinstance(m, dict) for m in conversation
+            ):
+                raise ValueError("invalid 'messages': each conversation is a list of dicts")
+            rendered = tokenizer.apply_chat_template(conversation, add_generation_prompt=True)
+            if isinstance(rendered, str):
+                texts.append(rendered)
+                # The template writes its own BOS, so the tokenizer must not add another.
+                token_lists.append(list(tokenizer.encode(rendered, add_special_tokens=False)))
+            else:
+                texts.append(None)
+                token_lists.append(list(rendered))
+        params = _per_prompt(sampling_params, len(token_lists), "sampling_params", SamplingParams)
+        slo_list = _per_prompt(slos, len(token_lists), "slos", (SLO, str))
+        resolved = [self._resolve_slo(s) for s in slo_list]
+        return self._run(texts, token_lists, params, resolved, use_tqdm)
+
+    # -- internals --------------------------------------------------------------------------
+
+    def _run(
+        self,
+        texts: list[str | None],
+        token_lists: list[list[int]],
+        params: list[SamplingParams | None],
+        slos: list[SLO | None],
+        use_tqdm: bool,
+    ) -> list[RequestOutput]:
+        engine = self.engine
+        ids: list[str] = []
+        try:
+            for text, token_ids, sampling, slo in zip(
+                texts, token_lists, params, slos, strict=True
+            ):
+                ids.append(engine.add_request(token_ids, sampling, slo=slo, prompt=text))
+            return self._wait(ids, use_tqdm)
+        except BaseException:
+            for request_id in ids:  # leave the engine empty for the next call
+                engine.abort(request_id)
+            raise
+
+    def _wait(self, ids: list[str], use_tqdm: bool) -> list[RequestOutput]:
+        engine = self.engine
+        pending = set(ids)
+        final: dict[str, RequestOutput] = {}
+        progress = _progress(len(ids)) if use_tqdm else None
+        try:
+            while pending:
+                outputs = engine.step()
+                if not outputs and engine.last_step.num_tokens == 0:
+                    raise RuntimeError(
+                        f"the {engine.scheduler.name!r} scheduler ran an empty step with "
+                        f"{len(pending)} requests unfinished; they cannot fit this instance"
+                    )
+                for output in outputs:
+                    if output.finished and output.request_id in pending:
+                        pending.discard(output.request_id)
+                        final[output.request_id] = output
+                        if progress is not None:
+                            progress.update(1)
+        finally:
+            if progress is not None:
+                progress.close()
+        return [final[request_id] for request_id in ids]
+
+    def _tokenize(self, prompts: PromptInput) -> tuple[list[str | None], list[list[int]]]:
+        if isinstance(prompts, str):
+            prompts = [prompts]
+        if not isinstance(prompts, Sequence):
+            raise ValueError(
+                "invalid 'prompts': expected a string, a list of strings or of token-id lists"
+            )
+        items = list(prompts)
+        if items and all(isinstance(p, int) and not isinstance(p, bool) for p in items):
+            items = [items]  # one prompt given as token ids
+        tokenizer = self.get_tokenizer()
+        texts: list[str | None] = []
+        token_lists: list[list[int]] = []
+        for index, item in enumerate(items):
+            if isinstance(item, str):
+                texts.append(item)
+                token_lists.append(list(tokenizer.encode(item, add_special_tokens=True)))
+            elif isinstance(item, Sequence):
+                texts.append(None)
+                token_lists.append(list(item))
+            else:
+                raise ValueError(
+                    f"invalid 'prompts[{index}]': expected a string or a list of token ids, "
+                    f"got {type(item).__name__}"
+                )
+        return texts, token_lists
+
+    def _resolve_slo(self, slo: SLO | str | None) -> SLO | None:
+        if isinstance(slo, SLO):
+            return slo
+        if slo is None:
+            return None if self.slo_classes is None else self.slo_classes.resolve()
+        classes = self.slo_classes if self.slo_classes is not None else SLOClasses()
+        return classes.resolve(slo)
+
+
+def _per_prompt(
+    value: object, num_prompts: int, name: str, kind: type | tuple[type, ...]
+) -> list[Any]:
+    """One value for all prompts, or a list with one per prompt."""
+    if value is None or isinstance(value, kind):
+        return [value] * num_prompts
+    if not isinstance(value, Sequence):
+        raise ValueError(f"invalid {name!r}: expected one value or a list of them")
+    values = list(value)
+    if len(values) != num_prompts:
+        raise ValueError(
+            f"invalid {name!r}: {len(values)} values for {num_prompts} prompts; "
+            "give one for all or one per prompt"
+        )
+    for index, item in enumerate(values):
+        if item is not None and not isinstance(item, kind):
+            raise ValueError(f"invalid '{name}[{index}]': got {type(item).__name__}")
+    return values
+
+
+def _eos_ids(config_ids: Sequence[int], all_ids: frozenset[int]) -> list[int]:
+    """The config's EOS ids first (the first is the one the scheduler checks), then the rest the
+    tokenizer and generation config add (Llama 3's end-of-turn)."""
+    return [*config_ids, *sorted(all_ids - set(config_ids))]
+
+
+def _online_correction(cost_model: StepCostModel | None) -> StepObserver | None:
+    """Feed measured step times to a latency model that learns from them (`OnlineCorrection`)."""
+    observe = getattr(cost_model, "observe", None)
+    if observe is None:
+        return None
+
+    def observer(batch: SchedulerOutput, execute_s: float) -> None:
+        observe(batch_features(batch), execute_s)
+
+    return observer
+
+
+def _progress(total: int) -> Any:
+    from tqdm import tqdm
+
+    return tqdm(total=total, desc="Generating", unit="req")

@@ -1,0 +1,151 @@
+"""Turns a request's tokens into text as they arrive: incremental detokenisation and stop strings.
+
+Stop strings need the tokenizer, so they are checked here rather than in the scheduler; the engine
+loop finishes a request whose text hit one. While a request runs, its text holds back the last
+`longest stop string - 1` characters, so a stop string split over two steps never reaches a
+streaming client before it is cut.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Protocol
+
+from hyperflexis.core.outputs import CompletionOutput, RequestMetrics, RequestOutput
+from hyperflexis.core.request import FinishReason, Request
+
+
+class Detokenizer(Protocol):
+    """Turns one request's output tokens into text, one token at a time."""
+
+    def add_token(self, token_id: int) -> str:
+        """Append a token; returns the text it completes (may be empty mid-character)."""
+        ...
+
+    def flush(self) -> str:
+        """At the end of the stream, the text still held back."""
+        ...
+
+
+DetokenizerFactory = Callable[[list[int]], Detokenizer]  # prompt token ids -> a detokenizer
+
+
+@dataclass(slots=True)
+class _TextState:
+    """One unfinished request's text so far."""
+
+    request: Request  # the scheduler's request object (tokens, timing, status)
+    prompt: str | None  # the prompt text, when the caller gave text
+    detokenizer: Detokenizer  # fed each output token once
+    text: str = ""  # the output text, cut before a stop string once one appears
+    num_detokenized: int = 0  # output tokens already fed to the detokenizer
+    stop_string: str | None = None  # the stop string that ended it, if any
+
+
+class OutputProcessor:
+    """Per-request text, stop strings and `RequestOutput`s for the engine loop."""
+
+    def __init__(self, make_detokenizer: DetokenizerFactory) -> None:
+        self._make_detokenizer = make_detokenizer
+        self._states: dict[str, _TextState] = {}
+
+    def add(self, request: Request, prompt: str | None) -> None:
+        detokenizer = self._make_detokenizer(list(request.prompt_token_ids))
+        self._states[request.request_id] = _TextState(request, prompt, detokenizer)
+
+    def get(self, request_id: str) -> Request | None:
+        state = self._states.get(request_id)
+        return None if state is None else state.request
+
+    def __contains__(self, request_id: str) -> bool:
+        return request_id in self._states
+
+    def __len__(self) -> int:
+        return len(self._states)
+
+    def detokenize(self, request_id: str) -> bool:
+        """Feed the request's new output tokens to its text; True if a stop string appeared.
+
+        The text is cut before the earliest stop string; tokens after it are not detokenised.
+        A finished request's held-back text is flushed.
+        """
+        state = self._states[request_id]
+        if state.stop_string is not None:
+            return False
+        output_ids = state.request.output_token_ids
+        stop_token_ids = state.request.sampling_params.stop_token_ids
+        while state.num_detokenized < len(output_ids):
+            token_id = output_ids[state.num_detokenized]
+            state.num_detokenized += 1
+            if token_id in stop_token_ids:
+                continue  # a stop token is not part of the text, like EOS
+            if _append(state, state.detokenizer.add_token(token_id)):
+                return True
+        return state.request.is_finished and _append(state, state.detokenizer.flush())
+
+    def output(self, request_id: str) -> RequestOutput:
+        """The request's output now; a finished request's state is dropped afterwards."""
+        state = self._states[request_id]
+        request = state.request
+        finished = request.is_finished
+        if finished:
+            del self._states[request_id]
+        return RequestOutput(
+            request_id=request_id,
+            prompt=state.prompt,
+            prompt_token_ids=list(request.prompt_token_ids),
+            outputs=[
+                CompletionOutput(
+                    index=0,
+                    text=state.text if finished else _visible(state),
+                    token_ids=list(request.output_token_ids),
+                    finish_reason=None
+                    if request.finish_reason is None
+                    else request.finish_reason.value,
+                    stop_reason=_stop_reason(state) if finished else None,
+                )
+            ],
+            finished=finished,
+            metrics=RequestMetrics(
+                arrival_s=request.arrival_s,
+                first_token_s=request.first_token_s,
+                finish_s=request.finish_s,
+                num_preemptions=request.num_preemptions,
+            ),
+            attained=request.attained if finished else None,
+        )
+
+
+def _append(state: _TextState, delta: str) -> bool:
+    """Add text; True (and the text cut) if it completes a stop string."""
+    stops = state.request.sampling_params.stop
+    before = len(state.text)
+    state.text += delta
+    if not stops or not delta:
+        return False
+    # A stop string can only end inside the new text, so search from just before it.
+    window_start = max(0, before - max(len(s) for s in stops) + 1)
+    found = [(i, s) for s in stops if (i := state.text.find(s, window_start)) >= 0]
+    if not found:
+        return False
+    cut, state.stop_string = min(found)
+    state.text = state.text[:cut]
+    return True
+
+
+def _visible(state: _TextState) -> str:
+    """Text safe to show while running: a stop string's possible start is held back."""
+    hold = max((len(s) for s in state.request.sampling_params.stop), default=1) - 1
+    return state.text[: len(state.text) - hold] if hold else state.text
+
+
+def _stop_reason(state: _TextState) -> str | int | None:
+    if state.stop_string is not None:
+        return state.stop_string
+    request = state.request
+    if request.finish_reason is FinishReason.STOP and request.output_token_ids:
+        last = request.output_token_ids[-1]
+        if last in request.sampling_params.stop_token_ids:
+            return last
+    return None

@@ -1,0 +1,182 @@
+"""Measures real engine steps over a grid of batch shapes, for the profiled latency model.
+
+Each shape (prefill chunks `(new, ctx_before)` and decodes at context `ctx`) becomes a hand-built
+`SchedulerOutput` whose block tables come from a throwaway `KVBlockManager`, so any shape can be
+timed without running requests up to it. The KV contents are whatever the cache holds: the values
+are meaningless, the work (and so the time) is the real step's.
+"""
+
+from __future__ import annotations
+
+import random
+import statistics
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+from hyperflexis.core.sampling import SamplingParams
+from hyperflexis.perf.profiled import ProfileSample
+from hyperflexis.scheduler import KVBlockManager, ScheduledChunk, SchedulerOutput
+
+_GREEDY = SamplingParams(max_tokens=1, temperature=0.0)
+
+
+class ProfiledRunner(Protocol):
+    """What the profiler needs from `engine.ModelRunner`."""
+
+    @property
+    def num_kv_blocks(self) -> int: ...
+
+    @property
+    def block_size(self) -> int: ...
+
+    @property
+    def max_model_len(self) -> int: ...
+
+    def execute(self, output: SchedulerOutput) -> dict[str, int]: ...
+
+
+@dataclass(frozen=True, slots=True)
+class BatchShape:
+    """One step's batch, by size only."""
+
+    prefills: tuple[tuple[int, int], ...] = ()  # (new tokens, context before them) per chunk
+    decodes: tuple[int, ...] = ()  # context length of each decoding request
+
+    def num_kv_tokens(self) -> list[int]:
+        """Tokens each request of the batch holds in the KV cache after the step."""
+        return [new + ctx for new, ctx in self.prefills] + [ctx + 1 for ctx in self.decodes]
+
+
+@dataclass(frozen=True, slots=True)
+class GridSpec:
+    """Which shapes to time and how often."""
+
+    prefill_tokens: tuple[int, ...]  # prefill chunk sizes
+    prefill_contexts: tuple[int, ...]  # context before a prefill chunk
+    decode_batch_sizes: tuple[int, ...]  # decodes per step
+    decode_contexts: tuple[int, ...]  # context of every decode in the step
+    mixed: tuple[tuple[int, int, int, int], ...]  # (decodes, decode ctx, prefill new, prefill ctx)
+    num_warmup: int  # untimed runs per shape (allocator, caches, kernel selection)
+    num_repeats: int  # timed runs per shape; the median is kept
+
+
+FULL_GRID = GridSpec(
+    prefill_tokens=(16, 64, 128, 256, 512, 1024, 2048, 4096),
+    prefill_contexts=(0, 512, 2048),
+    decode_batch_sizes=(1, 2, 4, 8, 16, 32, 64, 128, 256),
+    decode_contexts=(64, 512, 2048),
+    mixed=(
+        (4, 256, 256, 0),
+        (16, 256, 512, 0),
+        (16, 1024, 128, 512),
+        (64, 256, 1024, 0),
+        (64, 1024, 256, 1024),
+        (128, 512, 512, 0),
+    ),
+    num_warmup=2,
+    num_repeats=5,
+)
+QUICK_GRID = GridSpec(
+    prefill_tokens=(16, 64, 256),
+    prefill_contexts=(0, 256),
+    decode_batch_sizes=(1, 8, 32),
+    decode_contexts=(32, 256),
+    mixed=((8, 128, 64, 0), (4, 64, 128, 128)),
+    num_warmup=1,
+    num_repeats=3,
+)
+
+
+def grid_shapes(
+    spec: GridSpec, max_model_len: int, num_kv_blocks: int, block_size: int
+) -> list[BatchShape]:
+    """The spec's shapes that fit the model's context and the KV cache."""
+    shapes = [
+        BatchShape(prefills=((new, ctx),))
+        for ctx in spec.prefill_contexts
+        for new in spec.prefill_tokens
+    ]
+    shapes += [
+        BatchShape(decodes=(ctx,) * size)
+        for ctx in spec.decode_contexts
+        for size in spec.decode_batch_sizes
+    ]
+    shapes += [
+        BatchShape(prefills=((new, prefill_ctx),), decodes=(decode_ctx,) * size)
+        for size, decode_ctx, new, prefill_ctx in spec.mixed
+    ]
+    return [s for s in shapes if _fits(s, max_model_len, num_kv_blocks, block_size)]
+
+
+def _fits(shape: BatchShape, max_model_len: int, num_kv_blocks: int, block_size: int) -> bool:
+    lengths = shape.num_kv_tokens()
+    blocks = sum(-(-n // block_size) for n in lengths)
+    return max(lengths) <= max_model_len and blocks <= num_kv_blocks
+
+
+def build_batch(
+    shape: BatchShape, kv: KVBlockManager, vocab_size: int, rng: random.Random
+) -> SchedulerOutput:
+    """A step computing `shape`, with blocks from `kv` (the caller frees them)."""
+    output = SchedulerOutput()
+    requests = [(f"prefill-{i}", new, ctx) for i, (new, ctx) in enumerate(shape.prefills)]
+    requests += [(f"decode-{i}", 1, ctx) for i, ctx in enumerate(shape.decodes)]
+    for request_id, num_new, ctx in requests:
+        output.chunks.append(
+            ScheduledChunk(
+                request_id=request_id,
+                token_ids=[rng.randrange(vocab_size) for _ in range(num_new)],
+                start_pos=ctx,
+                block_ids=kv.allocate(request_id, ctx + num_new),
+                sample=True,
+                sampling_params=_GREEDY,
+                num_output_tokens=0,
+            )
+        )
+    return output
+
+
+def time_shape(
+    runner: ProfiledRunner,
+    shape: BatchShape,
+    vocab_size: int,
+    num_warmup: int,
+    num_repeats: int,
+    rng: random.Random,
+    clock: Callable[[], float] = time.perf_counter,
+) -> float:
+    """Median seconds of `runner.execute` over `num_repeats` runs of the shape. `execute`
+    returns sampled token ids as Python ints, so the device has finished when it returns."""
+    kv = KVBlockManager(runner.num_kv_blocks, runner.block_size)
+    batch = build_batch(shape, kv, vocab_size, rng)
+    for _ in range(num_warmup):
+        runner.execute(batch)
+    times = []
+    for _ in range(num_repeats):
+        start = clock()
+        runner.execute(batch)
+        times.append(clock() - start)
+    return statistics.median(times)
+
+
+def profile_steps(
+    runner: ProfiledRunner,
+    vocab_size: int,
+    shapes: Sequence[BatchShape],
+    num_warmup: int,
+    num_repeats: int,
+    seed: int = 0,
+    on_sample: Callable[[ProfileSample], None] | None = None,
+) -> list[ProfileSample]:
+    """Time every shape; one sample per shape, in order."""
+    rng = random.Random(seed)
+    samples = []
+    for shape in shapes:
+        step_s = time_shape(runner, shape, vocab_size, num_warmup, num_repeats, rng)
+        sample = ProfileSample(list(shape.prefills), list(shape.decodes), step_s)
+        samples.append(sample)
+        if on_sample is not None:
+            on_sample(sample)
+    return samples
