@@ -246,11 +246,24 @@ def test_use_tqdm_runs(llm: LLM) -> None:
     assert len(outputs) == 2
 
 
-def test_slo_policy_needs_a_cost_model_and_feeds_online_correction(tiny_llama_dir: Path) -> None:
+def test_slo_policy_profiles_once_and_caches(
+    tiny_llama_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from hyperflexis.perf import OnlineCorrection
+
+    monkeypatch.setenv("HYPERFLEXIS_CACHE_DIR", str(tmp_path))
+    llm = LLM(tiny_llama_dir, policy="hyperflexis")
+    profiles = list((tmp_path / "profiles").glob("*.json"))
+    assert len(profiles) == 1
+    assert isinstance(llm.engine.scheduler.cost_model, OnlineCorrection)
+    mtime = profiles[0].stat().st_mtime_ns
+    LLM(tiny_llama_dir, policy="hyperflexis")
+    assert profiles[0].stat().st_mtime_ns == mtime  # the cached profile, not a new one
+
+
+def test_slo_policy_feeds_online_correction(tiny_llama_dir: Path) -> None:
     from hyperflexis.perf import OnlineCorrection, ProfiledCostModel
 
-    with pytest.raises(ValueError, match="'hyperflexis' needs a step latency model"):
-        LLM(tiny_llama_dir, policy="hyperflexis")
     correction = OnlineCorrection(ProfiledCostModel((1e-3, 1e-5, 1e-8, 1e-4, 1e-7)))
     llm = LLM(tiny_llama_dir, policy="hyperflexis", cost_model=correction)
     outputs = llm.generate([[5, 6, 7], [8] * 20], GREEDY, slos="batch")

@@ -17,6 +17,7 @@ from hyperflexis.core.sampling import SamplingParams
 from hyperflexis.core.slo import SLO, SLOClasses
 from hyperflexis.engine_loop import LLMEngine, StepObserver, batch_features
 from hyperflexis.perf.base import StepCostModel
+from hyperflexis.perf.online import OnlineCorrection
 from hyperflexis.scheduler import (
     KVBlockManager,
     SchedulerConfig,
@@ -24,6 +25,7 @@ from hyperflexis.scheduler import (
     make_scheduler,
     policy_class,
 )
+from hyperflexis.step_profiler import cached_cost_model
 
 PromptInput = str | Sequence[str] | Sequence[int] | Sequence[Sequence[int]]
 ChatMessages = list[dict[str, str]]
@@ -55,11 +57,6 @@ class LLM:
         `max_num_batched_tokens` None means 2048 with chunked prefill, else the whole context
         (so any prompt fits one step)."""
         scheduler_class = policy_class(policy)  # an unknown name fails before the model loads
-        if scheduler_class.needs_cost_model and cost_model is None:
-            raise ValueError(
-                f"invalid 'policy': {policy!r} needs a step latency model; pass cost_model "
-                "(hyperflexis.perf.load_profile on a file from `hyperflexis profile`)"
-            )
         from hyperflexis.engine import IncrementalDetokenizer, ModelRunner
 
         runner = ModelRunner(
@@ -81,6 +78,9 @@ class LLM:
             max_num_seqs=max_num_seqs,
             chunked_prefill=enable_chunked_prefill,
         )
+        if scheduler_class.needs_cost_model and cost_model is None:
+            # The model's profile on this device, measured once and cached.
+            cost_model = OnlineCorrection(cached_cost_model(runner, device, dtype))
         kv = KVBlockManager(runner.num_kv_blocks, runner.block_size)
         scheduler = make_scheduler(policy, config, kv, cost_model)
         tokenizer = runner.tokenizer

@@ -13,10 +13,18 @@ import statistics
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Protocol
 
+from hyperflexis import env
 from hyperflexis.core.sampling import SamplingParams
-from hyperflexis.perf.profiled import ProfileSample
+from hyperflexis.perf.profiled import (
+    ProfiledCostModel,
+    ProfileSample,
+    fit,
+    load_profile,
+    write_profile,
+)
 from hyperflexis.scheduler import KVBlockManager, ScheduledChunk, SchedulerOutput
 
 _GREEDY = SamplingParams(max_tokens=1, temperature=0.0)
@@ -180,3 +188,63 @@ def profile_steps(
         if on_sample is not None:
             on_sample(sample)
     return samples
+
+
+class ProfileTarget(ProfiledRunner, Protocol):
+    """A runner the profile cache can name: which model, on which device, in which dtype."""
+
+    @property
+    def model_path(self) -> Path: ...
+
+    @property
+    def config(self) -> _VocabConfig: ...
+
+
+class _VocabConfig(Protocol):
+    @property
+    def vocab_size(self) -> int: ...
+
+
+def default_profile_path(runner: ProfileTarget, device: str, dtype: str) -> Path:
+    """Where a model's profile on a device is cached (DESIGN.md §3: per model and device)."""
+    name = f"{runner.model_path.name}-{device.replace(':', '')}-{dtype}.json"
+    return env.cache_dir() / "profiles" / name
+
+
+def run_profile(
+    runner: ProfileTarget,
+    spec: GridSpec,
+    out: Path,
+    meta: dict[str, object],
+    seed: int = 0,
+    on_sample: Callable[[ProfileSample], None] | None = None,
+) -> tuple[ProfiledCostModel, float]:
+    """Time the grid, fit the latency model, write the profile; returns (model, median error)."""
+    shapes = grid_shapes(spec, runner.max_model_len, runner.num_kv_blocks, runner.block_size)
+    if len(shapes) < 5:
+        raise ValueError(
+            f"only {len(shapes)} batch shapes fit this model's context and KV cache; "
+            "need at least 5 to fit 5 coefficients (raise --kv-cache-bytes)"
+        )
+    samples = profile_steps(
+        runner,
+        runner.config.vocab_size,
+        shapes,
+        spec.num_warmup,
+        spec.num_repeats,
+        seed=seed,
+        on_sample=on_sample,
+    )
+    model, median_rel_error = fit(samples)
+    write_profile(out, samples, model, {"model": str(runner.model_path), **meta})
+    return model, median_rel_error
+
+
+def cached_cost_model(runner: ProfileTarget, device: str, dtype: str) -> ProfiledCostModel:
+    """The model's cached profile on this device, profiling it now (quick grid) if absent."""
+    path = default_profile_path(runner, device, dtype)
+    if path.exists():
+        return load_profile(path)
+    meta: dict[str, object] = {"device": device, "dtype": dtype, "quick": True}
+    model, _ = run_profile(runner, QUICK_GRID, path, meta)
+    return model

@@ -105,3 +105,15 @@ def test_prompt_larger_than_the_cache_is_refused() -> None:
         scheduler.add_request(request("big", 40))
     with pytest.raises(ValueError, match="at least one token"):
         scheduler.add_request(request("empty", 0))
+
+
+def test_preempted_request_recomputes_in_chunks_without_chunked_prefill() -> None:
+    scheduler = make("distserve", num_blocks=64, block_size=4, max_num_batched_tokens=40)
+    req = request("a", 30, output_len=40)
+    scheduler.add_request(req)
+    now = 0.0
+    while req.num_tokens <= 40:
+        now, _ = step(scheduler, now)
+    scheduler._preempt(req, scheduler.schedule(now))  # as a KV shortage would
+    finished = run_until_done(scheduler, [], now)
+    assert [r.request_id for r in finished] == ["a"] and req.num_output_tokens == 40

@@ -32,7 +32,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--profile",
         type=Path,
         default=None,
-        help="step latency profile JSON from `hyperflexis profile` (policies that need one)",
+        help="step latency profile JSON from `hyperflexis profile` (default: the cached one)",
     )
     parser.add_argument(
         "--chat", action="store_true", help="wrap the prompt as a user message in the chat template"
@@ -42,13 +42,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from hyperflexis.core.sampling import SamplingParams
     from hyperflexis.llm import LLM
-    from hyperflexis.scheduler import policy_class
 
-    cost_model = None
-    if args.profile is None and policy_class(args.policy).needs_cost_model:
-        raise ValueError(
-            f"--policy {args.policy} needs --profile FILE (write one with `hyperflexis profile`)"
-        )
+    cost_model = None  # policies that need one profile the model once and cache it
     if args.profile is not None:
         from hyperflexis.perf import OnlineCorrection, load_profile
 

@@ -32,25 +32,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from hyperflexis import env
     from hyperflexis.engine import ModelRunner
-    from hyperflexis.perf import fit, write_profile
     from hyperflexis.perf.profiled import ProfileSample
-    from hyperflexis.step_profiler import FULL_GRID, QUICK_GRID, grid_shapes, profile_steps
+    from hyperflexis.step_profiler import FULL_GRID, QUICK_GRID, default_profile_path, run_profile
 
     runner = ModelRunner(
         args.model, dtype=args.dtype, device=args.device, kv_cache_bytes=args.kv_cache_bytes
     )
     spec = QUICK_GRID if args.quick else FULL_GRID
-    shapes = grid_shapes(spec, runner.max_model_len, runner.num_kv_blocks, runner.block_size)
-    if len(shapes) < 5:
-        raise ValueError(
-            f"only {len(shapes)} batch shapes fit this model's context and KV cache; "
-            "need at least 5 to fit 5 coefficients (raise --kv-cache-bytes)"
-        )
     print(
-        f"profiling {runner.model_path} on {args.device} ({args.dtype}): {len(shapes)} shapes, "
-        f"{spec.num_warmup} warm-up + {spec.num_repeats} timed runs each",
+        f"profiling {runner.model_path} on {args.device} ({args.dtype}): "
+        f"{spec.num_warmup} warm-up + {spec.num_repeats} timed runs per shape",
         file=sys.stderr,
     )
 
@@ -61,32 +53,14 @@ def run(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
 
-    samples = profile_steps(
-        runner,
-        runner.config.vocab_size,
-        shapes,
-        spec.num_warmup,
-        spec.num_repeats,
-        seed=args.seed,
-        on_sample=report,
-    )
-    model, median_rel_error = fit(samples)
-    out = args.out
-    if out is None:
-        name = f"{runner.model_path.name}-{args.device.replace(':', '')}-{args.dtype}.json"
-        out = env.cache_dir() / "profiles" / name
-    write_profile(
-        out,
-        samples,
-        model,
-        {
-            "model": str(runner.model_path),
-            "device": args.device,
-            "dtype": args.dtype,
-            "device_name": _device_name(args.device),
-            "quick": bool(args.quick),
-        },
-    )
+    out = args.out or default_profile_path(runner, args.device, args.dtype)
+    meta: dict[str, object] = {
+        "device": args.device,
+        "dtype": args.dtype,
+        "device_name": _device_name(args.device),
+        "quick": bool(args.quick),
+    }
+    model, median_rel_error = run_profile(runner, spec, out, meta, args.seed, report)
     coefficients = ", ".join(f"{c:.3e}" for c in model.coefficients)
     print(f"coefficients [c0..c4]: [{coefficients}]")
     print(f"median relative error: {median_rel_error:.1%}")

@@ -34,8 +34,10 @@ class FCFSScheduler(Scheduler):
         """Tokens of `request` to run now; 0 to skip it."""
         remaining = request.num_uncomputed_tokens
         cap = self.config.max_prefill_chunk
-        if not self.config.chunked_prefill:
+        if not self.config.chunked_prefill and request.num_output_tokens == 0:
             return remaining if remaining <= budget else 0
+        # A preempted request recomputes in chunks even without chunked prefill: its tokens so
+        # far may have outgrown any one step's budget.
         if cap is not None and remaining > 1:
             remaining = min(remaining, cap)
         return min(remaining, budget)
