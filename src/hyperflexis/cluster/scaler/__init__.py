@@ -1,0 +1,70 @@
+"""The scaler (DESIGN.md §6): observes demand, sizes each pool from the latency model, and
+returns scaling decisions (scale out, scale in, role switch) for a driver to apply."""
+
+from hyperflexis.cluster.scaler.base import Scaler, ScalerContext
+from hyperflexis.cluster.scaler.baselines import (
+    StaticScaler,
+    ThresholdScaler,
+    ThresholdScalerConfig,
+)
+from hyperflexis.cluster.scaler.capacity import CapacityModel, InstanceCapacity
+from hyperflexis.cluster.scaler.cost import CostMeter
+from hyperflexis.cluster.scaler.decision import (
+    INSTANCE_STATES,
+    ClusterView,
+    InstanceState,
+    InstanceView,
+    PoolLimits,
+    ScalingDecision,
+)
+from hyperflexis.cluster.scaler.forecast import Trend, fit_trend
+from hyperflexis.cluster.scaler.hyperflexis import (
+    HyperFlexisScaler,
+    HyperFlexisScalerConfig,
+    NoRoleSwitchScaler,
+    PoolPlan,
+)
+from hyperflexis.cluster.scaler.observe import DemandObserver, Observation, queue_laxity_s
+from hyperflexis.cluster.scaler.registry import (
+    make_scaler,
+    register_scaler,
+    scaler_class,
+    scaler_names,
+)
+from hyperflexis.cluster.scaler.startup import StartupModel, StartupPlan
+
+for _cls in (HyperFlexisScaler, NoRoleSwitchScaler, StaticScaler, ThresholdScaler):
+    register_scaler(_cls)
+del _cls
+
+__all__ = [
+    "INSTANCE_STATES",
+    "CapacityModel",
+    "ClusterView",
+    "CostMeter",
+    "DemandObserver",
+    "HyperFlexisScaler",
+    "HyperFlexisScalerConfig",
+    "InstanceCapacity",
+    "InstanceState",
+    "InstanceView",
+    "NoRoleSwitchScaler",
+    "Observation",
+    "PoolLimits",
+    "PoolPlan",
+    "Scaler",
+    "ScalerContext",
+    "ScalingDecision",
+    "StartupModel",
+    "StartupPlan",
+    "StaticScaler",
+    "ThresholdScaler",
+    "ThresholdScalerConfig",
+    "Trend",
+    "fit_trend",
+    "make_scaler",
+    "queue_laxity_s",
+    "register_scaler",
+    "scaler_class",
+    "scaler_names",
+]

@@ -1,0 +1,282 @@
+"""The cost-aware scaler (DESIGN.md §6): the fewest instances per pool whose predicted attainment
+stays above the target one start-up ahead, reached by the cheapest actions.
+
+Every control interval, per pool:
+
+1. Demand to plan for: prompt and output tokens/s forecast one start-up plus one interval ahead
+   (a straight line through the window, never below the window mean), plus the backlog of
+   prefills that would miss their deadline at the pool's capacity, to be cleared within that time.
+2. Capacity of one instance from the latency model (`capacity`); the demand fills `U` instances.
+   Predicted attainment with `n` instances is `min(1, n / (U * (1 + headroom)))`, a fluid model
+   with headroom for bursts; the pool needs the smallest `n` that reaches the target.
+3. Actions, cheapest first. A short pool takes instances from the other P/D pool when that one
+   has more than its current demand needs (role switch: no weight reload, and undone as cheaply,
+   so the donor is judged on its demand now, without the window-mean floor), then starts new ones
+   (weights from a live peer when there is one). A pool scales in only when it would still keep
+   the larger scale-in headroom, and only after that held for a whole window.
+4. Hysteresis against flapping: a pool that grew (scale-out or a switch into it) does not shrink
+   (scale-in or a switch out of it) within a cooldown. Growth is never held back: starting
+   instances already count towards the pool, so it cannot repeat itself, and missing SLOs costs
+   more than an instance.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+from dataclasses import dataclass, replace
+from typing import Any
+
+from hyperflexis.cluster.scaler.actions import least_loaded, link_plan
+from hyperflexis.cluster.scaler.base import Scaler, ScalerContext
+from hyperflexis.cluster.scaler.capacity import CapacityModel, InstanceCapacity
+from hyperflexis.cluster.scaler.decision import ClusterView, ScalingDecision
+from hyperflexis.cluster.scaler.observe import Observation, queue_laxity_s
+from hyperflexis.cluster.scaler.tracker import flipped
+from hyperflexis.scheduler.config import Role
+
+
+@dataclass(frozen=True, slots=True)
+class HyperFlexisScalerConfig:
+    control_interval_s: float = 10.0  # how often the driver calls `decide`; part of the look-ahead
+    window_s: float = 60.0  # demand is measured over this much history
+    bin_s: float = 5.0  # width of one rate sample of the trend fit
+    min_observed_s: float = 10.0  # no action before this much demand has been seen
+    target_attainment: float = 0.99  # predicted attainment each pool must keep
+    headroom: float = 0.15  # spare capacity above the forecast when sizing up
+    scale_in_headroom: float = 0.4  # a pool shrinks only if it would keep this much spare
+    scale_in_window_s: float = 60.0  # ... and only after that held for this long
+    cooldown_s: float = 30.0  # a pool that grew does not shrink this soon after
+    role_switch: bool = True  # flip prefill <-> decode instances instead of starting new ones
+
+    def __post_init__(self) -> None:
+        for name in ("control_interval_s", "window_s", "bin_s", "scale_in_window_s"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"invalid scaler field {name!r}: must be > 0")
+        for name in ("min_observed_s", "headroom", "cooldown_s"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"invalid scaler field {name!r}: must be >= 0")
+        if self.bin_s > self.window_s:
+            raise ValueError("invalid scaler field 'bin_s': must be <= window_s")
+        if not 0 < self.target_attainment <= 1:
+            raise ValueError("invalid scaler field 'target_attainment': must be in (0, 1]")
+        if self.scale_in_headroom < self.headroom:
+            raise ValueError("invalid scaler field 'scale_in_headroom': must be >= headroom")
+
+
+@dataclass(frozen=True, slots=True)
+class PoolPlan:
+    """One pool's sizing at one control interval, with the arithmetic for the logs."""
+
+    role: Role  # the pool
+    prefill_tokens_s: float  # prompt tokens/s to plan for (forecast plus backlog)
+    decode_tokens_s: float  # output tokens/s to plan for (forecast)
+    backlog_tokens: int  # pending prefill tokens that would miss their deadline now
+    capacity: InstanceCapacity  # of one instance at the observed shape
+    load_instances: float  # instances the demand fills completely (U)
+    headroom: float  # the scale-out headroom the count below keeps
+    num_needed: int  # fewest instances reaching the target attainment, within the pool's limits
+    num_needed_in: int  # the same with the scale-in headroom: the pool never shrinks below it
+    num_needed_now: int  # as num_needed, for the demand now (no mean floor): a donor keeps this
+    num_planned: int  # instances it has once transitions under way complete
+
+    def predicted_attainment(self, num_instances: int) -> float:
+        if self.load_instances <= 0:
+            return 1.0
+        return min(1.0, num_instances / (self.load_instances * (1 + self.headroom)))
+
+    def describe(self) -> str:
+        demand = []
+        if self.prefill_tokens_s > 0 or self.capacity.prefill_tokens_s > 0:
+            demand.append(f"prefill {self.prefill_tokens_s:.0f} tok/s")
+        if self.decode_tokens_s > 0 or self.capacity.decode_tokens_s > 0:
+            demand.append(f"decode {self.decode_tokens_s:.0f} tok/s")
+        backlog = f" (incl. backlog {self.backlog_tokens} tok)" if self.backlog_tokens else ""
+        return (
+            f"{self.role}: demand {' + '.join(demand)}{backlog} / per-instance "
+            f"{self.capacity.describe()} = {self.load_instances:.2f} instances; "
+            f"x{1 + self.headroom:.2f} headroom -> need {self.num_needed} "
+            f"(keep >= {self.num_needed_in}, now {self.num_needed_now}), planned "
+            f"{self.num_planned}, predicted attainment "
+            f"{self.predicted_attainment(self.num_planned):.3f}"
+        )
+
+
+class HyperFlexisScaler(Scaler):
+    name = "hyperflexis"
+    config_type = HyperFlexisScalerConfig
+
+    def __init__(self, context: ScalerContext, config: Any = None) -> None:
+        self.config: HyperFlexisScalerConfig = config or self.config_type()
+        super().__init__(context, config)
+        self.capacity_model = CapacityModel(
+            context.cost_model, context.scheduler_config, context.instance_kv_tokens
+        )
+        self._last_grow_s: dict[Role, float] = {}
+        self._needed_in: dict[Role, deque[tuple[float, int]]] = {}  # (time, num_needed_in)
+        self._first_decide_s: float | None = None
+        self.last_plans: dict[Role, PoolPlan] = {}  # the latest sizing, for logs and tests
+        self.last_observation: Observation | None = None
+
+    def _window(self) -> tuple[float, float]:
+        return self.config.window_s, self.config.bin_s
+
+    def _decide(self, now: float, view: ClusterView) -> list[ScalingDecision]:
+        config = self.config
+        if self._first_decide_s is None:
+            self._first_decide_s = now
+        observation = self.observer.observe(now)
+        self.last_observation = observation
+        startup = self.actions.startup.plan(view.instances)
+        horizon_s = startup.startup_s + config.control_interval_s
+        members = self.tracker.planned_members(view)
+        plans = {
+            role: self._plan(role, observation, view, horizon_s, len(members.get(role, [])), now)
+            for role in sorted(view.pools)
+        }
+        self.last_plans = plans
+        for role, plan in plans.items():
+            history = self._needed_in.setdefault(role, deque())
+            history.append((now, plan.num_needed_in))
+            while history and history[0][0] < now - config.scale_in_window_s:
+                history.popleft()
+        if observation.covered_s < config.min_observed_s:
+            return []
+
+        decisions: list[ScalingDecision] = []
+        taken = {i.instance_id for i in view.instances} | self.tracker.pending_ids()
+        links = link_plan(view, members)
+        short = {role: max(plan.num_needed - plan.num_planned, 0) for role, plan in plans.items()}
+        acted: set[Role] = set()
+        grew: set[Role] = set()
+        suffix = self._suffix(observation, horizon_s)
+
+        if config.role_switch and view.is_disaggregated:
+            for receiver in ("prefill", "decode"):
+                donor = flipped(receiver)
+                if receiver not in plans or donor not in plans or short[receiver] == 0:
+                    continue
+                if self._cooling(donor, now):
+                    continue
+                surplus = plans[donor].num_planned - plans[donor].num_needed_now
+                candidates = least_loaded(view, donor, self.tracker.is_free)
+                for instance in candidates[: max(min(short[receiver], surplus), 0)]:
+                    reason = (
+                        f"role switch {donor}->{receiver}: {plans[receiver].describe()}; "
+                        f"{plans[donor].describe()}; {suffix}"
+                    )
+                    decisions.append(self.actions.role_switch(now, instance, links, reason))
+                    short[receiver] -= 1
+                    acted.update((receiver, donor))
+                    grew.add(receiver)
+
+        for role, plan in plans.items():
+            if role in acted or short[role] > 0 or self._cooling(role, now):
+                continue
+            if now - self._first_decide_s < config.scale_in_window_s:
+                continue  # not yet a whole window of evidence that demand stayed low
+            floor = max(n for _, n in self._needed_in[role])
+            surplus = plan.num_planned - floor
+            if surplus <= 0:
+                continue
+            for instance in least_loaded(view, role, self.tracker.is_free)[:surplus]:
+                reason = (
+                    f"scale in {plan.describe()}; needed at most {floor} over the last "
+                    f"{config.scale_in_window_s:.0f} s; {suffix}"
+                )
+                decisions.append(self.actions.scale_in(now, instance, links, reason))
+                acted.add(role)
+
+        for role, plan in plans.items():
+            for _ in range(short[role]):
+                reason = f"scale out {plan.describe()}; {suffix}"
+                decisions.append(self.actions.scale_out(now, view, role, links, taken, reason))
+                acted.add(role)
+                grew.add(role)
+
+        for role in grew:
+            self._last_grow_s[role] = now
+        return decisions
+
+    def _plan(
+        self,
+        role: Role,
+        observation: Observation,
+        view: ClusterView,
+        horizon_s: float,
+        num_planned: int,
+        now: float,
+    ) -> PoolPlan:
+        config = self.config
+        capacity = self.capacity_model.capacity(
+            role,
+            observation.mean_prompt_tokens,
+            observation.mean_decode_context_tokens,
+            observation.tightest_tpot_s,
+        )
+        backlog = 0
+        if role != "decode":
+            backlog = sum(
+                sum(p.work_tokens for p in snap.pending_prefills)
+                for snap in observation.snapshots_by_role.get(role, ())
+                if (queue_laxity_s(snap, now, capacity.prefill_tokens_s) or 0.0) < 0
+            )
+        uses_prefill, uses_decode = role != "decode", role != "prefill"
+        prefill, decode = observation.prefill_tokens, observation.decode_tokens
+        backlog_s = backlog / horizon_s
+        prefill_s = prefill.ahead(horizon_s) + backlog_s if uses_prefill else 0.0
+        decode_s = decode.ahead(horizon_s) if uses_decode else 0.0
+        load = capacity.utilisation(prefill_s, decode_s)
+        load_now = capacity.utilisation(
+            max(prefill.level, prefill.at(horizon_s)) + backlog_s if uses_prefill else 0.0,
+            max(decode.level, decode.at(horizon_s)) if uses_decode else 0.0,
+        )
+        limits = view.limits(role)
+
+        def needed(load: float, headroom: float) -> int:
+            if load <= 0:
+                return limits.min_instances
+            if not math.isfinite(load):
+                return limits.max_instances
+            # 1e-9: a load of exactly n instances needs n, not n + 1, despite rounding.
+            count = math.ceil(load * (1 + headroom) * config.target_attainment - 1e-9)
+            return min(max(count, limits.min_instances), limits.max_instances)
+
+        return PoolPlan(
+            role=role,
+            prefill_tokens_s=prefill_s,
+            decode_tokens_s=decode_s,
+            backlog_tokens=backlog,
+            capacity=capacity,
+            load_instances=load,
+            headroom=config.headroom,
+            num_needed=needed(load, config.headroom),
+            num_needed_in=needed(load, config.scale_in_headroom),
+            num_needed_now=needed(load_now, config.headroom),
+            num_planned=num_planned,
+        )
+
+    def _cooling(self, role: Role, now: float) -> bool:
+        """Whether `role` grew too recently to shrink."""
+        last = self._last_grow_s.get(role)
+        return last is not None and now - last < self.config.cooldown_s
+
+    @staticmethod
+    def _suffix(observation: Observation, horizon_s: float) -> str:
+        p, d = observation.prefill_tokens, observation.decode_tokens
+        attained = "n/a" if observation.attainment is None else f"{observation.attainment:.3f}"
+        return (
+            f"forecast {horizon_s:.1f} s ahead: prefill now {p.level:.0f} tok/s slope "
+            f"{p.slope:+.1f}/s, decode now {d.level:.0f} tok/s slope {d.slope:+.1f}/s; "
+            f"observed attainment {attained} over {observation.num_finished} finished"
+        )
+
+
+class NoRoleSwitchScaler(HyperFlexisScaler):
+    """The same sizing without role switches: an ablation of the cheapest action."""
+
+    name = "no-role-switch"
+
+    def __init__(self, context: ScalerContext, config: Any = None) -> None:
+        base = config or HyperFlexisScalerConfig()
+        super().__init__(context, replace(base, role_switch=False))

@@ -1,0 +1,117 @@
+"""The trend fit, the demand observer, and per-instance capacity from the latency model."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from hyperflexis.cluster.dispatcher import DispatchRequest
+from hyperflexis.cluster.scaler import CapacityModel, DemandObserver, fit_trend, queue_laxity_s
+from hyperflexis.cluster.snapshot import PendingPrefill
+from hyperflexis.perf import StepFeatures, make_cost_model
+from hyperflexis.scheduler.config import SchedulerConfig
+from tests.cluster.scaler.helpers import INTERACTIVE, STANDARD, Finished, snapshot
+
+
+def test_trend_is_exact_on_a_line_and_flat_with_few_bins() -> None:
+    rates = [10.0 + 2.0 * 5.0 * i for i in range(12)]  # +2/s, bins of 5 s
+    trend = fit_trend(rates, 5.0)
+    assert trend.slope == pytest.approx(2.0)
+    assert trend.level == pytest.approx(rates[-1] + 2.0 * 2.5)  # the last bin's centre + half
+    assert trend.at(10.0) == pytest.approx(trend.level + 20.0)
+    assert trend.ahead(10.0) == trend.at(10.0)
+    falling = fit_trend(rates[::-1], 5.0)
+    assert falling.ahead(10.0) == pytest.approx(falling.mean)  # never below the window mean
+    assert falling.at(1e6) == 0.0
+    few = fit_trend([10.0, 30.0, 20.0], 5.0)
+    assert few.slope == 0.0 and few.level == pytest.approx(20.0) and few.peak == 30.0
+    assert fit_trend([], 5.0).level == 0.0
+
+
+def _request(k: int, prompt: int, max_tokens: int, slo=STANDARD) -> DispatchRequest:  # type: ignore[no-untyped-def]
+    return DispatchRequest(f"r{k}", prompt, max_tokens, slo, 0.0)
+
+
+def test_observer_rates_classes_attainment_and_window() -> None:
+    observer = DemandObserver(window_s=60.0, bin_s=5.0)
+    observer.observe_snapshots(0.0, [])  # the driver's first report starts the window
+    # 2 req/s for 60 s: 1000-token prompts, standard; plus interactive ones at 1 req/s.
+    for k in range(120):
+        t = 0.25 + k * 0.5
+        observer.observe_arrival(t, _request(k, 1000, 300))
+        if k % 2 == 0:
+            observer.observe_arrival(t, _request(k + 1000, 200, 50, INTERACTIVE))
+            observer.observe_finish(t, Finished("interactive", 40, attained=k % 4 == 0))
+    obs = observer.observe(60.0)
+    assert obs.covered_s == 60.0
+    assert obs.arrival_rate_by_class == pytest.approx({"interactive": 1.0, "standard": 2.0})
+    assert obs.prefill_tokens.level == pytest.approx(2200.0)
+    # Interactive output lengths come from finishes (40), standard ones from max_tokens.
+    assert obs.decode_tokens.mean == pytest.approx(2 * 300 + 1 * 40)
+    assert obs.tightest_tpot_s == INTERACTIVE.tpot_s
+    assert obs.attainment == pytest.approx(0.5)
+    assert obs.mean_decode_context_tokens == pytest.approx(obs.mean_prompt_tokens + 640 / 3 / 2)
+    # A minute later, with nothing new, the window is empty.
+    later = observer.observe(121.0)
+    assert later.prefill_tokens.level == 0.0 and later.attainment is None
+
+
+def test_observer_snapshots_kv_usage_and_queue_laxity() -> None:
+    observer = DemandObserver()
+    pending = (PendingPrefill(deadline_s=2.0, priority=1, work_tokens=10_000),)
+    observer.observe_snapshots(
+        0.0,
+        [
+            snapshot("p0", "prefill", kv_usage=0.5, num_waiting=3, pending=pending),
+            snapshot("p1", "prefill", kv_usage=0.1),
+            snapshot("d0", "decode", kv_usage=0.9),
+        ],
+    )
+    obs = observer.observe(1.0)
+    assert obs.kv_usage("prefill") == pytest.approx(0.3)
+    assert obs.kv_usage("mixed") is None
+    assert obs.num_waiting("prefill") == 3
+    p0 = obs.snapshots_by_role["prefill"][0]
+    assert queue_laxity_s(p0, 1.0, 20_000.0) == pytest.approx(0.5)
+    assert queue_laxity_s(p0, 1.0, 5_000.0) == pytest.approx(-1.0)
+    assert queue_laxity_s(obs.snapshots_by_role["decode"][0], 1.0, 5_000.0) is None
+    observer.forget(["p1"])
+    assert set(observer.observe(2.0).snapshots_by_role) == {"prefill"}
+
+
+def _capacity_model(**config: object) -> CapacityModel:
+    cost = make_cost_model("analytic", hardware="h100", model="llama-3.1-8b")
+    return CapacityModel(cost, SchedulerConfig(**config), kv_cache_tokens=400_000)  # type: ignore[arg-type]
+
+
+def test_decode_batch_is_the_largest_that_fits_the_tpot() -> None:
+    model = _capacity_model(max_num_seqs=4096, max_num_batched_tokens=8192)
+    cost = model.cost_model
+    for tpot in (0.02, 0.04, 0.1):
+        batch = model.largest_decode_batch(tpot, 1000.0, 4096)
+        fits = StepFeatures(num_decodes=batch, decode_ctx_tokens=batch * 1000)
+        over = StepFeatures(num_decodes=batch + 1, decode_ctx_tokens=(batch + 1) * 1000)
+        assert cost.predict(fits) <= tpot < cost.predict(over)
+    assert model.largest_decode_batch(0.001, 1000.0, 4096) == 0  # not even one fits
+
+
+def test_capacity_by_role_and_limits() -> None:
+    model = _capacity_model()
+    prefill = model.capacity("prefill", 1000, 1100, 0.1)
+    assert prefill.decode_tokens_s == 0 and prefill.prefill_chunk_tokens == 2048
+    assert prefill.prefill_tokens_s == pytest.approx(2048 / prefill.prefill_step_s)
+    assert 20_000 < prefill.prefill_tokens_s < 50_000  # 8B on an H100: tens of k tokens/s
+    decode = model.capacity("decode", 1000, 1100, 0.1)
+    assert decode.prefill_tokens_s == 0 and decode.max_decode_batch == 256  # max_num_seqs
+    # Long contexts: the KV cache (400k tokens) bounds the batch before the TPOT does.
+    long = model.capacity("decode", 8000, 8000, 0.1)
+    assert long.max_decode_batch == 400_000 // 8001
+    # A tight TPOT makes a mixed instance take smaller prefill chunks.
+    tight = model.capacity("mixed", 1000, 1100, 0.04)
+    assert tight.prefill_chunk_tokens < prefill.prefill_chunk_tokens
+    assert tight.utilisation(tight.prefill_tokens_s / 2, tight.decode_tokens_s / 2) == (
+        pytest.approx(1.0)
+    )
+    assert math.isinf(prefill.utilisation(0.0, 1.0))  # a prefill instance cannot decode
+    assert "batch 256" in decode.describe()

@@ -1,0 +1,217 @@
+"""The hyperflexis scaler on a manual clock: demand ramps, mix shifts, idle pools, noise."""
+
+from __future__ import annotations
+
+import random
+
+from hyperflexis.cluster.scaler import HyperFlexisScaler, HyperFlexisScalerConfig, InstanceView
+from hyperflexis.cluster.snapshot import PendingPrefill
+from tests.cluster.scaler.helpers import (
+    MODEL,
+    STANDARD,
+    MiniCluster,
+    Traffic,
+    scaler,
+    snapshot,
+    view,
+)
+
+INTERVAL_S = 10.0
+
+
+def steady(prompt: int, max_tokens: int):  # type: ignore[no-untyped-def]
+    return lambda t: (prompt, max_tokens, STANDARD)
+
+
+def test_rising_demand_scales_out_before_slos_are_missed() -> None:
+    # Two mixed instances; 1000-token prompts, 200-token answers; the rate climbs 0.25 req/s
+    # every second from 20 req/s. One instance sustains about 22 req/s of this shape.
+    s = scaler()
+    assert isinstance(s, HyperFlexisScaler)
+    cluster = MiniCluster.of({"mixed": 2}, mixed=(1, 8))
+    traffic = Traffic(s)
+    for step in range(20):
+        now = step * INTERVAL_S
+        traffic.run(now, lambda t: 20.0 + 0.25 * t, steady(1000, 200))
+        decisions = cluster.step(now, s)
+        if decisions:
+            break
+    else:
+        raise AssertionError("never scaled out")
+    assert [d.kind for d in decisions] == ["scale_out"]
+    assert decisions[0].role == "mixed"
+    # Decided on the forecast: the demand now still fits the two instances, with the headroom,
+    # and every request so far met its SLO.
+    observation = s.last_observation
+    assert observation is not None and observation.attainment == 1.0
+    plan = s.last_plans["mixed"]
+    load_now = plan.capacity.utilisation(
+        observation.prefill_tokens.level, observation.decode_tokens.level
+    )
+    config = s.config
+    assert load_now * (1 + config.headroom) * config.target_attainment <= 2
+    assert plan.load_instances * (1 + config.headroom) * config.target_attainment > 2
+    # A reactive rule on the demand now would not have acted: the scale-out was early.
+    assert observation.prefill_tokens.slope > 0
+    assert "forecast" in decisions[0].reason and "need 3" in decisions[0].reason
+
+
+def _shift_traffic(traffic: Traffic, ramp_s: float):  # type: ignore[no-untyped-def]
+    """Prompt-heavy (4000 in, 10 out) until t=60, then decode-heavy (200 in, 1000 out), mixed in
+    linearly over `ramp_s`; the share is spread over arrivals by a golden-ratio sequence."""
+
+    def shape(t: float) -> tuple[int, int, object]:
+        share = min(max((t - 60.0) / ramp_s, 0.0), 1.0)
+        decode_heavy = (traffic.num_sent * 0.6180339887) % 1.0 < share
+        return (200, 1000, STANDARD) if decode_heavy else (4000, 10, STANDARD)
+
+    return shape
+
+
+def test_shift_to_decode_heavy_flips_a_prefill_instance_instead_of_starting_one() -> None:
+    for ramp_s in (120.0, 1.0):  # a gradual shift and a sudden one
+        s = scaler()
+        cluster = MiniCluster.of({"prefill": 3, "decode": 1}, prefill=(1, 6), decode=(1, 6))
+        traffic = Traffic(s)
+        shape = _shift_traffic(traffic, ramp_s)
+        for step in range(31):
+            now = step * INTERVAL_S
+            traffic.run(now, lambda t: 14.0, shape)  # type: ignore[arg-type]
+            cluster.step(now, s)
+        kinds = [(d.kind, d.from_role, d.role) for d in cluster.log]
+        assert ("role_switch", "prefill", "decode") in kinds, ramp_s
+        assert not any(d.kind == "scale_out" for d in cluster.log), kinds
+        assert cluster.count("decode") == 2
+        switch = next(d for d in cluster.log if d.kind == "role_switch")
+        # It joins the decode pool linked to every planned prefill instance but itself, and
+        # leaves its links as a prefill instance.
+        assert switch.links_to_add and all(d == switch.instance_id for _, d in switch.links_to_add)
+        assert switch.links_to_remove == ((switch.instance_id, "decode-0"),)
+
+
+def test_idle_pool_scales_in_after_the_window_not_before_and_never_below_minimum() -> None:
+    s = scaler()
+    cluster = MiniCluster.of({"mixed": 4}, mixed=(2, 8))
+    scale_in_times = []
+    for step in range(20):
+        now = step * INTERVAL_S
+        for d in cluster.step(now, s):
+            assert d.kind == "scale_in"
+            scale_in_times.append(now)
+    window_s = s.config.scale_in_window_s  # type: ignore[attr-defined]
+    assert scale_in_times and min(scale_in_times) >= window_s
+    assert cluster.count("mixed") == 2  # the minimum, and never below it
+
+
+def test_scale_in_waits_a_window_after_demand_drops() -> None:
+    s = scaler()
+    cluster = MiniCluster.of({"mixed": 3}, mixed=(1, 8))
+    traffic = Traffic(s)
+    drop_s = 120.0
+    for step in range(40):
+        now = step * INTERVAL_S
+        traffic.run(now, lambda t: 45.0 if t < drop_s else 2.0, steady(1000, 200))
+        cluster.step(now, s)
+    times = [d.time_s for d in cluster.log]
+    assert [d.kind for d in cluster.log] == ["scale_in"] * len(times) and times
+    assert min(times) >= drop_s + s.config.scale_in_window_s  # type: ignore[attr-defined]
+    assert cluster.count("mixed") == 1
+
+
+def test_no_flapping_under_constant_noisy_load() -> None:
+    # Around 30, 45 and 55 req/s, +/-10% every 5 s, for 10 minutes, starting with 3 instances
+    # (45 req/s fills 2 and needs 3 with the headroom; 30 needs 2; 55 needs 3 to 4).
+    for level in (30.0, 45.0, 55.0):
+        for seed in range(2):
+            rng = random.Random(seed)
+            noise: dict[int, float] = {}
+
+            def rate(
+                t: float,
+                rng: random.Random = rng,
+                noise: dict[int, float] = noise,
+                level: float = level,
+            ) -> float:
+                key = int(t // 5)
+                if key not in noise:
+                    noise[key] = level * rng.uniform(0.9, 1.1)
+                return noise[key]
+
+            s = scaler()
+            cluster = MiniCluster.of({"mixed": 3}, mixed=(1, 8))
+            traffic = Traffic(s)
+            for step in range(60):
+                now = step * INTERVAL_S
+                traffic.run(now, rate, steady(1000, 200))
+                cluster.step(now, s)
+            assert len(cluster.log) <= 1, (level, seed, [d.reason for d in cluster.log])
+
+
+def test_never_acts_on_starting_or_draining_instances() -> None:
+    s = scaler()
+    instances = [
+        InstanceView("a", "mixed", "active", MODEL),
+        InstanceView("b", "mixed", "starting", MODEL),
+        InstanceView("c", "mixed", "draining", MODEL, drain_target="stop"),
+        InstanceView("d", "mixed", "active", MODEL, snapshot=snapshot("d", "mixed", num_running=9)),
+    ]
+    acted: list[str] = []
+    for step in range(12):
+        now = step * INTERVAL_S
+        acted += [d.instance_id for d in s.decide(now, view(instances, mixed=(1, 8)))]
+    # Idle: it shrinks to the minimum, counting b (starting) and not c (leaving): a and d go,
+    # the idle one first, each once even though the view never shows them draining.
+    assert acted == ["a", "d"]
+
+
+def test_starting_instances_count_so_a_ramp_does_not_repeat_scale_out() -> None:
+    s = scaler()
+    instances = [InstanceView("a", "mixed", "active", MODEL)]
+    traffic = Traffic(s)
+    decisions = []
+    for step in range(6):
+        now = step * INTERVAL_S
+        traffic.run(now, lambda t: 40.0, steady(1000, 200))
+        decisions += s.decide(now, view(instances, mixed=(1, 8)))
+    # 40 req/s needs 1.8 instances, 3 with headroom: two scale-outs once, none repeated
+    # although the driver never shows the new instances.
+    assert [d.kind for d in decisions] == ["scale_out", "scale_out"]
+    assert len({d.instance_id for d in decisions}) == 2
+
+
+def test_no_role_switch_ablation_starts_a_decode_instance_instead() -> None:
+    s = scaler("no-role-switch")
+    cluster = MiniCluster.of({"prefill": 3, "decode": 1}, prefill=(1, 6), decode=(1, 6))
+    traffic = Traffic(s)
+    shape = _shift_traffic(traffic, 120.0)
+    for step in range(31):
+        now = step * INTERVAL_S
+        traffic.run(now, lambda t: 14.0, shape)  # type: ignore[arg-type]
+        cluster.step(now, s)
+    kinds = [(d.kind, d.role) for d in cluster.log]
+    assert ("scale_out", "decode") in kinds
+    assert not any(d.kind == "role_switch" for d in cluster.log)
+
+
+def test_pool_maximum_caps_scale_out() -> None:
+    s = scaler(config=HyperFlexisScalerConfig())
+    cluster = MiniCluster.of({"mixed": 1}, mixed=(1, 2))
+    traffic = Traffic(s)
+    for step in range(8):
+        now = step * INTERVAL_S
+        traffic.run(now, lambda t: 200.0, steady(1000, 200))
+        cluster.step(now, s)
+    assert cluster.count("mixed") == 2
+
+
+def test_prefills_about_to_miss_their_deadlines_add_demand() -> None:
+    # No arrivals in the window, but 1M prompt tokens queued on the one instance, due in 2 s:
+    # the backlog must clear within a start-up (13 s), about 77k tok/s, 2.2 instances.
+    s = scaler()
+    due = tuple(PendingPrefill(deadline_s=12.0, priority=1, work_tokens=10_000) for _ in range(100))
+    queued = snapshot("a", "mixed", 10.0, num_waiting=100, pending=due)
+    instances = [InstanceView("a", "mixed", "active", MODEL, snapshot=queued)]
+    assert s.decide(0.0, view([InstanceView("a", "mixed", "active", MODEL)], mixed=(1, 8))) == []
+    decisions = s.decide(10.0, view(instances, mixed=(1, 8)))
+    assert [d.kind for d in decisions] == ["scale_out", "scale_out"]
+    assert "backlog 1000000 tok" in decisions[0].reason
