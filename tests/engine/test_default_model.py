@@ -91,3 +91,21 @@ def test_tokenizer_round_trips_and_chat_template_renders(default_model_dir: Path
     )
     with pytest.raises(ValueError, match="unknown role: robot"):
         tokenizer.apply_chat_template([{"role": "robot", "content": "beep"}])
+
+
+def test_a_lost_creation_race_uses_the_winner(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from hyperflexis.engine import default_model as module
+
+    monkeypatch.setenv("HYPERFLEXIS_CACHE_DIR", str(tmp_path))
+    target = tmp_path / "models" / f"tiny-llama-{VERSION}"
+    write = module.write_default_model
+
+    def write_then_lose(folder: Path, seed: int) -> None:
+        write(folder, seed)
+        shutil.copytree(folder, target)  # another process renamed its copy in first
+
+    monkeypatch.setattr(module, "write_default_model", write_then_lose)
+    assert default_model_path() == target
+    assert [p.name for p in target.parent.iterdir()] == [target.name]  # staging removed

@@ -81,3 +81,24 @@ def test_no_chat_template_is_a_clear_error(default_model_dir: Path, tmp_path: Pa
     (tmp_path / "tokenizer_config.json").write_text("{}")
     with pytest.raises(ValueError, match="chat_template"):
         Tokenizer.from_dir(tmp_path).apply_chat_template([{"role": "user", "content": "x"}])
+
+
+def test_incremental_detokenizer_keeps_sentencepiece_spaces(tmp_path: Path) -> None:
+    # Llama 2 / Mistral style: "▁" marks a word start and the decoder drops a leading one, so
+    # decoding tokens one at a time would glue words together.
+    from tokenizers import Tokenizer as HFTokenizer
+    from tokenizers import decoders, models, pre_tokenizers, trainers
+
+    from hyperflexis.engine.default_model import CORPUS
+
+    backend = HFTokenizer(models.BPE(unk_token="<unk>"))
+    backend.pre_tokenizer = pre_tokenizers.Metaspace()
+    backend.decoder = decoders.Metaspace()
+    trainer = trainers.BpeTrainer(vocab_size=400, special_tokens=["<unk>", "<s>", "</s>"])
+    backend.train_from_iterator(CORPUS.splitlines(), trainer)
+    tokenizer = Tokenizer(backend, bos_token="<s>", eos_token="</s>", add_bos_token=True)
+    prompt = tokenizer.encode("The cat sat")
+    text = " on the mat by the window."
+    output = tokenizer.encode("The cat sat" + text, add_special_tokens=False)[len(prompt) - 1 :]
+    detok = IncrementalDetokenizer(tokenizer, prompt_ids=prompt)
+    assert "".join(detok.add_token(t) for t in output) == text

@@ -60,7 +60,9 @@ class KVCache:
             torch.zeros(shape, dtype=dtype, device=device) for _ in range(config.num_layers)
         ]
         # Reused destinations for gathering blocks before attention. A fresh multi-megabyte
-        # tensor per layer costs more in page faults than the copy itself on CPU.
+        # tensor per layer costs more in page faults than the copy itself on CPU. They hold one
+        # layer's worth of the blocks a step attends to (padding included), so at most about
+        # 1/num_layers of the cache plus padding.
         self._gather_keys = torch.empty((0, *shape[1:]), dtype=dtype, device=device)
         self._gather_values = torch.empty((0, *shape[1:]), dtype=dtype, device=device)
         # Flat [num_slots, num_kv_heads, head_dim] views share storage with the tensors above.
@@ -87,7 +89,8 @@ class KVCache:
         head_dim]. The result lives in scratch space that the next `gather` overwrites."""
         num = int(blocks.shape[0])
         if self._gather_keys.shape[0] < num:
-            size = max(num, 2 * self._gather_keys.shape[0])  # grow geometrically
+            # Grow geometrically, but overshoot no further than the cache's own size.
+            size = max(num, min(2 * self._gather_keys.shape[0], self.num_blocks))
             shape = (size, *self._gather_keys.shape[1:])
             self._gather_keys = self._gather_keys.new_empty(shape)
             self._gather_values = self._gather_values.new_empty(shape)

@@ -38,24 +38,26 @@ class ModelRunner:
         block_size: int = 16,
         seed: int = 0,
     ) -> None:
-        self.dtype: torch.dtype = parse_dtype(dtype)
+        self.dtype: torch.dtype = parse_dtype(dtype)  # validated before any loading
         if block_size < 1:
             raise ValueError(f"block_size must be >= 1, got {block_size}")
         if kv_cache_bytes is not None and kv_cache_bytes < 1:
             raise ValueError(f"kv_cache_bytes must be >= 1, got {kv_cache_bytes}")
         self.device = torch.device(device)
+        # The checkpoint folder; the built-in default model when none is given.
         self.model_path: Path = Path(model) if model is not None else default_model_path()
         config, module = load_model(self.model_path, self.dtype, self.device)
         assert isinstance(module, CausalLM)
         self.config: ModelConfig = config
         self.model: CausalLM = module
         self.tokenizer = Tokenizer.from_dir(self.model_path)
-        self.block_size = block_size
+        self.block_size = block_size  # tokens per KV block; the KVBlockManager must match
         budget = kv_cache_bytes if kv_cache_bytes is not None else self._default_kv_bytes()
         self.num_kv_blocks: int = num_blocks_for_budget(config, budget, block_size, self.dtype)
         self.kv_cache = KVCache(config, self.num_kv_blocks, block_size, self.dtype, self.device)
+        # Longest request context: max_position_embeddings, or Mistral's window if smaller.
         self.max_model_len: int = config.max_model_len
-        self.sampler = Sampler(seed)
+        self.sampler = Sampler(seed)  # its generator serves unseeded requests
 
     @property
     def eos_token_ids(self) -> frozenset[int]:
