@@ -7,7 +7,7 @@ import math
 from dataclasses import dataclass
 
 from hyperflexis.cluster import DispatchRequest, LoadSnapshot, PendingPrefill
-from hyperflexis.core import SLO
+from hyperflexis.core import SLO, LateAction
 from hyperflexis.perf.base import StepFeatures
 from hyperflexis.scheduler.config import Role, SchedulerConfig
 
@@ -30,7 +30,7 @@ class LinearCost:
 
 def snap(
     instance_id: str,
-    pending: list[tuple[float, int, int]] | None = None,
+    pending: list[tuple[float, int, int]] | list[tuple[float, int, int, float]] | None = None,
     *,
     role: Role = "mixed",
     time_s: float = 0.0,
@@ -43,8 +43,8 @@ def snap(
     num_waiting: int | None = None,
     draining: bool = False,
 ) -> LoadSnapshot:
-    """A snapshot with pending prefills `(deadline_s, priority, work_tokens)` and decodes at
-    `decode_ctx`; decodes default to a TPOT of 0.1 s."""
+    """A snapshot with pending prefills `(deadline_s, priority, work_tokens[, tpot_s])` and
+    decodes at `decode_ctx`; decodes default to a TPOT of 0.1 s."""
     pending = pending or []
     decode_ctx = decode_ctx or []
     if tightest_tpot_s is None:
@@ -61,7 +61,7 @@ def snap(
         decode_features=StepFeatures.of(decodes=decode_ctx),
         tightest_tpot_s=tightest_tpot_s,
         earliest_decode_deadline_s=math.inf,
-        pending_prefills=tuple(PendingPrefill(d, p, w) for d, p, w in pending),
+        pending_prefills=tuple(PendingPrefill(*job) for job in pending),
         draining=draining,
     )
 
@@ -73,7 +73,8 @@ def req(
     tpot_s: float = 0.1,
     priority: int = 1,
     arrival_s: float = 0.0,
+    late: LateAction = "reject",
 ) -> DispatchRequest:
     return DispatchRequest(
-        request_id, num_prompt_tokens, 16, SLO(ttft_s, tpot_s, priority), arrival_s
+        request_id, num_prompt_tokens, 16, SLO(ttft_s, tpot_s, priority, late=late), arrival_s
     )

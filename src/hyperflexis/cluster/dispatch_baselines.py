@@ -20,9 +20,13 @@ def new_request_candidates(snapshots: Sequence[LoadSnapshot]) -> list[LoadSnapsh
     return [s for s in snapshots if not s.draining and s.role in NEW_REQUEST_ROLES]
 
 
-def in_flight_record(request: DispatchRequest, now: float, deadline_s: float) -> InFlightRequest:
+def in_flight_record(
+    request: DispatchRequest, arrive_s: float, deadline_s: float
+) -> InFlightRequest:
     slo = request.slo
-    return InFlightRequest(now, deadline_s, slo.priority, request.num_prompt_tokens, slo.tpot_s)
+    return InFlightRequest(
+        arrive_s, deadline_s, slo.priority, request.num_prompt_tokens, slo.tpot_s
+    )
 
 
 class _Cycle:
@@ -97,7 +101,7 @@ class LeastLoadedDispatcher(Dispatcher):
 
         best = min(candidates, key=load)
         deadline_s = request.arrival_s + request.slo.ttft_s
-        self._in_flight.add(best.instance_id, in_flight_record(request, now, deadline_s))
+        self._in_flight.add(best, in_flight_record(request, now, deadline_s))
         return DispatchDecision(best.instance_id, "least-loaded")
 
 
@@ -117,12 +121,16 @@ class DistServeDispatcher(RoundRobinDispatcher):
         links: Mapping[str, frozenset[str]],
         now: float,
     ) -> DispatchDecision:
-        linked = links.get(prefill_instance_id, frozenset())
-        paired = sorted(
-            s.instance_id
-            for s in snapshots
-            if s.instance_id in linked and s.role == "decode" and not s.draining
-        )
-        if not paired:
-            return DispatchDecision(None, "no-linked-decode-instance")
-        return DispatchDecision(paired[0], "paired")
+        # Prefill i (in id order) takes the (i mod n)-th of its n linked decode instances: one
+        # fixed partner under `pairs`, i -> i mod D under `all`. A partner that cannot take it
+        # passes it to the next one along.
+        linked = sorted(links.get(prefill_instance_id, frozenset()))
+        available = {s.instance_id for s in snapshots if s.role == "decode" and not s.draining}
+        # The links name every prefill instance; the snapshots may hold decode instances only.
+        prefill_ids = sorted(links)
+        rank = prefill_ids.index(prefill_instance_id) if prefill_instance_id in links else 0
+        for step in range(len(linked)):
+            decode_id = linked[(rank + step) % len(linked)]
+            if decode_id in available:
+                return DispatchDecision(decode_id, "paired" if step == 0 else "next-paired")
+        return DispatchDecision(None, "no-linked-decode-instance")

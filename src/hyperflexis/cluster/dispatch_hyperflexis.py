@@ -7,12 +7,15 @@ the request's decode fits the instance's TPOT gap bound and that KV has room for
 Then, in order of preference:
 
 1. **feasible**: the new request meets its TTFT and makes no pending request late. Take the
-   instance left with the most slack (the least, over its feasible prefills, of deadline minus
-   predicted completion), then the most free KV, then the smallest id.
+   instance left with the most slack where it acts: the least, over the new prefill and the
+   feasible ones served after it (which it delays), of deadline minus predicted completion.
+   Prefills served before it are unaffected wherever it goes, so they do not vote. Ties: the
+   most free KV, then the smallest id.
 2. **displaces-less-important**: the new request meets its TTFT and everything it pushes late is
    strictly less important. Take the instance whose most important displaced request is least
    important, then the least displaced work, then as above.
-3. Nowhere: reject (`infeasible`) with admission control on, else the smallest predicted TTFT.
+3. Nowhere: reject (`infeasible`) with admission control on when the request's class says
+   `late: reject`, else the smallest predicted TTFT.
 
 A finished prefill goes to the linked decode instance with the most free KV among those where
 one more decode keeps the step within the TPOT gap bound; if none fits, the most free KV.
@@ -24,12 +27,13 @@ import math
 from bisect import bisect_right
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
+from itertools import accumulate
 
 from hyperflexis.cluster.dispatch_baselines import in_flight_record, new_request_candidates
 from hyperflexis.cluster.dispatcher import DispatchDecision, Dispatcher, DispatchRequest
 from hyperflexis.cluster.inflight import InFlight, InFlightRequest
 from hyperflexis.cluster.registry import register_dispatcher
-from hyperflexis.cluster.snapshot import LoadSnapshot
+from hyperflexis.cluster.snapshot import LoadSnapshot, PendingPrefill
 from hyperflexis.perf.base import StepCostModel, StepFeatures
 from hyperflexis.scheduler.config import ROLES, Role, SchedulerConfig
 from hyperflexis.scheduler.feasibility import PrefillJob, budgeted_prefill_rate, split_feasible
@@ -43,41 +47,66 @@ _FEASIBLE, _DISPLACES_LESS_IMPORTANT, _INFEASIBLE = 0, 1, 2
 @dataclass(slots=True)
 class _Split:
     """An instance's pending prefills split by `split_feasible` without the new request, with
-    what lets a new request be tried in O(log n) when it displaces nothing."""
+    what lets a new request that displaces nobody be tried without rerunning the check."""
 
     jobs: list[PrefillJob]  # the jobs split; item = index in this list
     origin_s: float  # the time the split starts from
     feasible: list[int]  # their indices, EDF order
     keys: list[tuple[float, int]]  # (deadline, priority) of the feasible ones, EDF order
     elapsed_s: list[float]  # [i]: predicted prefill time of feasible[:i]
-    min_slack_before: list[float]  # [i]: least slack among feasible[:i]
-    min_slack_after: list[float]  # [i]: least slack among feasible[i:]
+    work_tokens: list[int]  # [i]: prefill work of feasible[:i]
+    slacks_s: list[float]  # [i]: deadline minus predicted completion of feasible[i]
     has_displaced: bool  # some job went late to make room for others (not just too late alone)
 
 
 def _split(jobs: list[PrefillJob], origin_s: float, rate: float) -> _Split:
     feasible, late = split_feasible(jobs, origin_s, rate)
-    keys: list[tuple[float, int]] = []
-    elapsed = [0.0]
-    slack_before = [math.inf]
-    total_s = 0.0
-    least = math.inf
-    for index in feasible:
-        deadline_s, priority, work_tokens, _ = jobs[index]
-        keys.append((deadline_s, priority))
-        total_s += work_tokens / rate
-        elapsed.append(total_s)
-        slack = deadline_s - (origin_s + total_s)
-        least = slack if slack < least else least
-        slack_before.append(least)
-    slack_after = [math.inf] * (len(feasible) + 1)
-    least = math.inf
-    for i in range(len(feasible) - 1, -1, -1):
-        slack = keys[i][0] - (origin_s + elapsed[i + 1])
-        least = slack if slack < least else least
-        slack_after[i] = least
+    # Built with accumulate and comprehensions: this runs once per snapshot per instance.
+    chosen = [jobs[i] for i in feasible]
+    keys = [(job[0], job[1]) for job in chosen]
+    elapsed = [0.0, *accumulate([job[2] / rate for job in chosen])]
+    work = [0, *accumulate([job[2] for job in chosen])]
     has_displaced = any(origin_s + jobs[i][2] / rate <= jobs[i][0] for i in late)
-    return _Split(jobs, origin_s, feasible, keys, elapsed, slack_before, slack_after, has_displaced)
+    split = _Split(jobs, origin_s, feasible, keys, elapsed, work, [], has_displaced)
+    _update_slack(split)
+    return split
+
+
+def _update_slack(split: _Split) -> None:
+    origin_s = split.origin_s
+    # Minima over ranges are taken when asked (`min` of a slice runs in C): cheaper than
+    # keeping prefix and suffix minima up to date.
+    split.slacks_s = [
+        key[0] - (origin_s + done_s)
+        for key, done_s in zip(split.keys, split.elapsed_s[1:], strict=True)
+    ]
+
+
+def _insert(split: _Split, job: PrefillJob, rate: float) -> bool:
+    """Add a job already appended to `split.jobs` (its item is its index) without rerunning the
+    check, when it displaces nobody (see `_try`); False when it would, and nothing changed."""
+    deadline_s, priority, work, index = job
+    own_s = work / rate
+    position = bisect_right(split.keys, (deadline_s, priority))
+    start_s = split.origin_s + split.elapsed_s[position]
+    if (
+        split.has_displaced
+        or start_s + own_s > deadline_s
+        or min(split.slacks_s[position:], default=math.inf) < own_s
+    ):
+        return False
+    split.feasible.insert(position, index)
+    split.keys.insert(position, (deadline_s, priority))
+    elapsed = split.elapsed_s
+    split.elapsed_s = elapsed[: position + 1] + [e + own_s for e in elapsed[position:]]
+    done = split.work_tokens
+    split.work_tokens = done[: position + 1] + [w + work for w in done[position:]]
+    _update_slack(split)
+    return True
+
+
+def _deadline_then_priority(pending: PendingPrefill) -> tuple[float, int]:
+    return pending.deadline_s, pending.priority
 
 
 @dataclass(slots=True)
@@ -87,10 +116,10 @@ class _InstanceLoad:
     snapshot: LoadSnapshot
     version: int  # of its in-flight list
     jobs: list[PrefillJob]  # pending prefills, then in-flight ones; item = index
-    work_tokens: int  # their total prefill work
+    snapshot_work_tokens: int  # prefill work the snapshot shows (in-flight work excluded)
     pending_blocks: int  # KV blocks their prompts still need
     decode_features: StepFeatures  # decodes now, plus the in-flight requests' first decodes
-    tightest_tpot_s: float  # among decodes now and in-flight requests
+    tightest_tpot_s: float  # among decodes now, pending prefills and in-flight requests
     rates: dict[float, float] = field(default_factory=dict)  # tightest TPOT -> tokens/s
     splits: dict[float, _Split] = field(default_factory=dict)  # by rate; the latest origin
 
@@ -98,18 +127,21 @@ class _InstanceLoad:
 def _summarise(
     snapshot: LoadSnapshot, in_flight: list[InFlightRequest], version: int
 ) -> _InstanceLoad:
-    jobs: list[PrefillJob] = []
+    pending = snapshot.pending_prefills
+    # In split_feasible's (stable) order already, which makes its sort a single pass.
+    ordered = sorted(pending, key=_deadline_then_priority)
+    jobs: list[PrefillJob] = [
+        (p.deadline_s, p.priority, p.work_tokens, index) for index, p in enumerate(ordered)
+    ]
     block_size = snapshot.block_size
-    work = blocks = 0
-    for index, p in enumerate(snapshot.pending_prefills):
-        jobs.append((p.deadline_s, p.priority, p.work_tokens, index))
-        work += p.work_tokens
-        blocks += -(-p.work_tokens // block_size)
+    work = sum(p.work_tokens for p in pending)
+    blocks = sum(-(-p.work_tokens // block_size) for p in pending)
     features = snapshot.decode_features.copy()
-    tightest = snapshot.tightest_tpot_s
+    # The instance rates its prefill as if the tightest TPOT among running and waiting requests
+    # were decoding (scheduler/feasibility.py); so does its dispatcher.
+    tightest = min(snapshot.tightest_tpot_s, min((p.tpot_s for p in pending), default=math.inf))
     for r in in_flight:
         jobs.append((r.deadline_s, r.priority, r.num_prompt_tokens, len(jobs)))
-        work += r.num_prompt_tokens
         blocks += -(-r.num_prompt_tokens // block_size)
         features.add_decode(r.num_prompt_tokens)
         tightest = min(tightest, r.tpot_s)
@@ -123,10 +155,14 @@ class _Option:
     instance_id: str
     tier: int  # _FEASIBLE, _DISPLACES_LESS_IMPORTANT or _INFEASIBLE
     predicted_ttft_s: float  # from arrival, KV transfer included
-    slack_s: float  # least slack among the instance's feasible prefills, the new one included
-    kv_free_blocks: int  # blocks left once every pending prompt has its KV
+    slack_s: float  # least slack of the new prefill and the feasible ones it delays
+    kv_free_blocks: int  # blocks left once every pending prompt has its KV (for tie-breaks)
     displaced_priority: int  # of the most important request it pushes late (tier 1)
     displaced_work_tokens: int  # prefill work it pushes late (tier 1)
+
+
+def _without_snapshot(option: tuple[object, ...]) -> tuple[object, ...]:
+    return option[:-1]
 
 
 @register_dispatcher
@@ -158,16 +194,35 @@ class HyperFlexisDispatcher(Dispatcher):
         if not candidates:
             return DispatchDecision(None, "no-instance")
         options = [self._evaluate(request, s, now) for s in candidates]
-        best, reason = self._pick(options)
+        best, reason = self._pick(options, request)
         if best is None:
             least = min(o.predicted_ttft_s for o in options)
-            return DispatchDecision(None, "infeasible", least)
+            return DispatchDecision(None, "infeasible", least if math.isfinite(least) else None)
         snapshot = next(s for s in candidates if s.instance_id == best.instance_id)
-        deadline_s = request.arrival_s + request.slo.ttft_s - self._transfer_s(request, snapshot)
-        self._in_flight.add(best.instance_id, in_flight_record(request, now, deadline_s))
+        self._record(request, snapshot, now)
         return DispatchDecision(best.instance_id, reason, best.predicted_ttft_s)
 
-    def _pick(self, options: list[_Option]) -> tuple[_Option | None, str]:
+    def _record(self, request: DispatchRequest, snapshot: LoadSnapshot, now: float) -> None:
+        """Count the request as in flight to the instance, and update its summary in place
+        (cheaper than rebuilding it: a burst between two snapshots lands on the same ones)."""
+        deadline_s = request.arrival_s + request.slo.ttft_s - self._transfer_s(request, snapshot)
+        record = in_flight_record(request, now, deadline_s)
+        version = self._in_flight.add(snapshot, record)
+        load = self._loads.get(snapshot.instance_id)
+        if load is None or load.snapshot is not snapshot or load.version != version - 1:
+            return  # rebuilt on next use
+        load.version = version
+        work = record.num_prompt_tokens
+        job = (deadline_s, record.priority, work, len(load.jobs))
+        load.jobs.append(job)  # shared with every split: each must take it or go
+        load.pending_blocks += -(-work // snapshot.block_size)
+        load.decode_features.add_decode(work)
+        load.tightest_tpot_s = min(load.tightest_tpot_s, record.tpot_s)
+        for rate, split in list(load.splits.items()):
+            if not _insert(split, job, rate):
+                del load.splits[rate]
+
+    def _pick(self, options: list[_Option], request: DispatchRequest) -> tuple[_Option | None, str]:
         feasible = [o for o in options if o.tier == _FEASIBLE]
         if feasible:
             return min(
@@ -186,8 +241,8 @@ class HyperFlexisDispatcher(Dispatcher):
                 ),
             )
             return best, "displaces-less-important"
-        if self.admission_control:
-            return None, "infeasible"
+        if self.admission_control and request.slo.late == "reject":
+            return None, "infeasible"  # its class asks to be told at once, not served late
         best = min(options, key=lambda o: (o.predicted_ttft_s, -o.kv_free_blocks, o.instance_id))
         return best, "least-predicted-ttft"
 
@@ -219,23 +274,25 @@ class HyperFlexisDispatcher(Dispatcher):
         transfer_s = self._transfer_s(request, snapshot)
         deadline_s = request.arrival_s + slo.ttft_s - transfer_s
         work = request.num_prompt_tokens
-        blocks_needed = -(-work // snapshot.block_size)
-        kv_free = snapshot.num_free_blocks - load.pending_blocks - blocks_needed
+        block_size = snapshot.block_size
+        kv_free = snapshot.num_free_blocks - load.pending_blocks - (-(-work // block_size))
         if rate <= 0:
             return _Option(snapshot.instance_id, _INFEASIBLE, math.inf, -math.inf, kv_free, 0, 0)
-        # Project the snapshot forward: the instance has kept working since it was taken, but
-        # cannot have run out of work before now (so a stale idle snapshot is no head start).
-        origin_s = max(snapshot.time_s, now - load.work_tokens / rate)
+        # Project the snapshot forward: the instance has worked through its backlog since the
+        # snapshot was taken, but not past now (a stale idle snapshot is no head start). Work
+        # sent since is all there by now. Cacheable while the backlog lasts: origin = time_s.
+        origin_s = max(snapshot.time_s, now - load.snapshot_work_tokens / rate)
         split = load.splits.get(rate)
         if split is None or split.origin_s != origin_s:
             split = _split(load.jobs, origin_s, rate)
             load.splits[rate] = split
-        own_s = work / rate
-        fits = kv_free >= 0 and self._decode_fits(request, load, snapshot, tightest_s)
-        tier, completion_s, slack_s, displaced_priority, displaced_work = self._try(
-            split, origin_s, rate, deadline_s, slo.priority, work, own_s
+        tier, completion_s, slack_s, displaced_priority, displaced_work, work_ahead = self._try(
+            split, origin_s, now, rate, deadline_s, slo.priority, work
         )
-        if not fits:
+        # KV for its prompt once the prefills served before it (EDF) have theirs; the ones
+        # after it, or late, wait for KV (the scheduler skips them rather than block).
+        kv_fits = -(-(work_ahead + work) // block_size) <= snapshot.num_free_blocks
+        if not (kv_fits and self._decode_fits(request, load, snapshot, tightest_s)):
             tier = _INFEASIBLE
         predicted_ttft_s = completion_s + transfer_s - request.arrival_s
         return _Option(
@@ -252,27 +309,35 @@ class HyperFlexisDispatcher(Dispatcher):
         self,
         split: _Split,
         origin_s: float,
+        now: float,
         rate: float,
         deadline_s: float,
         priority: int,
         work: int,
-        own_s: float,
-    ) -> tuple[int, float, float, int, int]:
+    ) -> tuple[int, float, float, int, int, int]:
         """(tier, predicted prefill completion, slack, most important displaced priority,
-        displaced work) of the new request added to `split`'s jobs."""
+        displaced work, prefill work served before it) of the new request added to `split`'s
+        jobs.
+
+        The split runs from `origin_s` (the snapshot, projected); the new request arrives at
+        `now` and cannot start before, which is all that differs from its EDF slot there."""
+        own_s = work / rate
+        if now + own_s > deadline_s:
+            # Too late even alone: it would be served after the feasible work.
+            done_s = max(now, origin_s + split.elapsed_s[-1]) + own_s
+            return _INFEASIBLE, done_s, deadline_s - done_s, 0, 0, 0
         if not split.has_displaced:
             # Nothing was pushed late for others, so adding a job changes nothing before its
             # EDF position; if everyone after it absorbs its time, split_feasible would keep
             # them all, and answer exactly this.
             position = bisect_right(split.keys, (deadline_s, priority))
-            done_s = origin_s + split.elapsed_s[position] + own_s
-            if done_s <= deadline_s and split.min_slack_after[position] >= own_s:
-                least_s = min(
-                    split.min_slack_before[position],
-                    deadline_s - done_s,
-                    split.min_slack_after[position] - own_s,
-                )
-                return _FEASIBLE, done_s, least_s, 0, 0
+            start_s = origin_s + split.elapsed_s[position]
+            slacks_s = split.slacks_s
+            after_s = min(slacks_s[position:], default=math.inf)
+            if start_s + own_s <= deadline_s and after_s >= own_s:
+                done_s = max(start_s, now) + own_s
+                least_s = min(deadline_s - done_s, after_s - own_s)
+                return _FEASIBLE, done_s, least_s, 0, 0, split.work_tokens[position]
         jobs = split.jobs
         new_index = len(jobs)
         with_new = [*jobs, (deadline_s, priority, work, new_index)]
@@ -280,22 +345,29 @@ class HyperFlexisDispatcher(Dispatcher):
         total_s = 0.0
         slack_s = math.inf
         completion_s: float | None = None
+        work_done = work_ahead = 0
         for index in feasible:
             job_deadline_s, _, job_work, _ = with_new[index]
             total_s += job_work / rate
-            slack_s = min(slack_s, job_deadline_s - (origin_s + total_s))
             if index == new_index:
-                completion_s = origin_s + total_s
+                completion_s = max(origin_s + total_s, now + own_s)
+                slack_s = deadline_s - completion_s
+                work_ahead = work_done
+            elif completion_s is not None:  # served after it: its time delays them
+                slack_s = min(slack_s, job_deadline_s - (origin_s + total_s))
+            work_done += job_work
         if completion_s is None:
             # Late: served after the feasible work, with what capacity is left.
-            return _INFEASIBLE, origin_s + total_s + own_s, slack_s, 0, 0
+            done_s = max(origin_s + total_s, now) + own_s
+            return _INFEASIBLE, done_s, deadline_s - done_s, 0, 0, work_done
         kept = set(feasible)
         displaced = [jobs[i] for i in split.feasible if i not in kept]
         if not displaced:
-            return _FEASIBLE, completion_s, slack_s, 0, 0
+            return _FEASIBLE, completion_s, slack_s, 0, 0, work_ahead
         most_important = min(job[1] for job in displaced)
         tier = _DISPLACES_LESS_IMPORTANT if most_important > priority else _INFEASIBLE
-        return tier, completion_s, slack_s, most_important, sum(job[2] for job in displaced)
+        displaced_work = sum(job[2] for job in displaced)
+        return tier, completion_s, slack_s, most_important, displaced_work, work_ahead
 
     def _decode_fits(
         self,
@@ -334,30 +406,42 @@ class HyperFlexisDispatcher(Dispatcher):
         if not candidates:
             return DispatchDecision(None, "no-linked-decode-instance")
         ctx = request.num_prompt_tokens
-        fitting: list[tuple[int, float, str]] = []
-        fallback: list[tuple[int, str]] = []
+        fitting: list[tuple[int, float, str, LoadSnapshot]] = []
+        fallback: list[tuple[int, str, LoadSnapshot]] = []
         for s in candidates:
-            in_flight, _ = self._in_flight_decodes.since(s)
-            features = s.decode_features.copy()
-            tightest_s = min(s.tightest_tpot_s, request.slo.tpot_s)
-            blocks = 0
-            for r in in_flight:
-                features.add_decode(r.num_prompt_tokens)
-                tightest_s = min(tightest_s, r.tpot_s)
-                blocks += -(-(r.num_prompt_tokens + 1) // s.block_size)
-            features.add_decode(ctx)
-            blocks += -(-(ctx + 1) // s.block_size)
-            kv_free = s.num_free_blocks - blocks
-            headroom_s = self._gap_bound_s(tightest_s) - self.cost_model.predict(features)
-            fallback.append((kv_free, s.instance_id))
+            kv_free, headroom_s = self._decode_room(s, ctx, request.slo.tpot_s)
+            fallback.append((-kv_free, s.instance_id, s))
             if kv_free >= 0 and headroom_s >= 0:
-                fitting.append((kv_free, headroom_s, s.instance_id))
+                fitting.append((-kv_free, -headroom_s, s.instance_id, s))
         if fitting:
-            chosen = min(fitting, key=lambda f: (-f[0], -f[1], f[2]))[2]
-            reason = "fits"
+            chosen, reason = min(fitting, key=_without_snapshot)[-1], "fits"
         else:
-            chosen = min(fallback, key=lambda f: (-f[0], f[1]))[1]
-            reason = "most-free-kv"
+            chosen, reason = min(fallback, key=_without_snapshot)[-1], "most-free-kv"
         deadline_s = request.arrival_s + request.slo.ttft_s
-        self._in_flight_decodes.add(chosen, in_flight_record(request, now, deadline_s))
-        return DispatchDecision(chosen, reason)
+        transfer_s = self.kv_transfer_s(ctx) if self.kv_transfer_s is not None else 0.0
+        # It counts against the decode instance from when its KV lands there.
+        record = in_flight_record(request, now + transfer_s, deadline_s)
+        self._in_flight_decodes.add(chosen, record)
+        return DispatchDecision(chosen.instance_id, reason)
+
+    def _decode_room(self, snapshot: LoadSnapshot, ctx: int, tpot_s: float) -> tuple[int, float]:
+        """(KV blocks left, seconds left under the TPOT gap bound) on a decode instance once it
+        runs one more decode at context `ctx`, besides those it has, those waiting for
+        admission and those handed to it since its snapshot."""
+        features = snapshot.decode_features.copy()
+        tightest_s = min(snapshot.tightest_tpot_s, tpot_s)
+        block_size = snapshot.block_size
+        blocks = -(-(ctx + 1) // block_size)
+        features.add_decode(ctx)
+        # Waiting for admission: their contexts are not published; take this request's as the
+        # typical one.
+        for p in snapshot.pending_prefills:
+            features.add_decode(ctx)
+            blocks += -(-(ctx + 1) // block_size)
+            tightest_s = min(tightest_s, p.tpot_s)
+        for r in self._in_flight_decodes.since(snapshot)[0]:
+            features.add_decode(r.num_prompt_tokens)
+            blocks += -(-(r.num_prompt_tokens + 1) // block_size)
+            tightest_s = min(tightest_s, r.tpot_s)
+        headroom_s = self._gap_bound_s(tightest_s) - self.cost_model.predict(features)
+        return snapshot.num_free_blocks - blocks, headroom_s

@@ -17,7 +17,7 @@ from hyperflexis.cluster.snapshot import LoadSnapshot
 class InFlightRequest:
     """A request sent to an instance that its latest snapshot may not show yet."""
 
-    sent_s: float  # when the dispatcher sent it, on the driver's clock
+    arrive_s: float  # when it reaches the instance (a decode hand-off: after its KV transfer)
     deadline_s: float  # when its prefill must be done (TTFT deadline, less any KV transfer)
     priority: int  # 0 is most important
     num_prompt_tokens: int  # prefill work, and the context its first decode reads
@@ -26,36 +26,47 @@ class InFlightRequest:
 
 @dataclass(slots=True)
 class _Entries:
-    requests: list[InFlightRequest] = field(default_factory=list)
+    requests: list[InFlightRequest] = field(default_factory=list)  # by arrival time
+    seen: LoadSnapshot | None = None  # the snapshot in view when the latest one was sent
     version: int = 0  # bumped on every change, so callers can cache what they derive
 
 
 class InFlight:
-    """Per instance: requests sent at or after the time of the latest snapshot seen of it."""
+    """Per instance: the requests its latest snapshot cannot include yet.
+
+    A snapshot includes a request that reached the instance at or before the time it was taken,
+    unless it is the very snapshot the dispatcher was looking at when it sent the request (then
+    it was taken before). That rule is exact where snapshots are taken on demand (the simulator,
+    many arrivals at one instant) and off by at most a network hop where instances publish them.
+    """
 
     __slots__ = ("_by_instance",)
 
     def __init__(self) -> None:
         self._by_instance: dict[str, _Entries] = {}
 
-    def add(self, instance_id: str, request: InFlightRequest) -> None:
-        entries = self._by_instance.setdefault(instance_id, _Entries())
+    def add(self, seen: LoadSnapshot, request: InFlightRequest) -> int:
+        """Record a request sent to `seen`'s instance while looking at `seen`; returns the
+        instance's new version number."""
+        entries = self._by_instance.setdefault(seen.instance_id, _Entries())
         entries.requests.append(request)
+        entries.seen = seen
         entries.version += 1
+        return entries.version
 
     def since(self, snapshot: LoadSnapshot) -> tuple[list[InFlightRequest], int]:
-        """The requests sent to `snapshot`'s instance that it may not include, and a version
-        number that changes whenever that list does. Drops the ones it includes: those sent
-        before it was taken. One sent at the very time it was taken is kept (it may or may not
-        be in it; counting it twice for one step is the safe error)."""
+        """The requests sent to `snapshot`'s instance that it does not include, and a version
+        number that changes whenever that list does."""
         entries = self._by_instance.get(snapshot.instance_id)
         if entries is None:
             return [], 0
         requests = entries.requests
-        if requests and requests[0].sent_s < snapshot.time_s:
+        if snapshot is not entries.seen and requests:
             time_s = snapshot.time_s
-            entries.requests = requests = [r for r in requests if r.sent_s >= time_s]
-            entries.version += 1
+            kept = [r for r in requests if r.arrive_s > time_s]
+            if len(kept) != len(requests):
+                entries.requests = requests = kept
+                entries.version += 1
         return requests, entries.version
 
     def count(self, snapshot: LoadSnapshot) -> int:

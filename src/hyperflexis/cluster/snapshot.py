@@ -18,6 +18,7 @@ class PendingPrefill:
     deadline_s: float  # when its first token is due
     priority: int  # 0 is most important
     work_tokens: int  # prompt tokens still to compute
+    tpot_s: float = math.inf  # its TPOT target: the instance's prefill rate depends on the tightest
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,7 +72,9 @@ def take_snapshot(
         tightest_tpot_s=tightest,
         earliest_decode_deadline_s=earliest,
         pending_prefills=tuple(
-            PendingPrefill(r.next_token_deadline_s, r.slo.priority, r.num_uncomputed_tokens)
+            PendingPrefill(
+                r.next_token_deadline_s, r.slo.priority, r.num_uncomputed_tokens, r.slo.tpot_s
+            )
             for r in pending
         ),
         draining=draining,

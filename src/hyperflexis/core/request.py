@@ -87,9 +87,10 @@ class Request:
         Cumulative, so a request that ran ahead banks slack and mean TPOT stays within target.
         Before the first token it is the TTFT deadline.
         """
-        if self.first_token_s is None:
-            return self.ttft_deadline_s
-        return self.first_token_s + self.num_output_tokens * self.slo.tpot_s
+        first = self.first_token_s  # inlined: schedulers read this for every request each step
+        if first is None:
+            return self.arrival_s + self.slo.ttft_s
+        return first + (len(self.token_ids) - len(self.prompt_token_ids)) * self.slo.tpot_s
 
     def append_token(self, token_id: int, now: float) -> None:
         self.token_ids.append(token_id)

@@ -54,7 +54,8 @@ class SLOClass:
 
 
 DEFAULT_CLASSES: tuple[SLOClass, ...] = (
-    SLOClass("interactive", ttft_s=0.5, tpot_s=0.040, priority=0),
+    # Interactive clients would rather retry elsewhere than wait (only with admission control).
+    SLOClass("interactive", ttft_s=0.5, tpot_s=0.040, priority=0, late="reject"),
     SLOClass("standard", ttft_s=2.0, tpot_s=0.100, priority=1),
     SLOClass("batch", ttft_s=10.0, tpot_s=0.300, priority=2),
 )
