@@ -15,17 +15,9 @@ from typing import Any
 from hyperflexis.core.outputs import RequestOutput
 from hyperflexis.core.sampling import SamplingParams
 from hyperflexis.core.slo import SLO, SLOClasses
-from hyperflexis.engine_loop import LLMEngine, StepObserver, batch_features
+from hyperflexis.engine_factory import InstanceSpec, build_engine
 from hyperflexis.perf.base import StepCostModel
-from hyperflexis.perf.online import OnlineCorrection
-from hyperflexis.scheduler import (
-    KVBlockManager,
-    SchedulerConfig,
-    SchedulerOutput,
-    make_scheduler,
-    policy_class,
-)
-from hyperflexis.step_profiler import cached_cost_model
+from hyperflexis.scheduler import SchedulerConfig
 
 PromptInput = str | Sequence[str] | Sequence[int] | Sequence[Sequence[int]]
 ChatMessages = list[dict[str, str]]
@@ -56,44 +48,26 @@ class LLM:
         """`model` is a Hugging Face checkpoint directory, or None for the embedded default.
         `max_num_batched_tokens` None means 2048 with chunked prefill, else the whole context
         (so any prompt fits one step)."""
-        scheduler_class = policy_class(policy)  # an unknown name fails before the model loads
-        from hyperflexis.engine import IncrementalDetokenizer, ModelRunner
-
-        runner = ModelRunner(
-            model,
+        if max_num_batched_tokens is None:  # without chunking build_engine fits the context
+            max_num_batched_tokens = _DEFAULT_CHUNKED_TOKEN_BUDGET
+        spec = InstanceSpec(
+            instance_id="offline",
+            model=None if model is None else str(model),
+            policy=policy,
+            scheduler_config=SchedulerConfig(
+                max_num_batched_tokens=max_num_batched_tokens,
+                max_num_seqs=max_num_seqs,
+                chunked_prefill=enable_chunked_prefill,
+            ),
+            cost_model=cost_model,
             dtype=dtype,
             device=device,
             kv_cache_bytes=kv_cache_bytes,
             block_size=block_size,
             seed=seed,
         )
-        if max_num_batched_tokens is None:
-            max_num_batched_tokens = (
-                _DEFAULT_CHUNKED_TOKEN_BUDGET
-                if enable_chunked_prefill
-                else max(runner.max_model_len, _DEFAULT_CHUNKED_TOKEN_BUDGET)
-            )
-        config = SchedulerConfig(
-            max_num_batched_tokens=max_num_batched_tokens,
-            max_num_seqs=max_num_seqs,
-            chunked_prefill=enable_chunked_prefill,
-        )
-        if scheduler_class.needs_cost_model and cost_model is None:
-            # The model's profile on this device, measured once and cached.
-            cost_model = OnlineCorrection(cached_cost_model(runner, device, dtype))
-        kv = KVBlockManager(runner.num_kv_blocks, runner.block_size)
-        scheduler = make_scheduler(policy, config, kv, cost_model)
-        tokenizer = runner.tokenizer
-        self.runner = runner
+        self.engine, self.runner, _ = build_engine(spec, clock)
         self.slo_classes = slo_classes
-        self.engine = LLMEngine(
-            runner,
-            scheduler,
-            lambda prompt_ids: IncrementalDetokenizer(tokenizer, prompt_ids),
-            clock=clock,
-            step_observer=_online_correction(cost_model),
-            eos_token_ids=_eos_ids(runner.config.eos_token_ids, runner.eos_token_ids),
-        )
 
     def get_tokenizer(self) -> Any:
         return self.runner.tokenizer
@@ -254,24 +228,6 @@ def _per_prompt(
         if item is not None and not isinstance(item, kind):
             raise ValueError(f"invalid '{name}[{index}]': got {type(item).__name__}")
     return values
-
-
-def _eos_ids(config_ids: Sequence[int], all_ids: frozenset[int]) -> list[int]:
-    """The config's EOS ids first (the first is the one the scheduler checks), then the rest the
-    tokenizer and generation config add (Llama 3's end-of-turn)."""
-    return [*config_ids, *sorted(all_ids - set(config_ids))]
-
-
-def _online_correction(cost_model: StepCostModel | None) -> StepObserver | None:
-    """Feed measured step times to a latency model that learns from them (`OnlineCorrection`)."""
-    observe = getattr(cost_model, "observe", None)
-    if observe is None:
-        return None
-
-    def observer(batch: SchedulerOutput, execute_s: float) -> None:
-        observe(batch_features(batch), execute_s)
-
-    return observer
 
 
 def _progress(total: int) -> Any:

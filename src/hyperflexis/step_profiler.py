@@ -205,9 +205,9 @@ class _VocabConfig(Protocol):
     def vocab_size(self) -> int: ...
 
 
-def default_profile_path(runner: ProfileTarget, device: str, dtype: str) -> Path:
+def default_profile_path(model_path: Path, device: str, dtype: str) -> Path:
     """Where a model's profile on a device is cached (DESIGN.md §3: per model and device)."""
-    name = f"{runner.model_path.name}-{device.replace(':', '')}-{dtype}.json"
+    name = f"{model_path.name}-{device.replace(':', '')}-{dtype}.json"
     return env.cache_dir() / "profiles" / name
 
 
@@ -242,7 +242,7 @@ def run_profile(
 
 def cached_cost_model(runner: ProfileTarget, device: str, dtype: str) -> ProfiledCostModel:
     """The model's cached profile on this device, profiling it now (quick grid) if absent."""
-    path = default_profile_path(runner, device, dtype)
+    path = default_profile_path(runner.model_path, device, dtype)
     if path.exists():
         return load_profile(path)
     meta: dict[str, object] = {"device": device, "dtype": dtype, "quick": True}

@@ -53,7 +53,7 @@ def run(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
 
-    out = args.out or default_profile_path(runner, args.device, args.dtype)
+    out = args.out or default_profile_path(runner.model_path, args.device, args.dtype)
     meta: dict[str, object] = {
         "device": args.device,
         "dtype": args.dtype,

@@ -13,14 +13,15 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
-from safetensors.torch import save_file
 from tokenizers import Tokenizer as HFTokenizer
 from tokenizers import decoders, models, pre_tokenizers, trainers
 
 from hyperflexis import env
+
+if TYPE_CHECKING:
+    import torch
 
 VERSION = "v1"  # bump when anything below changes, so stale cached copies are not reused
 SEED = 1234
@@ -145,6 +146,8 @@ def write_default_model(folder: Path, seed: int) -> None:
             "chat_template": CHAT_TEMPLATE,
         },
     )
+    from safetensors.torch import save_file  # torch only when the model is first created
+
     save_file(_random_weights(config, seed), str(folder / "model.safetensors"), {"format": "pt"})
 
 
@@ -164,6 +167,8 @@ def _train_tokenizer() -> HFTokenizer:
 
 
 def _random_weights(config: dict[str, Any], seed: int) -> dict[str, torch.Tensor]:
+    import torch
+
     generator = torch.Generator().manual_seed(seed)
     hidden = config["hidden_size"]
     inter = config["intermediate_size"]

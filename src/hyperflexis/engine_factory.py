@@ -1,0 +1,109 @@
+"""Builds one instance's engine: model runner, KV block manager, scheduler policy, engine loop.
+Used by the offline `LLM` and by every server instance process, so both run the same wiring.
+
+`InstanceSpec` is picklable, so the server hands it to each spawned instance process, which
+builds its own engine (torch state never crosses a process boundary).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, NamedTuple
+
+from hyperflexis.engine_loop import LLMEngine, StepObserver, batch_features
+from hyperflexis.perf.base import StepCostModel
+from hyperflexis.perf.online import OnlineCorrection
+from hyperflexis.scheduler import (
+    KVBlockManager,
+    SchedulerConfig,
+    SchedulerOutput,
+    make_scheduler,
+    policy_class,
+)
+from hyperflexis.step_profiler import cached_cost_model
+
+if TYPE_CHECKING:
+    from hyperflexis.engine import ModelRunner
+
+
+@dataclass(frozen=True, slots=True)
+class InstanceSpec:
+    """Everything an instance needs to build its engine."""
+
+    instance_id: str
+    model: str | None  # checkpoint folder; None: the built-in tiny model
+    policy: str  # scheduling policy name
+    scheduler_config: SchedulerConfig = field(default_factory=SchedulerConfig)
+    # Step latency model for policies that need one; None: the model's cached profile on this
+    # device (profiled once when missing).
+    cost_model: StepCostModel | None = None
+    dtype: str = "float32"
+    device: str = "cpu"
+    kv_cache_bytes: int | None = None  # None: the runner's default
+    block_size: int = 16
+    seed: int = 0
+    num_threads: int | None = None  # torch CPU threads; None leaves torch's default
+
+
+class BuiltEngine(NamedTuple):
+    engine: LLMEngine
+    runner: ModelRunner  # the engine's, typed as the concrete runner (tokenizer, model path)
+    cost_model: OnlineCorrection | None  # online-corrected; None when the policy needs none
+
+
+def build_engine(spec: InstanceSpec, clock: Callable[[], float] = time.monotonic) -> BuiltEngine:
+    """The instance's engine, runner and online-corrected latency model. Each instance corrects
+    its own copy: instances on one host slow each other down unevenly."""
+    needs_cost_model = policy_class(spec.policy).needs_cost_model  # unknown names fail first
+    from hyperflexis.engine import IncrementalDetokenizer, ModelRunner
+
+    if spec.num_threads is not None:
+        import torch
+
+        torch.set_num_threads(spec.num_threads)
+    runner = ModelRunner(
+        spec.model,
+        dtype=spec.dtype,
+        device=spec.device,
+        kv_cache_bytes=spec.kv_cache_bytes,
+        block_size=spec.block_size,
+        seed=spec.seed,
+    )
+    config = spec.scheduler_config
+    if not config.chunked_prefill and config.max_num_batched_tokens < runner.max_model_len:
+        # Without chunking a whole prompt runs in one step: the budget must hold any prompt.
+        config = dataclasses.replace(config, max_num_batched_tokens=runner.max_model_len)
+    cost_model = spec.cost_model
+    if cost_model is None and needs_cost_model:
+        cost_model = cached_cost_model(runner, spec.device, spec.dtype)
+    correction = None
+    if cost_model is not None:
+        correction = (
+            cost_model if isinstance(cost_model, OnlineCorrection) else OnlineCorrection(cost_model)
+        )
+    kv = KVBlockManager(runner.num_kv_blocks, runner.block_size)
+    scheduler = make_scheduler(spec.policy, config, kv, correction)
+    tokenizer = runner.tokenizer
+    config_eos = list(runner.config.eos_token_ids)
+    # The config's EOS ids first (the scheduler checks the first), then the tokenizer's others
+    # (Llama 3's end-of-turn).
+    eos_ids = [*config_eos, *sorted(runner.eos_token_ids - set(config_eos))]
+    engine = LLMEngine(
+        runner,
+        scheduler,
+        lambda prompt_ids: IncrementalDetokenizer(tokenizer, prompt_ids),
+        clock=clock,
+        step_observer=None if correction is None else _observer(correction),
+        eos_token_ids=eos_ids,
+    )
+    return BuiltEngine(engine, runner, correction)
+
+
+def _observer(cost_model: OnlineCorrection) -> StepObserver:
+    def observe(batch: SchedulerOutput, execute_s: float) -> None:
+        cost_model.observe(batch_features(batch), execute_s)
+
+    return observe

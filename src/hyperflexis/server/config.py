@@ -1,0 +1,46 @@
+"""`ServerConfig`: what `hyperflexis serve` starts, checked on construction."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+DEFAULT_HOST = "127.0.0.1"
+DEFAULT_PORT = 8000
+
+
+@dataclass(frozen=True, slots=True)
+class ServerConfig:
+    model: str | None = None  # checkpoint folder; None: the built-in tiny model
+    num_instances: int = 2  # instance processes, each a full model replica
+    policy: str = "hyperflexis"  # instance scheduling policy
+    dispatch: str = "hyperflexis"  # global dispatch policy
+    slo_classes_path: Path | None = None  # SLO config file; None: the built-in classes
+    host: str = DEFAULT_HOST
+    port: int = DEFAULT_PORT  # 0: any free port (the readiness line says which)
+    api_key: str | None = None  # None: no authentication
+    max_queued: int | None = None  # 503 beyond this many requests without a first token
+    admission_control: bool = False  # reject requests that can no longer meet their SLO
+    dtype: str = "float32"
+    device: str = "cpu"  # every instance on it; "cuda" spreads nothing by itself
+    kv_cache_bytes: int | None = None  # per instance; None: the runner's default
+    profile_path: Path | None = None  # step latency profile; None: cached, made when missing
+    max_num_batched_tokens: int = 2048  # step token budget of each instance
+    num_threads: int = 1  # torch CPU threads per instance
+    seed: int = 0  # sampling seed of instance 0 (instance i uses seed + i)
+    ready_timeout_s: float = 300.0  # how long instances may take to load
+    graceful_shutdown_s: int = 2  # open requests get this long to finish on shutdown
+
+    def __post_init__(self) -> None:
+        if self.num_instances < 1:
+            raise ValueError(f"invalid 'instances': must be >= 1, got {self.num_instances}")
+        if not 0 <= self.port <= 65535:
+            raise ValueError(f"invalid 'port': must be in [0, 65535], got {self.port}")
+        if self.max_queued is not None and self.max_queued < 1:
+            raise ValueError(f"invalid 'max_queued': must be >= 1, got {self.max_queued}")
+        if self.api_key is not None and not self.api_key:
+            raise ValueError("invalid 'api_key': must not be empty")
+        if self.num_threads < 1:
+            raise ValueError(f"invalid 'num_threads': must be >= 1, got {self.num_threads}")
+        if self.max_num_batched_tokens < 1:
+            raise ValueError("invalid 'max_num_batched_tokens': must be >= 1")

@@ -1,0 +1,220 @@
+"""`ServingCore`: the server process's part of serving a request, between HTTP and instances.
+
+Per request: tokenise (chat template included), check it fits, resolve its SLO, ask the
+dispatcher for an instance using the latest load snapshots, and send it there. Instance reports
+come back on the event loop and are routed to each request's `RequestStream`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from dataclasses import dataclass, field
+
+from hyperflexis.cluster.dispatcher import Dispatcher, DispatchRequest
+from hyperflexis.core.slo import SLO, SLOClass
+from hyperflexis.engine.tokenizer import Tokenizer
+from hyperflexis.server.access import Access
+from hyperflexis.server.cost_model import SharedCorrection
+from hyperflexis.server.errors import APIError, bad_request, overloaded
+from hyperflexis.server.instances import InstanceHandle, InstancePool
+from hyperflexis.server.messages import AbortRequest, AddRequest, OutputDelta, StepReport
+from hyperflexis.server.metrics import ServerMetrics
+from hyperflexis.server.protocol import GenerationJob
+
+# Put in a stream's queue when its client disconnects: the consumer stops and aborts.
+DISCONNECTED = OutputDelta("", [], "", "abort", error="client disconnected")
+
+
+@dataclass(eq=False)
+class RequestStream:
+    """One live request: where it runs and the deltas still to deliver."""
+
+    request_id: str
+    instance_id: str
+    slo: SLO
+    num_prompt_tokens: int
+    arrival_s: float  # server receipt, monotonic clock
+    queue: asyncio.Queue[OutputDelta] = field(default_factory=asyncio.Queue)
+    has_first_token: bool = False
+    finished: bool = False  # the instance is done with it (or it was aborted)
+
+
+class ServingCore:
+    """Tokenise, dispatch, track; everything a route handler needs besides formatting."""
+
+    def __init__(
+        self,
+        pool: InstancePool,
+        dispatcher: Dispatcher,
+        tokenizer: Tokenizer,
+        access: Access,
+        model_name: str,
+        *,
+        model_aliases: tuple[str, ...] = (),
+        max_queued: int | None = None,
+        shared_correction: SharedCorrection | None = None,
+    ) -> None:
+        self.pool = pool
+        self.dispatcher = dispatcher
+        self.tokenizer = tokenizer
+        self.access = access
+        self.model_name = model_name  # the id /v1/models lists
+        self.model_aliases = frozenset((model_name, *model_aliases))  # names requests may use
+        self.max_queued = max_queued  # None: no bound on requests without a first token
+        self.shared_correction = shared_correction
+        self.metrics = ServerMetrics()
+        self.streams: dict[str, RequestStream] = {}
+        self.num_queued = 0  # streams with no first token yet
+        self.vocab_size = pool.vocab_size  # the model's, which may exceed the tokenizer's
+
+    # -- requests in ------------------------------------------------------------------------
+
+    def submit(self, job: GenerationJob, bound: SLOClass | None, arrival_s: float) -> RequestStream:
+        """Validate, tokenise and dispatch; raises `APIError` (4xx, or 503 when turned away)."""
+        if job.model is not None and job.model not in self.model_aliases:
+            raise APIError(
+                404,
+                f"the model {job.model!r} does not exist; this server serves {self.model_name!r}",
+                param="model",
+                code="model_not_found",
+            )
+        slo = self.access.resolve(job.slo, bound)
+        token_ids, param = self._tokenize(job)
+        max_tokens = self._check_length(job, len(token_ids), param)
+        params = job.sampling_params(max_tokens)
+        if self.max_queued is not None and self.num_queued >= self.max_queued:
+            self.metrics.rejected.inc(slo.class_name, "queue")
+            self.metrics.missed.inc(slo.class_name, "rejected")
+            raise overloaded(f"server busy: {self.num_queued} requests already queued")
+        prefix = "cmpl" if job.kind == "completion" else "chatcmpl"
+        request_id = f"{prefix}-{uuid.uuid4().hex}"
+        decision = self.dispatcher.choose(
+            DispatchRequest(request_id, len(token_ids), max_tokens, slo, arrival_s),
+            self.pool.snapshots(),
+            time.monotonic(),
+        )
+        if decision.instance_id is None:
+            self.metrics.rejected.inc(slo.class_name, "dispatch")
+            self.metrics.missed.inc(slo.class_name, "rejected")
+            raise overloaded(f"no instance can meet this request's SLO now ({decision.reason})")
+        handle = self.pool.get(decision.instance_id)
+        stream = RequestStream(request_id, handle.instance_id, slo, len(token_ids), arrival_s)
+        self.streams[request_id] = stream
+        self.num_queued += 1
+        handle.num_dispatched += 1
+        handle.send(AddRequest(request_id, token_ids, params, slo, arrival_s))
+        return stream
+
+    def _tokenize(self, job: GenerationJob) -> tuple[list[int], str]:
+        if job.messages is not None:
+            try:
+                return self.tokenizer.encode_chat(job.messages), "messages"
+            except ValueError as exc:
+                raise bad_request(str(exc), "messages") from None
+        if job.prompt is not None:
+            return self.tokenizer.encode(job.prompt), "prompt"
+        token_ids = job.prompt_token_ids or []
+        for token_id in token_ids:
+            if not 0 <= token_id < self.vocab_size:
+                raise bad_request(
+                    f"token id {token_id} in 'prompt' is outside the vocabulary of "
+                    f"{self.vocab_size} tokens",
+                    "prompt",
+                )
+        return token_ids, "prompt"
+
+    def _check_length(self, job: GenerationJob, num_prompt_tokens: int, param: str) -> int:
+        """The request's max_tokens; 400 when the prompt (plus an explicit max_tokens) does not
+        fit the context."""
+        max_context = self.pool.max_context_len
+        room = max_context - num_prompt_tokens
+        if room < 1:
+            raise bad_request(
+                f"This model's maximum context length is {max_context} tokens. However, your "
+                f"prompt has {num_prompt_tokens} tokens, which leaves no room for the completion. "
+                "Please reduce the length of the prompt.",
+                param,
+                "context_length_exceeded",
+            )
+        if job.max_tokens is None:
+            return room
+        if job.max_tokens > room:
+            raise bad_request(
+                f"This model's maximum context length is {max_context} tokens. However, you "
+                f"requested {num_prompt_tokens + job.max_tokens} tokens ({num_prompt_tokens} in "
+                f"the prompt, {job.max_tokens} for the completion). Please reduce the length of "
+                "the prompt or the completion.",
+                "max_tokens",
+                "context_length_exceeded",
+            )
+        return job.max_tokens
+
+    def abort(self, stream: RequestStream) -> None:
+        """The client went away: stop the request in its instance (frees its KV next loop)."""
+        if stream.finished:
+            return
+        self._close(stream)
+        self.metrics.missed.inc(stream.slo.class_name, "aborted")
+        handle = self.pool.handles.get(stream.instance_id)
+        if handle is not None and handle.alive:
+            handle.send(AbortRequest(stream.request_id))
+
+    def _close(self, stream: RequestStream) -> None:
+        stream.finished = True
+        self.streams.pop(stream.request_id, None)
+        if not stream.has_first_token:
+            stream.has_first_token = True  # no longer queued
+            self.num_queued -= 1
+
+    # -- reports back -----------------------------------------------------------------------
+
+    def on_report(self, handle: InstanceHandle, report: StepReport) -> None:
+        now = time.monotonic()
+        for delta in report.deltas:
+            stream = self.streams.get(delta.request_id)
+            if stream is None:
+                continue  # aborted meanwhile
+            if delta.token_ids and not stream.has_first_token:
+                stream.has_first_token = True
+                self.num_queued -= 1
+                self.metrics.ttft.observe(now - stream.arrival_s, stream.slo.class_name)
+            if delta.finished:
+                self._record_finish(stream, delta)
+                self._close(stream)
+            stream.queue.put_nowait(delta)
+        if self.shared_correction is not None:
+            live = self.pool.live()
+            self.shared_correction.factor = sum(h.correction_factor for h in live) / len(live)
+
+    def _record_finish(self, stream: RequestStream, delta: OutputDelta) -> None:
+        name = stream.slo.class_name
+        metrics = self.metrics
+        if delta.finish_reason in ("stop", "length"):
+            if delta.tpot_s is not None:
+                metrics.tpot.observe(delta.tpot_s, name)
+            if delta.attained:
+                metrics.attained.inc(name)
+            else:
+                metrics.missed.inc(name, "slo")
+        elif delta.finish_reason == "rejected":
+            metrics.rejected.inc(name, "instance")
+            metrics.missed.inc(name, "rejected")
+        else:
+            metrics.missed.inc(name, "error" if delta.finish_reason == "error" else "aborted")
+
+    def on_exit(self, handle: InstanceHandle) -> None:
+        """An instance process died: fail every request it held."""
+        message = f"instance {handle.instance_id} stopped unexpectedly"
+        for stream in [s for s in self.streams.values() if s.instance_id == handle.instance_id]:
+            delta = OutputDelta(stream.request_id, [], "", "error", error=message)
+            self._record_finish(stream, delta)
+            self._close(stream)
+            stream.queue.put_nowait(delta)
+
+    def fail_all(self, message: str) -> None:
+        """The server is stopping: end every open request."""
+        for stream in list(self.streams.values()):
+            self._close(stream)
+            stream.queue.put_nowait(OutputDelta(stream.request_id, [], "", "error", error=message))

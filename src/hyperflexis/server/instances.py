@@ -1,0 +1,207 @@
+"""The server's side of its instance processes: start them, send commands, read their reports,
+stop them. Each instance gets a command pipe in and a report pipe out.
+
+Commands go through a sender thread per instance, never straight from the event loop: an
+instance busy in a long step stops reading its pipe, and a blocking send on a full pipe would
+freeze the whole server (and, while the instance waits to send its report, deadlock both).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import multiprocessing
+import queue
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from multiprocessing.connection import Connection, wait
+from multiprocessing.process import BaseProcess
+
+from hyperflexis.cluster.snapshot import LoadSnapshot
+from hyperflexis.engine_factory import InstanceSpec
+from hyperflexis.server.instance import run_instance
+from hyperflexis.server.messages import (
+    Command,
+    InstanceFailed,
+    InstanceReady,
+    Report,
+    Shutdown,
+    StepReport,
+)
+
+ReportHandler = Callable[["InstanceHandle", StepReport], None]
+ExitHandler = Callable[["InstanceHandle"], None]
+
+
+@dataclass(eq=False)
+class InstanceHandle:
+    """One instance process as the server sees it."""
+
+    spec: InstanceSpec
+    process: BaseProcess
+    commands: Connection  # the server's (write) end of the command pipe
+    reports: Connection  # the server's (read) end of the report pipe
+    ready: InstanceReady | None = None  # its start-up message
+    snapshot: LoadSnapshot | None = None  # the latest published load
+    alive: bool = True  # False once its pipe closed or it failed
+    num_preemptions: int = 0  # latest totals the instance reported
+    num_rejections: int = 0
+    correction_factor: float = 1.0
+    num_dispatched: int = 0  # requests the server sent it
+    _outbox: queue.SimpleQueue[Command | None] = field(default_factory=queue.SimpleQueue)
+    _sender: threading.Thread | None = None
+
+    @property
+    def instance_id(self) -> str:
+        return self.spec.instance_id
+
+    def send(self, command: Command | None) -> None:
+        """Queue a command for the instance; never blocks. None ends the sender thread."""
+        self._outbox.put(command)
+
+    def _send_loop(self) -> None:
+        while (command := self._outbox.get()) is not None:
+            try:
+                self.commands.send(command)
+            except (BrokenPipeError, EOFError, OSError):
+                return  # the instance is gone; its report pipe tells the server
+
+
+class InstancePool:
+    """Starts, talks to and stops the instance processes."""
+
+    def __init__(self, specs: Sequence[InstanceSpec]) -> None:
+        ids = [s.instance_id for s in specs]
+        if not ids or len(set(ids)) != len(ids):
+            raise ValueError(f"invalid instances: need one or more unique ids, got {ids}")
+        self.specs = list(specs)
+        self.handles: dict[str, InstanceHandle] = {}
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    # -- lifecycle --------------------------------------------------------------------------
+
+    def start(self, timeout_s: float) -> None:
+        """Spawn every instance and wait until all are ready; raises RuntimeError (after
+        stopping the others) if one fails or the time runs out."""
+        context = multiprocessing.get_context("spawn")
+        for spec in self.specs:
+            command_reader, command_writer = context.Pipe(duplex=False)
+            report_reader, report_writer = context.Pipe(duplex=False)
+            process = context.Process(
+                target=run_instance,
+                args=(spec, command_reader, report_writer),
+                name=f"hyperflexis-{spec.instance_id}",
+                daemon=True,  # never outlives the server, even if the server dies abruptly
+            )
+            process.start()
+            # Close our copies of the child's ends, so each side sees EOF when the other exits.
+            command_reader.close()
+            report_writer.close()
+            handle = InstanceHandle(spec, process, command_writer, report_reader)
+            handle._sender = threading.Thread(
+                target=handle._send_loop, name=f"send-{spec.instance_id}", daemon=True
+            )
+            handle._sender.start()
+            self.handles[spec.instance_id] = handle
+        try:
+            self._wait_ready(timeout_s)
+        except BaseException:
+            self.stop()
+            raise
+
+    def _wait_ready(self, timeout_s: float) -> None:
+        deadline = time.monotonic() + timeout_s
+        pending = {h.reports: h for h in self.handles.values()}
+        while pending:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                names = ", ".join(h.instance_id for h in pending.values())
+                raise RuntimeError(f"instances not ready after {timeout_s:.0f} s: {names}")
+            for conn in wait(list(pending), timeout=left):
+                assert isinstance(conn, Connection)
+                handle = pending.pop(conn)
+                try:
+                    message = handle.reports.recv()
+                except (EOFError, OSError):
+                    raise RuntimeError(
+                        f"instance {handle.instance_id} exited while starting "
+                        f"(exit code {handle.process.exitcode})"
+                    ) from None
+                if isinstance(message, InstanceFailed):
+                    raise RuntimeError(
+                        f"instance {handle.instance_id} failed to start: {message.message}"
+                    )
+                if not isinstance(message, InstanceReady):
+                    raise RuntimeError(f"instance {handle.instance_id} sent {message!r} first")
+                handle.ready = message
+                handle.snapshot = message.snapshot
+
+    def attach(
+        self, loop: asyncio.AbstractEventLoop, on_report: ReportHandler, on_exit: ExitHandler
+    ) -> None:
+        """Read every instance's reports on `loop` as they arrive."""
+        self._loop = loop
+        for handle in self.handles.values():
+            loop.add_reader(handle.reports.fileno(), self._read, handle, on_report, on_exit)
+
+    def _read(self, handle: InstanceHandle, on_report: ReportHandler, on_exit: ExitHandler) -> None:
+        try:
+            while handle.reports.poll():
+                message: Report = handle.reports.recv()
+                if isinstance(message, StepReport):
+                    handle.snapshot = message.snapshot
+                    handle.num_preemptions = message.num_preemptions
+                    handle.num_rejections = message.num_rejections
+                    handle.correction_factor = message.correction_factor
+                    on_report(handle, message)
+                elif isinstance(message, InstanceFailed):
+                    raise EOFError(message.message)
+        except (EOFError, OSError):
+            self._detach(handle)
+            handle.alive = False
+            on_exit(handle)
+
+    def _detach(self, handle: InstanceHandle) -> None:
+        if self._loop is not None and not handle.reports.closed:
+            self._loop.remove_reader(handle.reports.fileno())
+
+    def stop(self, timeout_s: float = 5.0) -> None:
+        """Ask every instance to exit, then terminate (and finally kill) the stragglers."""
+        for handle in self.handles.values():
+            self._detach(handle)
+            handle.send(Shutdown())
+            handle.send(None)  # ends the sender thread after the shutdown command
+        deadline = time.monotonic() + timeout_s
+        for handle in self.handles.values():
+            handle.process.join(max(0.0, deadline - time.monotonic()))
+        for handle in self.handles.values():
+            if handle.process.is_alive():
+                handle.process.terminate()
+                handle.process.join(1.0)
+            if handle.process.is_alive():
+                handle.process.kill()
+                handle.process.join(1.0)
+            handle.alive = False
+            for conn in (handle.commands, handle.reports):
+                conn.close()
+
+    # -- state ------------------------------------------------------------------------------
+
+    def live(self) -> list[InstanceHandle]:
+        return [h for h in self.handles.values() if h.alive]
+
+    def snapshots(self) -> list[LoadSnapshot]:
+        return [h.snapshot for h in self.live() if h.snapshot is not None]
+
+    def get(self, instance_id: str) -> InstanceHandle:
+        return self.handles[instance_id]
+
+    @property
+    def vocab_size(self) -> int:
+        return min(h.ready.vocab_size for h in self.handles.values() if h.ready is not None)
+
+    @property
+    def max_context_len(self) -> int:
+        """The smallest context among the instances: a request must fit wherever it goes."""
+        return min(h.ready.max_context_len for h in self.handles.values() if h.ready is not None)

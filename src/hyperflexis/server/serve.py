@@ -1,0 +1,129 @@
+"""Starts and stops a whole server: the step profile, the instance processes, the HTTP API.
+
+The readiness line `HyperFlexis serving on http://HOST:PORT` is printed (and flushed) only once
+every instance is ready and the socket listens. Ctrl-C or SIGTERM stop the API, then every
+instance process (asked first, then terminated, then killed).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+from pathlib import Path
+from types import FrameType
+
+from hyperflexis.server.config import ServerConfig
+
+READY_LINE = "HyperFlexis serving on http://{host}:{port}"
+
+
+class _Stop(Exception):
+    """SIGTERM, turned into an exception so cleanup code runs."""
+
+
+def _raise_stop(signum: int, frame: FrameType | None) -> None:
+    raise _Stop
+
+
+def serve(config: ServerConfig) -> int:
+    from hyperflexis.cluster import make_dispatcher
+    from hyperflexis.core.slo import SLOClasses
+    from hyperflexis.engine import Tokenizer, default_model_path
+    from hyperflexis.engine_factory import InstanceSpec
+    from hyperflexis.scheduler import SchedulerConfig, policy_class
+    from hyperflexis.server.access import Access
+    from hyperflexis.server.app import create_app
+    from hyperflexis.server.core import ServingCore
+    from hyperflexis.server.cost_model import SharedCorrection, load_or_profile
+    from hyperflexis.server.instances import InstancePool
+
+    policy_class(config.policy)  # unknown names fail before anything starts
+    slo_classes = (
+        SLOClasses.from_file(config.slo_classes_path)
+        if config.slo_classes_path is not None
+        else SLOClasses()
+    )
+    if config.model is not None and not Path(config.model).is_dir():
+        raise ValueError(f"invalid '--model': {config.model} is not a checkpoint folder")
+    model_path = Path(config.model) if config.model is not None else default_model_path()
+    tokenizer = Tokenizer.from_dir(model_path)
+    if tokenizer.chat_template is not None:
+        # Compile the template now, not inside the first chat request's latency.
+        tokenizer.encode_chat([{"role": "user", "content": "warm-up"}])
+    scheduler_config = SchedulerConfig(
+        max_num_batched_tokens=config.max_num_batched_tokens,
+        admission_control=config.admission_control,
+    )
+    profiled = load_or_profile(
+        model_path, config.device, config.dtype, config.kv_cache_bytes, config.profile_path
+    )
+    shared = SharedCorrection(profiled)
+    dispatcher = make_dispatcher(
+        config.dispatch, shared, scheduler_config, config.admission_control
+    )
+    specs = [
+        InstanceSpec(
+            instance_id=f"instance-{i}",
+            model=str(model_path),
+            policy=config.policy,
+            scheduler_config=scheduler_config,
+            cost_model=profiled,
+            dtype=config.dtype,
+            device=config.device,
+            kv_cache_bytes=config.kv_cache_bytes,
+            seed=config.seed + i,
+            num_threads=config.num_threads,
+        )
+        for i in range(config.num_instances)
+    ]
+    previous = signal.signal(signal.SIGTERM, _raise_stop)
+    pool = InstancePool(specs)
+    try:
+        pool.start(config.ready_timeout_s)
+        core = ServingCore(
+            pool,
+            dispatcher,
+            tokenizer,
+            Access(slo_classes, config.api_key),
+            model_path.name,
+            model_aliases=(str(model_path),),
+            max_queued=config.max_queued,
+            shared_correction=shared,
+        )
+        asyncio.run(_serve_http(config, core, create_app(core)))
+    except (_Stop, KeyboardInterrupt):
+        pass
+    finally:
+        pool.stop()
+        signal.signal(signal.SIGTERM, previous)
+    return 0
+
+
+async def _serve_http(config: ServerConfig, core: object, app: object) -> None:
+    import uvicorn
+
+    from hyperflexis.server.core import ServingCore
+
+    assert isinstance(core, ServingCore)
+    server = uvicorn.Server(
+        uvicorn.Config(
+            app,  # type: ignore[arg-type]
+            host=config.host,
+            port=config.port,
+            log_level="warning",
+            access_log=False,
+            lifespan="off",
+            timeout_graceful_shutdown=config.graceful_shutdown_s,
+        )
+    )
+    core.pool.attach(asyncio.get_running_loop(), core.on_report, core.on_exit)
+    task = asyncio.create_task(server.serve())
+    while not server.started and not task.done():
+        await asyncio.sleep(0.01)
+    if server.started:
+        port = server.servers[0].sockets[0].getsockname()[1]
+        print(READY_LINE.format(host=config.host, port=port), flush=True)
+    try:
+        await task
+    finally:
+        core.fail_all("the server is shutting down")

@@ -1,0 +1,31 @@
+"""Fixtures for the live server tests: the tiny default model and a fixed step profile in tmp
+folders, so nothing touches the user's cache."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+
+@pytest.fixture(scope="session")
+def server_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from hyperflexis.engine.default_model import SEED, write_default_model
+
+    folder = tmp_path_factory.mktemp("server-model")
+    write_default_model(folder, SEED)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def fixed_profile(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A step profile with plausible tiny-model coefficients, for tests where the dispatcher's
+    predictions need not be accurate."""
+    from hyperflexis.perf import ProfiledCostModel, write_profile
+    from hyperflexis.perf.profiled import ProfileSample
+
+    path = tmp_path_factory.mktemp("server-profile") / "profile.json"
+    model = ProfiledCostModel((2e-3, 1e-4, 1e-6, 2e-3, 1e-6))
+    sample = ProfileSample([(16, 0)], [], 0.004)
+    write_profile(path, [sample], model, {"model": "tiny", "device": "cpu", "dtype": "float32"})
+    return path

@@ -1,0 +1,125 @@
+"""Starts `hyperflexis serve` as a subprocess for live tests and stops it again."""
+
+from __future__ import annotations
+
+import os
+import queue
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+
+READY = re.compile(r"HyperFlexis serving on (http://\S+)")
+START_TIMEOUT_S = 240.0  # a loaded 2-core machine may need to profile and load two instances
+
+
+@dataclass
+class LiveServer:
+    process: subprocess.Popen[str]
+    url: str
+    stderr_path: Path
+    lines: list[str] = field(default_factory=list)
+
+    def client(self, timeout_s: float = 60.0) -> httpx.Client:
+        return httpx.Client(base_url=self.url, timeout=timeout_s)
+
+    def instances(self) -> list[dict[str, object]]:
+        response = httpx.get(f"{self.url}/debug/instances", timeout=10)
+        response.raise_for_status()
+        rows: list[dict[str, object]] = response.json()
+        return rows
+
+    def stderr(self) -> str:
+        return self.stderr_path.read_text(errors="replace")
+
+
+def start_server(
+    args: Sequence[str], tmp_dir: Path, env: dict[str, str] | None = None
+) -> LiveServer:
+    """Start `hyperflexis serve --port 0 ARGS` and wait for its readiness line."""
+    stderr_path = tmp_dir / "serve.stderr"
+    stderr = stderr_path.open("w")
+    process = subprocess.Popen(
+        [sys.executable, "-m", "hyperflexis", "serve", "--port", "0", *args],
+        stdout=subprocess.PIPE,
+        stderr=stderr,
+        text=True,
+        env={**os.environ, **(env or {})},
+    )
+    stderr.close()
+    lines: queue.Queue[str | None] = queue.Queue()
+
+    def pump() -> None:
+        assert process.stdout is not None
+        for line in process.stdout:
+            lines.put(line)
+        lines.put(None)
+
+    threading.Thread(target=pump, daemon=True).start()
+    deadline = time.monotonic() + START_TIMEOUT_S
+    seen: list[str] = []
+    while time.monotonic() < deadline:
+        try:
+            line = lines.get(timeout=1.0)
+        except queue.Empty:
+            continue
+        if line is None:
+            break
+        seen.append(line)
+        match = READY.search(line)
+        if match:
+            return LiveServer(process, match.group(1), stderr_path, seen)
+    stop_server(process)
+    raise RuntimeError(
+        f"server did not become ready; stdout: {''.join(seen)!r}; "
+        f"stderr: {stderr_path.read_text(errors='replace')[-3000:]}"
+    )
+
+
+def stop_server(process: subprocess.Popen[str], timeout_s: float = 30.0) -> int:
+    """SIGTERM, then SIGKILL if it does not exit in time; returns the exit code."""
+    if process.poll() is None:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(timeout_s)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(10)
+    if process.stdout is not None:
+        process.stdout.close()
+    return process.returncode
+
+
+def descendants(pid: int) -> set[int]:
+    """Every live descendant of `pid` (Linux /proc)."""
+    found: set[int] = set()
+    frontier = [pid]
+    while frontier:
+        parent = frontier.pop()
+        for task in Path(f"/proc/{parent}/task").glob("*"):
+            try:
+                children = (task / "children").read_text().split()
+            except OSError:
+                continue
+            for child in map(int, children):
+                if child not in found:
+                    found.add(child)
+                    frontier.append(child)
+    return found
+
+
+def is_running(pid: int) -> bool:
+    """True while `pid` exists and is not a zombie."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    state = stat.rsplit(")", 1)[1].split()[0]
+    return state not in ("Z", "X")

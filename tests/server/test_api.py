@@ -1,0 +1,415 @@
+"""The OpenAI-compatible API against one live `hyperflexis serve --instances 2` (module-scoped):
+the official `openai` client (sync and async, streaming and not, completions and chat), every
+kind of bad input, API keys, client disconnects, both instances in use, metrics."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import openai
+import pytest
+
+from tests.server.live import LiveServer, start_server, stop_server
+
+API_KEY = "sk-test"
+BATCH_KEY = "sk-batch"  # may ask for no more than the batch class
+ADMIN_KEY = "sk-admin"  # may ask for any class, "instant" included
+AUTH = {"Authorization": f"Bearer {API_KEY}"}
+
+SLO_CONFIG = f"""
+default = "standard"
+
+[classes.instant]  # a TTFT nothing can meet: admission control must turn it away
+ttft_ms = 0.001
+tpot_ms = 500
+priority = 0
+late = "reject"
+
+[classes.interactive]
+ttft_ms = 2000
+tpot_ms = 500
+priority = 0
+
+[classes.standard]
+ttft_ms = 5000
+tpot_ms = 1000
+priority = 1
+
+[classes.batch]
+ttft_ms = 30000
+tpot_ms = 3000
+priority = 2
+
+[api_keys]
+{BATCH_KEY} = "batch"
+{ADMIN_KEY} = "instant"
+"""
+
+
+@pytest.fixture(scope="module")
+def server(
+    tmp_path_factory: pytest.TempPathFactory, server_model_dir: Path, fixed_profile: Path
+) -> Iterator[LiveServer]:
+    tmp = tmp_path_factory.mktemp("api-server")
+    slo_path = tmp / "slo.toml"
+    slo_path.write_text(SLO_CONFIG)
+    live = start_server(
+        [
+            "--instances",
+            "2",
+            "--model",
+            str(server_model_dir),
+            "--profile",
+            str(fixed_profile),
+            "--slo-classes",
+            str(slo_path),
+            "--api-key",
+            API_KEY,
+            "--admission-control",
+        ],
+        tmp,
+    )
+    yield live
+    stop_server(live.process)
+
+
+@pytest.fixture(scope="module")
+def model_id(server: LiveServer) -> str:
+    client = openai.OpenAI(base_url=f"{server.url}/v1", api_key=API_KEY)
+    (model,) = client.models.list().data
+    return model.id
+
+
+def _client(server: LiveServer) -> openai.OpenAI:
+    return openai.OpenAI(base_url=f"{server.url}/v1", api_key=API_KEY, max_retries=0)
+
+
+def _post(server: LiveServer, path: str, body: Any, headers: dict[str, str] | None = None) -> Any:
+    content = body if isinstance(body, (bytes, str)) else json.dumps(body)
+    return httpx.post(
+        f"{server.url}{path}",
+        content=content,
+        headers={**AUTH, "content-type": "application/json", **(headers or {})},
+        timeout=60,
+    )
+
+
+def _wait_idle(server: LiveServer, timeout_s: float = 20.0) -> list[dict[str, Any]]:
+    """Poll until no request runs or waits and every KV block is free; returns the rows."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        rows = server.instances()
+        idle = all(
+            r["num_running"] == 0
+            and r["num_waiting"] == 0
+            and r["num_free_blocks"] == r["num_blocks"]
+            for r in rows
+        )
+        stats = httpx.get(f"{server.url}/debug/stats", timeout=10).json()
+        if idle and stats["num_open_requests"] == 0:
+            return rows
+        if time.monotonic() > deadline:
+            pytest.fail(f"requests still held after {timeout_s} s: {rows} {stats}")
+        time.sleep(0.05)
+
+
+# -- the openai client ------------------------------------------------------------------------
+
+
+def test_models_and_health(server: LiveServer, model_id: str, server_model_dir: Path) -> None:
+    assert model_id == server_model_dir.name
+    health = httpx.get(f"{server.url}/health", timeout=10).json()
+    assert health == {"status": "ok", "num_instances": 2}
+
+
+def test_sync_completion_and_stream_agree(server: LiveServer, model_id: str) -> None:
+    client = _client(server)
+    kwargs: dict[str, Any] = {
+        "model": model_id,
+        "prompt": "The little town by the sea",
+        "max_tokens": 12,
+        "temperature": 0,
+    }
+    full = client.completions.create(**kwargs)
+    choice = full.choices[0]
+    assert full.object == "text_completion"
+    assert choice.finish_reason in ("stop", "length")
+    usage = full.usage
+    assert usage is not None and usage.prompt_tokens > 0
+    assert 1 <= usage.completion_tokens <= 12
+    assert usage.total_tokens == usage.prompt_tokens + usage.completion_tokens
+
+    chunks = list(
+        client.completions.create(**kwargs, stream=True, stream_options={"include_usage": True})
+    )
+    text = "".join(c.choices[0].text for c in chunks if c.choices)
+    assert text == choice.text  # greedy: same text on either instance, streamed or not
+    reasons = [
+        c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].finish_reason
+    ]
+    assert reasons == [choice.finish_reason]
+    assert chunks[-1].choices == [] and chunks[-1].usage is not None
+    assert chunks[-1].usage.completion_tokens == usage.completion_tokens
+    assert all(c.usage is None for c in chunks[:-1])
+
+
+def test_stop_string_cuts_the_text(server: LiveServer, model_id: str) -> None:
+    client = _client(server)
+    kwargs: dict[str, Any] = {"model": model_id, "prompt": "Once upon a time", "temperature": 0}
+    text = client.completions.create(**kwargs, max_tokens=16).choices[0].text
+    stop = text[len(text) // 2 : len(text) // 2 + 2]
+    assert stop.strip(), f"unlucky greedy text {text!r}"
+    cut = client.completions.create(**kwargs, max_tokens=16, stop=[stop]).choices[0]
+    assert cut.finish_reason == "stop"
+    assert cut.text == text[: text.index(stop)]
+
+
+def test_async_chat_streaming_and_not(server: LiveServer, model_id: str) -> None:
+    async def run() -> tuple[Any, list[Any]]:
+        client = openai.AsyncOpenAI(base_url=f"{server.url}/v1", api_key=API_KEY, max_retries=0)
+        messages: list[Any] = [{"role": "user", "content": "Tell me about the library."}]
+        kwargs: dict[str, Any] = {
+            "model": model_id,
+            "messages": messages,
+            "max_tokens": 10,
+            "temperature": 0,
+        }
+        full, stream = await asyncio.gather(
+            client.chat.completions.create(**kwargs),
+            client.chat.completions.create(**kwargs, stream=True),
+        )
+        chunks = [chunk async for chunk in stream]
+        await client.close()
+        return full, chunks
+
+    full, chunks = asyncio.run(run())
+    assert full.object == "chat.completion"
+    message = full.choices[0].message
+    assert message.role == "assistant"
+    assert chunks[0].choices[0].delta.role == "assistant"
+    streamed = "".join(c.choices[0].delta.content or "" for c in chunks)
+    assert streamed == message.content
+    assert chunks[-1].choices[0].finish_reason == full.choices[0].finish_reason
+    assert full.usage is not None and full.usage.completion_tokens <= 10
+
+
+def test_sync_chat_stream_with_usage(server: LiveServer, model_id: str) -> None:
+    client = _client(server)
+    chunks = list(
+        client.chat.completions.create(
+            model=model_id,
+            messages=[
+                {"role": "system", "content": "Be brief."},
+                {"role": "user", "content": "Hi"},
+            ],
+            max_tokens=4,
+            stream=True,
+            stream_options={"include_usage": True},
+            seed=7,
+        )
+    )
+    assert chunks[-1].usage is not None
+    assert chunks[-1].usage.completion_tokens <= 4
+    assert all(c.object == "chat.completion.chunk" for c in chunks)
+
+
+# -- bad input --------------------------------------------------------------------------------
+
+COMPLETIONS = "/v1/completions"
+CHAT = "/v1/chat/completions"
+BAD_REQUESTS = [
+    (COMPLETIONS, b"{not json", {}, None),
+    (COMPLETIONS, [1, 2], {}, None),
+    (COMPLETIONS, {"prompt": "hi", "max_tokens": "ten"}, {}, "max_tokens"),
+    (COMPLETIONS, {"prompt": "hi", "max_tokens": 0}, {}, "max_tokens"),
+    (COMPLETIONS, {"prompt": "hi", "temperature": -1}, {}, "temperature"),
+    (COMPLETIONS, {"prompt": "hi", "top_p": 2}, {}, "top_p"),
+    (COMPLETIONS, {"prompt": "hi", "seed": "x"}, {}, "seed"),
+    (COMPLETIONS, {"prompt": "hi", "stop": 5}, {}, "stop"),
+    (COMPLETIONS, {"prompt": "hi", "n": 2}, {}, "n"),
+    (COMPLETIONS, {"prompt": "hi", "stream": "yes"}, {}, "stream"),
+    (COMPLETIONS, {"prompt": 42}, {}, "prompt"),
+    (COMPLETIONS, {"prompt": ["a", "b"]}, {}, "prompt"),
+    (COMPLETIONS, {"prompt": [5, 10**9]}, {}, "prompt"),
+    (COMPLETIONS, {"prompt": "hi", "slo_class": "platinum"}, {}, "slo_class"),
+    (COMPLETIONS, {"prompt": "hi", "priority": "high"}, {}, "priority"),
+    (COMPLETIONS, {"prompt": "hi", "ttft_ms": -5}, {}, "ttft_ms"),
+    (COMPLETIONS, {"prompt": "hi"}, {"x-slo-tpot-ms": "fast"}, "x-slo-tpot-ms"),
+    (COMPLETIONS, {"prompt": "hi"}, {"x-priority": "1.5"}, "x-priority"),
+    (CHAT, {"max_tokens": 4}, {}, "messages"),
+    (CHAT, {"messages": [{"content": "hi"}]}, {}, "messages[0].role"),
+    (CHAT, {"messages": [{"role": "robot", "content": "hi"}]}, {}, "messages"),
+    (CHAT, {"messages": [{"role": "user", "content": "hi"}], "logprobs": True}, {}, "logprobs"),
+]
+
+
+@pytest.mark.parametrize(("path", "body", "headers", "param"), BAD_REQUESTS)
+def test_bad_request_is_400_with_openai_error(
+    server: LiveServer, path: str, body: Any, headers: dict[str, str], param: str | None
+) -> None:
+    response = _post(server, path, body, headers)
+    assert response.status_code == 400, response.text
+    error = response.json()["error"]
+    assert set(error) == {"message", "type", "param", "code"}
+    assert error["type"] == "invalid_request_error"
+    assert error["param"] == param
+    assert error["message"]
+
+
+def test_prompt_too_long_names_the_token_counts(server: LiveServer) -> None:
+    max_len = 2048  # the tiny model's context
+    response = _post(server, COMPLETIONS, {"prompt": [5] * (max_len + 10)})
+    assert response.status_code == 400
+    error = response.json()["error"]
+    assert error["code"] == "context_length_exceeded"
+    assert str(max_len + 10) in error["message"] and str(max_len) in error["message"]
+
+    response = _post(server, COMPLETIONS, {"prompt": [5] * 100, "max_tokens": max_len})
+    assert response.status_code == 400
+    error = response.json()["error"]
+    assert error["param"] == "max_tokens"
+    assert str(100 + max_len) in error["message"]
+
+
+def test_unknown_model_is_404(server: LiveServer) -> None:
+    response = _post(server, COMPLETIONS, {"model": "gpt-17", "prompt": "hi"})
+    assert response.status_code == 404
+    assert response.json()["error"]["code"] == "model_not_found"
+    response = httpx.get(f"{server.url}/v1/nowhere", timeout=10)
+    assert response.status_code == 404
+    assert "error" in response.json()
+
+
+def test_keys_are_checked_and_clamp_the_class(server: LiveServer, model_id: str) -> None:
+    body = {"prompt": "hi", "max_tokens": 2}
+    missing = httpx.post(f"{server.url}{COMPLETIONS}", json=body, timeout=30)
+    assert missing.status_code == 401
+    assert missing.json()["error"]["code"] == "invalid_api_key"
+    wrong = _post(server, COMPLETIONS, body, {"Authorization": "Bearer sk-nope"})
+    assert wrong.status_code == 401
+    with pytest.raises(openai.AuthenticationError):
+        openai.OpenAI(base_url=f"{server.url}/v1", api_key="sk-nope", max_retries=0).models.list()
+
+    asks = {**body, "slo_class": "interactive", "priority": 0}
+    clamped = _post(server, COMPLETIONS, asks, {"Authorization": f"Bearer {BATCH_KEY}"})
+    assert clamped.status_code == 200
+    assert clamped.headers["x-slo-class"] == "batch"
+    unmapped = _post(server, COMPLETIONS, asks)  # the server key: bound to the default class
+    assert unmapped.headers["x-slo-class"] == "standard"
+    tighter = _post(server, COMPLETIONS, {**body, "ttft_ms": 0.001})
+    assert tighter.status_code == 200  # clamped to the standard class's 5 s, so feasible
+    header_asks = _post(server, COMPLETIONS, body, {"x-slo-class": "batch"})
+    assert header_asks.headers["x-slo-class"] == "batch"
+
+
+def test_infeasible_slo_is_503_with_retry_after(server: LiveServer) -> None:
+    admin = {"Authorization": f"Bearer {ADMIN_KEY}"}
+    response = _post(server, COMPLETIONS, {"prompt": "hi", "slo_class": "instant"}, admin)
+    assert response.status_code == 503
+    assert response.headers["retry-after"] == "1"
+    assert response.json()["error"]["code"] == "overloaded"
+
+
+def test_server_still_serves_after_bad_input(server: LiveServer, model_id: str) -> None:
+    for path, body, headers, _ in BAD_REQUESTS[:5]:
+        _post(server, path, body, headers)
+    response = _post(server, COMPLETIONS, {"model": model_id, "prompt": "hi", "max_tokens": 3})
+    assert response.status_code == 200
+    assert response.json()["usage"]["completion_tokens"] <= 3
+
+
+# -- disconnects, both instances, metrics ------------------------------------------------------
+
+LONG = {"prompt": "Every morning the fishermen", "max_tokens": 1500, "ignore_eos": True}
+
+
+def test_stream_disconnect_aborts_and_frees_kv(server: LiveServer) -> None:
+    _wait_idle(server)
+    with (
+        httpx.Client(base_url=server.url, headers=AUTH, timeout=60) as client,
+        client.stream("POST", COMPLETIONS, json={**LONG, "stream": True}) as response,
+    ):
+        assert response.status_code == 200
+        events = response.iter_lines()
+        received = [line for _, line in zip(range(6), events, strict=False) if line]
+        assert len(received) >= 2
+        held = [r for r in server.instances() if r["num_free_blocks"] < r["num_blocks"]]
+        assert held, "the streaming request holds KV blocks while it runs"
+    _wait_idle(server)
+
+
+def test_non_streaming_disconnect_aborts_and_frees_kv(server: LiveServer) -> None:
+    _wait_idle(server)
+    with pytest.raises(httpx.ReadTimeout):
+        httpx.post(f"{server.url}{COMPLETIONS}", json=LONG, headers=AUTH, timeout=1.0)
+    _wait_idle(server)
+
+
+def test_both_instances_receive_traffic(server: LiveServer) -> None:
+    before = {r["instance_id"]: r["num_dispatched"] for r in server.instances()}
+
+    async def burst() -> list[int]:
+        async with httpx.AsyncClient(base_url=server.url, headers=AUTH, timeout=60) as client:
+            body = {"prompt": "The children ran along the beach", "max_tokens": 8}
+            responses = await asyncio.gather(
+                *(client.post(COMPLETIONS, json=body) for _ in range(6))
+            )
+        return [r.status_code for r in responses]
+
+    assert asyncio.run(burst()) == [200] * 6
+    after = {r["instance_id"]: r["num_dispatched"] for r in server.instances()}
+    assert len(after) == 2
+    assert all(after[i] > before[i] for i in after), (before, after)
+
+
+def test_metrics_and_overhead(server: LiveServer) -> None:
+    response = _post(server, COMPLETIONS, {"prompt": "hi", "max_tokens": 2})
+    assert float(response.headers["x-hyperflexis-server-overhead-ms"]) > 0
+    metrics = httpx.get(f"{server.url}/metrics", timeout=10)
+    assert metrics.headers["content-type"].startswith("text/plain")
+    text = metrics.text
+    for needle in (
+        'hyperflexis_ttft_seconds_bucket{slo_class="standard",le="+Inf"}',
+        'hyperflexis_tpot_seconds_count{slo_class="standard"}',
+        "hyperflexis_requests_attained_total{",
+        'hyperflexis_requests_missed_total{slo_class="standard",reason="aborted"}',
+        'hyperflexis_requests_rejected_total{slo_class="instant",reason="dispatch"}',
+        "hyperflexis_server_overhead_seconds_count ",
+        'hyperflexis_instance_kv_usage{instance="instance-0"}',
+        'hyperflexis_instance_running_requests{instance="instance-1"}',
+        'hyperflexis_instance_waiting_requests{instance="instance-0"}',
+        'hyperflexis_instance_preemptions_total{instance="instance-0"}',
+    ):
+        assert needle in text, needle
+    stats = httpx.get(f"{server.url}/debug/stats", timeout=10).json()
+    overhead = stats["server_overhead_ms"]
+    assert overhead["count"] > 10 and 0 < overhead["p50"] < 100
+
+
+def test_instance_crash_mid_stream_ends_it_with_an_error_event(server: LiveServer) -> None:
+    """Last in the module: it leaves the server with one instance."""
+    _wait_idle(server)
+    with (
+        httpx.Client(base_url=server.url, headers=AUTH, timeout=60) as client,
+        client.stream("POST", COMPLETIONS, json={**LONG, "stream": True}) as response,
+    ):
+        events = (line for line in response.iter_lines() if line)
+        assert next(events).startswith("data: {")
+        (busy,) = [r for r in server.instances() if r["num_running"]]
+        os.kill(int(busy["pid"]), signal.SIGKILL)
+        rest = list(events)
+    assert rest[-1] == "data: [DONE]"
+    error = json.loads(rest[-2].removeprefix("data: "))["error"]
+    assert error["type"] == "server_error" and busy["instance_id"] in error["message"]
+    health = httpx.get(f"{server.url}/health", timeout=10).json()
+    assert health == {"status": "ok", "num_instances": 1}
+    response = _post(server, COMPLETIONS, {"prompt": "still here", "max_tokens": 2})
+    assert response.status_code == 200

@@ -1,0 +1,35 @@
+"""`hyperflexis serve` refuses bad settings with a clear error, before starting anything."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+
+@pytest.mark.parametrize(
+    ("args", "needle"),
+    [
+        (["--instances", "0"], "'instances'"),
+        (["--max-queued", "0"], "'max_queued'"),
+        (["--model", "/nonexistent/model"], "'--model'"),
+        (["--profile", "/nonexistent/profile.json"], "'--profile'"),
+    ],
+)
+def test_bad_settings_exit_2_with_the_setting_named(
+    args: list[str], needle: str, server_model_dir: Path
+) -> None:
+    if "--model" not in args:
+        args = [*args, "--model", str(server_model_dir)]
+    done = subprocess.run(
+        [sys.executable, "-m", "hyperflexis", "serve", "--port", "0", *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 2, done.stderr
+    assert needle in done.stderr and "Traceback" not in done.stderr
+    assert "serving on" not in done.stdout
