@@ -149,3 +149,14 @@ def test_needs_a_cost_model() -> None:
 
     with pytest.raises(ValueError, match="latency model"):
         make_scheduler("hyperflexis", SchedulerConfig(), KVBlockManager(8, 4), None)
+
+
+def test_late_work_does_not_stretch_the_step_past_the_tightest_waiting_tpot() -> None:
+    scheduler = make(max_num_batched_tokens=16384)
+    scheduler.add_request(request("vip", 100, ttft_s=1.0, tpot_s=0.04, priority=0))
+    scheduler.add_request(request("hopeless", 20000, output_len=2, ttft_s=0.001, tpot_s=0.3))
+    output = scheduler.schedule(0.0)
+    assert chunk_of(output.chunks, "vip") == 100
+    assert 0 < chunk_of(output.chunks, "hopeless") < 16384 - 100
+    assert output.predicted_step_s is not None
+    assert output.predicted_step_s <= 1.5 * 0.04 + 1e-9

@@ -84,7 +84,8 @@ class HyperFlexisScheduler(Scheduler):
             output.chunks.extend(self._decode_chunk(r) for r in decodes.requests)
             features = decodes.features.copy()
             self._fill_prefill(feasible, features, budget_s, output)
-            self._fill_prefill([r for r in late if not r.is_finished], features, budget_s, output)
+            late = [r for r in late if not r.is_finished]
+            self._fill_prefill(late, features, self._late_budget(candidates, budget_s), output)
             decodes.features = features
         output.predicted_step_s = self._model.predict(decodes.features)
         return output
@@ -185,6 +186,12 @@ class HyperFlexisScheduler(Scheduler):
         if max_prefill_tokens(self._model, stay.features, ctx, stay_budget, limit) >= work:
             return stay, stay_budget
         return unchanged
+
+    def _late_budget(self, candidates: list[Request], budget_s: float) -> float:
+        """Late work gets only capacity no feasible request needs: it may not stretch the step
+        past what the next feasible request (as tight as any waiting now) could wait for."""
+        tightest = min((r.slo.tpot_s for r in candidates), default=math.inf)
+        return min(budget_s, self.config.max_gap_factor * tightest)
 
     def _reject_late(self, late: list[Request], output: SchedulerOutput, now: float) -> None:
         if not self.config.admission_control:
