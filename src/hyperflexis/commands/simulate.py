@@ -1,0 +1,359 @@
+"""`hyperflexis simulate`: a cluster on a virtual clock, with the real schedulers and dispatcher
+and a latency model (DESIGN.md §1), reporting SLO attainment, latency, goodput and cost.
+
+One run writes a results JSON. `--policies a,b --sweep-rates r1,r2` runs every (policy, rate)
+pair instead, each policy with its natural dispatcher unless `--dispatch` names one
+(hyperflexis -> hyperflexis, distserve -> distserve, the others -> round-robin), prints a
+table, plots attainment against rate, and reports each policy's goodput at 90% attainment.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+HELP = "Simulate a cluster on a virtual clock and report SLO attainment."
+
+DEFAULT_SLO_MIX = "interactive:3,standard:5,batch:2"
+# Synthetic lengths near the Azure conversation trace's (mean prompt 1155, mean output 211).
+DEFAULT_PROMPT_LENS = "lognormal:mean=1150,sigma=0.8,max_len=8192"
+DEFAULT_OUTPUT_LENS = "lognormal:mean=210,sigma=0.8,max_len=2048"
+GOODPUT_TARGET = 0.9
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    cluster = parser.add_argument_group("cluster")
+    cluster.add_argument("--hardware", default="h100", help="accelerator (default: h100)")
+    cluster.add_argument("--model", default="llama-3.1-8b", help="model (default: llama-3.1-8b)")
+    cluster.add_argument(
+        "--instances", type=int, default=None, help="collocated instances (default: 4)"
+    )
+    cluster.add_argument("--prefill", type=int, default=None, help="P/D: prefill instances")
+    cluster.add_argument("--decode", type=int, default=None, help="P/D: decode instances")
+    cluster.add_argument(
+        "--links",
+        default="all",
+        help="P/D link policy: all, balanced (fan-out 2) or pairs (default: all)",
+    )
+    cluster.add_argument(
+        "--policy", default="hyperflexis", help="instance scheduling policy (default: hyperflexis)"
+    )
+    cluster.add_argument(
+        "--dispatch",
+        default=None,
+        help="dispatcher (default: the policy's natural one: hyperflexis -> hyperflexis, "
+        "distserve -> distserve, others -> round-robin)",
+    )
+    cluster.add_argument(
+        "--profile", default=None, help="profiled latency model JSON (default: analytic roofline)"
+    )
+    cluster.add_argument(
+        "--admission-control",
+        action="store_true",
+        help="reject requests that can no longer meet their SLO",
+    )
+    cluster.add_argument(
+        "--max-num-batched-tokens", type=int, default=2048, help="step token budget (2048)"
+    )
+    cluster.add_argument(
+        "--no-fast-forward",
+        action="store_true",
+        help="simulate every decode step one by one (slower; same results)",
+    )
+    load = parser.add_argument_group("workload")
+    load.add_argument("--trace", default=None, help="Azure LLM trace CSV")
+    load.add_argument("--rate", type=float, default=None, help="requests/s (a trace is rescaled)")
+    load.add_argument("--arrival", default="poisson", help="synthetic arrivals: poisson, gamma")
+    load.add_argument("--burstiness", type=float, default=None, help="gamma shape (1: Poisson)")
+    load.add_argument("--num-requests", type=int, default=None, help="requests (a trace: first N)")
+    load.add_argument("--prompt-lens", default=DEFAULT_PROMPT_LENS, help="synthetic prompt lengths")
+    load.add_argument("--output-lens", default=DEFAULT_OUTPUT_LENS, help="synthetic output lengths")
+    load.add_argument("--slo-mix", default=DEFAULT_SLO_MIX, help=f"(default: {DEFAULT_SLO_MIX})")
+    load.add_argument("--slo-classes", default=None, help="SLO classes file (TOML/YAML/JSON)")
+    load.add_argument("--seed", type=int, default=0, help="workload seed (default: 0)")
+    sweep = parser.add_argument_group("sweep")
+    sweep.add_argument("--policies", default=None, help="comma-separated policies to compare")
+    sweep.add_argument("--sweep-rates", default=None, help="comma-separated rates (requests/s)")
+    sweep.add_argument("--plot", default=None, help="sweep plot PNG (default: next to --out)")
+    parser.add_argument("--out", required=True, help="results JSON to write")
+    from hyperflexis.commands import simulate_scaler  # --scaler and its options
+
+    simulate_scaler.add_arguments(parser)
+
+
+def run(args: argparse.Namespace) -> int:
+    from hyperflexis.core.slo import SLOClasses
+    from hyperflexis.workloads import parse_slo_mix
+
+    setup = _setup(args)
+    classes = SLOClasses.from_file(args.slo_classes) if args.slo_classes else SLOClasses()
+    mix = parse_slo_mix(args.slo_mix, classes)
+    workloads = _WorkloadMaker(args, mix)
+    from hyperflexis.commands import simulate_scaler
+
+    simulate_scaler.check_arguments(args)
+    if args.scaler is not None:  # an elastic run (commands/simulate_scaler.py)
+        return simulate_scaler.run(args, setup, classes, workloads)
+    out = Path(args.out)
+    if args.policies is None and args.sweep_rates is None:
+        doc = _single_run(setup, classes, workloads, args.rate)
+        _write_json(out, doc)
+        print(_one_line(doc))
+    else:
+        policies = _names(args.policies) if args.policies else [setup.policy]
+        rates = _rates(args.sweep_rates, "--sweep-rates") if args.sweep_rates else None
+        if rates is None:
+            if args.rate is None:
+                raise ValueError("a sweep needs --sweep-rates (or --rate)")
+            rates = [_positive(args.rate, "--rate")]
+        plot = Path(args.plot) if args.plot else out.with_suffix(".png")
+        doc = _sweep(setup, classes, workloads, policies, rates, args.dispatch, plot)
+        _write_json(out, doc)
+        print(f"wrote {plot}")
+    print(f"wrote {out}")
+    return 0
+
+
+# -- setup ------------------------------------------------------------------------------------
+
+
+def _setup(args: argparse.Namespace) -> Any:
+    from hyperflexis.cluster import LinkTable, dispatcher_names
+    from hyperflexis.perf import hardware_spec, model_spec
+    from hyperflexis.scheduler import policy_class
+    from hyperflexis.sim import Deployment, SimSetup
+
+    hardware_spec(args.hardware)
+    model_spec(args.model)
+    policy_class(args.policy)
+    if args.policies:
+        for name in _names(args.policies):
+            policy_class(name)
+    if args.dispatch is not None and args.dispatch not in dispatcher_names():
+        known = ", ".join(dispatcher_names())
+        raise ValueError(f"unknown dispatcher {args.dispatch!r}; known: {known}")
+    if args.max_num_batched_tokens < 1:
+        raise ValueError("invalid --max-num-batched-tokens: must be >= 1")
+    if args.prefill is not None or args.decode is not None:
+        if args.prefill is None or args.decode is None:
+            raise ValueError("a P/D deployment needs both --prefill and --decode")
+        if args.prefill < 1 or args.decode < 1:
+            raise ValueError(
+                f"invalid P/D counts --prefill {args.prefill} --decode {args.decode}: "
+                "each must be >= 1"
+            )
+        if args.instances is not None and args.instances != args.prefill + args.decode:
+            raise ValueError(
+                f"--instances {args.instances} does not match --prefill {args.prefill} + "
+                f"--decode {args.decode}"
+            )
+        prefill_ids = [f"prefill-{i}" for i in range(args.prefill)]
+        decode_ids = [f"decode-{i}" for i in range(args.decode)]
+        links = LinkTable.build(prefill_ids, decode_ids, policy=args.links).links()
+        deployment = Deployment(num_prefill=args.prefill, num_decode=args.decode, links=links)
+    else:
+        instances = 4 if args.instances is None else args.instances
+        if instances < 1:
+            raise ValueError(f"invalid --instances {instances}: must be >= 1")
+        deployment = Deployment(num_mixed=instances)
+    return SimSetup(
+        hardware=args.hardware,
+        model=args.model,
+        deployment=deployment,
+        policy=args.policy,
+        dispatch=args.dispatch,
+        profile_path=args.profile,
+        admission_control=args.admission_control,
+        max_num_batched_tokens=args.max_num_batched_tokens,
+        fast_forward=not args.no_fast_forward,
+    )
+
+
+class _WorkloadMaker:
+    """Builds the seeded workload at a given rate (reading a trace once)."""
+
+    def __init__(self, args: argparse.Namespace, mix: Any) -> None:
+        from hyperflexis.workloads import make_arrival, parse_lengths, read_azure_trace
+
+        self.mix = mix
+        self.seed = args.seed
+        self.num_requests = args.num_requests
+        if self.num_requests is not None and self.num_requests < 1:
+            raise ValueError(f"invalid --num-requests {self.num_requests}: must be >= 1")
+        if args.rate is not None:
+            _positive(args.rate, "--rate")
+        self.trace = None
+        if args.trace is not None:
+            self.trace = read_azure_trace(args.trace, max_requests=args.num_requests)
+            if self.trace.num_requests == 0:
+                raise ValueError(f"trace {args.trace} has no requests")
+            return
+        if self.num_requests is None:
+            raise ValueError("give --trace FILE, or --num-requests N with synthetic arrivals")
+        params: dict[str, float] = {"rate_rps": 1.0}  # replaced by the run's rate
+        if args.burstiness is not None:
+            params["burstiness"] = args.burstiness
+        self.arrival = make_arrival(args.arrival, **params)
+        self.prompt_lens = parse_lengths(args.prompt_lens)
+        self.output_lens = parse_lengths(args.output_lens)
+
+    def make(self, rate_rps: float | None) -> Any:
+        from hyperflexis.workloads import build_workload
+
+        if self.trace is not None:
+            return build_workload(
+                seed=self.seed, slo_mix=self.mix, trace=self.trace, rate_rps=rate_rps
+            )
+        if rate_rps is None:
+            raise ValueError("synthetic arrivals need --rate (or --sweep-rates)")
+        return build_workload(
+            seed=self.seed,
+            slo_mix=self.mix,
+            arrival=self.arrival,
+            prompt_lens=self.prompt_lens,
+            output_lens=self.output_lens,
+            num_requests=self.num_requests,
+            rate_rps=rate_rps,
+        )
+
+
+# -- runs -------------------------------------------------------------------------------------
+
+
+def _single_run(setup: Any, classes: Any, workloads: _WorkloadMaker, rate: float | None) -> Any:
+    from hyperflexis.sim import simulate
+
+    workload = workloads.make(rate)
+    with _progress(len(workload), "simulating") as progress:
+        doc = simulate(setup, classes, workload, progress)
+    doc["rate_rps"] = rate
+    doc["seed"] = workloads.seed
+    return doc
+
+
+def _sweep(
+    setup: Any,
+    classes: Any,
+    workloads: _WorkloadMaker,
+    policies: list[str],
+    rates: list[float],
+    dispatch: str | None,
+    plot: Path,
+) -> dict[str, Any]:
+    from hyperflexis.bench.metrics import goodput_at
+    from hyperflexis.bench.plots import plot_attainment_vs_rate
+    from hyperflexis.sim import simulate
+    from hyperflexis.sim.setup import with_policy
+
+    runs: list[dict[str, Any]] = []
+    by_rate = {rate: workloads.make(rate) for rate in rates}
+    with _progress(len(policies) * len(rates), "runs") as progress:
+        for policy in policies:
+            for rate in rates:
+                result = simulate(with_policy(setup, policy, dispatch), classes, by_rate[rate])
+                runs.append({"policy": policy, "rate": rate, **result})
+                progress(1)
+    series = {
+        policy: [(run["rate"], run["attainment"]) for run in runs if run["policy"] == policy]
+        for policy in policies
+    }
+    goodput = {policy: goodput_at(points, GOODPUT_TARGET) for policy, points in series.items()}
+    print(_table(runs))
+    for policy, value in goodput.items():
+        print(f"goodput@{GOODPUT_TARGET:.0%} {policy}: {value:.3g} req/s")
+    title = f"{setup.model} on {setup.hardware}, {_deployment_name(setup)}"
+    plot_attainment_vs_rate(series, plot, title=title)
+    return {"runs": runs, "goodput_at_90": goodput}
+
+
+def _table(runs: list[dict[str, Any]]) -> str:
+    header = f"{'policy':<12} {'rate':>7} {'attain':>7} {'goodput':>8} {'ttft p90':>9} "
+    header += f"{'tpot p90':>9} {'e2e mean':>9} {'rejected':>8}"
+    lines = [header]
+    for run in runs:
+        lines.append(
+            f"{run['policy']:<12} {run['rate']:>7.3g} {run['attainment']:>7.3f} "
+            f"{run['goodput_rps']:>8.3g} {_ms(run['ttft_s']['p90']):>9} "
+            f"{_ms(run['tpot_s']['p90']):>9} {_s(run['e2e_s']['mean']):>9} "
+            f"{run['num_rejected']:>8}"
+        )
+    return "\n".join(lines)
+
+
+def _one_line(doc: dict[str, Any]) -> str:
+    by_class = ", ".join(f"{k} {v:.3f}" for k, v in doc["attainment_by_class"].items())
+    return (
+        f"{doc['num_requests']} requests: attainment {doc['attainment']:.3f} ({by_class}); "
+        f"goodput {doc['goodput_rps']:.3g} req/s; TTFT p90 {_ms(doc['ttft_s']['p90'])}; "
+        f"TPOT p90 {_ms(doc['tpot_s']['p90'])}; cost ${doc['cost_usd']:.2f}; "
+        f"simulated in {doc['sim_wall_s']:.1f} s"
+    )
+
+
+def _deployment_name(setup: Any) -> str:
+    d = setup.deployment
+    if d.is_disaggregated:
+        return f"{d.num_prefill}P+{d.num_decode}D"
+    return f"{d.num_mixed} instances"
+
+
+def _ms(value: float | None) -> str:
+    return "-" if value is None else f"{value * 1e3:.1f}ms"
+
+
+def _s(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2f}s"
+
+
+# -- small parsers ----------------------------------------------------------------------------
+
+
+def _names(text: str) -> list[str]:
+    names = [n.strip() for n in text.split(",") if n.strip()]
+    if not names:
+        raise ValueError(f"invalid list {text!r}: expected comma-separated names")
+    if len(set(names)) != len(names):
+        raise ValueError(f"invalid list {text!r}: a name appears twice")
+    return names
+
+
+def _rates(text: str, option: str) -> list[float]:
+    rates = []
+    for item in text.split(","):
+        try:
+            value = float(item)
+        except ValueError:
+            raise ValueError(f"invalid {option} {text!r}: {item!r} is not a number") from None
+        rates.append(_positive(value, option))
+    if len(set(rates)) != len(rates):
+        raise ValueError(f"invalid {option} {text!r}: a rate appears twice")
+    return sorted(rates)
+
+
+def _positive(value: float, option: str) -> float:
+    if not (math.isfinite(value) and value > 0):
+        raise ValueError(f"invalid {option} {value}: must be a finite number > 0")
+    return value
+
+
+def _write_json(path: Path, doc: Any) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(doc, indent=2, sort_keys=True) + "\n")
+
+
+@contextmanager
+def _progress(total: int, unit: str) -> Iterator[Any]:
+    """A tqdm bar on stderr (only when it is a terminal); yields its `update`."""
+    from tqdm import tqdm
+
+    bar = tqdm(total=total, unit=unit, file=sys.stderr, disable=not sys.stderr.isatty())
+    try:
+        yield bar.update
+    finally:
+        bar.close()

@@ -1,0 +1,152 @@
+"""A simulation as configs and the CLI name it: hardware, model, latency model, deployment,
+policy and dispatcher by name, built into a `ClusterSimulator`."""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from hyperflexis.cluster import make_dispatcher
+from hyperflexis.cluster.dispatch_hyperflexis import HyperFlexisDispatcher
+from hyperflexis.core.slo import SLOClasses
+from hyperflexis.perf import (
+    StepCostModel,
+    hardware_spec,
+    kv_cache_tokens,
+    make_cost_model,
+    model_spec,
+)
+from hyperflexis.scheduler import Role, SchedulerConfig, policy_class
+from hyperflexis.sim.deployment import Deployment, KVTransferModel
+from hyperflexis.sim.simulator import ClusterSimulator, ProgressCallback
+from hyperflexis.workloads.spec import Workload
+
+# Each policy's natural dispatcher when none is named: the SLO-aware scheduler with the
+# SLO-aware dispatcher, DistServe with DistServe's, and the load-blind baselines round-robin.
+NATURAL_DISPATCHERS = {"hyperflexis": "hyperflexis", "distserve": "distserve"}
+DEFAULT_DISPATCHER = "round-robin"
+# DistServe never chunks a prompt, so its step budget must hold the longest prompt whole.
+DISTSERVE_MIN_BATCHED_TOKENS = 16384
+
+
+def natural_dispatcher(policy: str) -> str:
+    return NATURAL_DISPATCHERS.get(policy, DEFAULT_DISPATCHER)
+
+
+@dataclass(frozen=True, slots=True)
+class SimSetup:
+    """Everything about a simulated cluster except the workload."""
+
+    hardware: str = "h100"  # `perf.hardware_spec` name
+    model: str = "llama-3.1-8b"  # `perf.model_spec` name
+    deployment: Deployment = field(default_factory=lambda: Deployment(num_mixed=4))
+    policy: str = "hyperflexis"  # scheduling policy of every instance
+    dispatch: str | None = None  # dispatcher; None: the policy's natural one
+    profile_path: str | None = None  # a `hyperflexis profile` JSON instead of the roofline
+    admission_control: bool = False  # reject requests that cannot meet their SLO
+    max_num_batched_tokens: int = 2048  # step token budget
+    memory_fraction: float = 0.9  # of HBM for weights + KV, as vLLM's gpu_memory_utilization
+    block_size: int = 16  # tokens per KV block
+    fast_forward: bool = True  # advance decode-only stretches in one go (same results)
+
+    @property
+    def dispatcher_name(self) -> str:
+        return self.dispatch if self.dispatch is not None else natural_dispatcher(self.policy)
+
+    def echo(self) -> dict[str, Any]:
+        """The setup as plain JSON values, for results files."""
+        return {
+            "hardware": self.hardware,
+            "model": self.model,
+            "num_mixed": self.deployment.num_mixed,
+            "num_prefill": self.deployment.num_prefill,
+            "num_decode": self.deployment.num_decode,
+            "policy": self.policy,
+            "dispatch": self.dispatcher_name,
+            "latency_model": "profiled" if self.profile_path else "analytic",
+            "profile_path": self.profile_path,
+            "admission_control": self.admission_control,
+            "max_num_batched_tokens": self.max_num_batched_tokens,
+            "memory_fraction": self.memory_fraction,
+            "block_size": self.block_size,
+            "fast_forward": self.fast_forward,
+        }
+
+
+def cost_model_for(setup: SimSetup) -> StepCostModel:
+    if setup.profile_path is not None:
+        return make_cost_model("profiled", path=setup.profile_path)
+    return make_cost_model("analytic", hardware=setup.hardware, model=setup.model)
+
+
+def make_simulator(
+    setup: SimSetup,
+    slo_classes: SLOClasses,
+    workload: Workload,
+    *,
+    record_steps: bool = False,
+) -> ClusterSimulator:
+    """The simulator of `setup`, sized for `workload` (DistServe's budget must hold its longest
+    prompt). Unknown names raise ValueError."""
+    hardware = hardware_spec(setup.hardware)
+    model = model_spec(setup.model)
+    policy_class(setup.policy)  # fail on an unknown policy before anything else is built
+    cost_model = cost_model_for(setup)
+    num_kv_blocks = kv_cache_tokens(hardware, model, setup.memory_fraction) // setup.block_size
+    if num_kv_blocks < 1:
+        raise ValueError(f"model {model.name!r} does not fit on {hardware.name!r}")
+    budget = setup.max_num_batched_tokens
+    if setup.policy == "distserve":
+        longest = max((spec.prompt_len for spec in workload), default=0)
+        budget = max(budget, DISTSERVE_MIN_BATCHED_TOKENS, longest + 1)
+    entry_role: Role = "prefill" if setup.deployment.is_disaggregated else "mixed"
+    config = SchedulerConfig(
+        role=entry_role,
+        max_num_batched_tokens=budget,
+        admission_control=setup.admission_control,
+    )
+    transfer = KVTransferModel.between(hardware, model)
+    dispatcher = make_dispatcher(setup.dispatcher_name, cost_model, config, setup.admission_control)
+    if isinstance(dispatcher, HyperFlexisDispatcher) and setup.deployment.is_disaggregated:
+        dispatcher.kv_transfer_s = transfer.seconds
+    return ClusterSimulator(
+        setup.deployment,
+        setup.policy,
+        config,
+        cost_model,
+        dispatcher,
+        slo_classes,
+        num_kv_blocks,
+        setup.block_size,
+        transfer,
+        fast_forward=setup.fast_forward,
+        record_steps=record_steps,
+    )
+
+
+def simulate(
+    setup: SimSetup,
+    slo_classes: SLOClasses,
+    workload: Workload,
+    on_progress: ProgressCallback | None = None,
+) -> dict[str, Any]:
+    """Run `workload` on `setup`; the results as `hyperflexis simulate` writes them."""
+    if not workload:
+        raise ValueError("invalid workload: it has no requests")
+    simulator = make_simulator(setup, slo_classes, workload)
+    started = time.perf_counter()
+    result = simulator.run(workload, on_progress)
+    wall_s = time.perf_counter() - started
+    hardware = hardware_spec(setup.hardware)
+    accelerators = model_spec(setup.model).tensor_parallel
+    summary = result.summary()
+    summary["cost_usd"] = result.instance_seconds / 3600 * hardware.price_per_hour * accelerators
+    summary["sim_wall_s"] = wall_s
+    summary["config"] = setup.echo()
+    return summary
+
+
+def with_policy(setup: SimSetup, policy: str, dispatch: str | None) -> SimSetup:
+    return dataclasses.replace(setup, policy=policy, dispatch=dispatch)

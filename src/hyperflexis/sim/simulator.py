@@ -1,0 +1,286 @@
+"""The cluster simulator: real schedulers and a real dispatcher on a virtual clock (DESIGN.md §1).
+
+Each instance owns a `Scheduler` from the registry and steps as the engine loop does: choose a
+batch, let the latency model say how long it takes, record its tokens at the step's end. New
+requests go through the dispatcher, which sees every instance's `LoadSnapshot` at that instant.
+In P/D deployments a request that finishes its prefill is handed, via `choose_decode`, to a linked
+decode instance, and joins its queue once its KV has crossed the interconnect.
+
+Simplifications: a prefill instance frees a request's KV when its prefill ends (the transfer is
+not modelled as holding it), and the decode instance allocates KV when it admits the request. An
+instance whose policy schedules nothing although it holds requests waits for its next request
+instead of polling; requests still unfinished when the events run out (a policy that can never
+schedule them) are recorded as failed and counted in `num_unfinished`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from typing import Any
+
+from hyperflexis.bench.metrics import RequestRecord, record_from_request
+from hyperflexis.cluster.dispatcher import Dispatcher, DispatchRequest
+from hyperflexis.cluster.snapshot import LoadSnapshot
+from hyperflexis.core.request import FinishReason, Request, RequestStatus
+from hyperflexis.core.sampling import SamplingParams
+from hyperflexis.core.slo import SLO, SLOClasses
+from hyperflexis.perf.base import StepCostModel
+from hyperflexis.scheduler.config import SchedulerConfig
+from hyperflexis.scheduler.kv_blocks import KVBlockManager
+from hyperflexis.scheduler.registry import make_scheduler
+from hyperflexis.sim.deployment import Deployment, KVTransferModel
+from hyperflexis.sim.events import (
+    Arrival,
+    Event,
+    EventQueue,
+    FastForwardEnd,
+    StepEnd,
+    StepStart,
+    TransferDone,
+)
+from hyperflexis.sim.instance import SimInstance
+from hyperflexis.sim.result import SimResult
+from hyperflexis.workloads.spec import RequestSpec, Workload
+
+ProgressCallback = Callable[[int], None]  # called with the number of requests just offered
+
+
+class ClusterSimulator:
+    """Simulates one run of a workload on a deployment; build a new one for each run."""
+
+    def __init__(
+        self,
+        deployment: Deployment,
+        policy: str,
+        scheduler_config: SchedulerConfig,
+        cost_model: StepCostModel,
+        dispatcher: Dispatcher,
+        slo_classes: SLOClasses,
+        num_kv_blocks: int,
+        block_size: int = 16,
+        kv_transfer: KVTransferModel | None = None,
+        *,
+        fast_forward: bool = True,
+        record_steps: bool = False,
+    ) -> None:
+        """`scheduler_config` is every instance's, with `role` set per instance. `kv_transfer`
+        is required for P/D deployments."""
+        if deployment.is_disaggregated and kv_transfer is None:
+            raise ValueError("invalid parameter 'kv_transfer': a P/D deployment needs one")
+        self.deployment = deployment
+        self.dispatcher = dispatcher
+        self.slo_classes = slo_classes
+        self.kv_transfer = kv_transfer
+        self.links = deployment.link_table()
+        self.instances: list[SimInstance] = []
+        for instance_id, role in deployment.instances():
+            config = dataclasses.replace(scheduler_config, role=role)
+            scheduler = make_scheduler(
+                policy, config, KVBlockManager(num_kv_blocks, block_size), cost_model
+            )
+            self.instances.append(
+                SimInstance(
+                    instance_id,
+                    scheduler,
+                    cost_model,
+                    fast_forward=fast_forward,
+                    record_steps=record_steps,
+                )
+            )
+        self._index = {inst.instance_id: i for i, inst in enumerate(self.instances)}
+        self._entry = [i for i, inst in enumerate(self.instances) if inst.role != "decode"]
+        self._decode = [i for i, inst in enumerate(self.instances) if inst.role == "decode"]
+        self._queue = EventQueue()
+        self._records: list[RequestRecord] = []
+        self._routes: dict[str, list[str]] = {}
+        self._ran = False
+        self._slos: dict[str, SLO] = {}  # resolved once per class
+        self._handlers: dict[type[Any], Callable[[Any, float], None]] = {
+            Arrival: self._on_arrival,
+            StepStart: self._on_step_start,
+            StepEnd: self._on_step_end,
+            FastForwardEnd: self._on_fast_forward_end,
+            TransferDone: self._on_transfer_done,
+        }
+
+    # -- the run ----------------------------------------------------------------------------
+
+    def run(self, workload: Workload, on_progress: ProgressCallback | None = None) -> SimResult:
+        """Offer every request of `workload` at its arrival time and run until all have ended."""
+        if self._ran:
+            raise RuntimeError("a ClusterSimulator runs once; build a new one")
+        self._ran = True
+        self._on_progress = on_progress
+        for spec in workload:
+            if spec.slo_class not in self._slos:  # an unknown class fails before the run
+                self._slos[spec.slo_class] = self.slo_classes.resolve(spec.slo_class)
+            self._queue.push(spec.arrival_s, Arrival(spec))
+        now = 0.0
+        queue, handlers = self._queue, self._handlers
+        while queue:
+            now, event = queue.pop()
+            handlers[type(event)](event, now)
+        num_unfinished = 0
+        for inst in self.instances:
+            for request in inst.abort_all(now):
+                num_unfinished += 1
+                self._record(request)
+        last_arrival_s = workload[-1].arrival_s if workload else 0.0
+        duration_s = max(now, last_arrival_s)
+        if duration_s <= 0:
+            duration_s = 1e-9  # everything happened at once: any positive span will do
+        return SimResult(
+            records=self._records,
+            duration_s=duration_s,
+            instance_seconds=duration_s * len(self.instances),
+            num_instances=len(self.instances),
+            num_steps=sum(inst.num_steps for inst in self.instances),
+            num_fast_forward_steps=sum(inst.num_fast_forward_steps for inst in self.instances),
+            num_preemptions=sum(inst.scheduler.num_preemptions for inst in self.instances),
+            num_unfinished=num_unfinished,
+            routes={rid: tuple(path) for rid, path in self._routes.items()},
+            kv_blocks_in_use={
+                inst.instance_id: inst.scheduler.kv.num_blocks - inst.scheduler.kv.num_free_blocks
+                for inst in self.instances
+            },
+            step_logs={
+                inst.instance_id: inst.step_log
+                for inst in self.instances
+                if inst.step_log is not None
+            },
+        )
+
+    # -- event handlers ---------------------------------------------------------------------
+
+    def _on_arrival(self, event: Arrival, now: float) -> None:
+        request = self._make_request(event.spec)
+        snapshots = [self._snapshot(i, now) for i in self._entry]
+        decision = self.dispatcher.choose(_dispatch_request(request), snapshots, now)
+        if decision.instance_id is None:
+            request.finish(FinishReason.REJECTED, now)
+            self._record(request)
+        else:
+            index = self._instance_index(decision.instance_id, self._entry)
+            self._routes[request.request_id] = [decision.instance_id]
+            self._add(index, request, now)
+        if self._on_progress is not None:
+            self._on_progress(1)
+
+    def _on_step_start(self, event: StepStart, now: float) -> None:
+        inst = self.instances[event.instance_index]
+        inst.start_pending = False
+        if inst.busy:
+            return
+        end_s, rejected = inst.start(now)
+        for request in rejected:
+            self._record(request)
+        if end_s is None:
+            return
+        if inst.window is not None:
+            self._queue.push(end_s, FastForwardEnd(event.instance_index, inst.generation))
+        else:
+            self._queue.push(end_s, StepEnd(event.instance_index, inst.generation))
+
+    def _on_step_end(self, event: StepEnd, now: float) -> None:
+        inst = self.instances[event.instance_index]
+        if event.generation != inst.generation:
+            return
+        for request in inst.finish_step(now):
+            if request.finish_reason is FinishReason.PREFILLED:
+                self._hand_off(inst, request, now)
+            else:
+                self._record(request)
+        self._wake(event.instance_index, now)
+
+    def _on_fast_forward_end(self, event: FastForwardEnd, now: float) -> None:
+        inst = self.instances[event.instance_index]
+        if event.generation != inst.generation:
+            return  # the window was cut short; a newer end event stands for it
+        inst.finish_window(now)
+        self._wake(event.instance_index, now)
+
+    def _on_transfer_done(self, event: TransferDone, now: float) -> None:
+        self._add(event.instance_index, event.request, now)
+
+    # -- helpers ----------------------------------------------------------------------------
+
+    def _add(self, index: int, request: Request, now: float) -> None:
+        inst = self.instances[index]
+        new_end_s = inst.add_request(request, now)
+        if new_end_s is not None:
+            self._queue.push(new_end_s, FastForwardEnd(index, inst.generation))
+        elif not inst.busy:
+            self._wake(index, now)
+
+    def _wake(self, index: int, now: float) -> None:
+        inst = self.instances[index]
+        if not inst.start_pending:
+            inst.start_pending = True
+            self._queue.push(now, StepStart(index))
+
+    def _snapshot(self, index: int, now: float) -> LoadSnapshot:
+        return self.instances[index].snapshot(now)
+
+    def _hand_off(self, prefill: SimInstance, request: Request, now: float) -> None:
+        """P/D: send a prefilled request's KV to a linked decode instance."""
+        snapshots = [self._snapshot(i, now) for i in self._decode]
+        decision = self.dispatcher.choose_decode(
+            _dispatch_request(request), prefill.instance_id, snapshots, self.links, now
+        )
+        linked = self.links.get(prefill.instance_id, frozenset())
+        if decision.instance_id is None or decision.instance_id not in linked:
+            if decision.instance_id is not None:
+                raise RuntimeError(
+                    f"dispatcher {self.dispatcher.name!r} sent {request.request_id!r} from "
+                    f"{prefill.instance_id!r} to {decision.instance_id!r}, which is not linked"
+                )
+            request.finish_reason = FinishReason.ERROR  # nowhere to decode it
+            self._record(request)
+            return
+        index = self._instance_index(decision.instance_id, self._decode)
+        self._routes[request.request_id].append(decision.instance_id)
+        assert self.kv_transfer is not None  # checked in __init__ for P/D
+        # The same object continues on the decode instance: its prompt's KV "arrived" and its
+        # first token is already out.
+        request.status = RequestStatus.WAITING
+        request.finish_reason = None
+        request.finish_s = None
+        arrive_s = now + self.kv_transfer.seconds(request.num_prompt_tokens)
+        self._queue.push(arrive_s, TransferDone(index, request))
+
+    def _instance_index(self, instance_id: str, allowed: list[int]) -> int:
+        index = self._index.get(instance_id)
+        if index is None or index not in allowed:
+            raise RuntimeError(
+                f"dispatcher {self.dispatcher.name!r} chose {instance_id!r}, which cannot take "
+                "this request"
+            )
+        return index
+
+    def _make_request(self, spec: RequestSpec) -> Request:
+        return Request(
+            request_id=spec.request_id,
+            prompt_token_ids=[0] * spec.prompt_len,
+            sampling_params=SamplingParams(
+                max_tokens=spec.output_len, temperature=0.0, ignore_eos=True
+            ),
+            slo=self._slos[spec.slo_class],
+            arrival_s=spec.arrival_s,
+        )
+
+    def _record(self, request: Request) -> None:
+        self._records.append(record_from_request(request))
+
+
+def _dispatch_request(request: Request) -> DispatchRequest:
+    return DispatchRequest(
+        request_id=request.request_id,
+        num_prompt_tokens=request.num_prompt_tokens,
+        max_tokens=request.sampling_params.max_tokens,
+        slo=request.slo,
+        arrival_s=request.arrival_s,
+    )
+
+
+__all__ = ["ClusterSimulator", "Event", "ProgressCallback"]
