@@ -17,6 +17,15 @@ def start_decoding(scheduler: Scheduler, req: Request, now: float = 0.0) -> floa
     return now
 
 
+def bank_slack(dec: Request, now: float) -> None:
+    """Pretend its first token came 0.1 s ago and it is 9 tokens ahead of its TPOT."""
+    dec.first_token_s = now - 0.1
+    for _ in range(9):
+        dec.token_ids.append(5)
+        dec.num_computed_tokens += 1
+    assert dec.next_token_deadline_s - now > 0.8
+
+
 def chunk_of(chunks: list[ScheduledChunk], request_id: str) -> int:
     return sum(c.num_tokens for c in chunks if c.request_id == request_id)
 
@@ -73,24 +82,24 @@ def test_ahead_decode_sits_out_for_an_urgent_prefill() -> None:
     scheduler = make(max_num_batched_tokens=16384)
     now = start_decoding(scheduler, request("dec", 16, output_len=100, tpot_s=0.1))
     dec = scheduler.requests["dec"]
-    # Bank slack: pretend its first token came 0.1 s ago and it is 9 tokens ahead.
-    dec.first_token_s = now - 0.1
-    for _ in range(9):
-        dec.token_ids.append(5)
-        dec.num_computed_tokens += 1
-    assert dec.next_token_deadline_s - now > 0.8
-    # 8000 tokens take 0.165 s: over the decode's 0.15 s gap bound, inside its own 0.2 s TTFT.
-    scheduler.add_request(request("urgent", 8000, ttft_s=0.2, priority=0, arrival_s=now))
+    bank_slack(dec, now)
+    # 8000 tokens take 0.165 s alone: over the decode's 0.15 s gap bound, inside its own TTFT,
+    # which two steps (0.15 s, then 0.02 s for the rest) would miss.
+    scheduler.add_request(request("urgent", 8000, ttft_s=0.169, priority=0, arrival_s=now))
     output = scheduler.schedule(now)
     assert chunk_of(output.chunks, "urgent") == 8000
     assert chunk_of(output.chunks, "dec") == 0
     assert dec.next_token_deadline_s > now + 2 * (output.predicted_step_s or 0)
 
 
-def test_decode_without_slack_does_not_sit_out() -> None:
+@pytest.mark.parametrize(("banked", "ttft_s"), [(False, 0.169), (True, 0.2)])
+def test_decode_stays_unless_sitting_out_is_needed(banked: bool, ttft_s: float) -> None:
+    """Without slack it cannot sit out; with slack it need not when two steps still make it."""
     scheduler = make(max_num_batched_tokens=16384)
     now = start_decoding(scheduler, request("dec", 16, output_len=100, tpot_s=0.1))
-    scheduler.add_request(request("urgent", 8000, ttft_s=0.2, priority=0, arrival_s=now))
+    if banked:
+        bank_slack(scheduler.requests["dec"], now)
+    scheduler.add_request(request("urgent", 8000, ttft_s=ttft_s, priority=0, arrival_s=now))
     output = scheduler.schedule(now)
     assert chunk_of(output.chunks, "dec") == 1
     assert 0 < chunk_of(output.chunks, "urgent") < 8000

@@ -78,14 +78,18 @@ class HyperFlexisScheduler(Scheduler):
         if self.config.role == "decode":
             self._admit_decodes(candidates, decodes, budget_s, output)
         else:
-            feasible, late = self._prioritise(candidates, decodes, now)
+            waiting_tpot_s = min((r.slo.tpot_s for r in candidates), default=math.inf)
+            feasible, late = self._prioritise(candidates, decodes, waiting_tpot_s, now)
             decodes, budget_s = self._sit_out_for(feasible, decodes, budget_s, now)
             self._reject_late(late, output, now)
             output.chunks.extend(self._decode_chunk(r) for r in decodes.requests)
             features = decodes.features.copy()
             self._fill_prefill(feasible, features, budget_s, output)
+            # Late work gets only capacity no feasible request needs: it may not stretch the
+            # step past what the next feasible request (as tight as any waiting) could wait for.
+            late_budget_s = min(budget_s, self.config.max_gap_factor * waiting_tpot_s)
             late = [r for r in late if not r.is_finished]
-            self._fill_prefill(late, features, self._late_budget(candidates, budget_s), output)
+            self._fill_prefill(late, features, late_budget_s, output)
             decodes.features = features
         output.predicted_step_s = self._model.predict(decodes.features)
         return output
@@ -142,12 +146,12 @@ class HyperFlexisScheduler(Scheduler):
     # -- new requests -----------------------------------------------------------------------
 
     def _prioritise(
-        self, candidates: list[Request], decodes: _Decodes, now: float
+        self, candidates: list[Request], decodes: _Decodes, waiting_tpot_s: float, now: float
     ) -> tuple[list[Request], list[Request]]:
         """Split prefill candidates into feasible (EDF order) and late (most important first)."""
         if not candidates:
             return [], []
-        tightest = min(decodes.tightest_tpot_s, min(r.slo.tpot_s for r in candidates))
+        tightest = min(decodes.tightest_tpot_s, waiting_tpot_s)
         rate = budgeted_prefill_rate(self._model, decodes.features, tightest, self.config)
         jobs: list[PrefillJob] = [
             (r.next_token_deadline_s, r.slo.priority, len(r.token_ids) - r.num_computed_tokens, r)
@@ -168,8 +172,13 @@ class HyperFlexisScheduler(Scheduler):
         urgent = feasible[0]
         work, ctx = urgent.num_uncomputed_tokens, urgent.num_computed_tokens
         limit = self.config.max_num_batched_tokens
-        if max_prefill_tokens(self._model, decodes.features, ctx, budget_s, limit) >= work:
+        chunk = max_prefill_tokens(self._model, decodes.features, ctx, budget_s, limit)
+        if chunk >= work:
             return unchanged  # it fits already
+        # Without sitting out it finishes in the next step (or later: then this overestimates).
+        next_s = self._model.predict(decodes.features.with_prefill(work - chunk, ctx + chunk))
+        if now + max(budget_s, 0.0) + next_s <= urgent.ttft_deadline_s:
+            return unchanged  # it makes its deadline anyway
         alone_s = self._model.predict(StepFeatures().with_prefill(work, ctx))
         if now + alone_s > urgent.ttft_deadline_s or work > limit:
             return unchanged  # sitting out would not save it
@@ -186,12 +195,6 @@ class HyperFlexisScheduler(Scheduler):
         if max_prefill_tokens(self._model, stay.features, ctx, stay_budget, limit) >= work:
             return stay, stay_budget
         return unchanged
-
-    def _late_budget(self, candidates: list[Request], budget_s: float) -> float:
-        """Late work gets only capacity no feasible request needs: it may not stretch the step
-        past what the next feasible request (as tight as any waiting now) could wait for."""
-        tightest = min((r.slo.tpot_s for r in candidates), default=math.inf)
-        return min(budget_s, self.config.max_gap_factor * tightest)
 
     def _reject_late(self, late: list[Request], output: SchedulerOutput, now: float) -> None:
         if not self.config.admission_control:
