@@ -1,0 +1,349 @@
+"""Scaler comparison (issue 6): the cost-aware `hyperflexis` scaler against `static` (provisioned
+for the peak), `threshold` (an HPA-like reactive baseline) and `no-role-switch` (the ablation),
+on Llama-3.1-8B / H100, collocated and P/D, in the elastic cluster simulator.
+
+Scenarios (both seeded):
+- `day`: the Azure LLM 2023 conversation trace's arrivals, time-scaled to `--minutes` and
+  modulated by a day shape, `1 + (ratio - 1) * sin(pi t / T)^4` (a long night, a peak at noon;
+  `--peak-ratio` 5 by default): every trace arrival is kept or duplicated a seeded random number
+  of times with mean proportional to the shape, copies jittered within one mean trace gap.
+- `shift`: synthetic Poisson arrivals at a constant rate whose lengths shift from prompt-heavy
+  (long prompts, short answers) through a mix to decode-heavy (short prompts, long answers).
+
+Every autoscaler starts from the smallest cluster (1 instance, or 1 prefill + 1 decode);
+`static` runs the largest per-pool size `hyperflexis`, `no-role-switch` or `threshold` reached in
+that scenario, the whole time (sized for the peak by the same runs). `no-role-switch` runs on
+P/D only: on a collocated cluster it is `hyperflexis` exactly. `hyperflexis-lean` is the
+same scaler with leaner settings (`--lean`; `--no-lean` skips it), to show the cost/attainment
+trade-off of its knobs. Writes a JSON of every run, a PNG per scenario and deployment (demand,
+instances by role, attainment over time) and prints a markdown table.
+
+    .venv/bin/python benchmarks/scaler_compare.py [--minutes 20] [--jobs 2] [--out docs/scaling]
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import math
+import os
+import sys
+import time
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from hyperflexis.bench.scaling_plot import plot_scaling
+from hyperflexis.cluster.scaler import HyperFlexisScalerConfig
+from hyperflexis.core import SLOClasses
+from hyperflexis.sim import Deployment, SimSetup
+from hyperflexis.sim.elastic_setup import ScalingSetup, run_elastic
+from hyperflexis.workloads import (
+    RequestSpec,
+    Workload,
+    build_workload,
+    make_lengths,
+    make_workload,
+    parse_slo_mix,
+    poisson,
+    read_azure_trace,
+)
+from hyperflexis.workloads.slo_mix import assign_classes_from_rng
+
+TRACE = Path(__file__).resolve().parents[2] / "shared" / "traces" / "azure_llm_2023_conv.csv"
+SLO_MIX = "interactive:3,standard:5,batch:2"
+AUTOSCALERS = ("hyperflexis", "no-role-switch", "threshold")
+LEAN = "hyperflexis-lean"
+LABELS = (*AUTOSCALERS, LEAN, "static")
+# No headroom, the fluid model's count scaled by 0.75 (it sums a mixed instance's prefill and
+# decode fractions, which overstates its load), and a faster scale-in.
+LEAN_SETTINGS = (
+    "headroom=0,scale_in_headroom=0.1,target_attainment=0.75,scale_in_window_s=30,cooldown_s=20"
+)
+DEPLOYMENTS = ("mixed", "pd")
+SCENARIOS = ("day", "shift")
+# The shift's phases as (fraction of the run, mean prompt tokens, mean output tokens).
+SHIFT_PHASES = ((0.4, 3000, 40), (0.2, 1200, 300), (0.4, 200, 700))
+
+
+@dataclasses.dataclass(frozen=True)
+class Run:
+    """One simulation to run (picklable, so runs go to worker processes)."""
+
+    scenario: str
+    deployment: str
+    label: str  # the row's name: the scaler's, or `hyperflexis-lean`
+    scaler: str
+    minutes: float
+    seed: int
+    day_rate_rps: float  # mean rate of the day
+    peak_ratio: float
+    shift_rate_rps: float
+    trace: str
+    num_static: tuple[int, ...] = ()  # static: instances per pool (mixed; or prefill, decode)
+    scaler_settings: tuple[tuple[str, float], ...] = ()  # hyperflexis config overrides
+
+
+def day_workload(
+    trace_path: str | Path, duration_s: float, mean_rate_rps: float, peak_ratio: float, seed: int
+) -> Workload:
+    """The trace's arrivals squeezed into `duration_s` and shaped like a day (see the module
+    docstring), its lengths kept; SLO classes from the standard mix."""
+    if peak_ratio < 1:
+        raise ValueError(f"invalid 'peak_ratio': must be >= 1, got {peak_ratio}")
+    trace = read_azure_trace(trace_path)
+    rng = np.random.default_rng(seed)
+    times = trace.arrivals_s / trace.arrivals_s[-1] * duration_s
+    trace_rate = len(times) / duration_s
+    shape = 1 + (peak_ratio - 1) * np.sin(np.pi * times / duration_s) ** 4
+    mean_shape = 1 + (peak_ratio - 1) * 3 / 8  # the mean of sin^4 over a half period
+    copies_mean = mean_rate_rps / trace_rate * shape / mean_shape
+    copies = np.floor(copies_mean).astype(np.int64)
+    copies += rng.random(len(copies)) < copies_mean - copies
+    index = np.repeat(np.arange(len(times)), copies)
+    arrivals = times[index] + rng.uniform(0.0, 1.0 / trace_rate, len(index))
+    arrivals = np.clip(arrivals, 0.0, duration_s)
+    classes = SLOClasses()
+    names = assign_classes_from_rng(parse_slo_mix(SLO_MIX, classes), len(index), rng)
+    width = len(str(len(index)))
+    return make_workload(
+        RequestSpec(
+            request_id=f"day-{i:0{width}d}",
+            arrival_s=float(arrivals[i]),
+            prompt_len=int(trace.prompt_lens[index[i]]),
+            output_len=int(trace.output_lens[index[i]]),
+            slo_class=names[i],
+        )
+        for i in range(len(index))
+    )
+
+
+def shift_workload(duration_s: float, rate_rps: float, seed: int) -> Workload:
+    """Constant-rate Poisson arrivals whose lengths move from prompt-heavy to decode-heavy."""
+    classes = SLOClasses()
+    specs: list[RequestSpec] = []
+    start_s = 0.0
+    for k, (fraction, prompt, output) in enumerate(SHIFT_PHASES):
+        length_s = fraction * duration_s
+        phase = build_workload(
+            seed=seed * 10 + k,
+            slo_mix=parse_slo_mix(SLO_MIX, classes),
+            arrival=poisson(rate_rps),
+            prompt_lens=make_lengths("lognormal", mean=prompt, sigma=0.6, max_len=16000),
+            output_lens=make_lengths("lognormal", mean=output, sigma=0.6, max_len=4000),
+            num_requests=math.ceil(rate_rps * length_s * 1.2),
+            id_prefix=f"shift{k}-",
+        )
+        specs += [
+            dataclasses.replace(s, arrival_s=s.arrival_s + start_s)
+            for s in phase
+            if s.arrival_s < length_s
+        ]
+        start_s += length_s
+    return make_workload(specs)
+
+
+def workload_of(run: Run) -> Workload:
+    duration_s = run.minutes * 60
+    if run.scenario == "day":
+        return day_workload(run.trace, duration_s, run.day_rate_rps, run.peak_ratio, run.seed)
+    return shift_workload(duration_s, run.shift_rate_rps, run.seed)
+
+
+def execute(run: Run) -> dict[str, Any]:
+    """One run's summary (the time series in one-minute intervals)."""
+    if run.deployment == "pd":
+        p, d = run.num_static or (1, 1)
+        deployment = Deployment(num_prefill=p, num_decode=d)
+    else:
+        (m,) = run.num_static or (1,)
+        deployment = Deployment(num_mixed=m)
+    scaler_config = None
+    if run.scaler_settings:
+        overrides: dict[str, Any] = dict(run.scaler_settings)
+        scaler_config = HyperFlexisScalerConfig(**overrides)
+    scaling = ScalingSetup(
+        scaler=run.scaler,
+        min_instances=1,
+        max_instances=32,
+        link_policy="all",
+        scaler_config=scaler_config,
+    )
+    workload = workload_of(run)
+    result, wall_s = run_elastic(SimSetup(deployment=deployment), scaling, SLOClasses(), workload)
+    summary = result.summary(60.0)
+    peaks: dict[str, int] = {}
+    for sample in result.samples:
+        for role, count in sample.by_role.items():
+            peaks[role] = max(peaks.get(role, 0), count)
+    return {
+        "scenario": run.scenario,
+        "deployment": run.deployment,
+        "label": run.label,
+        "scaler": run.scaler,
+        "num_static": list(run.num_static),
+        "scaler_settings": dict(run.scaler_settings),
+        "peak_by_role": peaks,
+        "sim_wall_s": wall_s,
+        **{k: summary[k] for k in _KEYS},
+    }
+
+
+_KEYS = (
+    "num_requests",
+    "num_completed",
+    "num_rejected",
+    "num_unfinished",
+    "attainment",
+    "attainment_by_class",
+    "instance_seconds",
+    "instance_seconds_by_state",
+    "cost_usd",
+    "peak_instances",
+    "num_decisions",
+    "num_parked_handoffs",
+    "duration_s",
+    "ttft_s",
+    "tpot_s",
+    "time_series",
+)
+
+
+def static_size(runs: list[dict[str, Any]], deployment: str) -> tuple[int, ...]:
+    """The largest per-pool size any autoscaler reached: the cluster a static deployment needs
+    to hold the peak the way they did."""
+    roles = ("prefill", "decode") if deployment == "pd" else ("mixed",)
+    sizing = [r for r in runs if r["label"] in AUTOSCALERS]
+    return tuple(max(r["peak_by_role"].get(role, 1) for r in sizing) for role in roles)
+
+
+def table(results: list[dict[str, Any]]) -> str:
+    lines = [
+        "| scenario | deployment | scaler | instances | attainment | instance-s | vs static "
+        "| cost (USD) | decisions |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in results:
+        static = next(
+            s
+            for s in results
+            if s["label"] == "static"
+            and (s["scenario"], s["deployment"]) == (r["scenario"], r["deployment"])
+        )
+        saving = 1 - r["instance_seconds"] / static["instance_seconds"]
+        size = (
+            "+".join(str(n) for n in r["num_static"])
+            if r["label"] == "static"
+            else "peak " + "+".join(str(n) for n in r["peak_by_role"].values())
+        )
+        decisions = ", ".join(f"{k} {v}" for k, v in r["num_decisions"].items()) or "-"
+        lines.append(
+            f"| {r['scenario']} | {r['deployment']} | {r['label']} | {size} | "
+            f"{r['attainment']:.4f} | {r['instance_seconds']:.0f} | {saving:+.1%} | "
+            f"{r['cost_usd']:.2f} | {decisions} |"
+        )
+    return "\n".join(lines)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--trace", default=str(TRACE))
+    parser.add_argument("--minutes", type=float, default=20.0, help="day: simulated minutes")
+    parser.add_argument("--day-rate", type=float, default=20.0, help="day: mean requests/s")
+    parser.add_argument("--peak-ratio", type=float, default=5.0, help="day: peak / trough shape")
+    parser.add_argument("--shift-rate", type=float, default=25.0, help="shift: requests/s")
+    parser.add_argument("--shift-minutes", type=float, default=10.0, help="shift: minutes")
+    parser.add_argument("--scenarios", default=",".join(SCENARIOS))
+    parser.add_argument("--deployments", default=",".join(DEPLOYMENTS))
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--lean",
+        default=LEAN_SETTINGS,
+        help=f"HyperFlexisScalerConfig settings of {LEAN} (default: {LEAN_SETTINGS})",
+    )
+    parser.add_argument("--no-lean", action="store_true", help=f"skip {LEAN}")
+    parser.add_argument("--jobs", type=int, default=os.cpu_count() or 1)
+    parser.add_argument("--out", type=Path, default=Path("docs/scaling"))
+    args = parser.parse_args()
+
+    lean = tuple(
+        (key.strip(), float(value))
+        for key, value in (item.split("=") for item in args.lean.split(",") if item)
+    )
+    variants: list[tuple[str, str, tuple[tuple[str, float], ...]]] = [
+        (name, name, ()) for name in AUTOSCALERS
+    ]
+    if not args.no_lean:
+        variants.append((LEAN, "hyperflexis", lean))
+    scenarios = [s for s in args.scenarios.split(",") if s]
+    deployments = [d for d in args.deployments.split(",") if d]
+    base = {
+        "minutes": args.minutes,
+        "seed": args.seed,
+        "day_rate_rps": args.day_rate,
+        "peak_ratio": args.peak_ratio,
+        "shift_rate_rps": args.shift_rate,
+        "trace": args.trace,
+    }
+    cases = [(s, d) for s in scenarios for d in deployments]
+
+    def minutes(scenario: str) -> float:
+        return args.minutes if scenario == "day" else args.shift_minutes
+
+    started = time.perf_counter()
+    results: list[dict[str, Any]] = []
+    with ProcessPoolExecutor(max_workers=args.jobs) as pool:
+        autoscaled = [
+            Run(
+                scenario=s,
+                deployment=d,
+                label=label,
+                scaler=name,
+                scaler_settings=settings,
+                **{**base, "minutes": minutes(s)},
+            )
+            for s, d in cases
+            for label, name, settings in variants
+            # Collocated pools have no roles to switch: no-role-switch is hyperflexis there.
+            if not (d == "mixed" and name == "no-role-switch")
+        ]
+        results += pool.map(execute, autoscaled)
+        statics = [
+            Run(
+                scenario=s,
+                deployment=d,
+                label="static",
+                scaler="static",
+                num_static=static_size(
+                    [r for r in results if (r["scenario"], r["deployment"]) == (s, d)], d
+                ),
+                **{**base, "minutes": minutes(s)},
+            )
+            for s, d in cases
+        ]
+        results += pool.map(execute, statics)
+    wall_s = time.perf_counter() - started
+    order = {name: i for i, name in enumerate(LABELS)}
+    results.sort(key=lambda r: (r["scenario"], r["deployment"], order[r["label"]]))
+
+    args.out.mkdir(parents=True, exist_ok=True)
+    for s, d in cases:
+        mine = [r for r in results if (r["scenario"], r["deployment"]) == (s, d)]
+        title = f"{s}: Llama-3.1-8B on H100, {'P/D' if d == 'pd' else 'collocated'}"
+        plot_scaling(
+            {r["label"]: r["time_series"] for r in mine},
+            args.out / f"scaling_{s}_{d}.png",
+            title=title,
+        )
+    doc = {"command": " ".join(sys.argv), "wall_s": wall_s, "runs": results}
+    (args.out / "scaler_compare.json").write_text(json.dumps(doc, indent=1, sort_keys=True) + "\n")
+    print(table(results))
+    print(f"\n{len(results)} runs in {wall_s:.0f} s wall; wrote {args.out}/")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
