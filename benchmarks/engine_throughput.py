@@ -122,6 +122,13 @@ def main() -> None:
         help="longest prompt+output after scaling (capped at the model's context); the default "
         "keeps a CPU run to a few minutes and a left-padded batch within the context",
     )
+    parser.add_argument(
+        "--rounds",
+        type=int,
+        default=3,
+        help="alternate the two engines this many times and keep each one's median run, so a "
+        "burst of load from other processes on a shared machine hits both alike",
+    )
     args = parser.parse_args()
 
     from transformers import AutoModelForCausalLM
@@ -165,18 +172,24 @@ def main() -> None:
     warm = Workload(workload.prompts[:2], [4, 4], workload.scale)
     run_transformers(hf_model, warm, 2, pad_id)
 
-    ours_s, overheads, executes, ours_tokens = run_ours(llm, workload)
-    assert ours_tokens == workload.num_output_tokens, (ours_tokens, workload.num_output_tokens)
-    ours_tps = ours_tokens / ours_s
-    print(
-        f"hyperflexis : {ours_s:7.2f} s  {ours_tps:8.1f} output tok/s  ({len(executes)} steps, "
-        f"{llm.engine.scheduler.num_preemptions} preemptions)"
-    )
-    hf_s = run_transformers(hf_model, workload, args.batch_size, pad_id)
+    ours_runs, hf_runs = [], []
+    overheads: list[float] = []
+    executes: list[float] = []
+    for _ in range(args.rounds):
+        ours_s, overheads, executes, ours_tokens = run_ours(llm, workload)
+        assert ours_tokens == workload.num_output_tokens, (ours_tokens, workload.num_output_tokens)
+        ours_runs.append(ours_s)
+        hf_runs.append(run_transformers(hf_model, workload, args.batch_size, pad_id))
+    ours_s, hf_s = statistics.median(ours_runs), statistics.median(hf_runs)
+    ours_tps = workload.num_output_tokens / ours_s
     hf_tps = workload.num_output_tokens / hf_s
     print(
+        f"hyperflexis : {ours_s:7.2f} s  {ours_tps:8.1f} output tok/s  ({len(executes)} steps, "
+        f"{llm.engine.scheduler.num_preemptions} preemptions; median of {args.rounds} runs)"
+    )
+    print(
         f"transformers: {hf_s:7.2f} s  {hf_tps:8.1f} output tok/s  (static batches of "
-        f"{args.batch_size}, left padded)"
+        f"{args.batch_size}, left padded; median of {args.rounds} runs)"
     )
     ratio = ours_tps / hf_tps
     overhead_ms = statistics.median(overheads) * 1e3
