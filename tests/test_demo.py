@@ -1,4 +1,5 @@
-"""`python -m hyperflexis.demo` runs end to end on the built-in model (built in a tmp cache)."""
+"""`python -m hyperflexis.demo --quick`: serves the built-in model (built in a tmp cache), runs a
+short multi-SLO benchmark against it, prints the per-class table and leaves no server behind."""
 
 from __future__ import annotations
 
@@ -7,18 +8,36 @@ from pathlib import Path
 import pytest
 
 from hyperflexis import demo
+from hyperflexis.perf.profiled import ProfiledCostModel, ProfileSample, write_profile
 
 
-def test_demo_prints_completions_and_a_latency_table(
+def _profile(path: Path) -> Path:
+    """A plausible step profile of the tiny model on a CPU (1 ms a step, 0.1 ms a prompt token,
+    1 ms a decode), so the server need not profile the freshly built model (~30 s)."""
+    model = ProfiledCostModel((1e-3, 1e-4, 0.0, 1e-3, 0.0))
+    samples = [ProfileSample([(64, 0)], [], 7.4e-3), ProfileSample([], [32, 32], 3e-3)]
+    write_profile(path, samples, model, {"model": "tiny", "device": "cpu", "dtype": "float32"})
+    return path
+
+
+@pytest.mark.slow
+def test_quick_demo_serves_benchmarks_and_stops(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     monkeypatch.setenv("HYPERFLEXIS_CACHE_DIR", str(tmp_path))
-    assert demo.main() == 0
+    assert demo.main(["--quick", "--profile", str(_profile(tmp_path / "p.json"))]) == 0
     out = capsys.readouterr().out
-    assert str(tmp_path) in out  # the model was built in the tmp cache, not ~/.cache
-    assert "TTFT ms" in out and "E2E ms" in out and "tok/s" in out
-    rows = [line for line in out.splitlines() if line[:2].strip().isdigit()]
-    assert len(rows) == len(demo.PROMPTS)
-    for (prompt, slo_class, _), row in zip(demo.PROMPTS, rows, strict=True):
-        assert slo_class in row
-        assert repr(prompt) in out
+    assert "policy hyperflexis, dispatch hyperflexis" in out
+    rows = {line.split()[0]: line.split() for line in out.splitlines() if line.strip()}
+    for name in ("interactive", "standard", "batch", "all"):
+        assert name in rows, out
+    num_requests, _ = demo.QUICK_LOAD
+    assert rows["all"][1] == str(num_requests)
+    assert "server stopped" in out
+    assert (tmp_path / "models").is_dir()  # the model was built in the tmp cache
+
+
+def test_quick_workload_has_every_class() -> None:
+    workload = demo.demo_workload(quick=True, seed=0)
+    assert len(workload) == demo.QUICK_LOAD[0]
+    assert {spec.slo_class for spec in workload} == set(demo.DEMO_CLASSES)

@@ -1,0 +1,293 @@
+"""Live multi-SLO serving: `hyperflexis serve` with the hyperflexis policy and dispatcher against
+vLLM-style fcfs with round-robin dispatch, same machine, same run, same requests.
+
+Two servers (2 instances of the built-in tiny model each) run side by side. At every rate of the
+sweep, the first requests of the Azure conversation trace (lengths scaled to the tiny model),
+time-scaled to the rate for `--duration-s` seconds of arrivals, are replayed open loop through
+the OpenAI API against one server, then the other, with the `hyperflexis bench` client.
+Reported: attainment per rate, goodput@90 (the highest rate keeping 90% attainment,
+interpolated) of each and their ratio (target >= 1.5x), and the server's own overhead per
+request (HTTP parsing, tokenisation, SLO resolution, dispatch; target p50 <= 2 ms) as the
+server measures it (`/debug/stats`).
+
+SLO classes are the default ones (interactive 0.5 s / 40 ms, standard 2 s / 100 ms, batch 10 s /
+300 ms, made for an 8B model on a GPU whose loaded decode step takes ~12.5 ms) scaled by this
+machine's measured decode step: a short calibration first sends 8 requests at once to the fcfs
+server and takes their median TPOT as the loaded step time (`calibrate`). On a machine shared with
+other jobs that figure swings with their load; `--class-scale` fixes the scale instead.
+
+    .venv/bin/python benchmarks/serve_slo.py [--rates 8,12,16,20,24,28,32,36] [--duration-s 20]
+        [--trace ../shared/traces/azure_llm_2023_conv.csv] [--out results.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import math
+import statistics
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+from hyperflexis.bench.client import ClientConfig, run_benchmark
+from hyperflexis.bench.metrics import goodput_at
+from hyperflexis.bench.report import bench_summary
+from hyperflexis.bench.server_info import served_model_id, server_overhead_ms
+from hyperflexis.bench.server_process import ServerProcess, exit_on_sigterm
+from hyperflexis.core.slo import DEFAULT_CLASSES, SLOClass, SLOClasses
+from hyperflexis.workloads import RequestSpec, build_workload, make_workload, parse_slo_mix
+
+DEFAULT_TRACE = Path(__file__).resolve().parents[1] / ".." / "shared" / "traces"
+DEFAULT_TRACE = DEFAULT_TRACE / "azure_llm_2023_conv.csv"
+REFERENCE_STEP_S = 0.0125  # the loaded decode step the default classes were made for
+SYSTEMS = {  # name -> server arguments (policy, dispatch)
+    "fcfs+round-robin": ["--policy", "fcfs", "--dispatch", "round-robin"],
+    "hyperflexis": ["--policy", "hyperflexis", "--dispatch", "hyperflexis"],
+}
+NUM_INSTANCES = 2
+
+
+def main() -> int:
+    args = _parse_args()
+    exit_on_sigterm()
+    started = time.perf_counter()
+    with contextlib.ExitStack() as stack:
+        servers = {
+            name: stack.enter_context(
+                ServerProcess(["--instances", str(NUM_INSTANCES), "--threads", "1", *extra])
+            )
+            for name, extra in SYSTEMS.items()
+        }
+        urls = {name: server.url for name, server in servers.items()}
+        model = served_model_id(urls["fcfs+round-robin"])
+        step_s, calibration = calibrate(urls["fcfs+round-robin"], model)
+        scale = args.class_scale if args.class_scale is not None else step_s / REFERENCE_STEP_S
+        calibration["class_scale_used"] = scale
+        classes = scaled_classes(scale)
+        print(f"calibration: {calibration}", flush=True)
+        print("classes: " + _describe(classes), flush=True)
+        sweep = run_sweep(args, urls, model, classes)
+        overhead = {name: server_overhead_ms(url) for name, url in urls.items()}
+    result = _result(args, calibration, classes, sweep, overhead)
+    result["wall_s"] = time.perf_counter() - started
+    _print(result)
+    if args.out is not None:
+        args.out.write_text(json.dumps(result, indent=1) + "\n")
+    return 0
+
+
+def calibrate(url: str, model: str) -> tuple[float, dict[str, float]]:
+    """The decode step time of a loaded instance: the median TPOT of 8 requests sent at once
+    (4 per instance; 128-token prompts, 48 output tokens). A CPU's step time grows with the
+    batch, unlike a GPU's, so a lone request's step (also reported) would give targets that
+    no batch can meet."""
+    lone = [
+        _calibration_run(url, model, [RequestSpec(f"lone-{i}", 0.0, 128, 48, "standard")])[0]
+        for i in range(4)
+    ]
+    burst = [RequestSpec(f"burst-{i}", 0.0, 128, 48, "standard") for i in range(8)]
+    step_s = statistics.median(tpot for _, tpot in _calibration_run(url, model, burst))
+    return step_s, {
+        # The first lone request warms the instance up.
+        "lone_decode_step_ms": statistics.median(tpot for _, tpot in lone[1:]) * 1e3,
+        "lone_ttft_128_tokens_ms": statistics.median(ttft for ttft, _ in lone[1:]) * 1e3,
+        "loaded_decode_step_ms": step_s * 1e3,
+        "class_scale": step_s / REFERENCE_STEP_S,
+    }
+
+
+def _calibration_run(url: str, model: str, specs: list[RequestSpec]) -> list[tuple[float, float]]:
+    """(TTFT, TPOT) of each request, sent at once, with targets no request can miss."""
+    classes = SLOClasses((SLOClass("standard", 60.0, 60.0, 1),))
+    run = run_benchmark(make_workload(specs), classes, _config(url, model))
+    times = []
+    for result in run.results:
+        ttft_s, tpot_s = result.record.ttft_s, result.record.tpot_s
+        if ttft_s is None or tpot_s is None:
+            raise RuntimeError(f"calibration request failed: {result.error}")
+        times.append((ttft_s, tpot_s))
+    return times
+
+
+def scaled_classes(factor: float) -> SLOClasses:
+    return SLOClasses(
+        tuple(
+            SLOClass(c.name, c.ttft_s * factor, c.tpot_s * factor, c.priority, c.late)
+            for c in DEFAULT_CLASSES
+        )
+    )
+
+
+def run_sweep(
+    args: argparse.Namespace, urls: dict[str, str], model: str, classes: SLOClasses
+) -> dict[str, list[dict[str, Any]]]:
+    """Per system, one row per rate. The systems take turns at each rate, first one then the
+    other first (ABBA), so a slow spell of a shared machine hits both alike."""
+    mix = parse_slo_mix(args.slo_mix, classes)
+    sweep: dict[str, list[dict[str, Any]]] = {name: [] for name in urls}
+    for index, rate in enumerate(args.rates):
+        workload = build_workload(
+            seed=args.seed,
+            slo_mix=mix,
+            trace=args.trace,
+            num_requests=max(round(rate * args.duration_s), 1),
+            rate_rps=rate,
+            length_scale=args.length_scale,
+            max_prompt_len=args.max_prompt_len,
+            max_output_len=args.max_output_len,
+        )
+        order = list(urls) if index % 2 == 0 else list(reversed(urls))
+        for name in order:
+            run = run_benchmark(workload, classes, _config(urls[name], model))
+            summary = bench_summary(run, NUM_INSTANCES * run.duration_s)
+            row = {
+                "rate_rps": rate,
+                "attainment": summary["attainment"],
+                "attainment_by_class": summary["attainment_by_class"],
+                "num_rejected": summary["num_rejected"],
+                "num_failed": summary["num_failed"],
+                "goodput_rps": summary["goodput_rps"],
+                "ttft_p50_ms": _ms(summary["ttft_s"]["p50"]),
+                "ttft_p90_ms": _ms(summary["ttft_s"]["p90"]),
+                "tpot_p50_ms": _ms(summary["tpot_s"]["p50"]),
+                "e2e_mean_s": summary["e2e_s"]["mean"],
+                "duration_s": summary["duration_s"],
+                "total_output_tokens": summary["total_output_tokens"],
+                "send_lag_p99_ms": _ms(summary["send_lag_s"]["p99"]),
+                "server_overhead_ms": summary["server_overhead_ms"],
+                "errors": dict(Counter(r.error[:120] for r in run.results if r.error)),
+            }
+            sweep[name].append(row)
+            print(
+                f"rate {rate:5.2f} {name:<17} attainment {row['attainment']:6.1%} "
+                f"(TTFT p50 {row['ttft_p50_ms'] or math.nan:.0f} ms, "
+                f"TPOT p50 {row['tpot_p50_ms'] or math.nan:.1f} ms, "
+                f"send lag p99 {row['send_lag_p99_ms']:.1f} ms)  "
+                + "  ".join(f"{k} {v:.0%}" for k, v in row["attainment_by_class"].items()),
+                flush=True,
+            )
+    return sweep
+
+
+def _result(
+    args: argparse.Namespace,
+    calibration: dict[str, float],
+    classes: SLOClasses,
+    sweep: dict[str, list[dict[str, Any]]],
+    overhead: dict[str, dict[str, Any]],
+) -> dict[str, Any]:
+    goodput = {
+        name: goodput_at([(row["rate_rps"], row["attainment"]) for row in rows], 0.9)
+        for name, rows in sweep.items()
+    }
+    baseline = goodput["fcfs+round-robin"]
+    return {
+        "command": " ".join(sys.argv),
+        "num_instances": NUM_INSTANCES,
+        "arrivals_s_per_rate": args.duration_s,
+        "length_scale": args.length_scale,
+        "calibration": calibration,
+        "classes": {
+            c.name: {"ttft_ms": c.ttft_s * 1e3, "tpot_ms": c.tpot_s * 1e3, "priority": c.priority}
+            for c in classes.values()
+        },
+        "sweep": sweep,
+        "goodput_at_90_rps": goodput,
+        "goodput_ratio": goodput["hyperflexis"] / baseline if baseline > 0 else None,
+        # Less sensitive to one noisy point than goodput@90: the sweep's mean attainment.
+        "mean_attainment": {
+            name: statistics.fmean(row["attainment"] for row in rows)
+            for name, rows in sweep.items()
+        },
+        "server_overhead_ms": overhead,
+    }
+
+
+def _print(result: dict[str, Any]) -> None:
+    names = list(result["sweep"])
+    print(
+        "\n| rate (req/s) | "
+        + " | ".join(f"{n} attainment" for n in names)
+        + " | "
+        + " | ".join(f"{n} overhead p50 / p99 (ms)" for n in names)
+        + " |"
+    )
+    print("|---:|" + "---:|" * 2 * len(names))
+    for row in zip(*result["sweep"].values(), strict=True):
+        attainments = " | ".join(f"{r['attainment']:.1%}" for r in row)
+        overheads = " | ".join(
+            f"{r['server_overhead_ms']['p50'] or math.nan:.2f} / "
+            f"{r['server_overhead_ms']['p99'] or math.nan:.2f}"
+            for r in row
+        )
+        print(f"| {row[0]['rate_rps']:g} | {attainments} | {overheads} |")
+    goodput = result["goodput_at_90_rps"]
+    ratio = result["goodput_ratio"]
+    print(
+        "\ngoodput@90: "
+        + ", ".join(f"{k} {v:.2f} req/s" for k, v in goodput.items())
+        + (f"; ratio {ratio:.2f}x" if ratio is not None else "; baseline never reaches 90%")
+    )
+    print(
+        "mean attainment over the sweep: "
+        + ", ".join(f"{k} {v:.1%}" for k, v in result["mean_attainment"].items())
+    )
+    for name, stats in result["server_overhead_ms"].items():
+        print(
+            f"server overhead {name}: p50 {stats['p50']:.2f} ms, p90 {stats['p90']:.2f} ms, "
+            f"p99 {stats['p99']:.2f} ms over {stats['count']} requests"
+        )
+    print(f"wall time {result['wall_s']:.0f} s")
+
+
+def _config(url: str, model: str) -> ClientConfig:
+    return ClientConfig(base_url=url, model=model, timeout_s=300.0, show_progress=False)
+
+
+def _describe(classes: SLOClasses) -> str:
+    return ", ".join(
+        f"{c.name} TTFT {c.ttft_s * 1e3:.0f} ms / TPOT {c.tpot_s * 1e3:.1f} ms"
+        for c in classes.values()
+    )
+
+
+def _ms(seconds: float | None) -> float | None:
+    return None if seconds is None else seconds * 1e3
+
+
+def _parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--trace", type=Path, default=DEFAULT_TRACE)
+    parser.add_argument(
+        "--rates",
+        type=lambda s: [float(x) for x in s.split(",")],
+        default=[8, 12, 16, 20, 24, 28, 32, 36],
+    )
+    parser.add_argument(
+        "--duration-s", type=float, default=20.0, help="seconds of arrivals per rate"
+    )
+    parser.add_argument("--slo-mix", default="interactive:3,standard:5,batch:2")
+    parser.add_argument("--length-scale", type=float, default=0.125, help="trace lengths x this")
+    parser.add_argument("--max-prompt-len", type=int, default=512)
+    parser.add_argument("--max-output-len", type=int, default=128)
+    parser.add_argument(
+        "--class-scale",
+        type=float,
+        default=None,
+        help="scale the default classes by this instead of by the calibration (on a shared "
+        "machine the calibration swings with other jobs' load)",
+    )
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out", type=Path, default=None, help="write the results as JSON")
+    args = parser.parse_args()
+    if len(set(args.rates)) != len(args.rates) or min(args.rates) <= 0:
+        parser.error(f"--rates must be distinct and > 0, got {args.rates}")
+    return args
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,36 @@
+"""What a benchmark asks a server about itself: the model it serves (OpenAI's `/v1/models`) and,
+from a HyperFlexis server, its own per-request overhead (`/debug/stats`)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import httpx
+
+
+def served_model_id(base_url: str, api_key: str | None = None, timeout_s: float = 10.0) -> str:
+    """The first model id `GET /v1/models` lists (the name requests must use)."""
+    headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+    response = httpx.get(f"{_root(base_url)}/v1/models", headers=headers, timeout=timeout_s)
+    response.raise_for_status()
+    data = response.json().get("data") or []
+    if not data or "id" not in data[0]:
+        raise ValueError(f"{base_url}/v1/models lists no model")
+    return str(data[0]["id"])
+
+
+def server_overhead_ms(base_url: str, timeout_s: float = 10.0) -> dict[str, Any]:
+    """A HyperFlexis server's own time per request before an instance gets it (HTTP parsing,
+    tokenisation, SLO resolution, dispatch): `count`, `p50`, `p90`, `p99` in ms over its
+    recent requests, from `GET /debug/stats`."""
+    response = httpx.get(f"{_root(base_url)}/debug/stats", timeout=timeout_s)
+    response.raise_for_status()
+    stats = response.json().get("server_overhead_ms")
+    if not isinstance(stats, dict):
+        raise ValueError(f"{base_url}/debug/stats has no 'server_overhead_ms'")
+    return stats
+
+
+def _root(base_url: str) -> str:
+    root = base_url.rstrip("/")
+    return root[: -len("/v1")] if root.endswith("/v1") else root
