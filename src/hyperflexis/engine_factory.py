@@ -13,7 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, NamedTuple
 
-from hyperflexis.engine_loop import LLMEngine, StepObserver, batch_features
+from hyperflexis.engine_loop import LLMEngine, StepObserver
 from hyperflexis.perf.base import StepCostModel
 from hyperflexis.perf.online import OnlineCorrection
 from hyperflexis.scheduler import (
@@ -104,6 +104,6 @@ def build_engine(spec: InstanceSpec, clock: Callable[[], float] = time.monotonic
 
 def _observer(cost_model: OnlineCorrection) -> StepObserver:
     def observe(batch: SchedulerOutput, execute_s: float) -> None:
-        cost_model.observe(batch_features(batch), execute_s)
+        cost_model.observe(batch.features(), execute_s)
 
     return observe

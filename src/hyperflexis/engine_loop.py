@@ -20,7 +20,6 @@ from hyperflexis.core.request import DEFAULT_SLO, FinishReason, Request
 from hyperflexis.core.sampling import SamplingParams
 from hyperflexis.core.slo import SLO
 from hyperflexis.output_processor import DetokenizerFactory, OutputProcessor
-from hyperflexis.perf.base import StepFeatures
 from hyperflexis.scheduler.base import Scheduler
 from hyperflexis.scheduler.output import SchedulerOutput
 
@@ -230,18 +229,6 @@ class LLMEngine:
                     f"of {vocab_size} tokens"
                 )
         return token_ids
-
-
-def batch_features(batch: SchedulerOutput) -> StepFeatures:
-    """The latency model's view of a batch: decodes at their context, prefill chunks at theirs
-    (the same convention the scheduler policies predict with)."""
-    features = StepFeatures()
-    for chunk in batch.chunks:
-        if chunk.is_decode:
-            features.add_decode(chunk.start_pos)
-        else:
-            features.add_prefill(chunk.num_tokens, chunk.start_pos)
-    return features
 
 
 def _as_token_id(value: object) -> int:

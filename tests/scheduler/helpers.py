@@ -71,13 +71,7 @@ def step(scheduler: Scheduler, now: float) -> tuple[float, list[Request]]:
     output = scheduler.schedule(now)
     cost = scheduler.cost_model
     assert cost is not None
-    features = StepFeatures()
-    for chunk in output.chunks:
-        if chunk.is_decode:
-            features.add_decode(chunk.start_pos)
-        else:
-            features.add_prefill(chunk.num_tokens, chunk.start_pos)
-    end = now + (cost.predict(features) if output.chunks else 0.001)
+    end = now + (cost.predict(output.features()) if output.chunks else 0.001)
     sampled = {
         c.request_id: fake_token(scheduler.requests[c.request_id])
         for c in output.chunks

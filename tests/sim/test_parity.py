@@ -38,11 +38,8 @@ class ClockedRunner:
     for its batch, and is logged the way the simulator logs its steps."""
 
     def __init__(self, runner: object, clock: VirtualClock) -> None:
-        from hyperflexis.engine_loop import batch_features
-
         self._runner = runner
         self._clock = clock
-        self._features = batch_features
         self.log: list[StepRecord] = []
 
     @property
@@ -58,7 +55,7 @@ class ClockedRunner:
             (self._clock.now, [(c.request_id, c.start_pos, c.num_tokens) for c in output.chunks])
         )
         sampled = self._runner.execute(output)  # type: ignore[attr-defined]
-        self._clock.now += COST_MODEL.predict(self._features(output))
+        self._clock.now += COST_MODEL.predict(output.features())
         return sampled  # type: ignore[no-any-return]
 
 

@@ -30,7 +30,12 @@ from dataclasses import dataclass, field, replace
 from itertools import accumulate
 
 from hyperflexis.cluster.dispatch_baselines import in_flight_record, new_request_candidates
-from hyperflexis.cluster.dispatcher import DispatchDecision, Dispatcher, DispatchRequest
+from hyperflexis.cluster.dispatcher import (
+    DispatchDecision,
+    Dispatcher,
+    DispatchRequest,
+    linked_decode_snapshots,
+)
 from hyperflexis.cluster.inflight import InFlight, InFlightRequest
 from hyperflexis.cluster.registry import register_dispatcher
 from hyperflexis.cluster.snapshot import LoadSnapshot, PendingPrefill
@@ -397,12 +402,7 @@ class HyperFlexisDispatcher(Dispatcher):
         links: Mapping[str, frozenset[str]],
         now: float,
     ) -> DispatchDecision:
-        linked = links.get(prefill_instance_id, frozenset())
-        candidates = [
-            s
-            for s in snapshots
-            if s.instance_id in linked and s.role == "decode" and not s.draining
-        ]
+        candidates = linked_decode_snapshots(prefill_instance_id, snapshots, links)
         if not candidates:
             return DispatchDecision(None, "no-linked-decode-instance")
         ctx = request.num_prompt_tokens

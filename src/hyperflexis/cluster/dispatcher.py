@@ -68,13 +68,20 @@ class Dispatcher(ABC):
         """P/D: pick the decode instance for a finished prefill, among those linked to
         `prefill_instance_id` (`links[prefill] = decode ids`) and not draining. The default
         takes the linked decode instance with the most free KV."""
-        linked = links.get(prefill_instance_id, frozenset())
-        candidates = [
-            s
-            for s in snapshots
-            if s.instance_id in linked and s.role == "decode" and not s.draining
-        ]
+        candidates = linked_decode_snapshots(prefill_instance_id, snapshots, links)
         if not candidates:
             return DispatchDecision(None, "no-linked-decode-instance")
         best = max(candidates, key=lambda s: (s.num_free_blocks, s.instance_id))
         return DispatchDecision(best.instance_id, "most-free-kv")
+
+
+def linked_decode_snapshots(
+    prefill_instance_id: str,
+    snapshots: Sequence[LoadSnapshot],
+    links: Mapping[str, frozenset[str]],
+) -> list[LoadSnapshot]:
+    """The decode instances a finished prefill may go to: linked to it and not draining."""
+    linked = links.get(prefill_instance_id, frozenset())
+    return [
+        s for s in snapshots if s.instance_id in linked and s.role == "decode" and not s.draining
+    ]

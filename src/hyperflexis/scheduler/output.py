@@ -6,6 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from hyperflexis.core.sampling import SamplingParams
+from hyperflexis.perf.base import StepFeatures
 
 
 @dataclass(slots=True)
@@ -49,3 +50,15 @@ class SchedulerOutput:
     @property
     def is_empty(self) -> bool:
         return not self.chunks
+
+    def features(self) -> StepFeatures:
+        """The latency model's view of the batch: decodes at their context, prefill chunks at
+        theirs. The engine loop's measurements and the simulator's step times both use it, so
+        simulated and real steps cost the same."""
+        features = StepFeatures()
+        for chunk in self.chunks:
+            if chunk.is_decode:
+                features.add_decode(chunk.start_pos)
+            else:
+                features.add_prefill(chunk.num_tokens, chunk.start_pos)
+        return features

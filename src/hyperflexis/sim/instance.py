@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from hyperflexis.cluster.snapshot import LoadSnapshot, take_snapshot
 from hyperflexis.core.request import FinishReason, Request
-from hyperflexis.perf.base import StepCostModel, StepFeatures
+from hyperflexis.perf.base import StepCostModel
 from hyperflexis.scheduler.base import Scheduler
 from hyperflexis.scheduler.output import SchedulerOutput
 from hyperflexis.sim.fast_forward import DUMMY_TOKEN_ID, DecodeWindow, StepRecord, plan_window
@@ -108,7 +108,7 @@ class SimInstance:
             )
         self.step = output
         self.generation += 1
-        return now + self.cost_model.predict(batch_features(output)), []
+        return now + self.cost_model.predict(output.features()), []
 
     def finish_step(self, now: float) -> list[Request]:
         """The regular step in flight ends at `now`: record its tokens. Returns the requests
@@ -142,15 +142,3 @@ class SimInstance:
         for request in requests:
             self.scheduler.finish_request(request.request_id, FinishReason.ERROR, now)
         return requests
-
-
-def batch_features(output: SchedulerOutput) -> StepFeatures:
-    """The latency model's view of a batch, with the engine loop's convention (decodes at their
-    context, prefill chunks at theirs), so simulated and real steps cost the same."""
-    features = StepFeatures()
-    for chunk in output.chunks:
-        if chunk.is_decode:
-            features.add_decode(chunk.start_pos)
-        else:
-            features.add_prefill(chunk.num_tokens, chunk.start_pos)
-    return features
