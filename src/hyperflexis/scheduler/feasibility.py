@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import heapq
 import math
+import operator
 from collections.abc import Sequence
 from typing import Any
 
@@ -32,30 +33,38 @@ def split_feasible(
     """
     if tokens_per_s <= 0:
         return [], [job[3] for job in jobs]
+    ordered = sorted(jobs, key=_DEADLINE_THEN_PRIORITY)
+    seconds_per_token = 1.0 / tokens_per_s
+    # Fast path (light load): nothing misses in plain EDF order, so nothing is late.
+    finish_s = now + start_s
+    for deadline_s, _, work_tokens, _ in ordered:
+        finish_s += work_tokens * seconds_per_token
+        if finish_s > deadline_s:
+            break
+    else:
+        return [job[3] for job in ordered], []
     late: list[Any] = []
-    ordered = sorted(jobs, key=_deadline_then_priority)
     kept: list[tuple[int, int, int, float]] = []  # heap: least important first
-    removed: set[int] = set()
-    elapsed_s = start_s
+    is_late = [False] * len(ordered)
+    horizon_s = now + start_s  # when the kept jobs so far would all be done
     for index, (deadline_s, priority, work_tokens, item) in enumerate(ordered):
-        own_s = work_tokens / tokens_per_s
+        own_s = work_tokens * seconds_per_token
         if now + start_s + own_s > deadline_s:
             late.append(item)
-            removed.add(index)
+            is_late[index] = True
             continue
         heapq.heappush(kept, (-priority, -work_tokens, index, own_s))
-        elapsed_s += own_s
-        while now + elapsed_s > deadline_s:
+        horizon_s += own_s
+        while horizon_s > deadline_s:
             _, _, victim_index, victim_s = heapq.heappop(kept)
-            elapsed_s -= victim_s
+            horizon_s -= victim_s
             late.append(ordered[victim_index][3])
-            removed.add(victim_index)
-    feasible = [job[3] for index, job in enumerate(ordered) if index not in removed]
+            is_late[victim_index] = True
+    feasible = [job[3] for job, dropped in zip(ordered, is_late, strict=True) if not dropped]
     return feasible, late
 
 
-def _deadline_then_priority(job: PrefillJob) -> tuple[float, int]:
-    return job[0], job[1]
+_DEADLINE_THEN_PRIORITY = operator.itemgetter(0, 1)
 
 
 def budgeted_prefill_rate(
