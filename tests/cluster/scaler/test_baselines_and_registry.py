@@ -99,6 +99,11 @@ def test_registry_names_and_failures() -> None:
 def test_configs_reject_invalid_fields() -> None:
     with pytest.raises(ValueError, match="scale_in_headroom"):
         HyperFlexisScalerConfig(headroom=0.3, scale_in_headroom=0.2)
+    with pytest.raises(ValueError, match="calm_headroom"):
+        HyperFlexisScalerConfig(headroom=0.1, calm_headroom=0.2)
+    with pytest.raises(ValueError, match="calm_headroom"):
+        HyperFlexisScalerConfig(calm_headroom=-0.1)
+    assert HyperFlexisScalerConfig(calm_headroom=None).calm_headroom is None
     with pytest.raises(ValueError, match="target_attainment"):
         HyperFlexisScalerConfig(target_attainment=1.5)
     with pytest.raises(ValueError, match="queue_low"):

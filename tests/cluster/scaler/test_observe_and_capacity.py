@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 
 import pytest
@@ -115,3 +116,58 @@ def test_capacity_by_role_and_limits() -> None:
     )
     assert math.isinf(prefill.utilisation(0.0, 1.0))  # a prefill instance cannot decode
     assert "batch 256" in decode.describe()
+
+
+def test_mixed_load_shares_steps_between_decodes_and_prefill() -> None:
+    model = _capacity_model()
+    mixed = model.capacity("mixed", 1000, 1100, 0.1)
+    prefill_s, decode_s = 30_000.0, 6_000.0  # 30 req/s of 1000 in, 200 out
+    summed = mixed.utilisation(prefill_s, decode_s)
+    joint = model.load_instances(mixed, prefill_s, decode_s)
+    # Decodes and prefill chunks share each step's weight reads: fewer instances than the sum
+    # of the two single-resource fractions, more than either alone.
+    alone = max(mixed.utilisation(prefill_s, 0.0), mixed.utilisation(0.0, decode_s))
+    assert alone < joint < 0.9 * summed
+    # A pure load needs what the single-resource model says, and a nearly pure one (through
+    # the joint search: too few tokens of the other kind to fill one per step) nearly that.
+    assert model.load_instances(mixed, prefill_s, 0.0) == mixed.utilisation(prefill_s, 0.0)
+    assert model.load_instances(mixed, 0.0, decode_s) == mixed.utilisation(0.0, decode_s)
+    assert model.load_instances(mixed, prefill_s, 1e-6) == pytest.approx(
+        mixed.utilisation(prefill_s, 0.0), rel=1e-6
+    )
+    assert model.load_instances(mixed, 1e-6, decode_s) == pytest.approx(
+        mixed.utilisation(0.0, decode_s), rel=1e-6
+    )
+    # Linear in the demand, so headroom scales it; monotone in each kind of demand.
+    assert model.load_instances(mixed, 2 * prefill_s, 2 * decode_s) == pytest.approx(2 * joint)
+    loads = [
+        [model.load_instances(mixed, p, d) for d in (0.0, 2_000.0, 6_000.0, 20_000.0)]
+        for p in (0.0, 5_000.0, 30_000.0, 90_000.0)
+    ]
+    for line in [*loads, *zip(*loads, strict=True)]:  # up to integer rounding of a step
+        assert all(b >= a * (1 - 1e-3) for a, b in itertools.pairwise(line)), line
+        assert line[-1] > line[0]
+    # Other roles keep the single-resource answer; a budget nothing fits in is infinite load.
+    decode = model.capacity("decode", 1000, 1100, 0.1)
+    assert model.load_instances(decode, 0.0, decode_s) == decode.utilisation(0.0, decode_s)
+    assert math.isinf(model.load_instances(decode, prefill_s, decode_s))
+    hopeless = model.capacity("mixed", 1000, 1100, 0.001)
+    assert math.isinf(model.load_instances(hopeless, prefill_s, decode_s))
+
+
+def test_mixed_load_respects_the_kv_cache_and_step_token_limits() -> None:
+    # Long decodes: the KV cache caps the decodes one step carries, so a decode-heavy mixed
+    # load needs at least the decode instances that cap implies.
+    model = _capacity_model()
+    mixed = model.capacity("mixed", 8000, 8000, 0.1)
+    decode_s = 20_000.0
+    joint = model.load_instances(mixed, 1_000.0, decode_s)
+    assert mixed.max_decode_batch == 400_000 // 8001
+    assert joint >= mixed.utilisation(0.0, decode_s)
+    # A small step token budget bounds a step's decodes plus prefill tokens.
+    small = _capacity_model(max_num_batched_tokens=64)
+    short = model.capacity("mixed", 1000, 1100, 0.1)
+    capacity = small.capacity("mixed", 1000, 1100, 0.1)
+    assert small.load_instances(capacity, 3_000.0, 3_000.0) > 2 * model.load_instances(
+        short, 3_000.0, 3_000.0
+    )

@@ -9,6 +9,7 @@ from hyperflexis.cluster.snapshot import PendingPrefill
 from tests.cluster.scaler.helpers import (
     MODEL,
     STANDARD,
+    Finished,
     MiniCluster,
     Traffic,
     scaler,
@@ -45,12 +46,12 @@ def test_rising_demand_scales_out_before_slos_are_missed() -> None:
     observation = s.last_observation
     assert observation is not None and observation.attainment == 1.0
     plan = s.last_plans["mixed"]
-    load_now = plan.capacity.utilisation(
-        observation.prefill_tokens.level, observation.decode_tokens.level
+    load_now = s.capacity_model.load_instances(
+        plan.capacity, observation.prefill_tokens.level, observation.decode_tokens.level
     )
     config = s.config
-    assert load_now * (1 + config.headroom) * config.target_attainment <= 2
-    assert plan.load_instances * (1 + config.headroom) * config.target_attainment > 2
+    assert load_now * (1 + plan.headroom) * config.target_attainment <= 2
+    assert plan.load_instances * (1 + plan.headroom) * config.target_attainment > 2
     # A reactive rule on the demand now would not have acted: the scale-out was early.
     assert observation.prefill_tokens.slope > 0
     assert "forecast" in decisions[0].reason and "need 3" in decisions[0].reason
@@ -76,7 +77,7 @@ def test_shift_to_decode_heavy_flips_a_prefill_instance_instead_of_starting_one(
         shape = _shift_traffic(traffic, ramp_s)
         for step in range(31):
             now = step * INTERVAL_S
-            traffic.run(now, lambda t: 14.0, shape)  # type: ignore[arg-type]
+            traffic.run(now, lambda t: 16.0, shape)  # type: ignore[arg-type]
             cluster.step(now, s)
         kinds = [(d.kind, d.from_role, d.role) for d in cluster.log]
         assert ("role_switch", "prefill", "decode") in kinds, ramp_s
@@ -110,7 +111,7 @@ def test_scale_in_waits_a_window_after_demand_drops() -> None:
     drop_s = 120.0
     for step in range(40):
         now = step * INTERVAL_S
-        traffic.run(now, lambda t: 45.0 if t < drop_s else 2.0, steady(1000, 200))
+        traffic.run(now, lambda t: 60.0 if t < drop_s else 2.0, steady(1000, 200))
         cluster.step(now, s)
     times = [d.time_s for d in cluster.log]
     assert [d.kind for d in cluster.log] == ["scale_in"] * len(times) and times
@@ -119,9 +120,9 @@ def test_scale_in_waits_a_window_after_demand_drops() -> None:
 
 
 def test_no_flapping_under_constant_noisy_load() -> None:
-    # Around 30, 45 and 55 req/s, +/-10% every 5 s, for 10 minutes, starting with 3 instances
-    # (45 req/s fills 2 and needs 3 with the headroom; 30 needs 2; 55 needs 3 to 4).
-    for level in (30.0, 45.0, 55.0):
+    # Around 40, 60 and 75 req/s, +/-10% every 5 s, for 10 minutes, starting with 3 instances
+    # (60 req/s fills 2 and needs 3 with the headroom; 40 needs 2; 75 needs 3 to 4).
+    for level in (40.0, 60.0, 75.0):
         for seed in range(2):
             rng = random.Random(seed)
             noise: dict[int, float] = {}
@@ -171,9 +172,9 @@ def test_starting_instances_count_so_a_ramp_does_not_repeat_scale_out() -> None:
     decisions = []
     for step in range(6):
         now = step * INTERVAL_S
-        traffic.run(now, lambda t: 40.0, steady(1000, 200))
+        traffic.run(now, lambda t: 70.0, steady(1000, 200))
         decisions += s.decide(now, view(instances, mixed=(1, 8)))
-    # 40 req/s needs 1.8 instances, 3 with headroom: two scale-outs once, none repeated
+    # 70 req/s fills 2.4 instances, needs 3: two scale-outs once, none repeated
     # although the driver never shows the new instances.
     assert [d.kind for d in decisions] == ["scale_out", "scale_out"]
     assert len({d.instance_id for d in decisions}) == 2
@@ -186,7 +187,7 @@ def test_no_role_switch_ablation_starts_a_decode_instance_instead() -> None:
     shape = _shift_traffic(traffic, 120.0)
     for step in range(31):
         now = step * INTERVAL_S
-        traffic.run(now, lambda t: 14.0, shape)  # type: ignore[arg-type]
+        traffic.run(now, lambda t: 16.0, shape)  # type: ignore[arg-type]
         cluster.step(now, s)
     kinds = [(d.kind, d.role) for d in cluster.log]
     assert ("scale_out", "decode") in kinds
@@ -215,3 +216,25 @@ def test_prefills_about_to_miss_their_deadlines_add_demand() -> None:
     decisions = s.decide(10.0, view(instances, mixed=(1, 8)))
     assert [d.kind for d in decisions] == ["scale_out", "scale_out"]
     assert "backlog 1000000 tok" in decisions[0].reason
+
+
+def test_headroom_is_spent_only_once_slos_are_missed() -> None:
+    # The same steady demand (80 req/s of 1000 in, 200 out: 2.7 instances of load): while every
+    # request attains its SLO the pool is sized on the model alone (3); once the window shows
+    # misses, with the burst headroom (4).
+    needs = {}
+    for attained in (True, False):
+        s = scaler()
+        assert isinstance(s, HyperFlexisScaler)
+        traffic = Traffic(s)
+        traffic.run(30.0, lambda t: 80.0, steady(1000, 200))
+        if not attained:
+            for _ in range(200):
+                s.observe_finish(29.0, Finished(STANDARD.class_name, 200, attained=False))
+        instances = [InstanceView("a", "mixed", "active", MODEL)]
+        s.decide(30.0, view(instances, mixed=(1, 8)))
+        plan = s.last_plans["mixed"]
+        config = s.config
+        assert plan.headroom == (config.calm_headroom if attained else config.headroom)
+        needs[attained] = plan.num_needed
+    assert needs == {True: 3, False: 4}

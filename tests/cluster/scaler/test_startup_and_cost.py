@@ -13,7 +13,7 @@ def _scale_out_with(instances: list[InstanceView]):  # type: ignore[no-untyped-d
     s = scaler()
     traffic = Traffic(s)
     for now in (0.0, 10.0, 20.0):
-        traffic.run(now, lambda t: 60.0, lambda t: (1000, 200, STANDARD))
+        traffic.run(now, lambda t: 100.0, lambda t: (1000, 200, STANDARD))
         decisions = s.decide(now, view(instances, mixed=(1, 8)))
         if decisions:
             assert decisions[0].kind == "scale_out"

@@ -6,9 +6,13 @@ Decode: tokens/s at the largest batch whose step fits the tightest TPOT served, 
 cache at the observed mean context and by the scheduler's batch limits; found by bisection on
 `predict`, so any monotone latency model works.
 
-A mixed instance splits its time between the two; its load is the sum of the two fractions
-(`utilisation`). Prefill and decode share the weight reads of a step, so the true region is larger
-than that sum says: the estimate errs on the side of more instances.
+A mixed instance runs its decodes and a prefill chunk in the same step, so they share the step's
+weight reads: summing the two single-resource fractions (`utilisation`) overstates its load (at
+the day peak by about a third). `CapacityModel.load_instances` instead asks how many instances the
+joint demand fills: one step of a mixed instance carries decodes and prefill tokens in the
+demand's ratio, as many as fit the step budget (the tightest TPOT), and sustains that step's
+tokens over its predicted time. That is exact for a pure load (the single-resource answer) and
+linear in the demand, so headroom still scales it.
 """
 
 from __future__ import annotations
@@ -31,6 +35,9 @@ class InstanceCapacity:
     decode_tokens_s: float  # output tokens/s at the largest decode batch; 0 for prefill
     max_decode_batch: int  # that batch: fits the TPOT, the KV cache and max_num_seqs
     decode_step_s: float  # predicted time of a step of that batch
+    step_budget_s: float = math.inf  # a mixed instance's step budget: its tightest TPOT
+    prefill_context_tokens: int = 0  # context charged to each prefill chunk
+    decode_context_tokens: float = 0.0  # mean context of a decode
 
     def utilisation(self, prefill_tokens_s: float, decode_tokens_s: float) -> float:
         """Fraction of this instance a load takes; above 1 it cannot keep up."""
@@ -85,12 +92,13 @@ class CapacityModel:
         config = replace(self.scheduler_config, role=role)
         prefill_tokens_s, chunk, prefill_step_s = 0.0, 0, 0.0
         decode_tokens_s, batch, decode_step_s = 0.0, 0, 0.0
+        prefill_ctx = 0
         if role != "decode":
             if role == "prefill":
                 budget_s = config.target_step_s
             else:
                 budget_s = min(tightest_tpot_s or math.inf, config.max_step_s)
-            prefill_tokens_s, chunk, prefill_step_s = self._prefill(
+            prefill_tokens_s, chunk, prefill_step_s, prefill_ctx = self._prefill(
                 config, budget_s, mean_prompt_tokens
             )
         if role != "prefill":
@@ -99,8 +107,93 @@ class CapacityModel:
                 config, budget_s, mean_decode_context_tokens
             )
         return InstanceCapacity(
-            role, prefill_tokens_s, chunk, prefill_step_s, decode_tokens_s, batch, decode_step_s
+            role,
+            prefill_tokens_s,
+            chunk,
+            prefill_step_s,
+            decode_tokens_s,
+            batch,
+            decode_step_s,
+            step_budget_s=min(tightest_tpot_s or math.inf, config.max_step_s),
+            prefill_context_tokens=prefill_ctx,
+            decode_context_tokens=mean_decode_context_tokens,
         )
+
+    def load_instances(
+        self, capacity: InstanceCapacity, prefill_tokens_s: float, decode_tokens_s: float
+    ) -> float:
+        """Instances of `capacity`'s role (and shape) that the demand fills completely.
+
+        Prefill and decode pools, and a mixed pool with only one kind of demand, take the
+        single-resource answer (`utilisation`). A mixed pool with both: the largest step that
+        carries decodes and prefill tokens in the demand's ratio and fits the step budget and
+        the scheduler's limits (KV cache at the mean decode context, `max_num_seqs`, the chunk
+        and step token budgets) serves `decodes / step time` and `prefill tokens / step time`;
+        the load is the demand over that, for the kind that binds. This is the smallest `n`
+        for which `n` such instances, each running `1/n` of the decodes, still have room in
+        every step for `1/n` of the prefill. Linear in the demand (so headroom scales it) and
+        monotone in each kind, up to the rounding of one step's counts."""
+        prefill_tokens_s, decode_tokens_s = max(prefill_tokens_s, 0.0), max(decode_tokens_s, 0.0)
+        if capacity.role != "mixed" or prefill_tokens_s == 0 or decode_tokens_s == 0:
+            return capacity.utilisation(prefill_tokens_s, decode_tokens_s)
+        config = replace(self.scheduler_config, role="mixed")
+        decode_share = decode_tokens_s / (prefill_tokens_s + decode_tokens_s)
+        decode_ctx = capacity.decode_context_tokens
+        prefill_ctx = capacity.prefill_context_tokens
+        decode_limit = min(
+            config.max_num_seqs, int(self.kv_cache_tokens // max(decode_ctx + 1.0, 1.0))
+        )
+        chunk_limit = config.max_num_batched_tokens
+        if config.max_prefill_chunk is not None:
+            chunk_limit = min(chunk_limit, config.max_prefill_chunk)
+
+        def step(tokens: int) -> StepFeatures | None:
+            """A step of `tokens` in the demand's ratio; None when it breaks a limit."""
+            num_decodes = int(decode_share * tokens + 0.5)  # non-decreasing in `tokens`
+            num_prefill = tokens - num_decodes  # so is this
+            if num_decodes > decode_limit or num_prefill > chunk_limit:
+                return None
+            features = _decodes(num_decodes, decode_ctx)
+            return features.with_prefill(num_prefill, prefill_ctx) if num_prefill else features
+
+        def fits(tokens: int) -> bool:
+            features = step(tokens)
+            return (
+                features is not None and self.cost_model.predict(features) <= capacity.step_budget_s
+            )
+
+        limit = config.max_num_batched_tokens
+        if limit < 1 or not fits(1):
+            return math.inf
+        low, high = 1, limit + 1  # fits(low), not fits(high) (past the token limit)
+        if fits(limit):
+            low = limit
+        while high - low > 1:
+            mid = (low + high) // 2
+            if fits(mid):
+                low = mid
+            else:
+                high = mid
+        features = step(low)
+        if features is None:  # fits(low) said it is not
+            raise AssertionError("unreachable")
+        step_s = self.cost_model.predict(features)
+        # The binding kind of demand sets the load (rounding skews the step's ratio a little);
+        # a kind too small to get one token of that step is charged on its own, on top.
+        joint, extra = 0.0, 0.0
+        for demand, per_step, alone in (
+            (decode_tokens_s, features.num_decodes, capacity.utilisation(0.0, decode_tokens_s)),
+            (
+                prefill_tokens_s,
+                features.num_prefill_tokens,
+                capacity.utilisation(prefill_tokens_s, 0.0),
+            ),
+        ):
+            if per_step:
+                joint = max(joint, demand * step_s / per_step)
+            else:
+                extra += alone
+        return joint + extra
 
     def largest_decode_batch(self, budget_s: float, context_tokens: float, limit: int) -> int:
         """The largest batch (<= limit) of decodes at `context_tokens` whose step fits
@@ -124,7 +217,8 @@ class CapacityModel:
 
     def _prefill(
         self, config: SchedulerConfig, budget_s: float, mean_prompt_tokens: float
-    ) -> tuple[float, int, float]:
+    ) -> tuple[float, int, float, int]:
+        """Prefill tokens/s, chunk, step time and the context charged to the chunk."""
         limit = config.max_num_batched_tokens
         if config.max_prefill_chunk is not None:
             limit = min(limit, config.max_prefill_chunk)
@@ -135,9 +229,9 @@ class CapacityModel:
         if ctx:
             chunk = max_prefill_tokens(self.cost_model, StepFeatures(), ctx, budget_s, limit)
         if chunk <= 0:
-            return 0.0, 0, 0.0
+            return 0.0, 0, 0.0, ctx
         step_s = self.cost_model.predict(StepFeatures().with_prefill(chunk, ctx))
-        return chunk / step_s, chunk, step_s
+        return chunk / step_s, chunk, step_s, ctx
 
     def _decode(
         self, config: SchedulerConfig, budget_s: float, context_tokens: float

@@ -6,14 +6,19 @@ Every control interval, per pool:
 1. Demand to plan for: prompt and output tokens/s forecast one start-up plus one interval ahead
    (a straight line through the window, never below the window mean), plus the backlog of
    prefills that would miss their deadline at the pool's capacity, to be cleared within that time.
-2. Capacity of one instance from the latency model (`capacity`); the demand fills `U` instances.
+2. Capacity of one instance from the latency model (`capacity`); the demand fills `U` instances
+   (`CapacityModel.load_instances`: a mixed instance's decodes and prefill chunks share a step).
    Predicted attainment with `n` instances is `min(1, n / (U * (1 + headroom)))`, a fluid model
-   with headroom for bursts; the pool needs the smallest `n` that reaches the target.
+   with headroom for bursts; the pool needs the smallest `n` that reaches the target. The burst
+   headroom is an online correction: while the window's requests met the target and no queued
+   prefill will miss its deadline, the model's load is evidently servable and the pool is sized
+   with `calm_headroom` (default none); once the SLOs show misses, with `headroom`.
 3. Actions, cheapest first. A short pool takes instances from the other P/D pool when that one
    has more than its current demand needs (role switch: no weight reload, and undone as cheaply,
    so the donor is judged on its demand now, without the window-mean floor), then starts new ones
    (weights from a live peer when there is one). A pool scales in only when it would still keep
-   the larger scale-in headroom, and only after that held for a whole window.
+   the larger scale-in headroom for the demand now (no window-mean floor, no backlog: both lag a
+   fall), only after that held for a whole scale-in window, and never below what step 2 needs.
 4. Hysteresis against flapping: a pool that grew (scale-out or a switch into it) does not shrink
    (scale-in or a switch out of it) within a cooldown. Growth is never held back: starting
    instances already count towards the pool, so it cannot repeat itself, and missing SLOs costs
@@ -44,8 +49,11 @@ class HyperFlexisScalerConfig:
     min_observed_s: float = 10.0  # no action before this much demand has been seen
     target_attainment: float = 0.99  # predicted attainment each pool must keep
     headroom: float = 0.15  # spare capacity above the forecast when sizing up
-    scale_in_headroom: float = 0.4  # a pool shrinks only if it would keep this much spare
-    scale_in_window_s: float = 60.0  # ... and only after that held for this long
+    calm_headroom: float | None = (
+        0.0  # headroom instead while SLOs are met (None: always `headroom`)
+    )
+    scale_in_headroom: float = 0.25  # a pool shrinks only if it would keep this much spare
+    scale_in_window_s: float = 40.0  # ... and only after that held for this long
     cooldown_s: float = 30.0  # a pool that grew does not shrink this soon after
     role_switch: bool = True  # flip prefill <-> decode instances instead of starting new ones
 
@@ -60,6 +68,8 @@ class HyperFlexisScalerConfig:
             raise ValueError("invalid scaler field 'bin_s': must be <= window_s")
         if not 0 < self.target_attainment <= 1:
             raise ValueError("invalid scaler field 'target_attainment': must be in (0, 1]")
+        if self.calm_headroom is not None and not 0 <= self.calm_headroom <= self.headroom:
+            raise ValueError("invalid scaler field 'calm_headroom': must be in [0, headroom]")
         if self.scale_in_headroom < self.headroom:
             raise ValueError("invalid scaler field 'scale_in_headroom': must be >= headroom")
 
@@ -76,7 +86,7 @@ class PoolPlan:
     load_instances: float  # instances the demand fills completely (U)
     headroom: float  # the scale-out headroom the count below keeps
     num_needed: int  # fewest instances reaching the target attainment, within the pool's limits
-    num_needed_in: int  # the same with the scale-in headroom: the pool never shrinks below it
+    num_needed_in: int  # the same for the demand now, no backlog, with the scale-in headroom
     num_needed_now: int  # as num_needed, for the demand now (no mean floor): a donor keeps this
     num_planned: int  # instances it has once transitions under way complete
 
@@ -175,7 +185,8 @@ class HyperFlexisScaler(Scaler):
                 continue
             if now - self._first_decide_s < config.scale_in_window_s:
                 continue  # not yet a whole window of evidence that demand stayed low
-            floor = max(n for _, n in self._needed_in[role])
+            # Never below what scale-out wants now either, or the next interval would undo it.
+            floor = max(plan.num_needed, *(n for _, n in self._needed_in[role]))
             surplus = plan.num_planned - floor
             if surplus <= 0:
                 continue
@@ -226,11 +237,31 @@ class HyperFlexisScaler(Scaler):
         backlog_s = backlog / horizon_s
         prefill_s = prefill.ahead(horizon_s) + backlog_s if uses_prefill else 0.0
         decode_s = decode.ahead(horizon_s) if uses_decode else 0.0
-        load = capacity.utilisation(prefill_s, decode_s)
-        load_now = capacity.utilisation(
+        load = self.capacity_model.load_instances(capacity, prefill_s, decode_s)
+        load_now = self.capacity_model.load_instances(
+            capacity,
             max(prefill.level, prefill.at(horizon_s)) + backlog_s if uses_prefill else 0.0,
             max(decode.level, decode.at(horizon_s)) if uses_decode else 0.0,
         )
+        # Scale-in judges the demand now and its forecast, without the window-mean floor or the
+        # backlog: both lag a fall by most of a window, and the scale-in window already asks
+        # that the lower need held for that long (hysteresis) before a pool shrinks.
+        load_in = self.capacity_model.load_instances(
+            capacity,
+            max(prefill.level, prefill.at(horizon_s)) if uses_prefill else 0.0,
+            max(decode.level, decode.at(horizon_s)) if uses_decode else 0.0,
+        )
+        # Online correction: while the window's requests met the target and nothing queued will
+        # miss its deadline, the model's load is evidently servable, so burst headroom is spent
+        # only once the SLOs say it is needed.
+        headroom = config.headroom
+        calm = (
+            observation.attainment is not None
+            and observation.attainment >= config.target_attainment
+            and backlog == 0
+        )
+        if calm and config.calm_headroom is not None:
+            headroom = config.calm_headroom
         limits = view.limits(role)
 
         def needed(load: float, headroom: float) -> int:
@@ -249,10 +280,10 @@ class HyperFlexisScaler(Scaler):
             backlog_tokens=backlog,
             capacity=capacity,
             load_instances=load,
-            headroom=config.headroom,
-            num_needed=needed(load, config.headroom),
-            num_needed_in=needed(load, config.scale_in_headroom),
-            num_needed_now=needed(load_now, config.headroom),
+            headroom=headroom,
+            num_needed=needed(load, headroom),
+            num_needed_in=needed(load_in, config.scale_in_headroom),
+            num_needed_now=needed(load_now, headroom),
             num_planned=num_planned,
         )
 
