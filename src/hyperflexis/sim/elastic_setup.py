@@ -10,8 +10,6 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from hyperflexis.cluster import make_dispatcher
-from hyperflexis.cluster.dispatch_hyperflexis import HyperFlexisDispatcher
 from hyperflexis.cluster.links import LINK_POLICIES, LinkPolicy
 from hyperflexis.cluster.scaler import (
     CostMeter,
@@ -21,12 +19,10 @@ from hyperflexis.cluster.scaler import (
     scaler_class,
 )
 from hyperflexis.core.slo import SLOClasses
-from hyperflexis.perf import hardware_spec, kv_cache_tokens, model_spec
-from hyperflexis.scheduler import Role, SchedulerConfig, policy_class
-from hyperflexis.sim.deployment import KVTransferModel
+from hyperflexis.scheduler import Role
 from hyperflexis.sim.elastic import ElasticSimulator, ElasticTimes
 from hyperflexis.sim.elastic_result import ElasticResult
-from hyperflexis.sim.setup import DISTSERVE_MIN_BATCHED_TOKENS, SimSetup, cost_model_for
+from hyperflexis.sim.setup import SimSetup, build_parts
 from hyperflexis.sim.simulator import ProgressCallback
 from hyperflexis.workloads.spec import Workload
 
@@ -79,30 +75,14 @@ def make_elastic_simulator(
 ) -> ElasticSimulator:
     """The elastic simulator of `setup` and `scaling`, built as `sim.make_simulator` builds a
     fixed one. Unknown names raise ValueError."""
-    hardware = hardware_spec(setup.hardware)
-    model = model_spec(setup.model)
-    policy_class(setup.policy)
-    cost_model = cost_model_for(setup)
-    num_kv_blocks = kv_cache_tokens(hardware, model, setup.memory_fraction) // setup.block_size
-    if num_kv_blocks < 1:
-        raise ValueError(f"model {model.name!r} does not fit on {hardware.name!r}")
-    budget = setup.max_num_batched_tokens
-    if setup.policy == "distserve":
-        longest = max((spec.prompt_len for spec in workload), default=0)
-        budget = max(budget, DISTSERVE_MIN_BATCHED_TOKENS, longest + 1)
+    parts = build_parts(setup, workload)
+    hardware, model, config = parts.hardware, parts.model, parts.config
+    num_kv_blocks = parts.num_kv_blocks
     deployment = setup.deployment
-    entry_role: Role = "prefill" if deployment.is_disaggregated else "mixed"
-    config = SchedulerConfig(
-        role=entry_role, max_num_batched_tokens=budget, admission_control=setup.admission_control
-    )
-    transfer = KVTransferModel.between(hardware, model)
-    dispatcher = make_dispatcher(setup.dispatcher_name, cost_model, config, setup.admission_control)
-    if isinstance(dispatcher, HyperFlexisDispatcher) and deployment.is_disaggregated:
-        dispatcher.kv_transfer_s = transfer.seconds
     context = ScalerContext(
         hardware,
         model,
-        cost_model,
+        parts.cost_model,
         scheduler_config=config,
         kv_cache_tokens=num_kv_blocks * setup.block_size,
         init_s=scaling.init_s,
@@ -114,12 +94,12 @@ def make_elastic_simulator(
         deployment,
         setup.policy,
         config,
-        cost_model,
-        dispatcher,
+        parts.cost_model,
+        parts.dispatcher,
         slo_classes,
         num_kv_blocks,
         setup.block_size,
-        transfer,
+        parts.transfer,
         scaler=scaler,
         pools=dict.fromkeys(roles, limits),
         cost_meter=CostMeter(hardware.price_per_hour, model.tensor_parallel),

@@ -6,12 +6,14 @@ from __future__ import annotations
 import dataclasses
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
-from hyperflexis.cluster import make_dispatcher
+from hyperflexis.cluster import Dispatcher, make_dispatcher
 from hyperflexis.cluster.dispatch_hyperflexis import HyperFlexisDispatcher
 from hyperflexis.core.slo import SLOClasses
 from hyperflexis.perf import (
+    HardwareSpec,
+    ModelSpec,
     StepCostModel,
     hardware_spec,
     kv_cache_tokens,
@@ -81,15 +83,21 @@ def cost_model_for(setup: SimSetup) -> StepCostModel:
     return make_cost_model("analytic", hardware=setup.hardware, model=setup.model)
 
 
-def make_simulator(
-    setup: SimSetup,
-    slo_classes: SLOClasses,
-    workload: Workload,
-    *,
-    record_steps: bool = False,
-) -> ClusterSimulator:
-    """The simulator of `setup`, sized for `workload` (DistServe's budget must hold its longest
-    prompt). Unknown names raise ValueError."""
+class SimParts(NamedTuple):
+    """What every simulator of a `SimSetup` is built from (fixed or elastic)."""
+
+    hardware: HardwareSpec
+    model: ModelSpec
+    cost_model: StepCostModel
+    num_kv_blocks: int  # per instance
+    config: SchedulerConfig  # of the instances new requests enter
+    transfer: KVTransferModel
+    dispatcher: Dispatcher
+
+
+def build_parts(setup: SimSetup, workload: Workload) -> SimParts:
+    """Resolve `setup`'s names and size it for `workload` (DistServe's budget must hold its
+    longest prompt). Unknown names raise ValueError."""
     hardware = hardware_spec(setup.hardware)
     model = model_spec(setup.model)
     policy_class(setup.policy)  # fail on an unknown policy before anything else is built
@@ -111,16 +119,28 @@ def make_simulator(
     dispatcher = make_dispatcher(setup.dispatcher_name, cost_model, config, setup.admission_control)
     if isinstance(dispatcher, HyperFlexisDispatcher) and setup.deployment.is_disaggregated:
         dispatcher.kv_transfer_s = transfer.seconds
+    return SimParts(hardware, model, cost_model, num_kv_blocks, config, transfer, dispatcher)
+
+
+def make_simulator(
+    setup: SimSetup,
+    slo_classes: SLOClasses,
+    workload: Workload,
+    *,
+    record_steps: bool = False,
+) -> ClusterSimulator:
+    """The simulator of `setup`, sized for `workload`. Unknown names raise ValueError."""
+    parts = build_parts(setup, workload)
     return ClusterSimulator(
         setup.deployment,
         setup.policy,
-        config,
-        cost_model,
-        dispatcher,
+        parts.config,
+        parts.cost_model,
+        parts.dispatcher,
         slo_classes,
-        num_kv_blocks,
+        parts.num_kv_blocks,
         setup.block_size,
-        transfer,
+        parts.transfer,
         fast_forward=setup.fast_forward,
         record_steps=record_steps,
     )
