@@ -13,7 +13,7 @@ import random
 import statistics
 import time
 
-from hyperflexis.core import Request, SamplingParams, SLOClasses
+from hyperflexis.core import Request, RequestStatus, SamplingParams, SLOClasses
 from hyperflexis.perf import make_cost_model
 from hyperflexis.scheduler import KVBlockManager, Scheduler, SchedulerConfig, make_scheduler
 
@@ -42,6 +42,7 @@ def build(policy: str, seed: int) -> Scheduler:
         if i < NUM_RUNNING:  # make it a running decode with some tokens out
             scheduler.waiting.remove(req)
             scheduler.running.append(req)
+            req.status = RequestStatus.RUNNING
             scheduler.kv.allocate(req.request_id, req.num_tokens + 1)
             req.num_computed_tokens = req.num_tokens
             req.append_token(5, arrival + slo.ttft_s * rng.uniform(0.3, 1.0))
