@@ -45,7 +45,7 @@ class _Decodes:
         for r in self.requests:
             ctx = r.num_computed_tokens
             ctx_tokens += ctx
-            # A running request holds exactly its computed tokens' blocks (_decode_chunk).
+            # A running request holds exactly its computed tokens' blocks (_decode_chunks).
             if ctx % block_size == 0:
                 num_new_blocks += 1
             tpot = r.slo.tpot_s
@@ -82,7 +82,7 @@ class HyperFlexisScheduler(Scheduler):
             feasible, late = self._prioritise(candidates, decodes, waiting_tpot_s, now)
             decodes, budget_s = self._sit_out_for(feasible, decodes, budget_s, now)
             self._reject_late(late, output, now)
-            output.chunks.extend(self._decode_chunk(r) for r in decodes.requests)
+            output.chunks.extend(self._decode_chunks(decodes.requests))
             features = decodes.features.copy()
             self._fill_prefill(feasible, features, budget_s, output)
             # Late work gets only capacity no feasible request needs: it may not stretch the
@@ -243,7 +243,7 @@ class HyperFlexisScheduler(Scheduler):
     ) -> None:
         """Decode role: run the decodes and admit arrived requests (their KV came from a prefill
         instance) by next-token deadline while KV and the TPOT gap bound allow."""
-        output.chunks.extend(self._decode_chunk(r) for r in decodes.requests)
+        output.chunks.extend(self._decode_chunks(decodes.requests))
         batch = decodes.requests
         for request in sorted(candidates, key=lambda r: r.next_token_deadline_s):
             if len(output.chunks) >= self.config.max_num_seqs:
