@@ -45,6 +45,7 @@ from hyperflexis.workloads import (
     RequestSpec,
     Workload,
     build_workload,
+    concat_phases,
     make_lengths,
     make_workload,
     parse_slo_mix,
@@ -124,8 +125,7 @@ def day_workload(
 def shift_workload(duration_s: float, rate_rps: float, seed: int) -> Workload:
     """Constant-rate Poisson arrivals whose lengths move from prompt-heavy to decode-heavy."""
     classes = SLOClasses()
-    specs: list[RequestSpec] = []
-    start_s = 0.0
+    phases = []
     for k, (fraction, prompt, output) in enumerate(SHIFT_PHASES):
         length_s = fraction * duration_s
         phase = build_workload(
@@ -137,13 +137,8 @@ def shift_workload(duration_s: float, rate_rps: float, seed: int) -> Workload:
             num_requests=math.ceil(rate_rps * length_s * 1.2),
             id_prefix=f"shift{k}-",
         )
-        specs += [
-            dataclasses.replace(s, arrival_s=s.arrival_s + start_s)
-            for s in phase
-            if s.arrival_s < length_s
-        ]
-        start_s += length_s
-    return make_workload(specs)
+        phases.append((phase, length_s))
+    return concat_phases(phases)
 
 
 def workload_of(run: Run) -> Workload:

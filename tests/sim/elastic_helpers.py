@@ -4,7 +4,6 @@ made of phases of constant rate and lengths."""
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Sequence
 
 from hyperflexis.cluster import Dispatcher, make_dispatcher
@@ -23,11 +22,10 @@ from hyperflexis.scheduler import SchedulerConfig
 from hyperflexis.sim import Deployment, KVTransferModel
 from hyperflexis.sim.elastic import ElasticSimulator, ElasticTimes
 from hyperflexis.workloads import (
-    RequestSpec,
     Workload,
     build_workload,
+    concat_phases,
     make_lengths,
-    make_workload,
     parse_slo_mix,
     poisson,
 )
@@ -53,25 +51,23 @@ Phase = tuple[float, float, int, int]  # (rate_rps, duration_s, mean prompt, mea
 
 def phased_workload(phases: Sequence[Phase], seed: int = 0) -> Workload:
     """Poisson phases one after the other, each with its own lognormal lengths."""
-    specs: list[RequestSpec] = []
-    start_s = 0.0
-    for k, (rate_rps, duration_s, prompt, output) in enumerate(phases):
-        phase = build_workload(
-            seed=seed + k,
-            slo_mix=parse_slo_mix("interactive:3,standard:5,batch:2", CLASSES),
-            arrival=poisson(rate_rps),
-            prompt_lens=make_lengths("lognormal", mean=prompt, sigma=0.5, max_len=3000),
-            output_lens=make_lengths("lognormal", mean=output, sigma=0.5, max_len=1000),
-            num_requests=int(rate_rps * duration_s),
-            id_prefix=f"phase{k}-",
-        )
-        specs += [
-            dataclasses.replace(s, arrival_s=s.arrival_s + start_s)
-            for s in phase
-            if s.arrival_s < duration_s
+    return concat_phases(
+        [
+            (
+                build_workload(
+                    seed=seed + k,
+                    slo_mix=parse_slo_mix("interactive:3,standard:5,batch:2", CLASSES),
+                    arrival=poisson(rate_rps),
+                    prompt_lens=make_lengths("lognormal", mean=prompt, sigma=0.5, max_len=3000),
+                    output_lens=make_lengths("lognormal", mean=output, sigma=0.5, max_len=1000),
+                    num_requests=int(rate_rps * duration_s),
+                    id_prefix=f"phase{k}-",
+                ),
+                duration_s,
+            )
+            for k, (rate_rps, duration_s, prompt, output) in enumerate(phases)
         ]
-        start_s += duration_s
-    return make_workload(specs)
+    )
 
 
 def elastic(

@@ -158,3 +158,20 @@ def test_save_load_round_trip(tmp_path: Path) -> None:
     path.write_text("\n".join([lines[0], '{"request_id": "x"}', *lines[2:]]) + "\n")
     with pytest.raises(ValueError, match=r"w.jsonl:2: invalid request"):
         load_workload(path)
+
+
+def test_concat_phases_offsets_each_phase_and_cuts_it_at_its_duration() -> None:
+    from hyperflexis.workloads import RequestSpec, concat_phases, make_workload
+
+    first = make_workload(
+        [RequestSpec(f"a{i}", t, 10, 5, "standard") for i, t in enumerate([0.0, 1.0, 2.5])]
+    )
+    second = make_workload(
+        [RequestSpec(f"b{i}", t, 10, 5, "batch") for i, t in enumerate([0.5, 1.5])]
+    )
+    combined = concat_phases([(first, 2.0), (second, 1.0)])
+    assert [(s.request_id, s.arrival_s) for s in combined] == [
+        ("a0", 0.0),
+        ("a1", 1.0),
+        ("b0", 2.5),
+    ]

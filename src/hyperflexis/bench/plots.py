@@ -12,15 +12,35 @@ import numpy as np
 from hyperflexis.bench.metrics import RequestRecord
 
 if TYPE_CHECKING:
+    from types import ModuleType
+
     from matplotlib.axes import Axes
+    from matplotlib.figure import Figure
 
 
-def plot_run(records: Sequence[RequestRecord], path: str | Path, title: str = "") -> None:
-    """Write a PNG with three panels: TTFT CDF, TPOT CDF (dashed lines: targets), attainment."""
+def pyplot() -> ModuleType:
+    """matplotlib's pyplot on the file-only Agg backend (no display here), imported on use."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+
+    return plt
+
+
+def save_figure(fig: Figure, path: str | Path, title: str = "") -> None:
+    """Title (if any), lay out, write the PNG (creating its folder) and free the figure."""
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    pyplot().close(fig)
+
+
+def plot_run(records: Sequence[RequestRecord], path: str | Path, title: str = "") -> None:
+    """Write a PNG with three panels: TTFT CDF, TPOT CDF (dashed lines: targets), attainment."""
+    plt = pyplot()
 
     names = sorted({r.slo_class for r in records})
     fig, (ax_ttft, ax_tpot, ax_att) = plt.subplots(1, 3, figsize=(14, 4))
@@ -38,11 +58,7 @@ def plot_run(records: Sequence[RequestRecord], path: str | Path, title: str = ""
     for ax in (ax_ttft, ax_tpot):
         ax.legend(fontsize="small")
         ax.grid(alpha=0.3)
-    if title:
-        fig.suptitle(title)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save_figure(fig, path, title)
 
 
 def _cdf(ax: Axes, values_s: list[float | None], label: str, color: str, target_s: float) -> None:
@@ -61,10 +77,7 @@ def plot_attainment_vs_rate(
 ) -> None:
     """Write a PNG of SLO attainment against offered rate, one line per policy (`series`:
     policy -> (rate, attainment) points), with the goodput target as a dotted line."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for i, (name, points) in enumerate(series.items()):
@@ -78,7 +91,4 @@ def plot_attainment_vs_rate(
     ax.legend(fontsize="small")
     if title:
         ax.set_title(title)
-    fig.tight_layout()
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save_figure(fig, path)

@@ -8,6 +8,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from hyperflexis.bench.plots import pyplot, save_figure
+
 STYLES = ("-", "--", ":", "-.")
 
 
@@ -19,10 +21,7 @@ def plot_scaling(
     are several roles), and attainment of the requests arriving in each interval. Each value of
     `series_by_run` is one run's `time_series`; the runs share the workload, so demand is drawn
     from the first."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     if not series_by_run:
         raise ValueError("invalid parameter 'series_by_run': no runs to plot")
@@ -65,11 +64,7 @@ def plot_scaling(
     ax_attain.legend(fontsize="small")
     for ax in (ax_demand, ax_instances, ax_attain):
         ax.grid(alpha=0.3)
-    if title:
-        fig.suptitle(title)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save_figure(fig, path, title)
 
 
 def _gaps(values: Any) -> list[float]:

@@ -13,7 +13,7 @@ from hyperflexis.workloads.arrivals import (
     poisson,
     with_rate,
 )
-from hyperflexis.workloads.build import build_workload
+from hyperflexis.workloads.build import build_workload, concat_phases
 from hyperflexis.workloads.lengths import (
     FixedLengths,
     LengthDistribution,
@@ -51,6 +51,7 @@ __all__ = [
     "arrival_names",
     "assign_classes",
     "build_workload",
+    "concat_phases",
     "fit_lengths",
     "gamma",
     "generate_arrivals",

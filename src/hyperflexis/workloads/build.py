@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -96,3 +98,19 @@ def _from_trace(
     if rate_rps is not None:
         arrivals = scale_to_rate(arrivals, rate_rps)
     return arrivals, trace.prompt_lens[:count], trace.output_lens[:count]
+
+
+def concat_phases(phases: Sequence[tuple[Workload, float]]) -> Workload:
+    """Phases one after another: each `(workload, duration_s)` keeps its arrivals before
+    `duration_s` and starts when the previous phase ends (e.g. a shift from prompt-heavy to
+    decode-heavy traffic). Request ids must differ across phases."""
+    specs: list[RequestSpec] = []
+    start_s = 0.0
+    for workload, duration_s in phases:
+        specs += [
+            dataclasses.replace(s, arrival_s=s.arrival_s + start_s)
+            for s in workload
+            if s.arrival_s < duration_s
+        ]
+        start_s += duration_s
+    return make_workload(specs)
