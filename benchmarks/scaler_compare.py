@@ -15,8 +15,12 @@ Every autoscaler starts from the smallest cluster (1 instance, or 1 prefill + 1 
 that scenario, the whole time (sized for the peak by the same runs). `no-role-switch` runs on
 P/D only: on a collocated cluster it is `hyperflexis` exactly. `hyperflexis-lean` is the
 same scaler with leaner settings (`--lean`; `--no-lean` skips it), to show the cost/attainment
-trade-off of its knobs. Writes a JSON of every run, a PNG per scenario and deployment (demand,
-instances by role, attainment over time) and prints a markdown table.
+trade-off of its knobs. `--sweep` adds, besides the default-setting rows, a few settings of
+`hyperflexis` (`target_attainment`) and of `threshold` (its high marks and cooldown) and compares
+them at matched cost: each `threshold` point against `hyperflexis`'s attainment interpolated at
+the same instance-seconds (a Pareto comparison; sweep rows size no `static` and are not plotted).
+Writes a JSON of every run, a PNG per scenario and deployment (demand, instances by role,
+attainment over time) and prints a markdown table.
 
     .venv/bin/python benchmarks/scaler_compare.py [--minutes 20] [--jobs 2] [--out docs/scaling]
 """
@@ -25,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import itertools
 import json
 import math
 import os
@@ -37,7 +42,7 @@ from typing import Any
 import numpy as np
 
 from hyperflexis.bench.scaling_plot import plot_scaling
-from hyperflexis.cluster.scaler import HyperFlexisScalerConfig
+from hyperflexis.cluster.scaler import HyperFlexisScalerConfig, ThresholdScalerConfig
 from hyperflexis.core import SLOClasses
 from hyperflexis.sim import Deployment, SimSetup
 from hyperflexis.sim.elastic_setup import ScalingSetup, run_elastic
@@ -64,6 +69,17 @@ LABELS = (*AUTOSCALERS, LEAN, "static")
 LEAN_SETTINGS = (
     "headroom=0,scale_in_headroom=0.1,target_attainment=0.75,scale_in_window_s=30,cooldown_s=20"
 )
+# --sweep: (label, scaler, settings) besides the defaults, for the matched-cost comparison.
+SWEEP: tuple[tuple[str, str, tuple[tuple[str, float], ...]], ...] = (
+    ("hyperflexis@0.95", "hyperflexis", (("target_attainment", 0.95),)),
+    ("hyperflexis@0.90", "hyperflexis", (("target_attainment", 0.90),)),
+    ("threshold@eager", "threshold", (("queue_high", 2.0), ("utilisation_high", 0.7))),
+    (
+        "threshold@eager-30s",
+        "threshold",
+        (("queue_high", 2.0), ("utilisation_high", 0.7), ("cooldown_s", 30.0)),
+    ),
+)
 DEPLOYMENTS = ("mixed", "pd")
 SCENARIOS = ("day", "shift")
 # The shift's phases as (fraction of the run, mean prompt tokens, mean output tokens).
@@ -85,7 +101,7 @@ class Run:
     shift_rate_rps: float
     trace: str
     num_static: tuple[int, ...] = ()  # static: instances per pool (mixed; or prefill, decode)
-    scaler_settings: tuple[tuple[str, float], ...] = ()  # hyperflexis config overrides
+    scaler_settings: tuple[tuple[str, float], ...] = ()  # the scaler's config overrides
 
 
 def day_workload(
@@ -159,7 +175,10 @@ def execute(run: Run) -> dict[str, Any]:
     scaler_config = None
     if run.scaler_settings:
         overrides: dict[str, Any] = dict(run.scaler_settings)
-        scaler_config = HyperFlexisScalerConfig(**overrides)
+        config_type = (
+            ThresholdScalerConfig if run.scaler == "threshold" else HyperFlexisScalerConfig
+        )
+        scaler_config = config_type(**overrides)
     scaling = ScalingSetup(
         scaler=run.scaler,
         min_instances=1,
@@ -243,6 +262,46 @@ def table(results: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def _interpolate(points: list[tuple[float, float]], x: float) -> float | None:
+    """`y` at `x` on the piecewise-linear curve through `points` (x, y), sorted by x; None
+    outside its range."""
+    points = sorted(points)
+    for (x0, y0), (x1, y1) in itertools.pairwise(points):
+        if x0 <= x <= x1:
+            return y0 if x1 == x0 else y0 + (y1 - y0) * (x - x0) / (x1 - x0)
+    if points and points[0][0] == x:
+        return points[0][1]
+    return None
+
+
+def matched_cost_table(results: list[dict[str, Any]]) -> str:
+    """Each `threshold` setting against `hyperflexis` at the same instance-seconds: its
+    attainment interpolated on the `hyperflexis` settings' (cost, attainment) curve."""
+    lines = [
+        "| scenario | deployment | threshold setting | instance-s | attainment | hyperflexis "
+        "attainment at that cost | difference (points) |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for scenario, deployment in dict.fromkeys((r["scenario"], r["deployment"]) for r in results):
+        mine = [r for r in results if (r["scenario"], r["deployment"]) == (scenario, deployment)]
+        curve = [
+            (r["instance_seconds"], r["attainment"])
+            for r in mine
+            if r["scaler"] == "hyperflexis" and r["label"] != LEAN
+        ]
+        for r in mine:
+            if r["scaler"] != "threshold":
+                continue
+            matched = _interpolate(curve, r["instance_seconds"])
+            theirs = "outside the swept costs" if matched is None else f"{matched:.4f}"
+            diff = "-" if matched is None else f"{(matched - r['attainment']) * 100:+.2f}"
+            lines.append(
+                f"| {scenario} | {deployment} | {r['label']} | {r['instance_seconds']:.0f} | "
+                f"{r['attainment']:.4f} | {theirs} | {diff} |"
+            )
+    return "\n".join(lines)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--trace", default=str(TRACE))
@@ -260,6 +319,11 @@ def main() -> int:
         help=f"HyperFlexisScalerConfig settings of {LEAN} (default: {LEAN_SETTINGS})",
     )
     parser.add_argument("--no-lean", action="store_true", help=f"skip {LEAN}")
+    parser.add_argument(
+        "--sweep",
+        action="store_true",
+        help="also run the SWEEP settings and print the matched-cost comparison",
+    )
     parser.add_argument("--jobs", type=int, default=os.cpu_count() or 1)
     parser.add_argument("--out", type=Path, default=Path("docs/scaling"))
     args = parser.parse_args()
@@ -273,6 +337,8 @@ def main() -> int:
     ]
     if not args.no_lean:
         variants.append((LEAN, "hyperflexis", lean))
+    if args.sweep:
+        variants += SWEEP
     scenarios = [s for s in args.scenarios.split(",") if s]
     deployments = [d for d in args.deployments.split(",") if d]
     base = {
@@ -321,12 +387,14 @@ def main() -> int:
         ]
         results += pool.map(execute, statics)
     wall_s = time.perf_counter() - started
-    order = {name: i for i, name in enumerate(LABELS)}
+    order = {name: i for i, name in enumerate((*LABELS, *(label for label, _, _ in SWEEP)))}
     results.sort(key=lambda r: (r["scenario"], r["deployment"], order[r["label"]]))
+    sweep_labels = {label for label, _, _ in SWEEP}
+    main_rows = [r for r in results if r["label"] not in sweep_labels]
 
     args.out.mkdir(parents=True, exist_ok=True)
     for s, d in cases:
-        mine = [r for r in results if (r["scenario"], r["deployment"]) == (s, d)]
+        mine = [r for r in main_rows if (r["scenario"], r["deployment"]) == (s, d)]
         title = f"{s}: Llama-3.1-8B on H100, {'P/D' if d == 'pd' else 'collocated'}"
         plot_scaling(
             {r["label"]: r["time_series"] for r in mine},
@@ -335,7 +403,12 @@ def main() -> int:
         )
     doc = {"command": " ".join(sys.argv), "wall_s": wall_s, "runs": results}
     (args.out / "scaler_compare.json").write_text(json.dumps(doc, indent=1, sort_keys=True) + "\n")
-    print(table(results))
+    print(table(main_rows))
+    if args.sweep:
+        print("\nSweep (matched cost):\n")
+        print(table([r for r in results if r["label"] in sweep_labels or r["label"] == "static"]))
+        print()
+        print(matched_cost_table(results))
     print(f"\n{len(results)} runs in {wall_s:.0f} s wall; wrote {args.out}/")
     return 0
 

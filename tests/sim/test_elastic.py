@@ -19,8 +19,9 @@ from tests.sim.elastic_helpers import COST_MODEL, TIMES, elastic, phased_workloa
 
 # Low, a step up to about 8x, low again: scale-out, then scale-in.
 STEP = [(3.0, 40.0, 300, 60), (25.0, 60.0, 300, 60), (3.0, 100.0, 300, 60)]
-# Prompt-heavy, then decode-heavy at the same rate: prefill instances should become decode ones.
-SHIFT = [(8.0, 60.0, 1000, 15), (6.0, 80.0, 100, 120), (2.0, 40.0, 100, 60)]
+# Prompt-heavy, then decode-heavy at a higher rate: prefill instances should become decode ones
+# (the decode demand has to rise while the prefill pool still has instances to give).
+SHIFT = [(8.0, 60.0, 1000, 15), (12.0, 80.0, 100, 120), (2.0, 40.0, 100, 60)]
 PD = Deployment(num_prefill=1, num_decode=1)
 MIXED = Deployment(num_mixed=1)
 

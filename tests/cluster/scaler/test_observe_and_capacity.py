@@ -8,7 +8,13 @@ import math
 import pytest
 
 from hyperflexis.cluster.dispatcher import DispatchRequest
-from hyperflexis.cluster.scaler import CapacityModel, DemandObserver, fit_trend, queue_laxity_s
+from hyperflexis.cluster.scaler import (
+    CapacityModel,
+    DemandObserver,
+    fit_trend,
+    late_work_tokens,
+    queue_laxity_s,
+)
 from hyperflexis.cluster.snapshot import PendingPrefill
 from hyperflexis.perf import StepFeatures, make_cost_model
 from hyperflexis.scheduler.config import SchedulerConfig
@@ -28,6 +34,17 @@ def test_trend_is_exact_on_a_line_and_flat_with_few_bins() -> None:
     few = fit_trend([10.0, 30.0, 20.0], 5.0)
     assert few.slope == 0.0 and few.level == pytest.approx(20.0) and few.peak == 30.0
     assert fit_trend([], 5.0).level == 0.0
+
+
+def test_trend_keeps_only_a_significant_slope() -> None:
+    # Four noisy bins that happen to rise (seed 1 of the shift's first 20 s): with 2 degrees of
+    # freedom the slope is not significant, so the line is flat at the mean.
+    noisy = [76594.0, 73372.0, 82218.0, 84873.0]
+    trend = fit_trend(noisy, 5.0)
+    assert trend.slope == 0.0 and trend.level == pytest.approx(sum(noisy) / 4)
+    # The same rise, steady over twelve bins with a little noise, is a trend.
+    rising = [70000.0 + 500.0 * 5.0 * i + (300.0 if i % 2 else -300.0) for i in range(12)]
+    assert fit_trend(rising, 5.0).slope == pytest.approx(500.0, rel=0.05)
 
 
 def _request(k: int, prompt: int, max_tokens: int, slo=STANDARD) -> DispatchRequest:  # type: ignore[no-untyped-def]
@@ -77,6 +94,8 @@ def test_observer_snapshots_kv_usage_and_queue_laxity() -> None:
     assert queue_laxity_s(p0, 1.0, 20_000.0) == pytest.approx(0.5)
     assert queue_laxity_s(p0, 1.0, 5_000.0) == pytest.approx(-1.0)
     assert queue_laxity_s(obs.snapshots_by_role["decode"][0], 1.0, 5_000.0) is None
+    assert late_work_tokens(p0, 1.0, 20_000.0) == 0
+    assert late_work_tokens(p0, 1.0, 5_000.0) == 10_000
     observer.forget(["p1"])
     assert set(observer.observe(2.0).snapshots_by_role) == {"prefill"}
 
@@ -171,3 +190,19 @@ def test_mixed_load_respects_the_kv_cache_and_step_token_limits() -> None:
     assert small.load_instances(capacity, 3_000.0, 3_000.0) > 2 * model.load_instances(
         short, 3_000.0, 3_000.0
     )
+
+
+def test_late_work_sets_aside_what_misses_so_the_rest_stays_on_time() -> None:
+    # At 10k tok/s from t=0, earliest deadline first: a (5k, due 1 s) makes it; b (20k, due
+    # 1.1 s) cannot, and is set aside as the scheduler's late set would be; c (5k, due 1.2 s)
+    # then makes it right after a, where behind b it would have missed too.
+    pending = (
+        PendingPrefill(deadline_s=1.0, priority=1, work_tokens=5_000),
+        PendingPrefill(deadline_s=1.1, priority=1, work_tokens=20_000),
+        PendingPrefill(deadline_s=1.2, priority=1, work_tokens=5_000),
+    )
+    queued = snapshot("m0", "mixed", pending=pending)
+    assert late_work_tokens(queued, 0.0, 10_000.0) == 20_000
+    assert late_work_tokens(queued, 0.0, 100_000.0) == 0
+    assert late_work_tokens(queued, 0.0, 0.0) == 30_000
+    assert late_work_tokens(snapshot("m1", "mixed"), 0.0, 10_000.0) == 0

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import math
 import random
+
+import pytest
 
 from hyperflexis.cluster.scaler import HyperFlexisScaler, HyperFlexisScalerConfig, InstanceView
 from hyperflexis.cluster.snapshot import PendingPrefill
@@ -205,17 +208,36 @@ def test_pool_maximum_caps_scale_out() -> None:
     assert cluster.count("mixed") == 2
 
 
-def test_prefills_about_to_miss_their_deadlines_add_demand() -> None:
-    # No arrivals in the window, but 1M prompt tokens queued on the one instance, due in 2 s:
-    # the backlog must clear within a start-up (13 s), about 77k tok/s, 2.2 instances.
-    s = scaler()
-    due = tuple(PendingPrefill(deadline_s=12.0, priority=1, work_tokens=10_000) for _ in range(100))
-    queued = snapshot("a", "mixed", 10.0, num_waiting=100, pending=due)
-    instances = [InstanceView("a", "mixed", "active", MODEL, snapshot=queued)]
-    assert s.decide(0.0, view([InstanceView("a", "mixed", "active", MODEL)], mixed=(1, 8))) == []
-    decisions = s.decide(10.0, view(instances, mixed=(1, 8)))
-    assert [d.kind for d in decisions] == ["scale_out", "scale_out"]
-    assert "backlog 1000000 tok" in decisions[0].reason
+def test_late_work_is_cleared_over_a_burst_instances_shortest_life() -> None:
+    # No arrivals in the window; prefills of 10k tokens queued on the one instance, all due in
+    # 2 s: all but the first few will miss. That late work gains nothing from being cleared
+    # fast, so it is cleared over the shortest life of an instance started for it (its start-up,
+    # then the cooldown or the scale-in window, whichever is longer): 1M tokens the instance
+    # clears alone within that time, so nothing starts; 4M tokens need more instances.
+    for num_queued, starts_some in ((100, False), (400, True)):
+        s = scaler()
+        assert isinstance(s, HyperFlexisScaler)
+        due = tuple(
+            PendingPrefill(deadline_s=12.0, priority=1, work_tokens=10_000)
+            for _ in range(num_queued)
+        )
+        queued = snapshot("a", "mixed", 10.0, num_waiting=num_queued, pending=due)
+        instances = [InstanceView("a", "mixed", "active", MODEL, snapshot=queued)]
+        s.decide(0.0, view([InstanceView("a", "mixed", "active", MODEL)], mixed=(1, 8)))
+        decisions = s.decide(10.0, view(instances, mixed=(1, 8)))
+        plan = s.last_plans["mixed"]
+        rate = plan.capacity.prefill_tokens_s
+        on_time = int(rate * 2.0 // 10_000)  # prefills that fit before their deadline
+        assert plan.backlog_tokens == (num_queued - on_time) * 10_000
+        config = s.config
+        startup_s = s.actions.startup.plan(instances).startup_s
+        clear_s = startup_s + max(config.cooldown_s, config.scale_in_window_s)
+        assert plan.prefill_tokens_s == pytest.approx(plan.backlog_tokens / clear_s, rel=1e-3)
+        needed = math.ceil(plan.backlog_tokens / clear_s / rate * config.target_attainment)
+        assert plan.num_needed == needed
+        assert (needed > 1) == starts_some
+        assert [d.kind for d in decisions] == ["scale_out"] * (needed - 1)
+        assert needed == 1 or f"backlog {plan.backlog_tokens} tok" in decisions[0].reason
 
 
 def test_headroom_is_spent_only_once_slos_are_missed() -> None:
@@ -231,10 +253,37 @@ def test_headroom_is_spent_only_once_slos_are_missed() -> None:
         if not attained:
             for _ in range(200):
                 s.observe_finish(29.0, Finished(STANDARD.class_name, 200, attained=False))
-        instances = [InstanceView("a", "mixed", "active", MODEL)]
+        # Three serve: as many as the model asks for, so misses are the model's to answer.
+        instances = [InstanceView(k, "mixed", "active", MODEL) for k in "abc"]
         s.decide(30.0, view(instances, mixed=(1, 8)))
         plan = s.last_plans["mixed"]
         config = s.config
         assert plan.headroom == (config.calm_headroom if attained else config.headroom)
         needs[attained] = plan.num_needed
     assert needs == {True: 3, False: 4}
+
+
+def test_misses_while_short_of_the_model_raise_no_headroom() -> None:
+    # The same misses, but one instance served where the model asked for three: the shortage
+    # explains them, so the pool is sized on the model alone (3, not 4), and stays so for a
+    # window after the shortage (the window's finishes still hold its misses).
+    s = scaler()
+    assert isinstance(s, HyperFlexisScaler)
+    traffic = Traffic(s)
+    traffic.run(30.0, lambda t: 80.0, steady(1000, 200))
+    for _ in range(200):
+        s.observe_finish(29.0, Finished(STANDARD.class_name, 200, attained=False))
+    one = [InstanceView("a", "mixed", "active", MODEL)]
+    decisions = s.decide(30.0, view(one, mixed=(1, 8)))
+    assert s.last_plans["mixed"].headroom == s.config.calm_headroom
+    assert [d.kind for d in decisions] == ["scale_out", "scale_out"]
+    three = [InstanceView(k, "mixed", "active", MODEL) for k in "abc"]
+    traffic.run(40.0, lambda t: 80.0, steady(1000, 200))
+    s.decide(40.0, view(three, mixed=(1, 8)))
+    assert s.last_plans["mixed"].num_needed == 3
+    # A window after the shortage the misses are the model's again: burst headroom.
+    traffic.run(30.0 + s.config.window_s, lambda t: 80.0, steady(1000, 200))
+    for _ in range(200):
+        s.observe_finish(80.0, Finished(STANDARD.class_name, 200, attained=False))
+    s.decide(30.0 + s.config.window_s, view(three, mixed=(1, 8)))
+    assert s.last_plans["mixed"].headroom == s.config.headroom

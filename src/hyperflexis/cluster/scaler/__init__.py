@@ -24,7 +24,12 @@ from hyperflexis.cluster.scaler.hyperflexis import (
     NoRoleSwitchScaler,
     PoolPlan,
 )
-from hyperflexis.cluster.scaler.observe import DemandObserver, Observation, queue_laxity_s
+from hyperflexis.cluster.scaler.observe import (
+    DemandObserver,
+    Observation,
+    late_work_tokens,
+    queue_laxity_s,
+)
 from hyperflexis.cluster.scaler.registry import (
     make_scaler,
     register_scaler,
@@ -62,6 +67,7 @@ __all__ = [
     "ThresholdScalerConfig",
     "Trend",
     "fit_trend",
+    "late_work_tokens",
     "make_scaler",
     "queue_laxity_s",
     "register_scaler",

@@ -37,10 +37,25 @@ class Trend:
 ZERO_TREND = Trend(0.0, 0.0, 0.0, 0.0, 0)
 
 
+# A slope is kept only when it is significant at 95% (two-sided Student t, by degrees of freedom
+# n - 2; 2.0 from 30 on): otherwise the line is flat at the mean, the better estimate of a
+# steady rate.
+_T_95 = (12.71, 4.30, 3.18, 2.78, 2.57, 2.45, 2.36, 2.31, 2.26, 2.23)
+
+
+def slope_t(dof: int) -> float:
+    """The 95% two-sided Student t critical value for `dof` >= 1 degrees of freedom."""
+    if dof < 1:
+        return math.inf
+    return _T_95[dof - 1] if dof <= len(_T_95) else 2.0 + 2.3 / dof
+
+
 def fit_trend(rates: Sequence[float], bin_s: float, min_bins_for_slope: int = 4) -> Trend:
     """Fit `rates` (oldest first, one per bin of `bin_s` seconds ending now). With fewer than
-    `min_bins_for_slope` bins the line is flat at the mean: a slope through two or three noisy
-    bins, extrapolated a start-up ahead, would mostly project the noise."""
+    `min_bins_for_slope` bins, or a slope not significant at 95% (`slope_t`), the line is
+    flat at the mean: a slope through a few noisy bins, extrapolated a start-up ahead, would
+    mostly project the noise (Poisson arrivals of long prompts vary by about 10% per 5-s bin,
+    which through four bins makes a slope that moves the forecast 13 s ahead by as much)."""
     if not bin_s > 0:
         raise ValueError(f"invalid 'bin_s': must be > 0, got {bin_s}")
     n = len(rates)
@@ -55,5 +70,11 @@ def fit_trend(rates: Sequence[float], bin_s: float, min_bins_for_slope: int = 4)
     var_t = math.fsum((t - mean_t) ** 2 for t in times)
     cov = math.fsum((t - mean_t) * (r - mean) for t, r in zip(times, rates, strict=True))
     slope = cov / var_t
+    residual = math.fsum(
+        (r - mean - slope * (t - mean_t)) ** 2 for t, r in zip(times, rates, strict=True)
+    )
+    stderr = math.sqrt(residual / (n - 2) / var_t) if n > 2 else math.inf
+    if abs(slope) <= slope_t(n - 2) * stderr:
+        return Trend(mean, 0.0, mean, max(rates), n)
     level = mean + slope * (0.0 - mean_t)
     return Trend(max(level, 0.0), slope, mean, max(rates), n)

@@ -4,15 +4,20 @@ stays above the target one start-up ahead, reached by the cheapest actions.
 Every control interval, per pool:
 
 1. Demand to plan for: prompt and output tokens/s forecast one start-up plus one interval ahead
-   (a straight line through the window, never below the window mean), plus the backlog of
-   prefills that would miss their deadline at the pool's capacity, to be cleared within that time.
+   (a straight line through the window when its slope is significant, never below the window
+   mean), plus the late work: prompt tokens of queued prefills that will miss their deadline at
+   the pool's capacity (`late_work_tokens`). It has missed already, so clearing it faster buys
+   no attainment: it is cleared over the shortest life of an instance started for it (start-up
+   plus the longer of cooldown and scale-in window), the cheapest count that clears it.
 2. Capacity of one instance from the latency model (`capacity`); the demand fills `U` instances
    (`CapacityModel.load_instances`: a mixed instance's decodes and prefill chunks share a step).
    Predicted attainment with `n` instances is `min(1, n / (U * (1 + headroom)))`, a fluid model
    with headroom for bursts; the pool needs the smallest `n` that reaches the target. The burst
    headroom is an online correction: while the window's requests met the target and no queued
    prefill will miss its deadline, the model's load is evidently servable and the pool is sized
-   with `calm_headroom` (default none); once the SLOs show misses, with `headroom`.
+   with `calm_headroom` (default none); once the SLOs show misses, with `headroom`. Misses within
+   a window of the pool serving fewer instances than the model asked for are the shortage's,
+   not the model's, and raise no headroom (a cold start under load would otherwise over-size).
 3. Actions, cheapest first. A short pool takes instances from the other P/D pool when that one
    has more than its current demand needs (role switch: no weight reload, and undone as cheaply,
    so the donor is judged on its demand now, without the window-mean floor), then starts new ones
@@ -35,8 +40,8 @@ from typing import Any
 from hyperflexis.cluster.scaler.actions import least_loaded, link_plan
 from hyperflexis.cluster.scaler.base import Scaler, ScalerContext
 from hyperflexis.cluster.scaler.capacity import CapacityModel, InstanceCapacity
-from hyperflexis.cluster.scaler.decision import ClusterView, ScalingDecision
-from hyperflexis.cluster.scaler.observe import Observation, queue_laxity_s
+from hyperflexis.cluster.scaler.decision import ClusterView, PoolLimits, ScalingDecision
+from hyperflexis.cluster.scaler.observe import Observation, late_work_tokens
 from hyperflexis.cluster.scaler.tracker import flipped
 from hyperflexis.scheduler.config import Role
 
@@ -123,6 +128,7 @@ class HyperFlexisScaler(Scaler):
             context.cost_model, context.scheduler_config, context.instance_kv_tokens
         )
         self._last_grow_s: dict[Role, float] = {}
+        self._last_short_s: dict[Role, float] = {}  # last time fewer served than the model needs
         self._needed_in: dict[Role, deque[tuple[float, int]]] = {}  # (time, num_needed_in)
         self._first_decide_s: float | None = None
         self.last_plans: dict[Role, PoolPlan] = {}  # the latest sizing, for logs and tests
@@ -139,9 +145,15 @@ class HyperFlexisScaler(Scaler):
         self.last_observation = observation
         startup = self.actions.startup.plan(view.instances)
         horizon_s = startup.startup_s + config.control_interval_s
+        # An instance started now serves after its start-up and cannot be stopped before the
+        # cooldown and a whole scale-in window have passed: late work cleared within that life
+        # costs no more instance-seconds than clearing it faster, which needs more instances.
+        clear_s = startup.startup_s + max(config.cooldown_s, config.scale_in_window_s)
         members = self.tracker.planned_members(view)
         plans = {
-            role: self._plan(role, observation, view, horizon_s, len(members.get(role, [])), now)
+            role: self._plan(
+                role, observation, view, (horizon_s, clear_s), len(members.get(role, [])), now
+            )
             for role in sorted(view.pools)
         }
         self.last_plans = plans
@@ -214,11 +226,12 @@ class HyperFlexisScaler(Scaler):
         role: Role,
         observation: Observation,
         view: ClusterView,
-        horizon_s: float,
+        horizons_s: tuple[float, float],
         num_planned: int,
         now: float,
     ) -> PoolPlan:
         config = self.config
+        horizon_s, clear_s = horizons_s
         capacity = self.capacity_model.capacity(
             role,
             observation.mean_prompt_tokens,
@@ -228,13 +241,14 @@ class HyperFlexisScaler(Scaler):
         backlog = 0
         if role != "decode":
             backlog = sum(
-                sum(p.work_tokens for p in snap.pending_prefills)
+                late_work_tokens(snap, now, capacity.prefill_tokens_s)
                 for snap in observation.snapshots_by_role.get(role, ())
-                if (queue_laxity_s(snap, now, capacity.prefill_tokens_s) or 0.0) < 0
             )
         uses_prefill, uses_decode = role != "decode", role != "prefill"
         prefill, decode = observation.prefill_tokens, observation.decode_tokens
-        backlog_s = backlog / horizon_s
+        # The late work has missed its deadline at the pool's capacity; clearing it sooner buys
+        # no attainment, so it is cleared over the shortest life of an instance started for it.
+        backlog_s = backlog / clear_s
         prefill_s = prefill.ahead(horizon_s) + backlog_s if uses_prefill else 0.0
         decode_s = decode.ahead(horizon_s) if uses_decode else 0.0
         load = self.capacity_model.load_instances(capacity, prefill_s, decode_s)
@@ -251,27 +265,30 @@ class HyperFlexisScaler(Scaler):
             max(prefill.level, prefill.at(horizon_s)) if uses_prefill else 0.0,
             max(decode.level, decode.at(horizon_s)) if uses_decode else 0.0,
         )
+        limits = view.limits(role)
         # Online correction: while the window's requests met the target and nothing queued will
         # miss its deadline, the model's load is evidently servable, so burst headroom is spent
-        # only once the SLOs say it is needed.
-        headroom = config.headroom
+        # only once the SLOs say it is needed. Misses while fewer instances served than the model
+        # itself asked for are the shortage's, not the model's: they raise no headroom.
+        calm_headroom = config.headroom if config.calm_headroom is None else config.calm_headroom
+        load_forecast = self.capacity_model.load_instances(
+            capacity,
+            prefill.ahead(horizon_s) if uses_prefill else 0.0,
+            decode.ahead(horizon_s) if uses_decode else 0.0,
+        )
+        serving = sum(1 for i in view.instances if i.role == role and i.state == "active")
+        if serving < _count(load_forecast, calm_headroom, config.target_attainment, limits):
+            self._last_short_s[role] = now
+        short_s = self._last_short_s.get(role)
         calm = (
             observation.attainment is not None
             and observation.attainment >= config.target_attainment
             and backlog == 0
-        )
-        if calm and config.calm_headroom is not None:
-            headroom = config.calm_headroom
-        limits = view.limits(role)
+        ) or (short_s is not None and now - short_s < config.window_s)
+        headroom = calm_headroom if calm else config.headroom
 
         def needed(load: float, headroom: float) -> int:
-            if load <= 0:
-                return limits.min_instances
-            if not math.isfinite(load):
-                return limits.max_instances
-            # 1e-9: a load of exactly n instances needs n, not n + 1, despite rounding.
-            count = math.ceil(load * (1 + headroom) * config.target_attainment - 1e-9)
-            return min(max(count, limits.min_instances), limits.max_instances)
+            return _count(load, headroom, config.target_attainment, limits)
 
         return PoolPlan(
             role=role,
@@ -301,6 +318,18 @@ class HyperFlexisScaler(Scaler):
             f"{p.slope:+.1f}/s, decode now {d.level:.0f} tok/s slope {d.slope:+.1f}/s; "
             f"observed attainment {attained} over {observation.num_finished} finished"
         )
+
+
+def _count(load: float, headroom: float, target_attainment: float, limits: PoolLimits) -> int:
+    """Fewest instances whose predicted attainment for `load` with `headroom` reaches the
+    target, within the pool's limits."""
+    if load <= 0:
+        return limits.min_instances
+    if not math.isfinite(load):
+        return limits.max_instances
+    # 1e-9: a load of exactly n instances needs n, not n + 1, despite rounding.
+    count = math.ceil(load * (1 + headroom) * target_attainment - 1e-9)
+    return min(max(count, limits.min_instances), limits.max_instances)
 
 
 class NoRoleSwitchScaler(HyperFlexisScaler):

@@ -114,6 +114,24 @@ def queue_laxity_s(snapshot: LoadSnapshot, now: float, tokens_per_s: float) -> f
     return laxity
 
 
+def late_work_tokens(snapshot: LoadSnapshot, now: float, tokens_per_s: float) -> int:
+    """Prompt tokens of an instance's pending prefills that will miss their first-token deadline
+    served earliest-deadline-first at `tokens_per_s`. A prefill that misses is set aside, as the
+    instance scheduler moves it to its late set (served best effort), so it does not make the
+    ones behind it late too: this is the work the instance cannot do on time, not its queue."""
+    if tokens_per_s <= 0:
+        return sum(p.work_tokens for p in snapshot.pending_prefills)
+    elapsed_s = 0.0
+    late = 0
+    for pending in sorted(snapshot.pending_prefills, key=lambda p: p.deadline_s):
+        finish_s = elapsed_s + pending.work_tokens / tokens_per_s
+        if pending.deadline_s - now < finish_s:
+            late += pending.work_tokens
+        else:
+            elapsed_s = finish_s
+    return late
+
+
 class DemandObserver:
     """Sliding-window record of arrivals, finishes and snapshots. Times are the driver's."""
 
