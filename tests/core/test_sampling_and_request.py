@@ -34,9 +34,9 @@ def test_request_deadlines_and_attainment() -> None:
     assert req.next_token_deadline_s == 11.0
     req.append_token(5, 10.5)
     assert req.next_token_deadline_s == pytest.approx(10.6)  # cumulative: first + 1 * tpot
-    req.append_token(6, 10.55)
-    assert req.next_token_deadline_s == pytest.approx(10.7)
-    req.append_token(7, 10.8)
+    req.append_tokens(6, 2, 10.8)  # two at once (the simulator's decode fast-forward)
+    assert req.next_token_deadline_s == pytest.approx(10.8)
+    assert req.last_token_s == 10.8
     assert req.check_stop() is FinishReason.LENGTH
     req.finish(FinishReason.LENGTH, 10.8)
     assert req.ttft_s == pytest.approx(0.5)

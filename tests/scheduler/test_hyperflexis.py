@@ -20,9 +20,8 @@ def start_decoding(scheduler: Scheduler, req: Request, now: float = 0.0) -> floa
 def bank_slack(dec: Request, now: float) -> None:
     """Pretend its first token came 0.1 s ago and it is 9 tokens ahead of its TPOT."""
     dec.first_token_s = now - 0.1
-    for _ in range(9):
-        dec.token_ids.append(5)
-        dec.num_computed_tokens += 1
+    dec.append_tokens(5, 9, now)
+    dec.num_computed_tokens += 9
     assert dec.next_token_deadline_s - now > 0.8
 
 

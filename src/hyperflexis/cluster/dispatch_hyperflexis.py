@@ -133,7 +133,7 @@ def _summarise(
     snapshot: LoadSnapshot, in_flight: list[InFlightRequest], version: int
 ) -> _InstanceLoad:
     pending = snapshot.pending_prefills
-    # In split_feasible's (stable) order already, which makes its sort a single pass.
+    # In split_feasible's order already, which makes its (stable) sorts cheap.
     ordered = sorted(pending, key=_deadline_then_priority)
     jobs: list[PrefillJob] = [
         (p.deadline_s, p.priority, p.work_tokens, index) for index, p in enumerate(ordered)

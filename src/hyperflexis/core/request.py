@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import enum
+import itertools
 from dataclasses import dataclass, field
 
 from hyperflexis.core.sampling import SamplingParams
@@ -48,9 +49,15 @@ class Request:
     last_token_s: float | None = None  # when its latest output token was produced
     finish_s: float | None = None
     num_preemptions: int = 0
+    # When the next token is due: the TTFT deadline before the first token, then the first
+    # token's time plus k TPOTs for k output tokens. Cumulative, so a request that ran ahead banks
+    # slack and its mean TPOT stays within target. Kept up to date by append_token(s) (the
+    # schedulers read it for every request every step); read-only elsewhere.
+    next_token_deadline_s: float = field(init=False)
 
     def __post_init__(self) -> None:
         self.token_ids = list(self.prompt_token_ids)
+        self.next_token_deadline_s = self.arrival_s + self.slo.ttft_s
 
     @property
     def num_prompt_tokens(self) -> int:
@@ -80,23 +87,19 @@ class Request:
     def ttft_deadline_s(self) -> float:
         return self.arrival_s + self.slo.ttft_s
 
-    @property
-    def next_token_deadline_s(self) -> float:
-        """When the next token is due: first token time plus (k+1) TPOTs for k tokens since.
-
-        Cumulative, so a request that ran ahead banks slack and mean TPOT stays within target.
-        Before the first token it is the TTFT deadline.
-        """
-        first = self.first_token_s  # inlined: schedulers read this for every request each step
-        if first is None:
-            return self.arrival_s + self.slo.ttft_s
-        return first + (len(self.token_ids) - len(self.prompt_token_ids)) * self.slo.tpot_s
-
     def append_token(self, token_id: int, now: float) -> None:
-        self.token_ids.append(token_id)
-        if self.first_token_s is None:
-            self.first_token_s = now
+        self.append_tokens(token_id, 1, now)
+
+    def append_tokens(self, token_id: int, count: int, now: float) -> None:
+        """Append `count` copies of `token_id`, all produced by `now` (the simulator's decode
+        fast-forward applies several steps at once)."""
+        self.token_ids.extend(itertools.repeat(token_id, count))
+        first = self.first_token_s
+        if first is None:
+            first = self.first_token_s = now
         self.last_token_s = now
+        num_output = len(self.token_ids) - len(self.prompt_token_ids)
+        self.next_token_deadline_s = first + num_output * self.slo.tpot_s
 
     def check_stop(self) -> FinishReason | None:
         """The stop a newly appended token triggers, without detokenising (stop strings are the

@@ -22,7 +22,7 @@ PrefillJob = tuple[float, int, int, Any]
 def split_feasible(
     jobs: Sequence[PrefillJob], now: float, tokens_per_s: float, start_s: float = 0.0
 ) -> tuple[list[Any], list[Any]]:
-    """Split jobs into (feasible in EDF order, late).
+    """Split jobs into (feasible in EDF order, late, most important first then by deadline).
 
     Walk the jobs in deadline order accumulating predicted prefill time; at each predicted miss,
     move the least important job at or before it (highest priority number, then most work) to
@@ -32,39 +32,47 @@ def split_feasible(
     work that can still make it. `start_s` is time already committed before the first job.
     """
     if tokens_per_s <= 0:
-        return [], [job[3] for job in jobs]
-    ordered = sorted(jobs, key=_DEADLINE_THEN_PRIORITY)
+        return [], [job[3] for job in sorted(jobs, key=_PRIORITY_THEN_DEADLINE)]
+    # Two stable sorts on one key each: (deadline, priority) order without building key tuples.
+    ordered = sorted(jobs, key=_PRIORITY)
+    ordered.sort(key=_DEADLINE)
     seconds_per_token = 1.0 / tokens_per_s
+    origin_s = now + start_s
     # Fast path (light load): nothing misses in plain EDF order, so nothing is late.
-    finish_s = now + start_s
+    finish_s = origin_s
     for deadline_s, _, work_tokens, _ in ordered:
         finish_s += work_tokens * seconds_per_token
         if finish_s > deadline_s:
             break
     else:
         return [job[3] for job in ordered], []
-    late: list[Any] = []
-    kept: list[tuple[int, int, int, float]] = []  # heap: least important first
     is_late = [False] * len(ordered)
-    horizon_s = now + start_s  # when the kept jobs so far would all be done
-    for index, (deadline_s, priority, work_tokens, item) in enumerate(ordered):
+    # Heap of ints, least important on top: -(priority, work) in the high bits, the job's index
+    # in the low 32 (the earlier job first among equals). Ints compare much faster than tuples.
+    kept: list[int] = []
+    push, pop = heapq.heappush, heapq.heappop
+    horizon_s = origin_s  # when the kept jobs so far would all be done
+    for index, (deadline_s, priority, work_tokens, _) in enumerate(ordered):
         own_s = work_tokens * seconds_per_token
-        if now + start_s + own_s > deadline_s:
-            late.append(item)
+        if origin_s + own_s > deadline_s:
             is_late[index] = True
             continue
-        heapq.heappush(kept, (-priority, -work_tokens, index, own_s))
+        push(kept, index - (priority << 64) - (work_tokens << 32))
         horizon_s += own_s
         while horizon_s > deadline_s:
-            _, _, victim_index, victim_s = heapq.heappop(kept)
-            horizon_s -= victim_s
-            late.append(ordered[victim_index][3])
-            is_late[victim_index] = True
-    feasible = [job[3] for job, dropped in zip(ordered, is_late, strict=True) if not dropped]
-    return feasible, late
+            victim = pop(kept) & _INDEX_MASK
+            horizon_s -= ordered[victim][2] * seconds_per_token
+            is_late[victim] = True
+    feasible = [job[3] for job, late in zip(ordered, is_late, strict=True) if not late]
+    late_jobs = [job for job, late in zip(ordered, is_late, strict=True) if late]
+    late_jobs.sort(key=_PRIORITY)  # stable: by deadline within a priority
+    return feasible, [job[3] for job in late_jobs]
 
 
-_DEADLINE_THEN_PRIORITY = operator.itemgetter(0, 1)
+_DEADLINE = operator.itemgetter(0)
+_PRIORITY = operator.itemgetter(1)
+_PRIORITY_THEN_DEADLINE = operator.itemgetter(1, 0)
+_INDEX_MASK = (1 << 32) - 1
 
 
 def budgeted_prefill_rate(

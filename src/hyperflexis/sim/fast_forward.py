@@ -19,7 +19,6 @@ flight when a new request reaches the instance.
 from __future__ import annotations
 
 import bisect
-import itertools
 import math
 from dataclasses import dataclass
 
@@ -71,9 +70,8 @@ class DecodeWindow:
             if self.step_log is not None:
                 self._log(self.num_applied, done)
             for request, ctx in zip(self.requests, self.start_ctx, strict=True):
-                request.token_ids.extend(itertools.repeat(DUMMY_TOKEN_ID, new))
+                request.append_tokens(DUMMY_TOKEN_ID, new, last_s)
                 request.num_computed_tokens += new
-                request.last_token_s = last_s
                 kv.allocate(request.request_id, ctx + done)
             self.num_applied = done
         if done < len(self.ends_s):

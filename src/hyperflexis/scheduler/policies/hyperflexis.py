@@ -157,9 +157,7 @@ class HyperFlexisScheduler(Scheduler):
             (r.next_token_deadline_s, r.slo.priority, len(r.token_ids) - r.num_computed_tokens, r)
             for r in candidates
         ]
-        feasible, late = split_feasible(jobs, now, rate)
-        late.sort(key=lambda r: (r.slo.priority, r.next_token_deadline_s))
-        return feasible, late
+        return split_feasible(jobs, now, rate)
 
     def _sit_out_for(
         self, feasible: list[Request], decodes: _Decodes, budget_s: float, now: float
