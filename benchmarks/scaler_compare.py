@@ -18,7 +18,8 @@ same scaler with leaner settings (`--lean`; `--no-lean` skips it), to show the c
 trade-off of its knobs. `--sweep` adds, besides the default-setting rows, a few settings of
 `hyperflexis` (`target_attainment`) and of `threshold` (its high marks and cooldown) and compares
 them at matched cost: each `threshold` point against `hyperflexis`'s attainment interpolated at
-the same instance-seconds (a Pareto comparison; sweep rows size no `static` and are not plotted).
+the same instance-seconds, and each `threshold` point against the cheapest `hyperflexis` point
+with at least its attainment (Pareto dominance; sweep rows size no `static`, are not plotted).
 Writes a JSON of every run, a PNG per scenario and deployment (demand, instances by role,
 attainment over time) and prints a markdown table.
 
@@ -73,6 +74,8 @@ LEAN_SETTINGS = (
 SWEEP: tuple[tuple[str, str, tuple[tuple[str, float], ...]], ...] = (
     ("hyperflexis@0.95", "hyperflexis", (("target_attainment", 0.95),)),
     ("hyperflexis@0.90", "hyperflexis", (("target_attainment", 0.90),)),
+    ("hyperflexis@0.80", "hyperflexis", (("target_attainment", 0.80),)),
+    ("threshold@lazy", "threshold", (("queue_high", 8.0), ("utilisation_high", 0.95))),
     ("threshold@eager", "threshold", (("queue_high", 2.0), ("utilisation_high", 0.7))),
     (
         "threshold@eager-30s",
@@ -302,6 +305,37 @@ def matched_cost_table(results: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def dominance_table(results: list[dict[str, Any]]) -> str:
+    """Each `threshold` point against the `hyperflexis` points (all its settings): the cheapest
+    one with at least its attainment, and whether that one costs no more (Pareto dominance)."""
+    lines = [
+        "| scenario | deployment | threshold setting | instance-s | attainment | cheapest "
+        "hyperflexis at >= that attainment | its instance-s | its attainment | dominated |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for scenario, deployment in dict.fromkeys((r["scenario"], r["deployment"]) for r in results):
+        mine = [r for r in results if (r["scenario"], r["deployment"]) == (scenario, deployment)]
+        ours = [r for r in mine if r["scaler"] == "hyperflexis" and r["label"] != LEAN]
+        for r in mine:
+            if r["scaler"] != "threshold":
+                continue
+            better = [o for o in ours if o["attainment"] >= r["attainment"]]
+            best = min(better, key=lambda o: o["instance_seconds"], default=None)
+            if best is None:
+                lines.append(
+                    f"| {scenario} | {deployment} | {r['label']} | {r['instance_seconds']:.0f} | "
+                    f"{r['attainment']:.4f} | none | - | - | no |"
+                )
+                continue
+            dominated = "yes" if best["instance_seconds"] <= r["instance_seconds"] else "no"
+            lines.append(
+                f"| {scenario} | {deployment} | {r['label']} | {r['instance_seconds']:.0f} | "
+                f"{r['attainment']:.4f} | {best['label']} | {best['instance_seconds']:.0f} | "
+                f"{best['attainment']:.4f} | {dominated} |"
+            )
+    return "\n".join(lines)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--trace", default=str(TRACE))
@@ -409,6 +443,8 @@ def main() -> int:
         print(table([r for r in results if r["label"] in sweep_labels or r["label"] == "static"]))
         print()
         print(matched_cost_table(results))
+        print()
+        print(dominance_table(results))
     print(f"\n{len(results)} runs in {wall_s:.0f} s wall; wrote {args.out}/")
     return 0
 

@@ -98,7 +98,7 @@ def test_registry_names_and_failures() -> None:
 
 def test_configs_reject_invalid_fields() -> None:
     with pytest.raises(ValueError, match="scale_in_headroom"):
-        HyperFlexisScalerConfig(headroom=0.3, scale_in_headroom=0.2)
+        HyperFlexisScalerConfig(scale_in_headroom=-0.1)
     with pytest.raises(ValueError, match="calm_headroom"):
         HyperFlexisScalerConfig(headroom=0.1, calm_headroom=0.2)
     with pytest.raises(ValueError, match="calm_headroom"):

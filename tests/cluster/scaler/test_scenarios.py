@@ -8,6 +8,7 @@ import random
 import pytest
 
 from hyperflexis.cluster.scaler import HyperFlexisScaler, HyperFlexisScalerConfig, InstanceView
+from hyperflexis.cluster.scaler.hyperflexis import fluid_attainment
 from hyperflexis.cluster.snapshot import PendingPrefill
 from tests.cluster.scaler.helpers import (
     MODEL,
@@ -127,20 +128,7 @@ def test_no_flapping_under_constant_noisy_load() -> None:
     # (60 req/s fills 2 and needs 3 with the headroom; 40 needs 2; 75 needs 3 to 4).
     for level in (40.0, 60.0, 75.0):
         for seed in range(2):
-            rng = random.Random(seed)
-            noise: dict[int, float] = {}
-
-            def rate(
-                t: float,
-                rng: random.Random = rng,
-                noise: dict[int, float] = noise,
-                level: float = level,
-            ) -> float:
-                key = int(t // 5)
-                if key not in noise:
-                    noise[key] = level * rng.uniform(0.9, 1.1)
-                return noise[key]
-
+            rate = _noisy_rate(level, seed)
             s = scaler()
             cluster = MiniCluster.of({"mixed": 3}, mixed=(1, 8))
             traffic = Traffic(s)
@@ -287,3 +275,45 @@ def test_misses_while_short_of_the_model_raise_no_headroom() -> None:
         s.observe_finish(80.0, Finished(STANDARD.class_name, 200, attained=False))
     s.decide(30.0 + s.config.window_s, view(three, mixed=(1, 8)))
     assert s.last_plans["mixed"].headroom == s.config.headroom
+
+
+def _noisy_rate(level: float, seed: int):  # type: ignore[no-untyped-def]
+    """`level` req/s, +/-10% every 5 s (seeded)."""
+    rng = random.Random(seed)
+    noise: dict[int, float] = {}
+
+    def rate(t: float) -> float:
+        key = int(t // 5)
+        if key not in noise:
+            noise[key] = level * rng.uniform(0.9, 1.1)
+        return noise[key]
+
+    return rate
+
+
+def test_a_lower_target_attainment_keeps_fewer_instances_for_the_same_load() -> None:
+    # The same noisy load (about 1.7 instances) from 4 instances for 5 minutes: each target
+    # scales in to the fewest instances whose fluid-model attainment over the window's bins
+    # (with the scale-in spare) reaches it, so 0.99 keeps 3 and 0.8 lets the busiest bins miss
+    # with 2; both stay above target x load.
+    counts = {}
+    for target in (0.99, 0.8):
+        s = scaler(config=HyperFlexisScalerConfig(target_attainment=target))
+        cluster = MiniCluster.of({"mixed": 4}, mixed=(1, 8))
+        traffic = Traffic(s)
+        rate = _noisy_rate(50.0, 0)
+        for step in range(31):
+            now = step * INTERVAL_S
+            traffic.run(now, rate, steady(1000, 200))
+            cluster.step(now, s)
+        assert all(d.kind == "scale_in" for d in cluster.log), target
+        counts[target] = cluster.count("mixed")
+        assert counts[target] >= s.last_plans["mixed"].load_instances * target
+    assert counts[0.8] < counts[0.99], counts
+
+
+def test_fluid_attainment_serves_the_work_below_the_count() -> None:
+    assert fluid_attainment(2, [2.5]) == pytest.approx(0.8)  # steady: n / L
+    assert fluid_attainment(3, [2.5]) == 1.0
+    assert fluid_attainment(2, [1.0, 3.0]) == pytest.approx(0.75)  # 1 of 4 misses
+    assert fluid_attainment(1, []) == 1.0

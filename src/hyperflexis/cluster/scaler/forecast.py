@@ -22,6 +22,8 @@ class Trend:
     mean: float  # plain mean over the window's bins
     peak: float  # largest bin rate in the window
     num_bins: int  # bins the fit used
+    rates: tuple[float, ...] = ()  # the bins' rates, oldest first (the last ends now)
+    bin_s: float = 0.0  # their width
 
     def at(self, horizon_s: float) -> float:
         """The rate `horizon_s` seconds after the window's end, never below zero."""
@@ -32,6 +34,17 @@ class Trend:
         rises, and no less than the window mean when it falls (demand that fell may come back
         before a scale-in could be undone)."""
         return max(self.at(horizon_s), self.mean, 0.0)
+
+    def noise(self) -> tuple[float, ...]:
+        """Each bin's rate over the fitted line at that bin (1.0: on the line, or where the
+        line is at zero): the window's variability around its trend, to scale a forecast by.
+        Empty without bins."""
+        n = len(self.rates)
+        ratios = []
+        for i, rate in enumerate(self.rates):
+            fitted = self.level + self.slope * (i - n + 0.5) * self.bin_s
+            ratios.append(rate / fitted if fitted > 0 else 1.0)
+        return tuple(ratios)
 
 
 ZERO_TREND = Trend(0.0, 0.0, 0.0, 0.0, 0)
@@ -62,8 +75,9 @@ def fit_trend(rates: Sequence[float], bin_s: float, min_bins_for_slope: int = 4)
     if n == 0:
         return ZERO_TREND
     mean = math.fsum(rates) / n
+    bins = tuple(rates)
     if n < max(min_bins_for_slope, 2):
-        return Trend(mean, 0.0, mean, max(rates), n)
+        return Trend(mean, 0.0, mean, max(rates), n, bins, bin_s)
     # Bin centres relative to now: the last bin is centred half a bin before the window's end.
     times = [(i - n + 0.5) * bin_s for i in range(n)]
     mean_t = math.fsum(times) / n
@@ -75,6 +89,6 @@ def fit_trend(rates: Sequence[float], bin_s: float, min_bins_for_slope: int = 4)
     )
     stderr = math.sqrt(residual / (n - 2) / var_t) if n > 2 else math.inf
     if abs(slope) <= slope_t(n - 2) * stderr:
-        return Trend(mean, 0.0, mean, max(rates), n)
+        return Trend(mean, 0.0, mean, max(rates), n, bins, bin_s)
     level = mean + slope * (0.0 - mean_t)
-    return Trend(max(level, 0.0), slope, mean, max(rates), n)
+    return Trend(max(level, 0.0), slope, mean, max(rates), n, bins, bin_s)

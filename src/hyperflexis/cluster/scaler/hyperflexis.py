@@ -21,9 +21,13 @@ Every control interval, per pool:
 3. Actions, cheapest first. A short pool takes instances from the other P/D pool when that one
    has more than its current demand needs (role switch: no weight reload, and undone as cheaply,
    so the donor is judged on its demand now, without the window-mean floor), then starts new ones
-   (weights from a live peer when there is one). A pool scales in only when it would still keep
-   the larger scale-in headroom for the demand now (no window-mean floor, no backlog: both lag a
-   fall), only after that held for a whole scale-in window, and never below what step 2 needs.
+   (weights from a live peer when there is one). A pool scales in only to a count whose
+   predicted attainment still reaches the target for the demand now and its noise: the fluid
+   model over the window's bins (`fluid_attainment`: each bin's rate over the trend line scales
+   the demand now, work above the count misses), with `scale_in_headroom` on top; no
+   window-mean floor, no backlog (both lag a fall). Only after that held for a whole scale-in
+   window, and never below what step 2 needs. A lower target so keeps less spare for the
+   noise: at 0.99 the count covers nearly every bin, at 0.8 it lets the busiest bins miss.
 4. Hysteresis against flapping: a pool that grew (scale-out or a switch into it) does not shrink
    (scale-in or a switch out of it) within a cooldown. Growth is never held back: starting
    instances already count towards the pool, so it cannot repeat itself, and missing SLOs costs
@@ -32,8 +36,10 @@ Every control interval, per pool:
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections import deque
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -57,7 +63,7 @@ class HyperFlexisScalerConfig:
     calm_headroom: float | None = (
         0.0  # headroom instead while SLOs are met (None: always `headroom`)
     )
-    scale_in_headroom: float = 0.25  # a pool shrinks only if it would keep this much spare
+    scale_in_headroom: float = 0.25  # spare kept on a scale-in, above the window's own noise
     scale_in_window_s: float = 40.0  # ... and only after that held for this long
     cooldown_s: float = 30.0  # a pool that grew does not shrink this soon after
     role_switch: bool = True  # flip prefill <-> decode instances instead of starting new ones
@@ -66,7 +72,7 @@ class HyperFlexisScalerConfig:
         for name in ("control_interval_s", "window_s", "bin_s", "scale_in_window_s"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"invalid scaler field {name!r}: must be > 0")
-        for name in ("min_observed_s", "headroom", "cooldown_s"):
+        for name in ("min_observed_s", "headroom", "scale_in_headroom", "cooldown_s"):
             if getattr(self, name) < 0:
                 raise ValueError(f"invalid scaler field {name!r}: must be >= 0")
         if self.bin_s > self.window_s:
@@ -75,8 +81,6 @@ class HyperFlexisScalerConfig:
             raise ValueError("invalid scaler field 'target_attainment': must be in (0, 1]")
         if self.calm_headroom is not None and not 0 <= self.calm_headroom <= self.headroom:
             raise ValueError("invalid scaler field 'calm_headroom': must be in [0, headroom]")
-        if self.scale_in_headroom < self.headroom:
-            raise ValueError("invalid scaler field 'scale_in_headroom': must be >= headroom")
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,7 +95,7 @@ class PoolPlan:
     load_instances: float  # instances the demand fills completely (U)
     headroom: float  # the scale-out headroom the count below keeps
     num_needed: int  # fewest instances reaching the target attainment, within the pool's limits
-    num_needed_in: int  # the same for the demand now, no backlog, with the scale-in headroom
+    num_needed_in: int  # fewest reaching the target for the demand now and the window's noise
     num_needed_now: int  # as num_needed, for the demand now (no mean floor): a donor keeps this
     num_planned: int  # instances it has once transitions under way complete
 
@@ -260,11 +264,16 @@ class HyperFlexisScaler(Scaler):
         # Scale-in judges the demand now and its forecast, without the window-mean floor or the
         # backlog: both lag a fall by most of a window, and the scale-in window already asks
         # that the lower need held for that long (hysteresis) before a pool shrinks.
-        load_in = self.capacity_model.load_instances(
-            capacity,
-            max(prefill.level, prefill.at(horizon_s)) if uses_prefill else 0.0,
-            max(decode.level, decode.at(horizon_s)) if uses_decode else 0.0,
-        )
+        prefill_in = max(prefill.level, prefill.at(horizon_s)) if uses_prefill else 0.0
+        decode_in = max(decode.level, decode.at(horizon_s)) if uses_decode else 0.0
+        # ... and the window's noise around its trend: each bin's ratio to the line scales the
+        # demand now (the same bins for both rates; a rate without bins counts as steady).
+        noise = itertools.zip_longest(prefill.noise(), decode.noise(), fillvalue=1.0)
+        loads_in = [
+            self.capacity_model.load_instances(capacity, prefill_in * p, decode_in * d)
+            * (1 + config.scale_in_headroom)
+            for p, d in noise
+        ] or [self.capacity_model.load_instances(capacity, prefill_in, decode_in)]
         limits = view.limits(role)
         # Online correction: while the window's requests met the target and nothing queued will
         # miss its deadline, the model's load is evidently servable, so burst headroom is spent
@@ -299,7 +308,7 @@ class HyperFlexisScaler(Scaler):
             load_instances=load,
             headroom=headroom,
             num_needed=needed(load, headroom),
-            num_needed_in=needed(load_in, config.scale_in_headroom),
+            num_needed_in=_fewest(loads_in, config.target_attainment, limits),
             num_needed_now=needed(load_now, headroom),
             num_planned=num_planned,
         )
@@ -330,6 +339,28 @@ def _count(load: float, headroom: float, target_attainment: float, limits: PoolL
     # 1e-9: a load of exactly n instances needs n, not n + 1, despite rounding.
     count = math.ceil(load * (1 + headroom) * target_attainment - 1e-9)
     return min(max(count, limits.min_instances), limits.max_instances)
+
+
+def fluid_attainment(num_instances: int, loads: Sequence[float]) -> float:
+    """Predicted attainment of `num_instances` for a demand that fills `loads` instances in
+    equal-length intervals: the fluid model, where work above the count in an interval misses
+    and the rest is served (1.0 without demand). A steady load `L` gives `min(1, n / L)`."""
+    total = math.fsum(loads)
+    if total <= 0:
+        return 1.0
+    return math.fsum(min(load, num_instances) for load in loads) / total
+
+
+def _fewest(loads: Sequence[float], target_attainment: float, limits: PoolLimits) -> int:
+    """Fewest instances within the pool's limits whose `fluid_attainment` for `loads` reaches
+    the target (the pool's maximum when none does)."""
+    if any(not math.isfinite(load) for load in loads):
+        return limits.max_instances
+    for count in range(limits.min_instances, limits.max_instances + 1):
+        # 1e-9: a load of exactly n instances needs n, not n + 1, despite rounding.
+        if fluid_attainment(count, loads) >= target_attainment - 1e-9:
+            return count
+    return limits.max_instances
 
 
 class NoRoleSwitchScaler(HyperFlexisScaler):
