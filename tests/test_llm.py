@@ -4,6 +4,7 @@ stop strings and reproducible seeded sampling."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -259,6 +260,13 @@ def test_slo_policy_profiles_once_and_caches(
     mtime = profiles[0].stat().st_mtime_ns
     LLM(tiny_llama_dir, policy="hyperflexis")
     assert profiles[0].stat().st_mtime_ns == mtime  # the cached profile, not a new one
+
+    # A profile timed the old way (no "timing" key: medians of repeats) is stale: re-profiled.
+    doc = json.loads(profiles[0].read_text())
+    del doc["timing"]
+    profiles[0].write_text(json.dumps(doc))
+    LLM(tiny_llama_dir, policy="hyperflexis")
+    assert json.loads(profiles[0].read_text())["timing"] == "min-of-repeats"
 
 
 def test_slo_policy_feeds_online_correction(tiny_llama_dir: Path) -> None:

@@ -9,7 +9,6 @@ are meaningless, the work (and so the time) is the real step's.
 from __future__ import annotations
 
 import random
-import statistics
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -23,6 +22,7 @@ from hyperflexis.perf.profiled import (
     ProfileSample,
     fit,
     load_profile,
+    read_profile,
     write_profile,
 )
 from hyperflexis.scheduler import KVBlockManager, ScheduledChunk, SchedulerOutput
@@ -67,7 +67,7 @@ class GridSpec:
     decode_contexts: tuple[int, ...]  # context of every decode in the step
     mixed: tuple[tuple[int, int, int, int], ...]  # (decodes, decode ctx, prefill new, prefill ctx)
     num_warmup: int  # untimed runs per shape (allocator, caches, kernel selection)
-    num_repeats: int  # timed runs per shape; the median is kept
+    num_repeats: int  # timed runs per shape; the fastest is kept
 
 
 FULL_GRID = GridSpec(
@@ -155,8 +155,11 @@ def time_shape(
     rng: random.Random,
     clock: Callable[[], float] = time.perf_counter,
 ) -> float:
-    """Median seconds of `runner.execute` over `num_repeats` runs of the shape. `execute`
-    returns sampled token ids as Python ints, so the device has finished when it returns."""
+    """Fastest of `num_repeats` runs of the shape, in seconds. Other work on the machine only
+    ever adds time, so the minimum is the shape's own cost (as `timeit` advises); a median
+    keeps whatever a busy neighbour added when it lasts through most repeats, and one such
+    profile misleads every scheduling decision after it. `execute` returns sampled token ids
+    as Python ints, so the device has finished when it returns."""
     kv = KVBlockManager(runner.num_kv_blocks, runner.block_size)
     batch = build_batch(shape, kv, vocab_size, rng)
     for _ in range(num_warmup):
@@ -166,7 +169,7 @@ def time_shape(
         start = clock()
         runner.execute(batch)
         times.append(clock() - start)
-    return statistics.median(times)
+    return min(times)
 
 
 def profile_steps(
@@ -211,6 +214,19 @@ def default_profile_path(model_path: Path, device: str, dtype: str) -> Path:
     return env.cache_dir() / "profiles" / name
 
 
+# How a shape's time is taken, recorded in every profile: a cached profile timed any other way
+# (profiles before 2026-11-29 kept the median of the repeats) is stale and gets re-profiled.
+TIMING = "min-of-repeats"
+
+
+def is_current_profile(path: Path) -> bool:
+    """Whether `path` holds a readable profile timed the current way."""
+    try:
+        return read_profile(path).meta.get("timing") == TIMING
+    except (OSError, ValueError):
+        return False
+
+
 def run_profile(
     runner: ProfileTarget,
     spec: GridSpec,
@@ -236,14 +252,15 @@ def run_profile(
         on_sample=on_sample,
     )
     model, median_rel_error = fit(samples)
-    write_profile(out, samples, model, {"model": str(runner.model_path), **meta})
+    write_profile(out, samples, model, {"model": str(runner.model_path), **meta, "timing": TIMING})
     return model, median_rel_error
 
 
 def cached_cost_model(runner: ProfileTarget, device: str, dtype: str) -> ProfiledCostModel:
-    """The model's cached profile on this device, profiling it now (quick grid) if absent."""
+    """The model's cached profile on this device, profiling it now (quick grid) if absent or
+    stale."""
     path = default_profile_path(runner.model_path, device, dtype)
-    if path.exists():
+    if is_current_profile(path):
         return load_profile(path)
     meta: dict[str, object] = {"device": device, "dtype": dtype, "quick": True}
     model, _ = run_profile(runner, QUICK_GRID, path, meta)

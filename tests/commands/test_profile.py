@@ -76,3 +76,35 @@ def test_shapes_that_do_not_fit_are_dropped() -> None:
         lengths = shape.num_kv_tokens()
         assert max(lengths) <= 128
         assert sum(-(-n // 16) for n in lengths) <= 8
+
+
+class _ClockedRunner:
+    """A runner whose steps take the given durations on its own clock."""
+
+    num_kv_blocks = 64
+    block_size = 16
+    max_model_len = 256
+
+    def __init__(self, durations: list[float]) -> None:
+        self.durations = iter(durations)
+        self.now = 0.0
+
+    def clock(self) -> float:
+        return self.now
+
+    def execute(self, output: object) -> dict[str, int]:
+        self.now += next(self.durations)
+        return {}
+
+
+def test_a_shape_costs_its_fastest_run_so_a_busy_neighbour_does_not_stick() -> None:
+    import random
+
+    from hyperflexis.step_profiler import BatchShape, time_shape
+
+    # One warm-up, then five timed runs; a busy neighbour adds ~300 ms to three of them.
+    runner = _ClockedRunner([0.5, 0.31, 0.01, 0.32, 0.012, 0.33])
+    shape = BatchShape(prefills=((16, 0),), decodes=(32,))
+    step_s = time_shape(runner, shape, 100, 1, 5, random.Random(0), runner.clock)
+    assert step_s == pytest.approx(0.01)
+    assert next(runner.durations, None) is None  # every run happened

@@ -10,7 +10,7 @@ from pathlib import Path
 from hyperflexis.perf.base import StepCostModel, StepFeatures, max_prefill_tokens
 from hyperflexis.perf.chunks import refine_chunk
 from hyperflexis.perf.registry import make_cost_model
-from hyperflexis.step_profiler import default_profile_path
+from hyperflexis.step_profiler import default_profile_path, is_current_profile
 
 PROFILE_TIMEOUT_S = 600.0
 
@@ -22,13 +22,14 @@ def load_or_profile(
     kv_cache_bytes: int | None = None,
     path: Path | None = None,
 ) -> StepCostModel:
-    """The profiled model at `path` (default: the cache). A missing cached profile is made
-    with the quick grid in a child process, so the server keeps no profiling memory."""
-    explicit = path is not None
-    target = path if path is not None else default_profile_path(model_path, device, dtype)
-    if not target.is_file():
-        if explicit:
-            raise ValueError(f"invalid '--profile': {target} does not exist")
+    """The profiled model at `path` (default: the cache). A missing or stale cached profile is
+    made with the quick grid in a child process, so the server keeps no profiling memory."""
+    if path is not None:
+        if not path.is_file():
+            raise ValueError(f"invalid '--profile': {path} does not exist")
+        return make_cost_model("profiled", path=path)
+    target = default_profile_path(model_path, device, dtype)
+    if not is_current_profile(target):
         _profile(model_path, device, dtype, kv_cache_bytes, target)
     return make_cost_model("profiled", path=target)
 
@@ -53,7 +54,7 @@ def _profile(
     ]
     if kv_cache_bytes is not None:
         command += ["--kv-cache-bytes", str(kv_cache_bytes)]
-    print(f"no cached step profile at {out}; profiling once (quick grid)...", file=sys.stderr)
+    print(f"no current step profile at {out}; profiling once (quick grid)...", file=sys.stderr)
     done = subprocess.run(
         command, capture_output=True, text=True, timeout=PROFILE_TIMEOUT_S, check=False
     )
