@@ -11,6 +11,11 @@ from hypothesis import strategies as st
 from hyperflexis.cluster import LinkTable
 
 
+def links_per_prefill(fanout: int, num_prefills: int, num_decodes: int) -> int:
+    """`fanout`, raised so the prefill instances' links reach every decode instance."""
+    return min(max(fanout, math.ceil(num_decodes / max(num_prefills, 1))), num_decodes)
+
+
 def check_invariants(table: LinkTable, fanout: int) -> None:
     links = table.links()
     decodes = table.decode_ids
@@ -20,7 +25,7 @@ def check_invariants(table: LinkTable, fanout: int) -> None:
         if table.policy == "all":
             assert linked == decodes
         else:
-            assert len(linked) == min(fanout, len(decodes))
+            assert len(linked) == links_per_prefill(fanout, len(links), len(decodes))
         if decodes:
             assert linked, f"{p} has no link"
         for d in decodes:
@@ -28,6 +33,8 @@ def check_invariants(table: LinkTable, fanout: int) -> None:
     degrees = table.in_degrees()
     if degrees:
         assert max(degrees.values()) - min(degrees.values()) <= 1
+    if links:  # no decode instance is left idle
+        assert all(any(d in linked for linked in links.values()) for d in decodes)
 
 
 ops = st.lists(
@@ -55,14 +62,23 @@ def test_invariants_hold_under_random_changes(
             (table.add_decode if was_prefill else table.add_prefill)(name)
         elif op == "add_prefill" and not present:
             num_changes = table.add_prefill(name)
-            # The new prefill takes the least linked decodes; nothing else moves.
-            expected = num_decodes if policy == "all" else min(effective_fanout, num_decodes)
-            assert num_changes == expected
+            before = links_per_prefill(effective_fanout, num_prefills, num_decodes)
+            after = links_per_prefill(effective_fanout, num_prefills + 1, num_decodes)
+            if policy == "all":
+                assert num_changes == num_decodes
+            elif before == after or num_prefills == 0:
+                # The new prefill takes the least linked decodes; nothing else moves.
+                assert num_changes == after
         elif op == "add_decode" and not present:
             num_changes = table.add_decode(name)
-            if policy != "all" and num_decodes >= effective_fanout:
+            per_prefill = links_per_prefill(effective_fanout, num_prefills, num_decodes)
+            if (
+                policy != "all"
+                and num_decodes >= per_prefill
+                and num_decodes < (num_prefills * per_prefill)
+            ):
                 # Only links moved onto the new decode: two changes each, about E / D of them.
-                num_links = num_prefills * effective_fanout
+                num_links = num_prefills * per_prefill
                 assert num_changes <= 2 * math.ceil(num_links / (num_decodes + 1))
         check_invariants(table, effective_fanout)
 

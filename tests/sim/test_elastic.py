@@ -22,6 +22,8 @@ STEP = [(3.0, 40.0, 300, 60), (25.0, 60.0, 300, 60), (3.0, 100.0, 300, 60)]
 # Prompt-heavy, then decode-heavy at a higher rate: prefill instances should become decode ones
 # (the decode demand has to rise while the prefill pool still has instances to give).
 SHIFT = [(8.0, 60.0, 1000, 15), (12.0, 80.0, 100, 120), (2.0, 40.0, 100, 60)]
+# Decode-heavy load rising while the prefill pool is at its minimum: decode instances must start.
+DECODE_GROWTH = [(2.0, 20.0, 100, 150), (14.0, 60.0, 100, 150)]
 PD = Deployment(num_prefill=1, num_decode=1)
 MIXED = Deployment(num_mixed=1)
 
@@ -140,8 +142,9 @@ def test_handoffs_only_over_links_that_exist_and_links_stay_balanced(
         decode_ids = set().union(*links.values()) if links else set()
         degrees = [sum(d in ds for ds in links.values()) for d in decode_ids]
         assert not degrees or max(degrees) - min(degrees) <= 1
-        if decode_ids:
-            assert all(1 <= len(ds) <= 2 for ds in links.values())
+        if decode_ids:  # fan-out 2, or more where decodes outnumber 2 per prefill instance
+            need = -(-len(decode_ids) // len(links))
+            assert all(len(ds) == min(max(2, need), len(decode_ids)) for ds in links.values())
     assert shift_pd.handoffs
     for handoff in shift_pd.handoffs:
         assert handoff.decode_id in shift_pd.links_at(handoff.time_s)[handoff.prefill_id]
@@ -163,6 +166,22 @@ def test_new_instances_are_linked_before_they_take_traffic(shift_pd: ElasticResu
         uses = [h for h in shift_pd.handoffs if instance_id in (h.decode_id, h.prefill_id)]
         assert all(h.time_s >= ready_s for h in uses)
         assert all(t >= ready_s for t, _, i in shift_pd.assignments if i == instance_id)
+
+
+def test_started_decode_instances_are_linked_when_ready_and_used_only_after() -> None:
+    result = elastic(PD, dispatch="hyperflexis").run_elastic(phased_workload(DECODE_GROWTH))
+    started = [t for t in result.transitions if t.event == "start" and t.role == "decode"]
+    assert started
+    for start in started:
+        decode_id = start.instance_id
+        ready_s = min(
+            t.time_s
+            for t in result.transitions
+            if t.instance_id == decode_id and t.event == "ready"
+        )
+        assert any(decode_id in ds for ds in result.links_at(ready_s).values())
+        handoffs = [h for h in result.handoffs if h.decode_id == decode_id]
+        assert handoffs and all(h.time_s >= ready_s for h in handoffs)
 
 
 def test_same_seed_same_results() -> None:

@@ -8,10 +8,12 @@ links as it can, so transports already open stay in use.
 Policies:
 - `all`: every prefill instance to every decode instance;
 - `balanced`: each prefill instance to `fanout` decode instances (all of them when there are
-  fewer), every decode instance's in-degree within 1 of the others';
+  fewer; more when decode instances outnumber `fanout` per prefill instance, so that none is
+  left unlinked and idle), every decode instance's in-degree within 1 of the others';
 - `pairs`: `balanced` with fan-out 1, DistServe's static pairing: built with `LinkTable.build`,
   prefill i (in the order given) hands to decode i mod D.
-While any decode instance exists, every prefill instance has at least one link.
+While any decode instance exists, every prefill instance has at least one link, and while any
+prefill instance exists, every decode instance has at least one.
 """
 
 from __future__ import annotations
@@ -125,7 +127,9 @@ class LinkTable:
                 decode_ids.clear()
                 decode_ids.update(decodes)
             return num_changes
-        fanout = min(self._fanout, len(decodes))
+        # Enough links per prefill instance that every decode instance gets one (-(-a // b) is
+        # ceil(a / b)).
+        fanout = min(max(self._fanout, -(-len(decodes) // max(len(links), 1))), len(decodes))
         degrees = self.in_degrees()
         num_changes = 0
         prefills = sorted(links)
