@@ -36,6 +36,7 @@ import math
 import os
 import sys
 import time
+from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -277,6 +278,26 @@ def _interpolate(points: list[tuple[float, float]], x: float) -> float | None:
     return None
 
 
+def _threshold_points(
+    results: list[dict[str, Any]],
+) -> Iterator[tuple[dict[str, Any], list[dict[str, Any]]]]:
+    """Each `threshold` run with the `hyperflexis` runs (every target, not the lean one) of its
+    scenario and deployment."""
+    for key in dict.fromkeys((r["scenario"], r["deployment"]) for r in results):
+        mine = [r for r in results if (r["scenario"], r["deployment"]) == key]
+        ours = [r for r in mine if r["scaler"] == "hyperflexis" and r["label"] != LEAN]
+        for r in mine:
+            if r["scaler"] == "threshold":
+                yield r, ours
+
+
+def _threshold_cells(r: dict[str, Any]) -> str:
+    return (
+        f"| {r['scenario']} | {r['deployment']} | {r['label']} | {r['instance_seconds']:.0f} | "
+        f"{r['attainment']:.4f} |"
+    )
+
+
 def matched_cost_table(results: list[dict[str, Any]]) -> str:
     """Each `threshold` setting against `hyperflexis` at the same instance-seconds: its
     attainment interpolated on the `hyperflexis` settings' (cost, attainment) curve."""
@@ -285,23 +306,12 @@ def matched_cost_table(results: list[dict[str, Any]]) -> str:
         "attainment at that cost | difference (points) |",
         "|---|---|---|---|---|---|---|",
     ]
-    for scenario, deployment in dict.fromkeys((r["scenario"], r["deployment"]) for r in results):
-        mine = [r for r in results if (r["scenario"], r["deployment"]) == (scenario, deployment)]
-        curve = [
-            (r["instance_seconds"], r["attainment"])
-            for r in mine
-            if r["scaler"] == "hyperflexis" and r["label"] != LEAN
-        ]
-        for r in mine:
-            if r["scaler"] != "threshold":
-                continue
-            matched = _interpolate(curve, r["instance_seconds"])
-            theirs = "outside the swept costs" if matched is None else f"{matched:.4f}"
-            diff = "-" if matched is None else f"{(matched - r['attainment']) * 100:+.2f}"
-            lines.append(
-                f"| {scenario} | {deployment} | {r['label']} | {r['instance_seconds']:.0f} | "
-                f"{r['attainment']:.4f} | {theirs} | {diff} |"
-            )
+    for r, ours in _threshold_points(results):
+        curve = [(o["instance_seconds"], o["attainment"]) for o in ours]
+        matched = _interpolate(curve, r["instance_seconds"])
+        theirs = "outside the swept costs" if matched is None else f"{matched:.4f}"
+        diff = "-" if matched is None else f"{(matched - r['attainment']) * 100:+.2f}"
+        lines.append(f"{_threshold_cells(r)} {theirs} | {diff} |")
     return "\n".join(lines)
 
 
@@ -313,26 +323,17 @@ def dominance_table(results: list[dict[str, Any]]) -> str:
         "hyperflexis at >= that attainment | its instance-s | its attainment | dominated |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
-    for scenario, deployment in dict.fromkeys((r["scenario"], r["deployment"]) for r in results):
-        mine = [r for r in results if (r["scenario"], r["deployment"]) == (scenario, deployment)]
-        ours = [r for r in mine if r["scaler"] == "hyperflexis" and r["label"] != LEAN]
-        for r in mine:
-            if r["scaler"] != "threshold":
-                continue
-            better = [o for o in ours if o["attainment"] >= r["attainment"]]
-            best = min(better, key=lambda o: o["instance_seconds"], default=None)
-            if best is None:
-                lines.append(
-                    f"| {scenario} | {deployment} | {r['label']} | {r['instance_seconds']:.0f} | "
-                    f"{r['attainment']:.4f} | none | - | - | no |"
-                )
-                continue
-            dominated = "yes" if best["instance_seconds"] <= r["instance_seconds"] else "no"
-            lines.append(
-                f"| {scenario} | {deployment} | {r['label']} | {r['instance_seconds']:.0f} | "
-                f"{r['attainment']:.4f} | {best['label']} | {best['instance_seconds']:.0f} | "
-                f"{best['attainment']:.4f} | {dominated} |"
-            )
+    for r, ours in _threshold_points(results):
+        better = [o for o in ours if o["attainment"] >= r["attainment"]]
+        best = min(better, key=lambda o: o["instance_seconds"], default=None)
+        if best is None:
+            lines.append(f"{_threshold_cells(r)} none | - | - | no |")
+            continue
+        dominated = "yes" if best["instance_seconds"] <= r["instance_seconds"] else "no"
+        lines.append(
+            f"{_threshold_cells(r)} {best['label']} | {best['instance_seconds']:.0f} | "
+            f"{best['attainment']:.4f} | {dominated} |"
+        )
     return "\n".join(lines)
 
 
