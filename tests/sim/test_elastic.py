@@ -15,6 +15,7 @@ from hyperflexis.cluster.scaler.actions import link_plan
 from hyperflexis.scheduler import SchedulerConfig
 from hyperflexis.sim import Deployment
 from hyperflexis.sim.elastic_result import ElasticResult
+from tests.cluster.test_links import links_per_prefill
 from tests.sim.elastic_helpers import COST_MODEL, TIMES, elastic, phased_workload
 
 # Low, a step up to about 8x, low again: scale-out, then scale-in.
@@ -143,8 +144,8 @@ def test_handoffs_only_over_links_that_exist_and_links_stay_balanced(
         degrees = [sum(d in ds for ds in links.values()) for d in decode_ids]
         assert not degrees or max(degrees) - min(degrees) <= 1
         if decode_ids:  # fan-out 2, or more where decodes outnumber 2 per prefill instance
-            need = -(-len(decode_ids) // len(links))
-            assert all(len(ds) == min(max(2, need), len(decode_ids)) for ds in links.values())
+            per_prefill = links_per_prefill(2, len(links), len(decode_ids))
+            assert all(len(ds) == per_prefill for ds in links.values())
     assert shift_pd.handoffs
     for handoff in shift_pd.handoffs:
         assert handoff.decode_id in shift_pd.links_at(handoff.time_s)[handoff.prefill_id]

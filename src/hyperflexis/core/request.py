@@ -57,7 +57,7 @@ class Request:
 
     def __post_init__(self) -> None:
         self.token_ids = list(self.prompt_token_ids)
-        self.next_token_deadline_s = self.arrival_s + self.slo.ttft_s
+        self.next_token_deadline_s = self.ttft_deadline_s
 
     @property
     def num_prompt_tokens(self) -> int:
