@@ -47,6 +47,7 @@ from hyperflexis.perf.profiled import (
     read_profile,
     write_profile,
 )
+from hyperflexis.scheduler.config import DEFAULT_TPOT_MARGIN
 from hyperflexis.sim.deployment import Deployment
 from hyperflexis.sim.setup import SimSetup, simulate
 from hyperflexis.step_profiler import default_profile_path
@@ -75,7 +76,9 @@ def main() -> int:
     started = time.perf_counter()
     with contextlib.ExitStack() as stack:
         servers = {
-            name: stack.enter_context(ServerProcess(_server_args(policy, dispatch)))
+            name: stack.enter_context(
+                ServerProcess(_server_args(policy, dispatch, args.tpot_margin))
+            )
             for name, (policy, dispatch) in SYSTEMS.items()
         }
         urls = {name: server.url for name, server in servers.items()}
@@ -98,8 +101,10 @@ def main() -> int:
     return 0
 
 
-def _server_args(policy: str, dispatch: str) -> list[str]:
+def _server_args(policy: str, dispatch: str, tpot_margin: float) -> list[str]:
     return [
+        "--tpot-margin",
+        str(tpot_margin),
         "--instances",
         str(NUM_INSTANCES),
         "--threads",
@@ -176,7 +181,7 @@ def run_sweep(
                     f"(TTFT p50 {row['ttft_p50_ms'] or math.nan:.0f} ms, "
                     f"TPOT p50 {row['tpot_p50_ms'] or math.nan:.1f} ms, "
                     f"send lag p99 {row['send_lag_p99_ms']:.1f} ms)  "
-                    + "  ".join(f"{k} {v:.0%}" for k, v in row["attainment_by_class"].items()),
+                    + "  ".join(_class_result(row, name) for name in row["attainment_by_class"]),
                     flush=True,
                 )
     return sweep
@@ -202,6 +207,7 @@ def _row(run: BenchRun, rate: float, repeat: int) -> dict[str, Any]:
         "repeat": repeat,
         "attainment": summary["attainment"],
         "attainment_by_class": summary["attainment_by_class"],
+        "counts_by_class": summary["counts_by_class"],
         "num_rejected": summary["num_rejected"],
         "num_failed": summary["num_failed"],
         "goodput_rps": summary["goodput_rps"],
@@ -250,6 +256,7 @@ def simulated_twin(
                 policy=policy,
                 dispatch=dispatch,
                 profile_path=str(path),
+                tpot_margin=args.tpot_margin,
             )
             points[name] = [
                 (rate, simulate(setup, classes, _workload(args, mix, rate))["attainment"])
@@ -347,6 +354,13 @@ def _print(result: dict[str, Any]) -> None:
     print(f"wall time {result['wall_s']:.0f} s")
 
 
+def _class_result(row: dict[str, Any], name: str) -> str:
+    counts = row["counts_by_class"][name]
+    ttft, tpot = counts["num_missed_ttft"], counts["num_missed_tpot"]
+    share = row["attainment_by_class"][name]
+    return f"{name} {share:.0%} (missed TTFT {ttft}, TPOT {tpot} of {counts['num_requests']})"
+
+
 def _attainment_line(by_rate: dict[str, dict[float, float]]) -> str:
     return "; ".join(
         f"{name} " + " ".join(f"{rate:g}:{value:.1%}" for rate, value in points.items())
@@ -400,6 +414,12 @@ def _parse_args() -> argparse.Namespace:
         default=None,
         help="scale the default classes by this instead of by the calibration (on a shared "
         "machine the calibration swings with other jobs' load)",
+    )
+    parser.add_argument(
+        "--tpot-margin",
+        type=float,
+        default=DEFAULT_TPOT_MARGIN,
+        help="hyperflexis's planning margin on TPOT deadlines (`hyperflexis serve --tpot-margin`)",
     )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=None, help="write the results as JSON")

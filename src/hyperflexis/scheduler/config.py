@@ -7,6 +7,9 @@ from typing import Literal
 
 Role = Literal["mixed", "prefill", "decode"]
 ROLES: tuple[Role, ...] = ("mixed", "prefill", "decode")
+# hyperflexis: plan decodes' deadlines this fraction of their TPOT early; held exactly at their
+# targets, real step times that scatter around the prediction miss about half of them.
+DEFAULT_TPOT_MARGIN = 0.05
 
 
 @dataclass(frozen=True, slots=True)
@@ -20,9 +23,7 @@ class SchedulerConfig:
     max_gap_factor: float = 1.5  # hyperflexis: a step never exceeds this many TPOTs of a decode
     max_step_s: float = 0.5  # hyperflexis: longest step it plans
     target_step_s: float = 0.2  # hyperflexis: step time budget of a prefill-only batch
-    # hyperflexis: plan decodes' deadlines this fraction of their TPOT early; held exactly at
-    # their targets, real step times that scatter around the prediction miss about half of them.
-    tpot_margin: float = 0.05
+    tpot_margin: float = DEFAULT_TPOT_MARGIN  # hyperflexis: plan decodes' deadlines early
 
     def __post_init__(self) -> None:
         if self.role not in ROLES:
