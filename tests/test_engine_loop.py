@@ -61,6 +61,7 @@ def make_engine(
     block_size: int = 4,
     max_model_len: int = 64,
     eos: tuple[int, ...] = (EOS,),
+    clock: ManualClock | None = None,
     **config: object,
 ) -> tuple[LLMEngine, FakeRunner]:
     runner = FakeRunner(FakeConfig(eos_token_ids=eos), max_model_len)
@@ -69,7 +70,9 @@ def make_engine(
         SchedulerConfig(**config),  # type: ignore[arg-type]
         KVBlockManager(num_blocks, block_size),
     )
-    engine = LLMEngine(runner, scheduler, lambda _prompt: LetterDetokenizer(), clock=ManualClock())
+    engine = LLMEngine(
+        runner, scheduler, lambda _prompt: LetterDetokenizer(), clock=clock or ManualClock()
+    )
     return engine, runner
 
 
@@ -218,14 +221,31 @@ def test_metrics_come_from_the_given_clock() -> None:
     assert engine.last_step.execute_s == pytest.approx(0.001)
 
 
-def test_step_observer_sees_each_batch_and_its_execute_time() -> None:
-    engine, runner = make_engine()
+def test_step_observer_sees_each_batch_and_the_time_it_really_took() -> None:
+    clock = ManualClock()
+    engine, runner = make_engine(clock=clock)
     seen: list[tuple[int, float]] = []
     engine.step_observer = lambda batch, seconds: seen.append((batch.num_tokens, seconds))
     engine.add_request([0, 1, 2], greedy(2), request_id="r")
-    run(engine)
-    assert seen == [(3, pytest.approx(0.001)), (1, pytest.approx(0.001))]
+    engine.step()  # 5 clock readings: start, scheduled, executed, updated, done
+    assert seen == []  # its time runs until the next step starts
+    clock.now += 0.010  # the caller's own work between steps (publishing, commands)
+    engine.step()
+    # The first batch: its 4 ms plus the 1 ms to the next start and the 10 ms in between. The
+    # last one (nothing left to run, so no next step follows straight on): its own 4 ms.
+    assert seen == [(3, pytest.approx(0.015)), (1, pytest.approx(0.004))]
     assert len(runner.batches) == 2
+
+
+def test_an_abort_that_empties_the_engine_reports_the_last_batch_at_once() -> None:
+    engine, _ = make_engine()
+    seen: list[float] = []
+    engine.step_observer = lambda batch, seconds: seen.append(seconds)
+    engine.add_request([0, 1, 2], greedy(5), request_id="r")
+    engine.step()
+    assert seen == []
+    engine.abort("r")  # the loop now waits for work: that wait is no part of the step
+    assert seen == [pytest.approx(0.004)]
 
 
 @pytest.mark.parametrize(

@@ -48,8 +48,10 @@ class StepRunner(Protocol):
         ...
 
 
-# Called after every step that ran a batch, with the batch and its measured execute seconds:
-# where an online latency correction learns how far its predictions are off.
+# Called once per step that ran a batch, with the batch and the seconds it really took: from its
+# start to the next step's start when the loop went straight on (so the policy's own time, the
+# caller's work between steps and the OS's preemptions count, as they do against deadlines),
+# else its own wall time. Where an online latency correction learns how far predictions are off.
 StepObserver = Callable[[SchedulerOutput, float], None]
 
 
@@ -89,6 +91,8 @@ class LLMEngine:
         self.clock = clock
         self.step_observer = step_observer
         self.last_step = StepTimes()  # timing of the latest step, for benchmarks
+        # The latest batch, its start and its own wall time, until the next step starts.
+        self._unobserved: tuple[SchedulerOutput, float, float] | None = None
         self._outputs = OutputProcessor(make_detokenizer)
         eos = tuple(runner.config.eos_token_ids if eos_token_ids is None else eos_token_ids)
         self._eos_token_id = eos[0] if eos else None  # the scheduler stops on this one
@@ -145,7 +149,10 @@ class LLMEngine:
         if request_id not in self._outputs:
             return None
         self.scheduler.abort_request(request_id, self.clock())
-        return self._outputs.output(request_id)
+        output = self._outputs.output(request_id)
+        if not self.has_unfinished():
+            self._observe(None)  # no next step follows straight on
+        return output
 
     def has_unfinished(self) -> bool:
         return len(self._outputs) > 0
@@ -159,6 +166,7 @@ class LLMEngine:
     def step(self) -> list[RequestOutput]:
         """Run one step; returns an output for every request that got a token or finished."""
         start = self.clock()
+        self._observe(start)
         batch = self.scheduler.schedule(start)
         scheduled = self.clock()
         sampled = self.runner.execute(batch) if not batch.is_empty else {}
@@ -181,7 +189,17 @@ class LLMEngine:
             num_tokens=batch.num_tokens,
         )
         if self.step_observer is not None and not batch.is_empty:
-            self.step_observer(batch, self.last_step.execute_s)
+            self._unobserved = (batch, start, done - start)
+            if not self.has_unfinished():
+                self._observe(None)
+
+    def _observe(self, next_start: float | None) -> None:
+        """Report the latest batch: its cycle up to `next_start`, or (None) its own time."""
+        if self._unobserved is None or self.step_observer is None:
+            return
+        batch, start, wall_s = self._unobserved
+        self._unobserved = None
+        self.step_observer(batch, wall_s if next_start is None else next_start - start)
 
     def _process(
         self, batch: SchedulerOutput, finished: list[Request], now: float
