@@ -28,26 +28,45 @@ import json
 import math
 import statistics
 import sys
+import tempfile
 import time
 from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from hyperflexis.bench.client import ClientConfig, run_benchmark
+from hyperflexis.bench.client import BenchRun, ClientConfig, run_benchmark
 from hyperflexis.bench.metrics import goodput_at
 from hyperflexis.bench.report import bench_summary
-from hyperflexis.bench.server_info import served_model_id, server_overhead_ms
+from hyperflexis.bench.server_info import correction_factor, served_model_id, server_overhead_ms
 from hyperflexis.bench.server_process import ServerProcess, exit_on_sigterm
 from hyperflexis.core.slo import DEFAULT_CLASSES, SLOClass, SLOClasses
-from hyperflexis.workloads import RequestSpec, build_workload, make_workload, parse_slo_mix
+from hyperflexis.engine.default_model import default_model_path
+from hyperflexis.perf.profiled import (
+    ProfiledCostModel,
+    ProfileSample,
+    read_profile,
+    write_profile,
+)
+from hyperflexis.scheduler.config import DEFAULT_TPOT_MARGIN
+from hyperflexis.sim.deployment import Deployment
+from hyperflexis.sim.setup import SimSetup, simulate
+from hyperflexis.step_profiler import default_profile_path
+from hyperflexis.workloads import (
+    RequestSpec,
+    Workload,
+    build_workload,
+    make_workload,
+    parse_slo_mix,
+)
 
 DEFAULT_TRACE = Path(__file__).resolve().parents[1] / ".." / "shared" / "traces"
 DEFAULT_TRACE = DEFAULT_TRACE / "azure_llm_2023_conv.csv"
 REFERENCE_STEP_S = 0.0125  # the loaded decode step the default classes were made for
-SYSTEMS = {  # name -> server arguments (policy, dispatch)
-    "fcfs+round-robin": ["--policy", "fcfs", "--dispatch", "round-robin"],
-    "hyperflexis": ["--policy", "hyperflexis", "--dispatch", "hyperflexis"],
+SYSTEMS = {  # name -> (policy, dispatch)
+    "fcfs+round-robin": ("fcfs", "round-robin"),
+    "hyperflexis": ("hyperflexis", "hyperflexis"),
 }
+BASELINE, OURS = SYSTEMS
 NUM_INSTANCES = 2
 
 
@@ -58,13 +77,13 @@ def main() -> int:
     with contextlib.ExitStack() as stack:
         servers = {
             name: stack.enter_context(
-                ServerProcess(["--instances", str(NUM_INSTANCES), "--threads", "1", *extra])
+                ServerProcess(_server_args(policy, dispatch, args.tpot_margin))
             )
-            for name, extra in SYSTEMS.items()
+            for name, (policy, dispatch) in SYSTEMS.items()
         }
         urls = {name: server.url for name, server in servers.items()}
-        model = served_model_id(urls["fcfs+round-robin"])
-        step_s, calibration = calibrate(urls["fcfs+round-robin"], model)
+        model = served_model_id(urls[BASELINE])
+        step_s, calibration = calibrate(urls[BASELINE], model)
         scale = args.class_scale if args.class_scale is not None else step_s / REFERENCE_STEP_S
         calibration["class_scale_used"] = scale
         classes = scaled_classes(scale)
@@ -73,11 +92,28 @@ def main() -> int:
         sweep = run_sweep(args, urls, model, classes)
         overhead = {name: server_overhead_ms(url) for name, url in urls.items()}
     result = _result(args, calibration, classes, sweep, overhead)
+    if args.twin:
+        result["twin"] = simulated_twin(args, classes, sweep[OURS])
     result["wall_s"] = time.perf_counter() - started
     _print(result)
     if args.out is not None:
         args.out.write_text(json.dumps(result, indent=1) + "\n")
     return 0
+
+
+def _server_args(policy: str, dispatch: str, tpot_margin: float) -> list[str]:
+    return [
+        "--tpot-margin",
+        str(tpot_margin),
+        "--instances",
+        str(NUM_INSTANCES),
+        "--threads",
+        "1",
+        "--policy",
+        policy,
+        "--dispatch",
+        dispatch,
+    ]
 
 
 def calibrate(url: str, model: str) -> tuple[float, dict[str, float]]:
@@ -125,52 +161,114 @@ def scaled_classes(factor: float) -> SLOClasses:
 def run_sweep(
     args: argparse.Namespace, urls: dict[str, str], model: str, classes: SLOClasses
 ) -> dict[str, list[dict[str, Any]]]:
-    """Per system, one row per rate. The systems take turns at each rate, first one then the
-    other first (ABBA), so a slow spell of a shared machine hits both alike."""
+    """Per system, one row per rate and repeat. The systems take turns at each rate, first one
+    then the other first (ABBA), so a slow spell of a shared machine hits both alike; repeats
+    walk the rates again with the turns swapped."""
     mix = parse_slo_mix(args.slo_mix, classes)
     sweep: dict[str, list[dict[str, Any]]] = {name: [] for name in urls}
-    for index, rate in enumerate(args.rates):
-        workload = build_workload(
-            seed=args.seed,
-            slo_mix=mix,
-            trace=args.trace,
-            num_requests=max(round(rate * args.duration_s), 1),
-            rate_rps=rate,
-            length_scale=args.length_scale,
-            max_prompt_len=args.max_prompt_len,
-            max_output_len=args.max_output_len,
-        )
-        order = list(urls) if index % 2 == 0 else list(reversed(urls))
-        for name in order:
-            run = run_benchmark(workload, classes, _config(urls[name], model))
-            summary = bench_summary(run, NUM_INSTANCES * run.duration_s)
-            row = {
-                "rate_rps": rate,
-                "attainment": summary["attainment"],
-                "attainment_by_class": summary["attainment_by_class"],
-                "num_rejected": summary["num_rejected"],
-                "num_failed": summary["num_failed"],
-                "goodput_rps": summary["goodput_rps"],
-                "ttft_p50_ms": _ms(summary["ttft_s"]["p50"]),
-                "ttft_p90_ms": _ms(summary["ttft_s"]["p90"]),
-                "tpot_p50_ms": _ms(summary["tpot_s"]["p50"]),
-                "e2e_mean_s": summary["e2e_s"]["mean"],
-                "duration_s": summary["duration_s"],
-                "total_output_tokens": summary["total_output_tokens"],
-                "send_lag_p99_ms": _ms(summary["send_lag_s"]["p99"]),
-                "server_overhead_ms": summary["server_overhead_ms"],
-                "errors": dict(Counter(r.error[:120] for r in run.results if r.error)),
-            }
-            sweep[name].append(row)
-            print(
-                f"rate {rate:5.2f} {name:<17} attainment {row['attainment']:6.1%} "
-                f"(TTFT p50 {row['ttft_p50_ms'] or math.nan:.0f} ms, "
-                f"TPOT p50 {row['tpot_p50_ms'] or math.nan:.1f} ms, "
-                f"send lag p99 {row['send_lag_p99_ms']:.1f} ms)  "
-                + "  ".join(f"{k} {v:.0%}" for k, v in row["attainment_by_class"].items()),
-                flush=True,
-            )
+    for repeat in range(args.repeats):
+        for index, rate in enumerate(args.rates):
+            workload = _workload(args, mix, rate)
+            order = list(urls) if (index + repeat) % 2 == 0 else list(reversed(urls))
+            for name in order:
+                run = run_benchmark(workload, classes, _config(urls[name], model))
+                row = _row(run, rate, repeat)
+                if name == OURS:  # how much slower than its profile it ran: for the twin
+                    row["correction_factor"] = correction_factor(urls[name])
+                sweep[name].append(row)
+                print(
+                    f"rate {rate:5.2f} {name:<17} attainment {row['attainment']:6.1%} "
+                    f"(TTFT p50 {row['ttft_p50_ms'] or math.nan:.0f} ms, "
+                    f"TPOT p50 {row['tpot_p50_ms'] or math.nan:.1f} ms, "
+                    f"send lag p99 {row['send_lag_p99_ms']:.1f} ms)  "
+                    + "  ".join(_class_result(row, name) for name in row["attainment_by_class"]),
+                    flush=True,
+                )
     return sweep
+
+
+def _workload(args: argparse.Namespace, mix: Any, rate: float) -> Workload:
+    return build_workload(
+        seed=args.seed,
+        slo_mix=mix,
+        trace=args.trace,
+        num_requests=max(round(rate * args.duration_s), 1),
+        rate_rps=rate,
+        length_scale=args.length_scale,
+        max_prompt_len=args.max_prompt_len,
+        max_output_len=args.max_output_len,
+    )
+
+
+def _row(run: BenchRun, rate: float, repeat: int) -> dict[str, Any]:
+    summary = bench_summary(run, NUM_INSTANCES * run.duration_s)
+    return {
+        "rate_rps": rate,
+        "repeat": repeat,
+        "attainment": summary["attainment"],
+        "attainment_by_class": summary["attainment_by_class"],
+        "counts_by_class": summary["counts_by_class"],
+        "num_rejected": summary["num_rejected"],
+        "num_failed": summary["num_failed"],
+        "goodput_rps": summary["goodput_rps"],
+        "ttft_p50_ms": _ms(summary["ttft_s"]["p50"]),
+        "ttft_p90_ms": _ms(summary["ttft_s"]["p90"]),
+        "tpot_p50_ms": _ms(summary["tpot_s"]["p50"]),
+        "e2e_mean_s": summary["e2e_s"]["mean"],
+        "duration_s": summary["duration_s"],
+        "total_output_tokens": summary["total_output_tokens"],
+        "send_lag_p99_ms": _ms(summary["send_lag_s"]["p99"]),
+        "server_overhead_ms": summary["server_overhead_ms"],
+        "errors": dict(Counter(r.error[:120] for r in run.results if r.error)),
+    }
+
+
+def mean_by_rate(rows: list[dict[str, Any]]) -> list[tuple[float, float]]:
+    """(rate, attainment averaged over its repeats), by rate."""
+    by_rate: dict[float, list[float]] = {}
+    for row in rows:
+        by_rate.setdefault(row["rate_rps"], []).append(row["attainment"])
+    return sorted((rate, statistics.fmean(values)) for rate, values in by_rate.items())
+
+
+def simulated_twin(
+    args: argparse.Namespace, classes: SLOClasses, our_rows: list[dict[str, Any]]
+) -> dict[str, Any]:
+    """The same sweep in the simulator: the same requests on 2 simulated instances whose steps
+    take the server's cached profile times the online-correction factor the live hyperflexis
+    instances measured (median over the sweep). No noise, no server or client sharing the CPU:
+    what the policies would attain if every step took what the scaled profile says."""
+    factors = [row["correction_factor"] for row in our_rows if row.get("correction_factor")]
+    factor = statistics.median(factors) if factors else 1.0
+    profile = read_profile(default_profile_path(default_model_path(), "cpu", "float32"))
+    mix = parse_slo_mix(args.slo_mix, classes)
+    points: dict[str, list[tuple[float, float]]] = {}
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / "scaled_profile.json"
+        scaled = [ProfileSample(s.prefills, s.decodes, s.step_s * factor) for s in profile.samples]
+        c0, c1, c2, c3, c4 = (c * factor for c in profile.coefficients)
+        model = ProfiledCostModel((c0, c1, c2, c3, c4))
+        meta = {"model": profile.model, "device": profile.device, "dtype": profile.dtype}
+        write_profile(path, scaled, model, {**meta, "scaled_by": factor})
+        for name, (policy, dispatch) in SYSTEMS.items():
+            setup = SimSetup(
+                deployment=Deployment(num_mixed=NUM_INSTANCES),
+                policy=policy,
+                dispatch=dispatch,
+                profile_path=str(path),
+                tpot_margin=args.tpot_margin,
+            )
+            points[name] = [
+                (rate, simulate(setup, classes, _workload(args, mix, rate))["attainment"])
+                for rate in args.rates
+            ]
+    goodput = {name: goodput_at(pts, 0.9) for name, pts in points.items()}
+    return {
+        "correction_factor": factor,
+        "attainment": {name: dict(pts) for name, pts in points.items()},
+        "goodput_at_90_rps": goodput,
+        "goodput_ratio": goodput[OURS] / goodput[BASELINE] if goodput[BASELINE] > 0 else None,
+    }
 
 
 def _result(
@@ -180,11 +278,9 @@ def _result(
     sweep: dict[str, list[dict[str, Any]]],
     overhead: dict[str, dict[str, Any]],
 ) -> dict[str, Any]:
-    goodput = {
-        name: goodput_at([(row["rate_rps"], row["attainment"]) for row in rows], 0.9)
-        for name, rows in sweep.items()
-    }
-    baseline = goodput["fcfs+round-robin"]
+    means = {name: mean_by_rate(rows) for name, rows in sweep.items()}
+    goodput = {name: goodput_at(points, 0.9) for name, points in means.items()}
+    baseline = goodput[BASELINE]
     return {
         "command": " ".join(sys.argv),
         "num_instances": NUM_INSTANCES,
@@ -197,11 +293,11 @@ def _result(
         },
         "sweep": sweep,
         "goodput_at_90_rps": goodput,
-        "goodput_ratio": goodput["hyperflexis"] / baseline if baseline > 0 else None,
+        "goodput_ratio": goodput[OURS] / baseline if baseline > 0 else None,
+        "attainment_by_rate": {name: dict(points) for name, points in means.items()},
         # Less sensitive to one noisy point than goodput@90: the sweep's mean attainment.
         "mean_attainment": {
-            name: statistics.fmean(row["attainment"] for row in rows)
-            for name, rows in sweep.items()
+            name: statistics.fmean(a for _, a in points) for name, points in means.items()
         },
         "server_overhead_ms": overhead,
     }
@@ -210,13 +306,13 @@ def _result(
 def _print(result: dict[str, Any]) -> None:
     names = list(result["sweep"])
     print(
-        "\n| rate (req/s) | "
+        "\n| rate (req/s) | run | "
         + " | ".join(f"{n} attainment" for n in names)
         + " | "
         + " | ".join(f"{n} overhead p50 / p99 (ms)" for n in names)
         + " |"
     )
-    print("|---:|" + "---:|" * 2 * len(names))
+    print("|---:|---:|" + "---:|" * 2 * len(names))
     for row in zip(*result["sweep"].values(), strict=True):
         attainments = " | ".join(f"{r['attainment']:.1%}" for r in row)
         overheads = " | ".join(
@@ -224,7 +320,9 @@ def _print(result: dict[str, Any]) -> None:
             f"{r['server_overhead_ms']['p99'] or math.nan:.2f}"
             for r in row
         )
-        print(f"| {row[0]['rate_rps']:g} | {attainments} | {overheads} |")
+        print(f"| {row[0]['rate_rps']:g} | {row[0]['repeat'] + 1} | {attainments} | {overheads} |")
+    if any(row["repeat"] for row in result["sweep"][names[0]]):
+        print("\nmean over the runs: " + _attainment_line(result["attainment_by_rate"]))
     goodput = result["goodput_at_90_rps"]
     ratio = result["goodput_ratio"]
     print(
@@ -236,12 +334,38 @@ def _print(result: dict[str, Any]) -> None:
         "mean attainment over the sweep: "
         + ", ".join(f"{k} {v:.1%}" for k, v in result["mean_attainment"].items())
     )
+    twin = result.get("twin")
+    if twin is not None:
+        print(
+            f"simulated twin (profile x {twin['correction_factor']:.2f}, the factor the live "
+            "hyperflexis instances measured): " + _attainment_line(twin["attainment"])
+        )
+        twin_ratio = twin["goodput_ratio"]
+        print(
+            "twin goodput@90: "
+            + ", ".join(f"{k} {v:.2f} req/s" for k, v in twin["goodput_at_90_rps"].items())
+            + (f"; ratio {twin_ratio:.2f}x" if twin_ratio is not None else "")
+        )
     for name, stats in result["server_overhead_ms"].items():
         print(
             f"server overhead {name}: p50 {stats['p50']:.2f} ms, p90 {stats['p90']:.2f} ms, "
             f"p99 {stats['p99']:.2f} ms over {stats['count']} requests"
         )
     print(f"wall time {result['wall_s']:.0f} s")
+
+
+def _class_result(row: dict[str, Any], name: str) -> str:
+    counts = row["counts_by_class"][name]
+    ttft, tpot = counts["num_missed_ttft"], counts["num_missed_tpot"]
+    share = row["attainment_by_class"][name]
+    return f"{name} {share:.0%} (missed TTFT {ttft}, TPOT {tpot} of {counts['num_requests']})"
+
+
+def _attainment_line(by_rate: dict[str, dict[float, float]]) -> str:
+    return "; ".join(
+        f"{name} " + " ".join(f"{rate:g}:{value:.1%}" for rate, value in points.items())
+        for name, points in by_rate.items()
+    )
 
 
 def _config(url: str, model: str) -> ClientConfig:
@@ -265,10 +389,20 @@ def _parse_args() -> argparse.Namespace:
     parser.add_argument(
         "--rates",
         type=lambda s: [float(x) for x in s.split(",")],
-        default=[8, 12, 16, 20, 24, 28, 32, 36],
+        default=[24, 32, 40, 48, 56, 64, 72],
     )
     parser.add_argument(
-        "--duration-s", type=float, default=20.0, help="seconds of arrivals per rate"
+        "--duration-s", type=float, default=15.0, help="seconds of arrivals per rate"
+    )
+    parser.add_argument(
+        "--repeats", type=int, default=1, help="walk the rates this many times; means are used"
+    )
+    parser.add_argument(
+        "--no-twin",
+        dest="twin",
+        action="store_false",
+        help="skip the simulated twin (the same sweep in the simulator, profile x the live "
+        "correction factor)",
     )
     parser.add_argument("--slo-mix", default="interactive:3,standard:5,batch:2")
     parser.add_argument("--length-scale", type=float, default=0.125, help="trace lengths x this")
@@ -281,11 +415,19 @@ def _parse_args() -> argparse.Namespace:
         help="scale the default classes by this instead of by the calibration (on a shared "
         "machine the calibration swings with other jobs' load)",
     )
+    parser.add_argument(
+        "--tpot-margin",
+        type=float,
+        default=DEFAULT_TPOT_MARGIN,
+        help="hyperflexis's planning margin on TPOT deadlines (`hyperflexis serve --tpot-margin`)",
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=None, help="write the results as JSON")
     args = parser.parse_args()
     if len(set(args.rates)) != len(args.rates) or min(args.rates) <= 0:
         parser.error(f"--rates must be distinct and > 0, got {args.rates}")
+    if args.repeats < 1:
+        parser.error(f"--repeats must be >= 1, got {args.repeats}")
     return args
 
 

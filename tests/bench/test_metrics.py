@@ -134,7 +134,25 @@ def test_summarize_counts_attainment_and_goodput() -> None:
         "num_attained": 0,
         "num_completed": 0,
         "num_rejected": 1,
+        "num_missed_ttft": 0,
+        "num_missed_tpot": 0,
     }
+    # interactive misses 0.7 and 0.9 on TTFT; none is slow per token.
+    assert summary["counts_by_class"]["interactive"]["num_missed_ttft"] == 2
+    assert summary["counts_by_class"]["interactive"]["num_missed_tpot"] == 0
+
+
+def test_summarize_counts_which_target_a_request_missed() -> None:
+    records = [
+        record("ok"),
+        record("slow-first", ttft_s=0.9),
+        record("slow-rest", tpot_s=0.08),
+        record("slow-both", ttft_s=0.9, tpot_s=0.08),
+        record("one-token", ttft_s=0.1, num_output_tokens=1),
+    ]
+    counts = summarize(records, duration_s=1.0)["counts_by_class"]["standard"]
+    assert counts["num_attained"] == 2
+    assert (counts["num_missed_ttft"], counts["num_missed_tpot"]) == (2, 2)
 
 
 def test_summarize_percentiles_over_completed_requests() -> None:

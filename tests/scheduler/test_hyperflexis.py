@@ -48,6 +48,29 @@ def test_decode_tpot_sets_the_prefill_chunk(tpot_s: float, tight: bool) -> None:
         assert chunk == 4095  # only the token budget limits it
 
 
+def test_tpot_margin_plans_the_decode_deadline_early() -> None:
+    chunks = {}
+    for margin in (0.0, 0.2):
+        scheduler = make(max_num_batched_tokens=4096, tpot_margin=margin)
+        now = start_decoding(scheduler, request("dec", 16, output_len=100, tpot_s=0.02))
+        scheduler.add_request(request("long", 6000, ttft_s=60.0, arrival_s=now))
+        output = scheduler.schedule(now)
+        decode = scheduler.requests["dec"]
+        assert decode.first_token_s is not None and output.predicted_step_s is not None
+        planned_s = decode.first_token_s + (1 - margin) * (
+            decode.next_token_deadline_s - decode.first_token_s
+        )
+        assert now + output.predicted_step_s <= planned_s + 1e-9
+        chunks[margin] = chunk_of(output.chunks, "long")
+    assert 0 < chunks[0.2] < chunks[0.0]
+
+
+@pytest.mark.parametrize("margin", [-0.1, 1.0])
+def test_tpot_margin_out_of_range_is_rejected(margin: float) -> None:
+    with pytest.raises(ValueError, match="tpot_margin"):
+        make(tpot_margin=margin)
+
+
 def test_urgent_high_priority_request_runs_ahead_of_low_priority_backlog() -> None:
     scheduler = make(max_num_batched_tokens=1024)
     for i in range(6):
@@ -78,7 +101,9 @@ def test_infeasible_backlog_sheds_least_important_and_the_rest_attain() -> None:
 
 
 def test_ahead_decode_sits_out_for_an_urgent_prefill() -> None:
-    scheduler = make(max_num_batched_tokens=16384)
+    # No planning margin: the timings below are exact, and a 5% margin on the decode's TPOT
+    # would already rate the urgent prefill late (too little capacity next to the decode).
+    scheduler = make(max_num_batched_tokens=16384, tpot_margin=0.0)
     now = start_decoding(scheduler, request("dec", 16, output_len=100, tpot_s=0.1))
     dec = scheduler.requests["dec"]
     bank_slack(dec, now)

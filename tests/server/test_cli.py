@@ -14,6 +14,7 @@ import pytest
     [
         (["--instances", "0"], "'instances'"),
         (["--max-queued", "0"], "'max_queued'"),
+        (["--tpot-margin", "1"], "'tpot_margin'"),
         (["--model", "/nonexistent/model"], "'--model'"),
         (["--profile", "/nonexistent/profile.json"], "'--profile'"),
     ],

@@ -152,7 +152,8 @@ def summarize(
 
     Keys: `num_requests` (offered), `num_attained`, `num_completed`, `num_rejected`, `attainment`
     (attained / offered; 0.0 when nothing was offered), `attainment_by_class`, `counts_by_class`
-    (class -> `num_requests`, `num_attained`, `num_completed`, `num_rejected`), `ttft_s`, `tpot_s`,
+    (class -> `num_requests`, `num_attained`, `num_completed`, `num_rejected`, and
+    `num_missed_ttft` / `num_missed_tpot`: completed over that target), `ttft_s`, `tpot_s`,
     `e2e_s` (each `p50`, `p90`, `p99`, `mean` over the completed requests that have the value;
     all None without data; percentiles interpolate linearly), `goodput_rps` (attained requests
     per second of `duration_s`) and `instance_seconds` (the cost, passed through).
@@ -271,7 +272,21 @@ def _counts(records: Sequence[RequestRecord]) -> dict[str, int]:
         "num_attained": sum(r.attained for r in records),
         "num_completed": sum(r.status == "completed" for r in records),
         "num_rejected": sum(r.status == "rejected" for r in records),
+        # Completed requests over each target (one over both counts in both): which SLO a
+        # class misses on, the first question when its attainment drops.
+        "num_missed_ttft": sum(r.status == "completed" and _over_ttft(r) for r in records),
+        "num_missed_tpot": sum(r.status == "completed" and _over_tpot(r) for r in records),
     }
+
+
+def _over_ttft(record: RequestRecord) -> bool:
+    ttft = record.ttft_s
+    return ttft is not None and ttft > record.ttft_slo_s
+
+
+def _over_tpot(record: RequestRecord) -> bool:
+    tpot = record.tpot_s
+    return tpot is not None and tpot > record.tpot_slo_s
 
 
 def _fraction(counts: dict[str, int]) -> float:

@@ -1,5 +1,6 @@
 """What a benchmark asks a server about itself: the model it serves (OpenAI's `/v1/models`) and,
-from a HyperFlexis server, its own per-request overhead (`/debug/stats`)."""
+from a HyperFlexis server, its own per-request overhead (`/debug/stats`) and how much slower than
+their profile its instances run (`/debug/instances`)."""
 
 from __future__ import annotations
 
@@ -29,6 +30,19 @@ def server_overhead_ms(base_url: str, timeout_s: float = 10.0) -> dict[str, Any]
     if not isinstance(stats, dict):
         raise ValueError(f"{base_url}/debug/stats has no 'server_overhead_ms'")
     return stats
+
+
+def correction_factor(base_url: str, timeout_s: float = 10.0) -> float | None:
+    """A HyperFlexis server's measured/predicted step time, the mean of its live instances'
+    online corrections (`GET /debug/instances`); None when no live instance has one."""
+    response = httpx.get(f"{_root(base_url)}/debug/instances", timeout=timeout_s)
+    response.raise_for_status()
+    factors = [
+        float(row["correction_factor"])
+        for row in response.json()
+        if row.get("alive") and row.get("correction_factor") is not None
+    ]
+    return sum(factors) / len(factors) if factors else None
 
 
 def _root(base_url: str) -> str:

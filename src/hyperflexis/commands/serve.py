@@ -12,6 +12,7 @@ HELP = "Serve an OpenAI-compatible API over a multi-instance cluster."
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     from hyperflexis.cluster import dispatcher_names
     from hyperflexis.scheduler import policy_names
+    from hyperflexis.scheduler.config import DEFAULT_TPOT_MARGIN
     from hyperflexis.server.config import DEFAULT_HOST, DEFAULT_PORT
 
     parser.add_argument(
@@ -70,6 +71,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="token budget of one instance step (prefill chunks + decodes)",
     )
     parser.add_argument(
+        "--tpot-margin",
+        type=float,
+        default=DEFAULT_TPOT_MARGIN,
+        help="hyperflexis: plan each decode's deadlines this fraction of its TPOT early, for "
+        "the scatter of real step times around the prediction",
+    )
+    parser.add_argument(
         "--threads", type=int, default=1, help="torch CPU threads per instance process"
     )
     parser.add_argument("--seed", type=int, default=0, help="sampling seed")
@@ -95,6 +103,7 @@ def run(args: argparse.Namespace) -> int:
         kv_cache_bytes=args.kv_cache_bytes,
         profile_path=args.profile,
         max_num_batched_tokens=args.max_num_batched_tokens,
+        tpot_margin=args.tpot_margin,
         num_threads=args.threads,
         seed=args.seed,
     )

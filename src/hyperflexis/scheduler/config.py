@@ -7,6 +7,9 @@ from typing import Literal
 
 Role = Literal["mixed", "prefill", "decode"]
 ROLES: tuple[Role, ...] = ("mixed", "prefill", "decode")
+# hyperflexis: plan decodes' deadlines this fraction of their TPOT early; held exactly at their
+# targets, real step times that scatter around the prediction miss about half of them.
+DEFAULT_TPOT_MARGIN = 0.05
 
 
 @dataclass(frozen=True, slots=True)
@@ -20,6 +23,7 @@ class SchedulerConfig:
     max_gap_factor: float = 1.5  # hyperflexis: a step never exceeds this many TPOTs of a decode
     max_step_s: float = 0.5  # hyperflexis: longest step it plans
     target_step_s: float = 0.2  # hyperflexis: step time budget of a prefill-only batch
+    tpot_margin: float = DEFAULT_TPOT_MARGIN  # hyperflexis: plan decodes' deadlines early
 
     def __post_init__(self) -> None:
         if self.role not in ROLES:
@@ -32,3 +36,5 @@ class SchedulerConfig:
         for name in ("max_gap_factor", "max_step_s", "target_step_s"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"invalid scheduler field {name!r}: must be > 0")
+        if not 0 <= self.tpot_margin < 1:
+            raise ValueError("invalid scheduler field 'tpot_margin': must be in [0, 1)")

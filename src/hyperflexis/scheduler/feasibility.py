@@ -83,11 +83,12 @@ def budgeted_prefill_rate(
 ) -> float:
     """Prefill tokens/s an instance sustains next to its decodes, estimated conservatively: every
     step bounded as if a request with `tightest_tpot_s` (the tightest among running and waiting)
-    were decoding (DESIGN.md §4.3). One TPOT, not the gap bound: the cumulative deadlines hold
-    the *mean* step to one TPOT. A prefill instance steps at its target step time."""
+    were decoding (DESIGN.md §4.3). One TPOT less the planning margin, not the gap bound: the
+    cumulative deadlines hold the *mean* step there. A prefill instance steps at its target step
+    time."""
     if config.role == "prefill" or math.isinf(tightest_tpot_s):
         step_s = config.target_step_s if config.role == "prefill" else config.max_step_s
     else:
-        step_s = min(tightest_tpot_s, config.max_step_s)
+        step_s = min((1.0 - config.tpot_margin) * tightest_tpot_s, config.max_step_s)
     limit = config.max_num_batched_tokens
     return max_prefill_tokens(model, decode_features, 0, step_s, limit) / step_s

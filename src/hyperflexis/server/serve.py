@@ -53,6 +53,7 @@ def serve(config: ServerConfig) -> int:
     scheduler_config = SchedulerConfig(
         max_num_batched_tokens=config.max_num_batched_tokens,
         admission_control=config.admission_control,
+        tpot_margin=config.tpot_margin,
     )
     profiled = load_or_profile(
         model_path, config.device, config.dtype, config.kv_cache_bytes, config.profile_path

@@ -21,6 +21,7 @@ from hyperflexis.perf import (
     model_spec,
 )
 from hyperflexis.scheduler import Role, SchedulerConfig, policy_class
+from hyperflexis.scheduler.config import DEFAULT_TPOT_MARGIN
 from hyperflexis.sim.deployment import Deployment, KVTransferModel
 from hyperflexis.sim.simulator import ClusterSimulator, ProgressCallback
 from hyperflexis.workloads.spec import Workload
@@ -49,6 +50,7 @@ class SimSetup:
     profile_path: str | None = None  # a `hyperflexis profile` JSON instead of the roofline
     admission_control: bool = False  # reject requests that cannot meet their SLO
     max_num_batched_tokens: int = 2048  # step token budget
+    tpot_margin: float = DEFAULT_TPOT_MARGIN  # hyperflexis: plan decodes' deadlines this early
     memory_fraction: float = 0.9  # of HBM for weights + KV, as vLLM's gpu_memory_utilization
     block_size: int = 16  # tokens per KV block
     fast_forward: bool = True  # advance decode-only stretches in one go (same results)
@@ -71,6 +73,7 @@ class SimSetup:
             "profile_path": self.profile_path,
             "admission_control": self.admission_control,
             "max_num_batched_tokens": self.max_num_batched_tokens,
+            "tpot_margin": self.tpot_margin,
             "memory_fraction": self.memory_fraction,
             "block_size": self.block_size,
             "fast_forward": self.fast_forward,
@@ -114,6 +117,7 @@ def build_parts(setup: SimSetup, workload: Workload) -> SimParts:
         role=entry_role,
         max_num_batched_tokens=budget,
         admission_control=setup.admission_control,
+        tpot_margin=setup.tpot_margin,
     )
     transfer = KVTransferModel.between(hardware, model)
     dispatcher = make_dispatcher(setup.dispatcher_name, cost_model, config, setup.admission_control)

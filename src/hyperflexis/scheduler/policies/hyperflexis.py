@@ -1,6 +1,7 @@
 """`hyperflexis`: budgeted multi-SLO scheduling (DESIGN.md §4).
 
-Each step: ongoing decodes set a time budget from their cumulative TPOT deadlines; the prefill
+Each step: ongoing decodes set a time budget from their cumulative TPOT deadlines, planned a
+`tpot_margin` ahead because real step times scatter around the prediction; the prefill
 token budget is what the latency model says fits in it; waiting prefills are served earliest
 deadline first after shedding, least important first, those that would make others miss; late
 ones are rejected or served with leftover capacity; decode overload and KV exhaustion preempt the
@@ -32,14 +33,15 @@ class _Decodes:
 
     requests: list[Request]
     block_size: int  # of the KV cache, to count the blocks the next tokens need
+    tpot_margin: float  # plan each deadline this fraction of its time since the first token early
     features: StepFeatures = field(default_factory=StepFeatures)
-    earliest_deadline_s: float = math.inf  # the soonest next-token deadline
+    earliest_deadline_s: float = math.inf  # the soonest next-token deadline, margin applied
     tightest_tpot_s: float = math.inf
     num_new_blocks: int = 0  # KV blocks their next tokens need
 
     def __post_init__(self) -> None:
         # One pass with locals only: this runs over every decode every step.
-        block_size = self.block_size
+        block_size, keep = self.block_size, 1.0 - self.tpot_margin
         earliest, tightest = math.inf, math.inf
         num_new_blocks = ctx_tokens = 0
         for r in self.requests:
@@ -49,7 +51,10 @@ class _Decodes:
             if ctx % block_size == 0:
                 num_new_blocks += 1
             tpot = r.slo.tpot_s
-            deadline = r.next_token_deadline_s
+            # Decodes have a first token; a margin m plans the mean TPOT at (1 - m) x target.
+            first = r.first_token_s
+            assert first is not None
+            deadline = first + keep * (r.next_token_deadline_s - first)
             if deadline < earliest:
                 earliest = deadline
             if tpot < tightest:
@@ -61,7 +66,8 @@ class _Decodes:
 
     def without(self, dropped: list[Request]) -> _Decodes:
         gone = {id(r) for r in dropped}
-        return _Decodes([r for r in self.requests if id(r) not in gone], self.block_size)
+        kept = [r for r in self.requests if id(r) not in gone]
+        return _Decodes(kept, self.block_size, self.tpot_margin)
 
 
 @register_policy
@@ -109,7 +115,7 @@ class HyperFlexisScheduler(Scheduler):
                 decodes.append(r)
             else:
                 prefills.append(r)
-        return _Decodes(decodes, self.kv.block_size), prefills
+        return _Decodes(decodes, self.kv.block_size, self.config.tpot_margin), prefills
 
     def _make_room_for_decodes(
         self, decodes: _Decodes, output: SchedulerOutput, now: float
@@ -248,7 +254,7 @@ class HyperFlexisScheduler(Scheduler):
                 return
             grown = None
             if request.first_token_s is not None:
-                grown = _Decodes([*batch, request], self.kv.block_size)
+                grown = _Decodes([*batch, request], self.kv.block_size, self.config.tpot_margin)
             if grown is None or (batch and self._model.predict(grown.features) > budget_s):
                 continue
             num_tokens = request.num_uncomputed_tokens
