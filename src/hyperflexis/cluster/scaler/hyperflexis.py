@@ -18,16 +18,19 @@ Every control interval, per pool:
    with `calm_headroom` (default none); once the SLOs show misses, with `headroom`. Misses within
    a window of the pool serving fewer instances than the model asked for are the shortage's,
    not the model's, and raise no headroom (a cold start under load would otherwise over-size).
-3. Actions, cheapest first. A short pool takes instances from the other P/D pool when that one
-   has more than its current demand needs (role switch: no weight reload, and undone as cheaply,
-   so the donor is judged on its demand now, without the window-mean floor), then starts new ones
+3. Actions, cheapest first. A pool grows only to what the demand now and its forecast need
+   (without the window-mean floor: starting an instance on a significant fall buys nothing).
+   A short pool takes instances from the other P/D pool when that one has more than that same
+   count needs (role switch: no weight reload; the donor is judged as its own growth would
+   judge it, so a switch is not followed by a scale-out of the donor), then starts new ones
    (weights from a live peer when there is one). A pool scales in only to a count whose
    predicted attainment still reaches the target for the demand now and its noise: the fluid
-   model over the window's bins (`fluid_attainment`: each bin's rate over the trend line scales
-   the demand now, work above the count misses), with `scale_in_headroom` on top; no
-   window-mean floor, no backlog (both lag a fall). Only after that held for a whole scale-in
-   window, and never below what step 2 needs. A lower target so keeps less spare for the
-   noise: at 0.99 the count covers nearly every bin, at 0.8 it lets the busiest bins miss.
+   model with a queue over the window's bins (`fluid_attainment`: each bin's rate over the
+   trend line scales the demand now; work above the count waits within the arrivals' mean
+   first-token slack, beyond that it misses), with `scale_in_headroom` on top; no window-mean
+   floor, no backlog (both lag a fall). Only after that held for a whole scale-in window, and
+   never below step 2's count with the window-mean floor (the hysteresis on a fall). A lower
+   target so keeps less spare for the noise.
 4. Hysteresis against flapping: a pool that grew (scale-out or a switch into it) does not shrink
    (scale-in or a switch out of it) within a cooldown. Growth is never held back: starting
    instances already count towards the pool, so it cannot repeat itself, and missing SLOs costs
@@ -63,9 +66,9 @@ class HyperFlexisScalerConfig:
     calm_headroom: float | None = (
         0.0  # headroom instead while SLOs are met (None: always `headroom`)
     )
-    scale_in_headroom: float = 0.25  # spare kept on a scale-in, above the window's own noise
-    scale_in_window_s: float = 40.0  # ... and only after that held for this long
-    cooldown_s: float = 30.0  # a pool that grew does not shrink this soon after
+    scale_in_headroom: float = 0.1  # spare kept on a scale-in, above the window's own noise
+    scale_in_window_s: float = 20.0  # ... and only after that held for this long
+    cooldown_s: float = 20.0  # a pool that grew does not shrink this soon after
     role_switch: bool = True  # flip prefill <-> decode instances instead of starting new ones
 
     def __post_init__(self) -> None:
@@ -96,7 +99,7 @@ class PoolPlan:
     headroom: float  # the scale-out headroom the count below keeps
     num_needed: int  # fewest instances reaching the target attainment, within the pool's limits
     num_needed_in: int  # fewest reaching the target for the demand now and the window's noise
-    num_needed_now: int  # as num_needed, for the demand now (no mean floor): a donor keeps this
+    num_needed_now: int  # as num_needed, for the demand now (no mean floor): growth and donors
     num_planned: int  # instances it has once transitions under way complete
 
     def predicted_attainment(self, num_instances: int) -> float:
@@ -172,7 +175,9 @@ class HyperFlexisScaler(Scaler):
         decisions: list[ScalingDecision] = []
         taken = {i.instance_id for i in view.instances} | self.tracker.pending_ids()
         links = link_plan(view, members)
-        short = {role: max(plan.num_needed - plan.num_planned, 0) for role, plan in plans.items()}
+        short = {
+            role: max(plan.num_needed_now - plan.num_planned, 0) for role, plan in plans.items()
+        }
         acted: set[Role] = set()
         grew: set[Role] = set()
         suffix = self._suffix(observation, horizon_s)
@@ -199,9 +204,12 @@ class HyperFlexisScaler(Scaler):
         for role, plan in plans.items():
             if role in acted or short[role] > 0 or self._cooling(role, now):
                 continue
-            if now - self._first_decide_s < config.scale_in_window_s:
-                continue  # not yet a whole window of evidence that demand stayed low
-            # Never below what scale-out wants now either, or the next interval would undo it.
+            if now - self._first_decide_s < max(config.scale_in_window_s, config.window_s):
+                # Not yet a whole window of evidence that demand stayed low, nor a whole
+                # demand window: a ramp's slope is not yet significant in fewer bins.
+                continue
+            # Never below the count with the window-mean floor (hysteresis on a fall), which is
+            # at least what growth wants now, so the next interval cannot undo it.
             floor = max(plan.num_needed, *(n for _, n in self._needed_in[role]))
             surplus = plan.num_planned - floor
             if surplus <= 0:
@@ -274,6 +282,8 @@ class HyperFlexisScaler(Scaler):
             * (1 + config.scale_in_headroom)
             for p, d in noise
         ] or [self.capacity_model.load_instances(capacity, prefill_in, decode_in)]
+        # Bursts within a bin wait in the queue within the requests' first-token slack.
+        slack_bins = observation.mean_ttft_s / config.bin_s
         limits = view.limits(role)
         # Online correction: while the window's requests met the target and nothing queued will
         # miss its deadline, the model's load is evidently servable, so burst headroom is spent
@@ -308,7 +318,7 @@ class HyperFlexisScaler(Scaler):
             load_instances=load,
             headroom=headroom,
             num_needed=needed(load, headroom),
-            num_needed_in=_fewest(loads_in, config.target_attainment, limits),
+            num_needed_in=_fewest(loads_in, config.target_attainment, limits, slack_bins),
             num_needed_now=needed(load_now, headroom),
             num_planned=num_planned,
         )
@@ -341,24 +351,40 @@ def _count(load: float, headroom: float, target_attainment: float, limits: PoolL
     return min(max(count, limits.min_instances), limits.max_instances)
 
 
-def fluid_attainment(num_instances: int, loads: Sequence[float]) -> float:
+def fluid_attainment(num_instances: int, loads: Sequence[float], slack_bins: float = 0.0) -> float:
     """Predicted attainment of `num_instances` for a demand that fills `loads` instances in
-    equal-length intervals: the fluid model, where work above the count in an interval misses
-    and the rest is served (1.0 without demand). A steady load `L` gives `min(1, n / L)`."""
+    equal-length intervals (bins), 1.0 without demand: the fluid model with a queue. Work above
+    the count waits, up to `slack_bins` bins of the count's work (what the requests' deadline
+    slack lets wait and still be on time); only work beyond that misses. The bins run twice and
+    the second pass counts, so the queue starts near the pattern's steady state: from empty, or
+    from full when the pattern brings more work than the count serves (repeated, it would fill
+    the queue). Without slack, work above the count in a bin misses; a steady load `L` gives
+    `min(1, n / L)` at any slack."""
     total = math.fsum(loads)
     if total <= 0:
         return 1.0
-    return math.fsum(min(load, num_instances) for load in loads) / total
+    limit = num_instances * max(slack_bins, 0.0)
+    queued = limit if total > num_instances * len(loads) else 0.0
+    missed = 0.0
+    for k, load in enumerate((*loads, *loads)):
+        queued = max(queued + load - num_instances, 0.0)
+        over = max(queued - limit, 0.0)
+        queued -= over
+        if k >= len(loads):
+            missed += over
+    return max(1.0 - missed / total, 0.0)
 
 
-def _fewest(loads: Sequence[float], target_attainment: float, limits: PoolLimits) -> int:
-    """Fewest instances within the pool's limits whose `fluid_attainment` for `loads` reaches
-    the target (the pool's maximum when none does)."""
+def _fewest(
+    loads: Sequence[float], target_attainment: float, limits: PoolLimits, slack_bins: float
+) -> int:
+    """Fewest instances within the pool's limits whose `fluid_attainment` for `loads` with
+    `slack_bins` of queue reaches the target (the pool's maximum when none does)."""
     if any(not math.isfinite(load) for load in loads):
         return limits.max_instances
     for count in range(limits.min_instances, limits.max_instances + 1):
         # 1e-9: a load of exactly n instances needs n, not n + 1, despite rounding.
-        if fluid_attainment(count, loads) >= target_attainment - 1e-9:
+        if fluid_attainment(count, loads, slack_bins) >= target_attainment - 1e-9:
             return count
     return limits.max_instances
 

@@ -40,6 +40,7 @@ class _Arrival:
     num_prompt_tokens: int
     max_tokens: int
     tpot_s: float
+    ttft_s: float
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,6 +64,7 @@ class Observation:
     mean_prompt_tokens: float  # per arrival; 0 without arrivals
     mean_output_tokens: float  # expected per arrival; 0 without arrivals
     mean_decode_context_tokens: float  # of the decodes running now, else estimated from lengths
+    mean_ttft_s: float  # the arrivals' mean first-token target; 0 without arrivals
     attainment: float | None  # attained / finished in the window; None when nothing finished
     num_finished: int  # finishes in the window
     snapshots_by_role: Mapping[Role, tuple[LoadSnapshot, ...]] = field(default_factory=dict)
@@ -159,6 +161,7 @@ class DemandObserver:
                 request.num_prompt_tokens,
                 request.max_tokens,
                 request.slo.tpot_s,
+                request.slo.ttft_s,
             )
         )
 
@@ -200,6 +203,7 @@ class DemandObserver:
         }
         mean_prompt = sum(a.num_prompt_tokens for a in arrivals) / len(arrivals) if arrivals else 0
         mean_output = sum(expected) / len(expected) if expected else 0.0
+        mean_ttft = sum(a.ttft_s for a in arrivals) / len(arrivals) if arrivals else 0.0
         by_role: dict[Role, list[LoadSnapshot]] = {}
         for snapshot in sorted(self._snapshots.values(), key=lambda s: s.instance_id):
             by_role.setdefault(snapshot.role, []).append(snapshot)
@@ -223,6 +227,7 @@ class DemandObserver:
             mean_prompt_tokens=float(mean_prompt),
             mean_output_tokens=mean_output,
             mean_decode_context_tokens=decode_ctx,
+            mean_ttft_s=mean_ttft,
             attainment=attainment,
             num_finished=len(finishes),
             snapshots_by_role={role: tuple(s) for role, s in by_role.items()},
