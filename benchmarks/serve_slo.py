@@ -28,7 +28,6 @@ import json
 import math
 import statistics
 import sys
-import tempfile
 import time
 from collections import Counter
 from pathlib import Path
@@ -40,17 +39,7 @@ from hyperflexis.bench.report import bench_summary
 from hyperflexis.bench.server_info import correction_factor, served_model_id, server_overhead_ms
 from hyperflexis.bench.server_process import ServerProcess, exit_on_sigterm
 from hyperflexis.core.slo import DEFAULT_CLASSES, SLOClass, SLOClasses
-from hyperflexis.engine.default_model import default_model_path
-from hyperflexis.perf.profiled import (
-    ProfiledCostModel,
-    ProfileSample,
-    read_profile,
-    write_profile,
-)
 from hyperflexis.scheduler.config import DEFAULT_TPOT_MARGIN
-from hyperflexis.sim.deployment import Deployment
-from hyperflexis.sim.setup import SimSetup, simulate
-from hyperflexis.step_profiler import default_profile_path
 from hyperflexis.workloads import (
     RequestSpec,
     Workload,
@@ -92,8 +81,6 @@ def main() -> int:
         sweep = run_sweep(args, urls, model, classes)
         overhead = {name: server_overhead_ms(url) for name, url in urls.items()}
     result = _result(args, calibration, classes, sweep, overhead)
-    if args.twin:
-        result["twin"] = simulated_twin(args, classes, sweep[OURS])
     result["wall_s"] = time.perf_counter() - started
     _print(result)
     if args.out is not None:
@@ -173,7 +160,7 @@ def run_sweep(
             for name in order:
                 run = run_benchmark(workload, classes, _config(urls[name], model))
                 row = _row(run, rate, repeat)
-                if name == OURS:  # how much slower than its profile it ran: for the twin
+                if name == OURS:  # how much slower than its profile it ran
                     row["correction_factor"] = correction_factor(urls[name])
                 sweep[name].append(row)
                 print(
@@ -229,46 +216,6 @@ def mean_by_rate(rows: list[dict[str, Any]]) -> list[tuple[float, float]]:
     for row in rows:
         by_rate.setdefault(row["rate_rps"], []).append(row["attainment"])
     return sorted((rate, statistics.fmean(values)) for rate, values in by_rate.items())
-
-
-def simulated_twin(
-    args: argparse.Namespace, classes: SLOClasses, our_rows: list[dict[str, Any]]
-) -> dict[str, Any]:
-    """The same sweep in the simulator: the same requests on 2 simulated instances whose steps
-    take the server's cached profile times the online-correction factor the live hyperflexis
-    instances measured (median over the sweep). No noise, no server or client sharing the CPU:
-    what the policies would attain if every step took what the scaled profile says."""
-    factors = [row["correction_factor"] for row in our_rows if row.get("correction_factor")]
-    factor = statistics.median(factors) if factors else 1.0
-    profile = read_profile(default_profile_path(default_model_path(), "cpu", "float32"))
-    mix = parse_slo_mix(args.slo_mix, classes)
-    points: dict[str, list[tuple[float, float]]] = {}
-    with tempfile.TemporaryDirectory() as folder:
-        path = Path(folder) / "scaled_profile.json"
-        scaled = [ProfileSample(s.prefills, s.decodes, s.step_s * factor) for s in profile.samples]
-        c0, c1, c2, c3, c4 = (c * factor for c in profile.coefficients)
-        model = ProfiledCostModel((c0, c1, c2, c3, c4))
-        meta = {"model": profile.model, "device": profile.device, "dtype": profile.dtype}
-        write_profile(path, scaled, model, {**meta, "scaled_by": factor})
-        for name, (policy, dispatch) in SYSTEMS.items():
-            setup = SimSetup(
-                deployment=Deployment(num_mixed=NUM_INSTANCES),
-                policy=policy,
-                dispatch=dispatch,
-                profile_path=str(path),
-                tpot_margin=args.tpot_margin,
-            )
-            points[name] = [
-                (rate, simulate(setup, classes, _workload(args, mix, rate))["attainment"])
-                for rate in args.rates
-            ]
-    goodput = {name: goodput_at(pts, 0.9) for name, pts in points.items()}
-    return {
-        "correction_factor": factor,
-        "attainment": {name: dict(pts) for name, pts in points.items()},
-        "goodput_at_90_rps": goodput,
-        "goodput_ratio": goodput[OURS] / goodput[BASELINE] if goodput[BASELINE] > 0 else None,
-    }
 
 
 def _result(
@@ -334,18 +281,6 @@ def _print(result: dict[str, Any]) -> None:
         "mean attainment over the sweep: "
         + ", ".join(f"{k} {v:.1%}" for k, v in result["mean_attainment"].items())
     )
-    twin = result.get("twin")
-    if twin is not None:
-        print(
-            f"simulated twin (profile x {twin['correction_factor']:.2f}, the factor the live "
-            "hyperflexis instances measured): " + _attainment_line(twin["attainment"])
-        )
-        twin_ratio = twin["goodput_ratio"]
-        print(
-            "twin goodput@90: "
-            + ", ".join(f"{k} {v:.2f} req/s" for k, v in twin["goodput_at_90_rps"].items())
-            + (f"; ratio {twin_ratio:.2f}x" if twin_ratio is not None else "")
-        )
     for name, stats in result["server_overhead_ms"].items():
         print(
             f"server overhead {name}: p50 {stats['p50']:.2f} ms, p90 {stats['p90']:.2f} ms, "
@@ -396,24 +331,6 @@ def _parse_args() -> argparse.Namespace:
     )
     parser.add_argument(
         "--repeats", type=int, default=1, help="walk the rates this many times; means are used"
-    )
-    parser.add_argument(
-        "--no-twin",
-        dest="twin",
-        action="store_false",
-        help="skip the simulated twin (the same sweep in the simulator, profile x the live "
-        "correction factor)",
-    )
-    parser.add_argument("--slo-mix", default="interactive:3,standard:5,batch:2")
-    parser.add_argument("--length-scale", type=float, default=0.125, help="trace lengths x this")
-    parser.add_argument("--max-prompt-len", type=int, default=512)
-    parser.add_argument("--max-output-len", type=int, default=128)
-    parser.add_argument(
-        "--class-scale",
-        type=float,
-        default=None,
-        help="scale the default classes by this instead of by the calibration (on a shared "
-        "machine the calibration swings with other jobs' load)",
     )
     parser.add_argument(
         "--tpot-margin",

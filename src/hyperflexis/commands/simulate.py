@@ -28,6 +28,8 @@ GOODPUT_TARGET = 0.9
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from hyperflexis.scheduler.config import DEFAULT_TPOT_MARGIN
+
     cluster = parser.add_argument_group("cluster")
     cluster.add_argument("--hardware", default="h100", help="accelerator (default: h100)")
     cluster.add_argument("--model", default="llama-3.1-8b", help="model (default: llama-3.1-8b)")
@@ -60,6 +62,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     cluster.add_argument(
         "--max-num-batched-tokens", type=int, default=2048, help="step token budget (2048)"
+    )
+    cluster.add_argument(
+        "--tpot-margin",
+        type=float,
+        default=DEFAULT_TPOT_MARGIN,
+        help="hyperflexis: plan decodes' deadlines this fraction of their TPOT early",
     )
     cluster.add_argument(
         "--no-fast-forward",
@@ -171,6 +179,7 @@ def _setup(args: argparse.Namespace) -> Any:
         profile_path=args.profile,
         admission_control=args.admission_control,
         max_num_batched_tokens=args.max_num_batched_tokens,
+        tpot_margin=args.tpot_margin,
         fast_forward=not args.no_fast_forward,
     )
 
