@@ -16,7 +16,8 @@ machine's measured decode step: a short calibration first sends 8 requests at on
 server and takes their median TPOT as the loaded step time (`calibrate`). On a machine shared with
 other jobs that figure swings with their load; `--class-scale` fixes the scale instead.
 
-    .venv/bin/python benchmarks/serve_slo.py [--rates 8,12,16,20,24,28,32,36] [--duration-s 20]
+    .venv/bin/python benchmarks/serve_slo.py [--rates 24,32,40,48,56,64,72] [--duration-s 15]
+        [--repeats 1] [--class-scale S] [--tpot-margin 0.05]
         [--trace ../shared/traces/azure_llm_2023_conv.csv] [--out results.json]
 """
 
@@ -331,6 +332,17 @@ def _parse_args() -> argparse.Namespace:
     )
     parser.add_argument(
         "--repeats", type=int, default=1, help="walk the rates this many times; means are used"
+    )
+    parser.add_argument("--slo-mix", default="interactive:3,standard:5,batch:2")
+    parser.add_argument("--length-scale", type=float, default=0.125, help="trace lengths x this")
+    parser.add_argument("--max-prompt-len", type=int, default=512)
+    parser.add_argument("--max-output-len", type=int, default=128)
+    parser.add_argument(
+        "--class-scale",
+        type=float,
+        default=None,
+        help="scale the default classes by this instead of by the calibration (on a shared "
+        "machine the calibration swings with other jobs' load)",
     )
     parser.add_argument(
         "--tpot-margin",
