@@ -22,6 +22,10 @@ from tests.cluster.scaler.helpers import (
 )
 
 INTERVAL_S = 10.0
+# Every window planned at the target itself (no error budget: its floor is the target). The
+# `Traffic` feeder reports every request on time, so with the budget on every window would be
+# planned at the floor; scenarios whose counts are worked out for the 0.99 window use this.
+PER_WINDOW = HyperFlexisScalerConfig(budget_floor=0.99)
 
 
 def steady(prompt: int, max_tokens: int):  # type: ignore[no-untyped-def]
@@ -53,9 +57,10 @@ def test_rising_demand_scales_out_before_slos_are_missed() -> None:
     load_now = s.capacity_model.load_instances(
         plan.capacity, observation.prefill_tokens.level, observation.decode_tokens.level
     )
-    config = s.config
-    assert load_now * (1 + plan.headroom) * config.target_attainment <= 2
-    assert plan.load_instances * (1 + plan.headroom) * config.target_attainment > 2
+    target = plan.target_attainment  # the window's, from the error budget (the floor here)
+    assert target == s.config.budget_floor
+    assert load_now * (1 + plan.headroom) * target <= 2
+    assert plan.load_instances * (1 + plan.headroom) * target > 2
     # A reactive rule on the demand now would not have acted: the scale-out was early.
     assert observation.prefill_tokens.slope > 0
     assert "forecast" in decisions[0].reason and "need 3" in decisions[0].reason
@@ -75,7 +80,7 @@ def _shift_traffic(traffic: Traffic, ramp_s: float):  # type: ignore[no-untyped-
 
 def test_shift_to_decode_heavy_flips_a_prefill_instance_instead_of_starting_one() -> None:
     for ramp_s in (120.0, 1.0):  # a gradual shift and a sudden one
-        s = scaler()
+        s = scaler(config=PER_WINDOW)  # at the floor 1 decode instance serves 0.98
         cluster = MiniCluster.of({"prefill": 3, "decode": 1}, prefill=(1, 6), decode=(1, 6))
         traffic = Traffic(s)
         shape = _shift_traffic(traffic, ramp_s)
@@ -115,7 +120,8 @@ def test_scale_in_waits_a_window_after_demand_drops() -> None:
     drop_s = 120.0
     for step in range(40):
         now = step * INTERVAL_S
-        traffic.run(now, lambda t: 60.0 if t < drop_s else 2.0, steady(1000, 200))
+        # 70 req/s (~2.4 instances) keep 3 before the drop, planned at 0.99 or at the floor.
+        traffic.run(now, lambda t: 70.0 if t < drop_s else 2.0, steady(1000, 200))
         cluster.step(now, s)
     times = [d.time_s for d in cluster.log]
     assert [d.kind for d in cluster.log] == ["scale_in"] * len(times) and times
@@ -125,11 +131,12 @@ def test_scale_in_waits_a_window_after_demand_drops() -> None:
 
 def test_no_flapping_under_constant_noisy_load() -> None:
     # Around 40, 60 and 75 req/s, +/-10% every 5 s, for 10 minutes, starting with 3 instances
-    # (60 req/s fills 2 and needs 3 with the headroom; 40 needs 2; 75 needs 3 to 4).
+    # (60 req/s fills 2 and needs 3 with the headroom; 40 needs 2; 75 needs 3 to 4). The levels
+    # sit away from the 0.99 window's count boundaries (planned at 0.9, 60 req/s sits on one).
     for level in (40.0, 60.0, 75.0):
         for seed in range(2):
             rate = _noisy_rate(level, seed)
-            s = scaler()
+            s = scaler(config=PER_WINDOW)
             cluster = MiniCluster.of({"mixed": 3}, mixed=(1, 8))
             traffic = Traffic(s)
             for step in range(60):
@@ -300,7 +307,7 @@ def test_a_lower_target_attainment_keeps_fewer_instances_for_the_same_load() -> 
     # with 2; both stay above target x load.
     counts = {}
     for target in (0.99, 0.8):
-        s = scaler(config=HyperFlexisScalerConfig(target_attainment=target))
+        s = scaler(config=HyperFlexisScalerConfig(target_attainment=target, budget_floor=target))
         cluster = MiniCluster.of({"mixed": 4}, mixed=(1, 8))
         traffic = Traffic(s)
         rate = _noisy_rate(56.0, 0)

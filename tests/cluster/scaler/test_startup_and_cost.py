@@ -13,7 +13,8 @@ def _scale_out_with(instances: list[InstanceView]):  # type: ignore[no-untyped-d
     s = scaler()
     traffic = Traffic(s)
     for now in (0.0, 10.0, 20.0):
-        traffic.run(now, lambda t: 100.0, lambda t: (1000, 200, STANDARD))
+        # 120 req/s fill ~4.1 instances: a 4th is needed even planned at the budget's floor.
+        traffic.run(now, lambda t: 120.0, lambda t: (1000, 200, STANDARD))
         decisions = s.decide(now, view(instances, mixed=(1, 8)))
         if decisions:
             assert decisions[0].kind == "scale_out"

@@ -12,7 +12,10 @@ Every control interval, per pool:
 2. Capacity of one instance from the latency model (`capacity`); the demand fills `U` instances
    (`CapacityModel.load_instances`: a mixed instance's decodes and prefill chunks share a step).
    Predicted attainment with `n` instances is `min(1, n / (U * (1 + headroom)))`, a fluid model
-   with headroom for bursts; the pool needs the smallest `n` that reaches the target. The burst
+   with headroom for bursts; the pool needs the smallest `n` that reaches this window's target.
+   That is the error budget's (`budget`): `target_attainment` is promised over a long horizon
+   (`budget_horizon_s`), so while the finishes there leave budget to spare, a window is planned
+   for less, down to `budget_floor`, and back at the full target once the misses spend it. The burst
    headroom is an online correction: while the window's requests met the target and no queued
    prefill will miss its deadline, the model's load is evidently servable and the pool is sized
    with `calm_headroom` (default none); once the SLOs show misses, with `headroom`. Misses within
@@ -48,9 +51,10 @@ from typing import Any
 
 from hyperflexis.cluster.scaler.actions import least_loaded, link_plan
 from hyperflexis.cluster.scaler.base import Scaler, ScalerContext
+from hyperflexis.cluster.scaler.budget import ErrorBudget
 from hyperflexis.cluster.scaler.capacity import CapacityModel, InstanceCapacity
 from hyperflexis.cluster.scaler.decision import ClusterView, PoolLimits, ScalingDecision
-from hyperflexis.cluster.scaler.observe import Observation, late_work_tokens
+from hyperflexis.cluster.scaler.observe import FinishedRequest, Observation, late_work_tokens
 from hyperflexis.cluster.scaler.tracker import flipped
 from hyperflexis.scheduler.config import Role
 
@@ -61,7 +65,9 @@ class HyperFlexisScalerConfig:
     window_s: float = 60.0  # demand is measured over this much history
     bin_s: float = 5.0  # width of one rate sample of the trend fit
     min_observed_s: float = 10.0  # no action before this much demand has been seen
-    target_attainment: float = 0.99  # predicted attainment each pool must keep
+    target_attainment: float = 0.99  # attainment promised over the budget horizon
+    budget_floor: float = 0.85  # lowest attainment one window is planned for (error budget)
+    budget_horizon_s: float = 3600.0  # the error budget counts finishes over this long
     headroom: float = 0.15  # spare capacity above the forecast when sizing up
     calm_headroom: float | None = (
         0.0  # headroom instead while SLOs are met (None: always `headroom`)
@@ -72,7 +78,13 @@ class HyperFlexisScalerConfig:
     role_switch: bool = True  # flip prefill <-> decode instances instead of starting new ones
 
     def __post_init__(self) -> None:
-        for name in ("control_interval_s", "window_s", "bin_s", "scale_in_window_s"):
+        for name in (
+            "control_interval_s",
+            "window_s",
+            "bin_s",
+            "scale_in_window_s",
+            "budget_horizon_s",
+        ):
             if not getattr(self, name) > 0:
                 raise ValueError(f"invalid scaler field {name!r}: must be > 0")
         for name in ("min_observed_s", "headroom", "scale_in_headroom", "cooldown_s"):
@@ -82,6 +94,8 @@ class HyperFlexisScalerConfig:
             raise ValueError("invalid scaler field 'bin_s': must be <= window_s")
         if not 0 < self.target_attainment <= 1:
             raise ValueError("invalid scaler field 'target_attainment': must be in (0, 1]")
+        if not 0 < self.budget_floor <= 1:
+            raise ValueError("invalid scaler field 'budget_floor': must be in (0, 1]")
         if self.calm_headroom is not None and not 0 <= self.calm_headroom <= self.headroom:
             raise ValueError("invalid scaler field 'calm_headroom': must be in [0, headroom]")
 
@@ -97,6 +111,7 @@ class PoolPlan:
     capacity: InstanceCapacity  # of one instance at the observed shape
     load_instances: float  # instances the demand fills completely (U)
     headroom: float  # the scale-out headroom the count below keeps
+    target_attainment: float  # this window's planned attainment (the error budget's)
     num_needed: int  # fewest instances reaching the target attainment, within the pool's limits
     num_needed_in: int  # fewest reaching the target for the demand now and the window's noise
     num_needed_now: int  # as num_needed, for the demand now (no mean floor): growth and donors
@@ -117,7 +132,8 @@ class PoolPlan:
         return (
             f"{self.role}: demand {' + '.join(demand)}{backlog} / per-instance "
             f"{self.capacity.describe()} = {self.load_instances:.2f} instances; "
-            f"x{1 + self.headroom:.2f} headroom -> need {self.num_needed} "
+            f"x{1 + self.headroom:.2f} headroom at target {self.target_attainment:.3f} -> need "
+            f"{self.num_needed} "
             f"(keep >= {self.num_needed_in}, now {self.num_needed_now}), planned "
             f"{self.num_planned}, predicted attainment "
             f"{self.predicted_attainment(self.num_planned):.3f}"
@@ -138,11 +154,16 @@ class HyperFlexisScaler(Scaler):
         self._last_short_s: dict[Role, float] = {}  # last time fewer served than the model needs
         self._needed_in: dict[Role, deque[tuple[float, int]]] = {}  # (time, num_needed_in)
         self._first_decide_s: float | None = None
+        self.budget = ErrorBudget(self.config.budget_horizon_s)
         self.last_plans: dict[Role, PoolPlan] = {}  # the latest sizing, for logs and tests
         self.last_observation: Observation | None = None
 
     def _window(self) -> tuple[float, float]:
         return self.config.window_s, self.config.bin_s
+
+    def observe_finish(self, now: float, record: FinishedRequest) -> None:
+        super().observe_finish(now, record)
+        self.budget.record(now, record.attained)
 
     def _decide(self, now: float, view: ClusterView) -> list[ScalingDecision]:
         config = self.config
@@ -157,9 +178,15 @@ class HyperFlexisScaler(Scaler):
         # costs no more instance-seconds than clearing it faster, which needs more instances.
         clear_s = startup.startup_s + max(config.cooldown_s, config.scale_in_window_s)
         members = self.tracker.planned_members(view)
+        target = self.budget.target(now, config.target_attainment, config.budget_floor)
         plans = {
             role: self._plan(
-                role, observation, view, (horizon_s, clear_s), len(members.get(role, [])), now
+                role,
+                observation,
+                view,
+                (horizon_s, clear_s),
+                (len(members.get(role, [])), target),
+                now,
             )
             for role in sorted(view.pools)
         }
@@ -180,7 +207,11 @@ class HyperFlexisScaler(Scaler):
         }
         acted: set[Role] = set()
         grew: set[Role] = set()
-        suffix = self._suffix(observation, horizon_s)
+        attained, finished = self.budget.counts(now)
+        suffix = (
+            f"{self._suffix(observation, horizon_s)}; error budget: {attained} of {finished} "
+            f"attained over {config.budget_horizon_s:.0f} s"
+        )
 
         if config.role_switch and view.is_disaggregated:
             for receiver in ("prefill", "decode"):
@@ -239,11 +270,12 @@ class HyperFlexisScaler(Scaler):
         observation: Observation,
         view: ClusterView,
         horizons_s: tuple[float, float],
-        num_planned: int,
+        planned: tuple[int, float],
         now: float,
     ) -> PoolPlan:
         config = self.config
         horizon_s, clear_s = horizons_s
+        num_planned, target = planned  # instances planned; this window's target (the budget's)
         capacity = self.capacity_model.capacity(
             role,
             observation.mean_prompt_tokens,
@@ -296,18 +328,16 @@ class HyperFlexisScaler(Scaler):
             decode.ahead(horizon_s) if uses_decode else 0.0,
         )
         serving = sum(1 for i in view.instances if i.role == role and i.state == "active")
-        if serving < _count(load_forecast, calm_headroom, config.target_attainment, limits):
+        if serving < _count(load_forecast, calm_headroom, target, limits):
             self._last_short_s[role] = now
         short_s = self._last_short_s.get(role)
         calm = (
-            observation.attainment is not None
-            and observation.attainment >= config.target_attainment
-            and backlog == 0
+            observation.attainment is not None and observation.attainment >= target and backlog == 0
         ) or (short_s is not None and now - short_s < config.window_s)
         headroom = calm_headroom if calm else config.headroom
 
         def needed(load: float, headroom: float) -> int:
-            return _count(load, headroom, config.target_attainment, limits)
+            return _count(load, headroom, target, limits)
 
         return PoolPlan(
             role=role,
@@ -317,8 +347,9 @@ class HyperFlexisScaler(Scaler):
             capacity=capacity,
             load_instances=load,
             headroom=headroom,
+            target_attainment=target,
             num_needed=needed(load, headroom),
-            num_needed_in=_fewest(loads_in, config.target_attainment, limits, slack_bins),
+            num_needed_in=_fewest(loads_in, target, limits, slack_bins),
             num_needed_now=needed(load_now, headroom),
             num_planned=num_planned,
         )
