@@ -14,8 +14,9 @@ Every control interval, per pool:
    Predicted attainment with `n` instances is `min(1, n / (U * (1 + headroom)))`, a fluid model
    with headroom for bursts; the pool needs the smallest `n` that reaches this window's target.
    That is the error budget's (`budget`): `target_attainment` is promised over a long horizon
-   (`budget_horizon_s`), so while the finishes there leave budget to spare, a window is planned
-   for less, down to `budget_floor`, and back at the full target once the misses spend it. The burst
+   (`budget_horizon_s`), so while the finishes there leave budget to spare, a window's growth is
+   planned for less, down to `budget_floor`, and back at the full target once the misses spend
+   it (scale-in keeps the full target: step 3). The burst
    headroom is an online correction: while the window's requests met the target and no queued
    prefill will miss its deadline, the model's load is evidently servable and the pool is sized
    with `calm_headroom` (default none); once the SLOs show misses, with `headroom`. Misses within
@@ -27,7 +28,9 @@ Every control interval, per pool:
    count needs (role switch: no weight reload; the donor is judged as its own growth would
    judge it, so a switch is not followed by a scale-out of the donor), then starts new ones
    (weights from a live peer when there is one). A pool scales in only to a count whose
-   predicted attainment still reaches the target for the demand now and its noise: the fluid
+   predicted attainment still reaches the full target (the promise, not the budget's window
+   target: shrinking to the lower target's count put the pool on the boundary where the next
+   burst scaled it out again) for the demand now and its noise: the fluid
    model with a queue over the window's bins (`fluid_attainment`: each bin's rate over the
    trend line scales the demand now; work above the count waits within the arrivals' mean
    first-token slack, beyond that it misses), with `scale_in_headroom` on top; no window-mean
@@ -113,7 +116,7 @@ class PoolPlan:
     headroom: float  # the scale-out headroom the count below keeps
     target_attainment: float  # this window's planned attainment (the error budget's)
     num_needed: int  # fewest instances reaching the target attainment, within the pool's limits
-    num_needed_in: int  # fewest reaching the target for the demand now and the window's noise
+    num_needed_in: int  # fewest reaching the full target for the demand now and the window's noise
     num_needed_now: int  # as num_needed, for the demand now (no mean floor): growth and donors
     num_planned: int  # instances it has once transitions under way complete
 
@@ -349,7 +352,7 @@ class HyperFlexisScaler(Scaler):
             headroom=headroom,
             target_attainment=target,
             num_needed=needed(load, headroom),
-            num_needed_in=_fewest(loads_in, target, limits, slack_bins),
+            num_needed_in=_fewest(loads_in, config.target_attainment, limits, slack_bins),
             num_needed_now=needed(load_now, headroom),
             num_planned=num_planned,
         )
