@@ -10,7 +10,7 @@ import pytest
 from hyperflexis.cluster.scaler import HyperFlexisScaler, HyperFlexisScalerConfig
 from hyperflexis.cluster.scaler.budget import ErrorBudget, window_target
 from tests.cluster.scaler.helpers import STANDARD, Finished, MiniCluster, Traffic, scaler
-from tests.cluster.scaler.test_scenarios import INTERVAL_S, _noisy_rate, steady
+from tests.cluster.scaler.test_scenarios import _feed, _noisy_rate
 
 
 def test_window_target_goes_from_the_floor_to_the_target_as_the_budget_is_spent() -> None:
@@ -43,16 +43,6 @@ def test_error_budget_counts_finishes_within_its_horizon() -> None:
         ErrorBudget(0.0)
 
 
-def _noisy_run(
-    s: HyperFlexisScaler, cluster: MiniCluster, traffic: Traffic, steps: range, level: float
-) -> None:
-    rate = _noisy_rate(level, 0)
-    for step in steps:
-        now = step * INTERVAL_S
-        traffic.run(now, rate, steady(1000, 200))
-        cluster.step(now, s)
-
-
 def test_scale_in_keeps_the_promise_whatever_the_budget() -> None:
     # About 1.98 instances of load (+/-10% every 5 s) from 4 instances for 5 minutes, every
     # request on time: the budget lowers the window's target (scale-out) to its floor, but a
@@ -62,7 +52,7 @@ def test_scale_in_keeps_the_promise_whatever_the_budget() -> None:
         s = scaler(config=HyperFlexisScalerConfig(budget_floor=floor))
         assert isinstance(s, HyperFlexisScaler)
         cluster = MiniCluster.of({"mixed": 4}, mixed=(1, 8))
-        _noisy_run(s, cluster, Traffic(s), range(31), 58.0)
+        _feed(s, cluster, Traffic(s), range(31), _noisy_rate(58.0, 0))
         assert [d.kind for d in cluster.log] == ["scale_in"], floor
         assert s.last_plans["mixed"].target_attainment == pytest.approx(floor)
         assert cluster.count("mixed") == 3, floor
@@ -81,13 +71,15 @@ def test_once_misses_spend_the_budget_the_pool_returns_to_the_full_target() -> N
         assert isinstance(s, HyperFlexisScaler)
         cluster = MiniCluster.of({"mixed": 2}, mixed=(1, 8))
         traffic = Traffic(s)
-        _noisy_run(s, cluster, traffic, range(6, 37), 62.0)  # first decision on a full window
+        # The first decision on a full window.
+        _feed(s, cluster, traffic, range(6, 37), _noisy_rate(62.0, 0))
         plan = s.last_plans["mixed"]
         assert not cluster.log and plan.target_attainment == pytest.approx(s.config.budget_floor)
         for _ in range(num_missed):
             s.observe_finish(360.0, Finished(STANDARD.class_name, 200, attained=False))
         attained, finished = s.budget.counts(360.0)
-        _noisy_run(s, cluster, traffic, range(44, 45), 62.0)  # 80 s on: no misses in the window
+        # 80 s on: no misses in the window.
+        _feed(s, cluster, traffic, range(44, 45), _noisy_rate(62.0, 0))
         plan = s.last_plans["mixed"]
         assert plan.headroom == s.config.calm_headroom
         spent = finished - attained >= (1 - s.config.target_attainment) * finished
@@ -102,5 +94,5 @@ def test_without_the_budget_the_same_load_starts_a_third_instance() -> None:
     s = scaler(config=HyperFlexisScalerConfig(budget_floor=0.99))
     assert isinstance(s, HyperFlexisScaler)
     cluster = MiniCluster.of({"mixed": 2}, mixed=(1, 8))
-    _noisy_run(s, cluster, Traffic(s), range(6, 37), 62.0)
+    _feed(s, cluster, Traffic(s), range(6, 37), _noisy_rate(62.0, 0))
     assert [d.kind for d in cluster.log] == ["scale_out"] and cluster.count("mixed") == 3

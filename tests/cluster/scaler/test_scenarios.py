@@ -5,10 +5,16 @@ from __future__ import annotations
 import itertools
 import math
 import random
+from collections.abc import Callable
 
 import pytest
 
-from hyperflexis.cluster.scaler import HyperFlexisScaler, HyperFlexisScalerConfig, InstanceView
+from hyperflexis.cluster.scaler import (
+    HyperFlexisScaler,
+    HyperFlexisScalerConfig,
+    InstanceView,
+    Scaler,
+)
 from hyperflexis.cluster.scaler.hyperflexis import fluid_attainment
 from hyperflexis.cluster.snapshot import PendingPrefill
 from tests.cluster.scaler.helpers import (
@@ -138,14 +144,9 @@ def test_no_flapping_under_constant_noisy_load() -> None:
     for level, seed, config in itertools.product(
         (40.0, 60.0, 62.0, 75.0), range(2), (HyperFlexisScalerConfig(), PER_WINDOW)
     ):
-        rate = _noisy_rate(level, seed)
         s = scaler(config=config)
         cluster = MiniCluster.of({"mixed": 3}, mixed=(1, 8))
-        traffic = Traffic(s)
-        for step in range(60):
-            now = step * INTERVAL_S
-            traffic.run(now, rate, steady(1000, 200))
-            cluster.step(now, s)
+        _feed(s, cluster, Traffic(s), range(60), _noisy_rate(level, seed))
         assert len(cluster.log) <= 1, (level, seed, config, [d.reason for d in cluster.log])
 
 
@@ -303,6 +304,21 @@ def _noisy_rate(level: float, seed: int):  # type: ignore[no-untyped-def]
     return rate
 
 
+def _feed(
+    s: Scaler,
+    cluster: MiniCluster,
+    traffic: Traffic,
+    steps: range,
+    rate: Callable[[float], float],
+) -> None:
+    """`rate` req/s of 1000-token prompts over the control intervals `steps`, the scaler
+    deciding at each."""
+    for step in steps:
+        now = step * INTERVAL_S
+        traffic.run(now, rate, steady(1000, 200))
+        cluster.step(now, s)
+
+
 def test_a_lower_target_attainment_keeps_fewer_instances_for_the_same_load() -> None:
     # The same noisy load (about 1.9 instances) from 4 instances for 5 minutes: each target
     # scales in to the fewest instances whose fluid-model attainment over the window's bins
@@ -312,12 +328,7 @@ def test_a_lower_target_attainment_keeps_fewer_instances_for_the_same_load() -> 
     for target in (0.99, 0.8):
         s = scaler(config=HyperFlexisScalerConfig(target_attainment=target, budget_floor=target))
         cluster = MiniCluster.of({"mixed": 4}, mixed=(1, 8))
-        traffic = Traffic(s)
-        rate = _noisy_rate(56.0, 0)
-        for step in range(31):
-            now = step * INTERVAL_S
-            traffic.run(now, rate, steady(1000, 200))
-            cluster.step(now, s)
+        _feed(s, cluster, Traffic(s), range(31), _noisy_rate(56.0, 0))
         assert all(d.kind == "scale_in" for d in cluster.log), target
         counts[target] = cluster.count("mixed")
         assert counts[target] >= s.last_plans["mixed"].load_instances * target
@@ -333,18 +344,12 @@ def test_bursts_the_queue_absorbs_within_the_first_token_slack_keep_no_spare() -
     cluster = MiniCluster.of({"mixed": 4}, mixed=(1, 8))
     traffic = Traffic(s)
     rate = _noisy_rate(50.0, 0)
-    for step in range(31):
-        now = step * INTERVAL_S
-        traffic.run(now, rate, steady(1000, 200))
-        cluster.step(now, s)
+    _feed(s, cluster, traffic, range(31), rate)
     assert [d.kind for d in cluster.log] == ["scale_in", "scale_in"]
     assert cluster.count("mixed") == 2
     assert s.last_observation is not None and s.last_observation.mean_ttft_s == 2.0
     # Then the same load stays at 2: no scale-out, no further scale-in.
-    for step in range(31, 61):
-        now = step * INTERVAL_S
-        traffic.run(now, rate, steady(1000, 200))
-        cluster.step(now, s)
+    _feed(s, cluster, traffic, range(31, 61), rate)
     assert len(cluster.log) == 2 and cluster.count("mixed") == 2
 
 
