@@ -169,7 +169,7 @@ def run_sweep(
                     f"(TTFT p50 {row['ttft_p50_ms'] or math.nan:.0f} ms, "
                     f"TPOT p50 {row['tpot_p50_ms'] or math.nan:.1f} ms, "
                     f"send lag p99 {row['send_lag_p99_ms']:.1f} ms)  "
-                    + "  ".join(_class_result(row, name) for name in row["attainment_by_class"]),
+                    + "  ".join(_class_result(row, c) for c in row["attainment_by_class"]),
                     flush=True,
                 )
     return sweep

@@ -339,9 +339,6 @@ class HyperFlexisScaler(Scaler):
         ) or (short_s is not None and now - short_s < config.window_s)
         headroom = calm_headroom if calm else config.headroom
 
-        def needed(load: float, headroom: float) -> int:
-            return _count(load, headroom, target, limits)
-
         return PoolPlan(
             role=role,
             prefill_tokens_s=prefill_s,
@@ -351,9 +348,9 @@ class HyperFlexisScaler(Scaler):
             load_instances=load,
             headroom=headroom,
             target_attainment=target,
-            num_needed=needed(load, headroom),
+            num_needed=_count(load, headroom, target, limits),
             num_needed_in=_fewest(loads_in, config.target_attainment, limits, slack_bins),
-            num_needed_now=needed(load_now, headroom),
+            num_needed_now=_count(load_now, headroom, target, limits),
             num_planned=num_planned,
         )
 
