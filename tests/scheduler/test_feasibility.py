@@ -1,9 +1,15 @@
 from __future__ import annotations
 
+import math
+
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from hyperflexis.scheduler.feasibility import PrefillJob, split_feasible
+from hyperflexis.perf.base import StepFeatures
+from hyperflexis.scheduler.config import SchedulerConfig
+from hyperflexis.scheduler.feasibility import PrefillJob, budgeted_prefill_rate, split_feasible
+from tests.scheduler.helpers import LinearCost
 
 
 def edf_meets_all(jobs: list[PrefillJob], now: float, rate: float) -> bool:
@@ -56,3 +62,22 @@ def test_feasible_set_meets_every_deadline_in_edf_order(
         job = jobs[index]
         hopeless = job[2] / 1000 > job[0]
         assert hopeless or any(j[1] <= job[1] for j in jobs if j is not job)
+
+
+
+def test_the_prefill_rate_is_the_capped_chunk_over_its_step_time() -> None:
+    # A prefill instance plans 200-ms steps but its 2,048-token budget fills in 46 ms: steps run
+    # back to back, so it sustains 2,048 tokens per 46 ms, not per 200 ms.
+    model = LinearCost()  # 5 ms a step, 0.02 ms a prefill token, 0.1 ms a decode
+    capped_s = 5e-3 + 2e-5 * 2048
+    for config in (
+        SchedulerConfig(role="prefill", max_num_batched_tokens=2048, target_step_s=0.2),
+        SchedulerConfig(role="mixed", max_num_batched_tokens=2048, max_step_s=0.5),
+    ):
+        rate = budgeted_prefill_rate(model, StepFeatures(), math.inf, config)
+        assert rate == pytest.approx(2048 / capped_s)
+    # Where the time budget binds first (a tight TPOT beside 100 decodes), the chunk fills it.
+    decodes = StepFeatures(num_decodes=100, decode_ctx_tokens=1000)
+    mixed = SchedulerConfig(max_num_batched_tokens=2048, tpot_margin=0.0)
+    rate = budgeted_prefill_rate(model, decodes, 0.03, mixed)
+    assert rate == pytest.approx(750 / 0.03, rel=1e-3)  # 15 ms of decodes, 750 tokens in 15

@@ -165,6 +165,16 @@ def test_prefill_role_finishes_after_first_token() -> None:
     assert scheduler.kv.num_free_blocks == scheduler.kv.num_blocks
 
 
+def test_prefill_role_serves_a_long_urgent_prompt_its_steps_can_make_in_time() -> None:
+    # 6,000 tokens in 2,048-token steps of 46 ms take 0.14 s: within a 0.5-s TTFT. Planned at
+    # 2,048 tokens per 200-ms target step instead, it looked late and was rejected.
+    scheduler = make(role="prefill", admission_control=True, max_num_batched_tokens=2048)
+    urgent = request("u", 6000, ttft_s=0.5, priority=0, late="reject")
+    finished = run_until_done(scheduler, [urgent])
+    assert [r.finish_reason for r in finished] == [FinishReason.PREFILLED]
+    assert urgent.first_token_s is not None and urgent.first_token_s <= 0.5
+
+
 def test_decode_role_admits_transferred_requests_and_decodes_only() -> None:
     scheduler = make(role="decode")
     req = request("d", 100, output_len=5)

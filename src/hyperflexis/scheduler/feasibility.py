@@ -85,10 +85,16 @@ def budgeted_prefill_rate(
     step bounded as if a request with `tightest_tpot_s` (the tightest among running and waiting)
     were decoding (DESIGN.md §4.3). One TPOT less the planning margin, not the gap bound: the
     cumulative deadlines hold the *mean* step there. A prefill instance steps at its target step
-    time."""
+    time. Steps run back to back, so the rate is the chunk over the step's predicted time: where
+    the token budget caps the chunk, the step ends before its time budget (a prefill instance's
+    2,048-token step takes ~60 ms of its 200; dividing by the budget made long prompts look
+    infeasible)."""
     if config.role == "prefill" or math.isinf(tightest_tpot_s):
         step_s = config.target_step_s if config.role == "prefill" else config.max_step_s
     else:
         step_s = min((1.0 - config.tpot_margin) * tightest_tpot_s, config.max_step_s)
     limit = config.max_num_batched_tokens
-    return max_prefill_tokens(model, decode_features, 0, step_s, limit) / step_s
+    tokens = max_prefill_tokens(model, decode_features, 0, step_s, limit)
+    if tokens <= 0:
+        return 0.0
+    return tokens / model.predict(decode_features.with_prefill(tokens, 0))
