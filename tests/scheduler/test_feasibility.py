@@ -64,7 +64,6 @@ def test_feasible_set_meets_every_deadline_in_edf_order(
         assert hopeless or any(j[1] <= job[1] for j in jobs if j is not job)
 
 
-
 def test_the_prefill_rate_is_the_capped_chunk_over_its_step_time() -> None:
     # A prefill instance plans 200-ms steps but its 2,048-token budget fills in 46 ms: steps run
     # back to back, so it sustains 2,048 tokens per 46 ms, not per 200 ms.
