@@ -11,10 +11,10 @@ from hyperflexis.core import SLO, LateAction
 from hyperflexis.perf.base import StepFeatures
 from hyperflexis.scheduler.config import Role, SchedulerConfig
 
-# No per-step cost and no token cap: every instance prefills exactly 10,000 tokens/s whatever
-# its step budget, so expected TTFTs are easy to write down.
+# No per-step cost, no token cap and no planning margin: every instance prefills exactly 10,000
+# tokens/s whatever its step budget, so expected TTFTs are easy to write down.
 PREFILL_TOKENS_PER_S = 10_000.0
-CONFIG = SchedulerConfig(max_num_batched_tokens=10_000_000)
+CONFIG = SchedulerConfig(max_num_batched_tokens=10_000_000, prefill_rate_margin=0.0)
 
 
 @dataclass(frozen=True)

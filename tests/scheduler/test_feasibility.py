@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
 import pytest
 from hypothesis import given, settings
@@ -66,17 +67,19 @@ def test_feasible_set_meets_every_deadline_in_edf_order(
 
 def test_the_prefill_rate_is_the_capped_chunk_over_its_step_time() -> None:
     # A prefill instance plans 200-ms steps but its 2,048-token budget fills in 46 ms: steps run
-    # back to back, so it sustains 2,048 tokens per 46 ms, not per 200 ms.
+    # back to back, so it sustains 2,048 tokens per 46 ms, not per 200 ms; planned 20% below.
     model = LinearCost()  # 5 ms a step, 0.02 ms a prefill token, 0.1 ms a decode
     capped_s = 5e-3 + 2e-5 * 2048
     for config in (
         SchedulerConfig(role="prefill", max_num_batched_tokens=2048, target_step_s=0.2),
         SchedulerConfig(role="mixed", max_num_batched_tokens=2048, max_step_s=0.5),
     ):
-        rate = budgeted_prefill_rate(model, StepFeatures(), math.inf, config)
-        assert rate == pytest.approx(2048 / capped_s)
+        for margin in (0.0, 0.2):
+            planned = replace(config, prefill_rate_margin=margin)
+            rate = budgeted_prefill_rate(model, StepFeatures(), math.inf, planned)
+            assert rate == pytest.approx((1 - margin) * 2048 / capped_s)
     # Where the time budget binds first (a tight TPOT beside 100 decodes), the chunk fills it.
     decodes = StepFeatures(num_decodes=100, decode_ctx_tokens=1000)
-    mixed = SchedulerConfig(max_num_batched_tokens=2048, tpot_margin=0.0)
+    mixed = SchedulerConfig(max_num_batched_tokens=2048, tpot_margin=0.0, prefill_rate_margin=0)
     rate = budgeted_prefill_rate(model, decodes, 0.03, mixed)
     assert rate == pytest.approx(750 / 0.03, rel=1e-3)  # 15 ms of decodes, 750 tokens in 15

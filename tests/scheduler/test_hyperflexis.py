@@ -66,9 +66,10 @@ def test_tpot_margin_plans_the_decode_deadline_early() -> None:
 
 
 @pytest.mark.parametrize("margin", [-0.1, 1.0])
-def test_tpot_margin_out_of_range_is_rejected(margin: float) -> None:
-    with pytest.raises(ValueError, match="tpot_margin"):
-        make(tpot_margin=margin)
+@pytest.mark.parametrize("name", ["tpot_margin", "prefill_rate_margin"])
+def test_margins_out_of_range_are_rejected(name: str, margin: float) -> None:
+    with pytest.raises(ValueError, match=name):
+        make(**{name: margin})  # type: ignore[arg-type]
 
 
 def test_urgent_high_priority_request_runs_ahead_of_low_priority_backlog() -> None:
@@ -101,9 +102,9 @@ def test_infeasible_backlog_sheds_least_important_and_the_rest_attain() -> None:
 
 
 def test_ahead_decode_sits_out_for_an_urgent_prefill() -> None:
-    # No planning margin: the timings below are exact, and a 5% margin on the decode's TPOT
-    # would already rate the urgent prefill late (too little capacity next to the decode).
-    scheduler = make(max_num_batched_tokens=16384, tpot_margin=0.0)
+    # No planning margins: the timings below are exact, and a 5% margin on the decode's TPOT
+    # (or any on the prefill rate) would already rate the urgent prefill late.
+    scheduler = make(max_num_batched_tokens=16384, tpot_margin=0.0, prefill_rate_margin=0.0)
     now = start_decoding(scheduler, request("dec", 16, output_len=100, tpot_s=0.1))
     dec = scheduler.requests["dec"]
     bank_slack(dec, now)

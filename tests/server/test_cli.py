@@ -15,6 +15,7 @@ import pytest
         (["--instances", "0"], "'instances'"),
         (["--max-queued", "0"], "'max_queued'"),
         (["--tpot-margin", "1"], "'tpot_margin'"),
+        (["--prefill-rate-margin", "-0.1"], "'prefill_rate_margin'"),
         (["--model", "/nonexistent/model"], "'--model'"),
         (["--profile", "/nonexistent/profile.json"], "'--profile'"),
     ],

@@ -12,7 +12,7 @@ HELP = "Serve an OpenAI-compatible API over a multi-instance cluster."
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     from hyperflexis.cluster import dispatcher_names
     from hyperflexis.scheduler import policy_names
-    from hyperflexis.scheduler.config import DEFAULT_TPOT_MARGIN
+    from hyperflexis.scheduler.config import DEFAULT_PREFILL_RATE_MARGIN, DEFAULT_TPOT_MARGIN
     from hyperflexis.server.config import DEFAULT_HOST, DEFAULT_PORT
 
     parser.add_argument(
@@ -78,6 +78,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "the scatter of real step times around the prediction",
     )
     parser.add_argument(
+        "--prefill-rate-margin",
+        type=float,
+        default=DEFAULT_PREFILL_RATE_MARGIN,
+        help="hyperflexis: plan prefill this fraction below the predicted rate, for arrivals "
+        "that will go ahead of the queue",
+    )
+    parser.add_argument(
         "--threads", type=int, default=1, help="torch CPU threads per instance process"
     )
     parser.add_argument("--seed", type=int, default=0, help="sampling seed")
@@ -104,6 +111,7 @@ def run(args: argparse.Namespace) -> int:
         profile_path=args.profile,
         max_num_batched_tokens=args.max_num_batched_tokens,
         tpot_margin=args.tpot_margin,
+        prefill_rate_margin=args.prefill_rate_margin,
         num_threads=args.threads,
         seed=args.seed,
     )

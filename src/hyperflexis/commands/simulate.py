@@ -28,7 +28,7 @@ GOODPUT_TARGET = 0.9
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from hyperflexis.scheduler.config import DEFAULT_TPOT_MARGIN
+    from hyperflexis.scheduler.config import DEFAULT_PREFILL_RATE_MARGIN, DEFAULT_TPOT_MARGIN
 
     cluster = parser.add_argument_group("cluster")
     cluster.add_argument("--hardware", default="h100", help="accelerator (default: h100)")
@@ -68,6 +68,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         type=float,
         default=DEFAULT_TPOT_MARGIN,
         help="hyperflexis: plan decodes' deadlines this fraction of their TPOT early",
+    )
+    cluster.add_argument(
+        "--prefill-rate-margin",
+        type=float,
+        default=DEFAULT_PREFILL_RATE_MARGIN,
+        help="hyperflexis: plan prefill this fraction below the predicted rate",
     )
     cluster.add_argument(
         "--no-fast-forward",
@@ -180,6 +186,7 @@ def _setup(args: argparse.Namespace) -> Any:
         admission_control=args.admission_control,
         max_num_batched_tokens=args.max_num_batched_tokens,
         tpot_margin=args.tpot_margin,
+        prefill_rate_margin=args.prefill_rate_margin,
         fast_forward=not args.no_fast_forward,
     )
 

@@ -10,6 +10,10 @@ ROLES: tuple[Role, ...] = ("mixed", "prefill", "decode")
 # hyperflexis: plan decodes' deadlines this fraction of their TPOT early; held exactly at their
 # targets, real step times that scatter around the prediction miss about half of them.
 DEFAULT_TPOT_MARGIN = 0.05
+# hyperflexis: plan prefill at this fraction below the predicted rate. The feasibility check
+# plans the queue as if nothing more urgent arrived; arrivals with earlier deadlines take their
+# share of the rate first (DESIGN.md §4.3: estimate the rate conservatively).
+DEFAULT_PREFILL_RATE_MARGIN = 0.2
 
 
 @dataclass(frozen=True, slots=True)
@@ -24,6 +28,7 @@ class SchedulerConfig:
     max_step_s: float = 0.5  # hyperflexis: longest step it plans
     target_step_s: float = 0.2  # hyperflexis: step time budget of a prefill-only batch
     tpot_margin: float = DEFAULT_TPOT_MARGIN  # hyperflexis: plan decodes' deadlines early
+    prefill_rate_margin: float = DEFAULT_PREFILL_RATE_MARGIN  # hyperflexis: plan prefill slower
 
     def __post_init__(self) -> None:
         if self.role not in ROLES:
@@ -36,5 +41,6 @@ class SchedulerConfig:
         for name in ("max_gap_factor", "max_step_s", "target_step_s"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"invalid scheduler field {name!r}: must be > 0")
-        if not 0 <= self.tpot_margin < 1:
-            raise ValueError("invalid scheduler field 'tpot_margin': must be in [0, 1)")
+        for name in ("tpot_margin", "prefill_rate_margin"):
+            if not 0 <= getattr(self, name) < 1:
+                raise ValueError(f"invalid scheduler field {name!r}: must be in [0, 1)")

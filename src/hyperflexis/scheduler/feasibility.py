@@ -88,7 +88,8 @@ def budgeted_prefill_rate(
     time. Steps run back to back, so the rate is the chunk over the step's predicted time: where
     the token budget caps the chunk, the step ends before its time budget (a prefill instance's
     2,048-token step takes ~60 ms of its 200; dividing by the budget made long prompts look
-    infeasible)."""
+    infeasible). Planned `prefill_rate_margin` below that: the check plans the queue as if
+    nothing more urgent arrived, and arrivals with earlier deadlines go first."""
     if config.role == "prefill" or math.isinf(tightest_tpot_s):
         step_s = config.target_step_s if config.role == "prefill" else config.max_step_s
     else:
@@ -97,4 +98,5 @@ def budgeted_prefill_rate(
     tokens = max_prefill_tokens(model, decode_features, 0, step_s, limit)
     if tokens <= 0:
         return 0.0
-    return tokens / model.predict(decode_features.with_prefill(tokens, 0))
+    rate = tokens / model.predict(decode_features.with_prefill(tokens, 0))
+    return (1.0 - config.prefill_rate_margin) * rate

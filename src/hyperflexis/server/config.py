@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from hyperflexis.scheduler.config import DEFAULT_TPOT_MARGIN
+from hyperflexis.scheduler.config import DEFAULT_PREFILL_RATE_MARGIN, DEFAULT_TPOT_MARGIN
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8000
@@ -29,6 +29,7 @@ class ServerConfig:
     profile_path: Path | None = None  # step latency profile; None: cached, made when missing
     max_num_batched_tokens: int = 2048  # step token budget of each instance
     tpot_margin: float = DEFAULT_TPOT_MARGIN  # hyperflexis: plan decodes' deadlines early
+    prefill_rate_margin: float = DEFAULT_PREFILL_RATE_MARGIN  # hyperflexis: plan prefill slower
     num_threads: int = 1  # torch CPU threads per instance
     seed: int = 0  # sampling seed of instance 0 (instance i uses seed + i)
     ready_timeout_s: float = 300.0  # how long instances may take to load

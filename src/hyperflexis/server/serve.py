@@ -54,6 +54,7 @@ def serve(config: ServerConfig) -> int:
         max_num_batched_tokens=config.max_num_batched_tokens,
         admission_control=config.admission_control,
         tpot_margin=config.tpot_margin,
+        prefill_rate_margin=config.prefill_rate_margin,
     )
     profiled = load_or_profile(
         model_path, config.device, config.dtype, config.kv_cache_bytes, config.profile_path

@@ -21,7 +21,7 @@ from hyperflexis.perf import (
     model_spec,
 )
 from hyperflexis.scheduler import Role, SchedulerConfig, policy_class
-from hyperflexis.scheduler.config import DEFAULT_TPOT_MARGIN
+from hyperflexis.scheduler.config import DEFAULT_PREFILL_RATE_MARGIN, DEFAULT_TPOT_MARGIN
 from hyperflexis.sim.deployment import Deployment, KVTransferModel
 from hyperflexis.sim.simulator import ClusterSimulator, ProgressCallback
 from hyperflexis.workloads.spec import Workload
@@ -51,6 +51,7 @@ class SimSetup:
     admission_control: bool = False  # reject requests that cannot meet their SLO
     max_num_batched_tokens: int = 2048  # step token budget
     tpot_margin: float = DEFAULT_TPOT_MARGIN  # hyperflexis: plan decodes' deadlines this early
+    prefill_rate_margin: float = DEFAULT_PREFILL_RATE_MARGIN  # hyperflexis: plan prefill slower
     memory_fraction: float = 0.9  # of HBM for weights + KV, as vLLM's gpu_memory_utilization
     block_size: int = 16  # tokens per KV block
     fast_forward: bool = True  # advance decode-only stretches in one go (same results)
@@ -74,6 +75,7 @@ class SimSetup:
             "admission_control": self.admission_control,
             "max_num_batched_tokens": self.max_num_batched_tokens,
             "tpot_margin": self.tpot_margin,
+            "prefill_rate_margin": self.prefill_rate_margin,
             "memory_fraction": self.memory_fraction,
             "block_size": self.block_size,
             "fast_forward": self.fast_forward,
@@ -118,6 +120,7 @@ def build_parts(setup: SimSetup, workload: Workload) -> SimParts:
         max_num_batched_tokens=budget,
         admission_control=setup.admission_control,
         tpot_margin=setup.tpot_margin,
+        prefill_rate_margin=setup.prefill_rate_margin,
     )
     transfer = KVTransferModel.between(hardware, model)
     dispatcher = make_dispatcher(setup.dispatcher_name, cost_model, config, setup.admission_control)
