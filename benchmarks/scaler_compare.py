@@ -20,10 +20,13 @@ trade-off of its knobs. `--sweep` adds, besides the default-setting rows, a few 
 them at matched cost: each `threshold` point against `hyperflexis`'s attainment interpolated at
 the same instance-seconds, and each `threshold` point against the cheapest `hyperflexis` point
 with at least its attainment (Pareto dominance; sweep rows size no `static`, are not plotted).
-Writes a JSON of every run, a PNG per scenario and deployment (demand, instances by role,
-attainment over time) and prints a markdown table.
+`--seeds 0,1,2` runs every case on each seed's workload (`static` sized per seed) and adds the
+mean over seeds to the targets table. Writes a JSON of every run, a PNG per scenario and
+deployment of the first seed (demand, instances by role, attainment over time) and prints
+markdown tables: the runs, and the issue's targets for the default settings.
 
-    .venv/bin/python benchmarks/scaler_compare.py [--minutes 20] [--jobs 2] [--out docs/scaling]
+    .venv/bin/python benchmarks/scaler_compare.py [--minutes 20] [--seeds 0] [--jobs 2]
+        [--out docs/scaling]
 """
 
 from __future__ import annotations
@@ -204,6 +207,7 @@ def execute(run: Run) -> dict[str, Any]:
         "scaler": run.scaler,
         "num_static": list(run.num_static),
         "scaler_settings": dict(run.scaler_settings),
+        "seed": run.seed,
         "peak_by_role": peaks,
         "sim_wall_s": wall_s,
         **{k: summary[k] for k in _KEYS},
@@ -240,17 +244,12 @@ def static_size(runs: list[dict[str, Any]], deployment: str) -> tuple[int, ...]:
 
 def table(results: list[dict[str, Any]]) -> str:
     lines = [
-        "| scenario | deployment | scaler | instances | attainment | instance-s | vs static "
+        "| seed | scenario | deployment | scaler | instances | attainment | instance-s | vs static "
         "| cost (USD) | decisions |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in results:
-        static = next(
-            s
-            for s in results
-            if s["label"] == "static"
-            and (s["scenario"], s["deployment"]) == (r["scenario"], r["deployment"])
-        )
+        static = next(s for s in results if s["label"] == "static" and _case(s) == _case(r))
         saving = 1 - r["instance_seconds"] / static["instance_seconds"]
         size = (
             "+".join(str(n) for n in r["num_static"])
@@ -259,7 +258,7 @@ def table(results: list[dict[str, Any]]) -> str:
         )
         decisions = ", ".join(f"{k} {v}" for k, v in r["num_decisions"].items()) or "-"
         lines.append(
-            f"| {r['scenario']} | {r['deployment']} | {r['label']} | {size} | "
+            f"| {r['seed']} | {r['scenario']} | {r['deployment']} | {r['label']} | {size} | "
             f"{r['attainment']:.4f} | {r['instance_seconds']:.0f} | {saving:+.1%} | "
             f"{r['cost_usd']:.2f} | {decisions} |"
         )
@@ -282,19 +281,24 @@ def _threshold_points(
     results: list[dict[str, Any]],
 ) -> Iterator[tuple[dict[str, Any], list[dict[str, Any]]]]:
     """Each `threshold` run with the `hyperflexis` runs (every target, not the lean one) of its
-    scenario and deployment."""
-    for key in dict.fromkeys((r["scenario"], r["deployment"]) for r in results):
-        mine = [r for r in results if (r["scenario"], r["deployment"]) == key]
+    seed, scenario and deployment."""
+    for key in dict.fromkeys(_case(r) for r in results):
+        mine = [r for r in results if _case(r) == key]
         ours = [r for r in mine if r["scaler"] == "hyperflexis" and r["label"] != LEAN]
         for r in mine:
             if r["scaler"] == "threshold":
                 yield r, ours
 
 
+def _case(r: dict[str, Any]) -> tuple[int, str, str]:
+    """What makes runs comparable: the same requests on the same kind of cluster."""
+    return r["seed"], r["scenario"], r["deployment"]
+
+
 def _threshold_cells(r: dict[str, Any]) -> str:
     return (
-        f"| {r['scenario']} | {r['deployment']} | {r['label']} | {r['instance_seconds']:.0f} | "
-        f"{r['attainment']:.4f} |"
+        f"| {r['seed']} | {r['scenario']} | {r['deployment']} | {r['label']} | "
+        f"{r['instance_seconds']:.0f} | {r['attainment']:.4f} |"
     )
 
 
@@ -302,9 +306,9 @@ def matched_cost_table(results: list[dict[str, Any]]) -> str:
     """Each `threshold` setting against `hyperflexis` at the same instance-seconds: its
     attainment interpolated on the `hyperflexis` settings' (cost, attainment) curve."""
     lines = [
-        "| scenario | deployment | threshold setting | instance-s | attainment | hyperflexis "
-        "attainment at that cost | difference (points) |",
-        "|---|---|---|---|---|---|---|",
+        "| seed | scenario | deployment | threshold setting | instance-s | attainment | "
+        "hyperflexis attainment at that cost | difference (points) |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for r, ours in _threshold_points(results):
         curve = [(o["instance_seconds"], o["attainment"]) for o in ours]
@@ -319,9 +323,9 @@ def dominance_table(results: list[dict[str, Any]]) -> str:
     """Each `threshold` point against the `hyperflexis` points (all its settings): the cheapest
     one with at least its attainment, and whether that one costs no more (Pareto dominance)."""
     lines = [
-        "| scenario | deployment | threshold setting | instance-s | attainment | cheapest "
+        "| seed | scenario | deployment | threshold setting | instance-s | attainment | cheapest "
         "hyperflexis at >= that attainment | its instance-s | its attainment | dominated |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r, ours in _threshold_points(results):
         better = [o for o in ours if o["attainment"] >= r["attainment"]]
@@ -337,6 +341,47 @@ def dominance_table(results: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def targets_table(results: list[dict[str, Any]]) -> str:
+    """The issue's targets for the default `hyperflexis` in each case: attainment within 1 point
+    of `static` with >= 30% fewer instance-seconds; more attainment than `threshold` at equal or
+    lower cost. With several seeds, a mean row per scenario and deployment."""
+    lines = [
+        "| seed | scenario | deployment | vs static (points) | fewer instance-s | met | "
+        "vs threshold (points) | instance-s vs threshold | met |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    rows: dict[tuple[str, str], list[tuple[float, float, float, float]]] = {}
+    for key in dict.fromkeys(_case(r) for r in results):
+        by_label = {r["label"]: r for r in results if _case(r) == key}
+        ours, static, threshold = (by_label[k] for k in ("hyperflexis", "static", "threshold"))
+        figures = (
+            (ours["attainment"] - static["attainment"]) * 100,
+            1 - ours["instance_seconds"] / static["instance_seconds"],
+            (ours["attainment"] - threshold["attainment"]) * 100,
+            ours["instance_seconds"] / threshold["instance_seconds"] - 1,
+        )
+        rows.setdefault(key[1:], []).append(figures)
+        lines.append(_target_cells(str(key[0]), key[1], key[2], figures))
+    if len({r["seed"] for r in results}) > 1:
+        for (scenario, deployment), figures in rows.items():
+            a, b, c, d = (float(np.mean(column)) for column in zip(*figures, strict=True))
+            lines.append(_target_cells("mean", scenario, deployment, (a, b, c, d)))
+    return "\n".join(lines)
+
+
+def _target_cells(
+    seed: str, scenario: str, deployment: str, figures: tuple[float, float, float, float]
+) -> str:
+    vs_static, saving, vs_threshold, extra_cost = figures
+    static_met = vs_static >= -1 and saving >= 0.3
+    threshold_met = vs_threshold > 0 and extra_cost <= 0
+    return (
+        f"| {seed} | {scenario} | {deployment} | {vs_static:+.2f} | {saving:.1%} | "
+        f"{'yes' if static_met else 'no'} | {vs_threshold:+.2f} | {extra_cost:+.1%} | "
+        f"{'yes' if threshold_met else 'no'} |"
+    )
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--trace", default=str(TRACE))
@@ -347,7 +392,9 @@ def main() -> int:
     parser.add_argument("--shift-minutes", type=float, default=10.0, help="shift: minutes")
     parser.add_argument("--scenarios", default=",".join(SCENARIOS))
     parser.add_argument("--deployments", default=",".join(DEPLOYMENTS))
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--seeds", default="0", help="comma-separated workload seeds; each runs every case"
+    )
     parser.add_argument(
         "--lean",
         default=LEAN_SETTINGS,
@@ -376,18 +423,19 @@ def main() -> int:
         variants += SWEEP
     scenarios = [s for s in args.scenarios.split(",") if s]
     deployments = [d for d in args.deployments.split(",") if d]
+    seeds = [int(s) for s in args.seeds.split(",") if s]
     base = {
         "minutes": args.minutes,
-        "seed": args.seed,
         "day_rate_rps": args.day_rate,
         "peak_ratio": args.peak_ratio,
         "shift_rate_rps": args.shift_rate,
         "trace": args.trace,
     }
-    cases = [(s, d) for s in scenarios for d in deployments]
+    cases = [(seed, s, d) for seed in seeds for s in scenarios for d in deployments]
 
-    def minutes(scenario: str) -> float:
-        return args.minutes if scenario == "day" else args.shift_minutes
+    def common(seed: int, scenario: str) -> dict[str, Any]:
+        minutes = args.minutes if scenario == "day" else args.shift_minutes
+        return {**base, "seed": seed, "minutes": minutes}
 
     started = time.perf_counter()
     results: list[dict[str, Any]] = []
@@ -399,9 +447,9 @@ def main() -> int:
                 label=label,
                 scaler=name,
                 scaler_settings=settings,
-                **{**base, "minutes": minutes(s)},
+                **common(seed, s),
             )
-            for s, d in cases
+            for seed, s, d in cases
             for label, name, settings in variants
             # Collocated pools have no roles to switch: no-role-switch is hyperflexis there.
             if not (d == "mixed" and name == "no-role-switch")
@@ -413,23 +461,23 @@ def main() -> int:
                 deployment=d,
                 label="static",
                 scaler="static",
-                num_static=static_size(
-                    [r for r in results if (r["scenario"], r["deployment"]) == (s, d)], d
-                ),
-                **{**base, "minutes": minutes(s)},
+                num_static=static_size([r for r in results if _case(r) == (seed, s, d)], d),
+                **common(seed, s),
             )
-            for s, d in cases
+            for seed, s, d in cases
         ]
         results += pool.map(execute, statics)
     wall_s = time.perf_counter() - started
     order = {name: i for i, name in enumerate((*LABELS, *(label for label, _, _ in SWEEP)))}
-    results.sort(key=lambda r: (r["scenario"], r["deployment"], order[r["label"]]))
+    results.sort(key=lambda r: (*_case(r), order[r["label"]]))
     sweep_labels = {label for label, _, _ in SWEEP}
     main_rows = [r for r in results if r["label"] not in sweep_labels]
 
     args.out.mkdir(parents=True, exist_ok=True)
-    for s, d in cases:
-        mine = [r for r in main_rows if (r["scenario"], r["deployment"]) == (s, d)]
+    for seed, s, d in cases:
+        if seed != seeds[0]:
+            continue  # plots of the first seed only
+        mine = [r for r in main_rows if _case(r) == (seed, s, d)]
         title = f"{s}: Llama-3.1-8B on H100, {'P/D' if d == 'pd' else 'collocated'}"
         plot_scaling(
             {r["label"]: r["time_series"] for r in mine},
@@ -439,6 +487,8 @@ def main() -> int:
     doc = {"command": " ".join(sys.argv), "wall_s": wall_s, "runs": results}
     (args.out / "scaler_compare.json").write_text(json.dumps(doc, indent=1, sort_keys=True) + "\n")
     print(table(main_rows))
+    print("\nAgainst the targets (default settings):\n")
+    print(targets_table(main_rows))
     if args.sweep:
         print("\nSweep (matched cost):\n")
         print(table([r for r in results if r["label"] in sweep_labels or r["label"] == "static"]))
