@@ -1,5 +1,6 @@
 """Fixtures shared across the test tree: a tiny random Llama checkpoint written by transformers'
-`save_pretrained`, with a word-level tokenizer so our loader accepts the folder."""
+`save_pretrained`, with a word-level tokenizer so our loader accepts the folder; the built-in
+default model in a tmp folder."""
 
 from __future__ import annotations
 
@@ -55,4 +56,14 @@ def tiny_llama_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
             }
         )
     )
+    return folder
+
+
+@pytest.fixture(scope="session")
+def server_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The built-in default model, written once per session (server and backend tests)."""
+    from hyperflexis.engine.default_model import SEED, write_default_model
+
+    folder = tmp_path_factory.mktemp("server-model")
+    write_default_model(folder, SEED)
     return folder

@@ -15,7 +15,7 @@ from typing import Any
 from hyperflexis.core.outputs import RequestOutput
 from hyperflexis.core.sampling import SamplingParams
 from hyperflexis.core.slo import SLO, SLOClasses
-from hyperflexis.engine_factory import InstanceSpec, build_engine
+from hyperflexis.engine.factory import InstanceSpec, build_engine
 from hyperflexis.perf.base import StepCostModel
 from hyperflexis.scheduler import SchedulerConfig
 

@@ -48,7 +48,7 @@ def test_default_output_goes_to_the_cache(
     monkeypatch: pytest.MonkeyPatch,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    from hyperflexis import step_profiler
+    from hyperflexis.engine import step_profiler
 
     monkeypatch.setenv("HYPERFLEXIS_CACHE_DIR", str(tmp_path))
     tiny = step_profiler.GridSpec(
@@ -68,7 +68,7 @@ def test_default_output_goes_to_the_cache(
 
 
 def test_shapes_that_do_not_fit_are_dropped() -> None:
-    from hyperflexis.step_profiler import QUICK_GRID, grid_shapes
+    from hyperflexis.engine.step_profiler import QUICK_GRID, grid_shapes
 
     shapes = grid_shapes(QUICK_GRID, max_model_len=128, num_kv_blocks=8, block_size=16)
     assert shapes
@@ -100,7 +100,7 @@ class _ClockedRunner:
 def test_a_shape_costs_its_fastest_run_so_a_busy_neighbour_does_not_stick() -> None:
     import random
 
-    from hyperflexis.step_profiler import BatchShape, time_shape
+    from hyperflexis.engine.step_profiler import BatchShape, time_shape
 
     # One warm-up, then five timed runs; a busy neighbour adds ~300 ms to three of them.
     runner = _ClockedRunner([0.5, 0.31, 0.01, 0.32, 0.012, 0.33])

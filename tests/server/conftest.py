@@ -1,20 +1,11 @@
-"""Fixtures for the live server tests: the tiny default model and a fixed step profile in tmp
-folders, so nothing touches the user's cache."""
+"""Fixtures for the live server tests: a fixed step profile in a tmp folder, so nothing touches the
+user's cache (the default model's folder is in tests/conftest.py)."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 import pytest
-
-
-@pytest.fixture(scope="session")
-def server_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from hyperflexis.engine.default_model import SEED, write_default_model
-
-    folder = tmp_path_factory.mktemp("server-model")
-    write_default_model(folder, SEED)
-    return folder
 
 
 @pytest.fixture(scope="session")

@@ -9,13 +9,13 @@ from typing import Any
 
 import pytest
 
+from hyperflexis.backends.messages import AbortRequest, AddRequest, OutputDelta, StepReport
 from hyperflexis.cluster import DispatchDecision, DispatchRequest, LoadSnapshot
 from hyperflexis.core.slo import SLOClasses
 from hyperflexis.perf import StepFeatures
 from hyperflexis.server.access import Access
 from hyperflexis.server.core import ServingCore
 from hyperflexis.server.errors import APIError
-from hyperflexis.server.messages import AbortRequest, AddRequest, OutputDelta, StepReport
 from hyperflexis.server.protocol import parse_chat, parse_completion
 
 MAX_CONTEXT = 64

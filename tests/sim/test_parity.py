@@ -80,7 +80,7 @@ def _workload() -> Workload:
 
 def _engine_steps(policy: str, model_dir: Path, workload: Workload) -> tuple[list[StepRecord], int]:
     from hyperflexis.engine import ModelRunner
-    from hyperflexis.engine_loop import LLMEngine
+    from hyperflexis.engine.loop import LLMEngine
 
     clock = VirtualClock()
     model_runner = ModelRunner(model_dir, kv_cache_bytes=KV_CACHE_BYTES)

@@ -33,8 +33,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from hyperflexis.engine import ModelRunner
+    from hyperflexis.engine.step_profiler import (
+        FULL_GRID,
+        QUICK_GRID,
+        default_profile_path,
+        run_profile,
+    )
     from hyperflexis.perf.profiled import ProfileSample
-    from hyperflexis.step_profiler import FULL_GRID, QUICK_GRID, default_profile_path, run_profile
 
     runner = ModelRunner(
         args.model, dtype=args.dtype, device=args.device, kv_cache_bytes=args.kv_cache_bytes

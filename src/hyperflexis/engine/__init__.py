@@ -1,5 +1,5 @@
-"""The engine: the only torch code in HyperFlexis (models, paged KV cache, runner, sampler,
-loader, tokenizer).
+"""The engine: one instance's step loop (`loop`, `factory`, `output_processor`, `step_profiler`)
+and the only torch code in HyperFlexis (models, paged KV cache, runner, sampler, loader, tokenizer).
 
 Names load lazily, so a process that only tokenises (the API server) never imports torch.
 """

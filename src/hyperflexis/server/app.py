@@ -19,10 +19,10 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from hyperflexis.backends.messages import OutputDelta
 from hyperflexis.server import responses
 from hyperflexis.server.core import DISCONNECTED, RequestStream, ServingCore
 from hyperflexis.server.errors import APIError, bad_request, overloaded
-from hyperflexis.server.messages import OutputDelta
 from hyperflexis.server.protocol import GenerationJob, parse_chat, parse_completion
 
 logger = logging.getLogger(__name__)

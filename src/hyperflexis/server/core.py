@@ -12,14 +12,14 @@ import time
 import uuid
 from dataclasses import dataclass, field
 
+from hyperflexis.backends.local import InstanceHandle, InstancePool
+from hyperflexis.backends.messages import AbortRequest, AddRequest, OutputDelta, StepReport
 from hyperflexis.cluster.dispatcher import Dispatcher, DispatchRequest
 from hyperflexis.core.slo import SLO, SLOClass
 from hyperflexis.engine.tokenizer import Tokenizer
 from hyperflexis.server.access import Access
 from hyperflexis.server.cost_model import SharedCorrection
 from hyperflexis.server.errors import APIError, bad_request, overloaded
-from hyperflexis.server.instances import InstanceHandle, InstancePool
-from hyperflexis.server.messages import AbortRequest, AddRequest, OutputDelta, StepReport
 from hyperflexis.server.metrics import ServerMetrics
 from hyperflexis.server.protocol import GenerationJob
 

@@ -7,10 +7,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+from hyperflexis.engine.step_profiler import default_profile_path, is_current_profile
 from hyperflexis.perf.base import StepCostModel, StepFeatures, max_prefill_tokens
 from hyperflexis.perf.chunks import refine_chunk
 from hyperflexis.perf.registry import make_cost_model
-from hyperflexis.step_profiler import default_profile_path, is_current_profile
 
 PROFILE_TIMEOUT_S = 600.0
 

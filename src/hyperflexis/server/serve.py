@@ -26,16 +26,16 @@ def _raise_stop(signum: int, frame: FrameType | None) -> None:
 
 
 def serve(config: ServerConfig) -> int:
+    from hyperflexis.backends.local import InstancePool
     from hyperflexis.cluster import make_dispatcher
     from hyperflexis.core.slo import SLOClasses
     from hyperflexis.engine import Tokenizer, default_model_path
-    from hyperflexis.engine_factory import InstanceSpec
+    from hyperflexis.engine.factory import InstanceSpec
     from hyperflexis.scheduler import SchedulerConfig, policy_class
     from hyperflexis.server.access import Access
     from hyperflexis.server.app import create_app
     from hyperflexis.server.core import ServingCore
     from hyperflexis.server.cost_model import SharedCorrection, load_or_profile
-    from hyperflexis.server.instances import InstancePool
 
     policy_class(config.policy)  # unknown names fail before anything starts
     slo_classes = (

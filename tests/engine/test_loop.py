@@ -10,7 +10,7 @@ import pytest
 
 from hyperflexis.core import SamplingParams
 from hyperflexis.core.outputs import RequestOutput
-from hyperflexis.engine_loop import LLMEngine
+from hyperflexis.engine.loop import LLMEngine
 from hyperflexis.scheduler import KVBlockManager, SchedulerConfig, SchedulerOutput, make_scheduler
 
 VOCAB = 26  # token i is the letter chr(ord("a") + i)

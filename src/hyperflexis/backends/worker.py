@@ -13,12 +13,7 @@ import sys
 import time
 from multiprocessing.connection import Connection
 
-from hyperflexis.cluster.snapshot import take_snapshot
-from hyperflexis.core.outputs import RequestOutput
-from hyperflexis.engine_factory import InstanceSpec, build_engine
-from hyperflexis.engine_loop import LLMEngine
-from hyperflexis.perf.online import OnlineCorrection
-from hyperflexis.server.messages import (
+from hyperflexis.backends.messages import (
     AbortRequest,
     AddRequest,
     Command,
@@ -28,6 +23,11 @@ from hyperflexis.server.messages import (
     Shutdown,
     StepReport,
 )
+from hyperflexis.cluster.snapshot import take_snapshot
+from hyperflexis.core.outputs import RequestOutput
+from hyperflexis.engine.factory import InstanceSpec, build_engine
+from hyperflexis.engine.loop import LLMEngine
+from hyperflexis.perf.online import OnlineCorrection
 
 # An engine with requests that ran an empty step (nothing fits now) waits this long for a
 # command before trying again, instead of spinning.

@@ -12,17 +12,17 @@ from pathlib import Path
 
 import pytest
 
-from hyperflexis.core.sampling import SamplingParams
-from hyperflexis.core.slo import SLO
-from hyperflexis.engine_factory import InstanceSpec, build_engine
-from hyperflexis.server.instance import InstanceLoop
-from hyperflexis.server.messages import (
+from hyperflexis.backends.messages import (
     AbortRequest,
     AddRequest,
     OutputDelta,
     Shutdown,
     StepReport,
 )
+from hyperflexis.backends.worker import InstanceLoop
+from hyperflexis.core.sampling import SamplingParams
+from hyperflexis.core.slo import SLO
+from hyperflexis.engine.factory import InstanceSpec, build_engine
 
 SLO_ = SLO(ttft_s=60.0, tpot_s=10.0)
 TIMEOUT_S = 60.0

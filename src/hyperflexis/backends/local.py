@@ -18,10 +18,7 @@ from dataclasses import dataclass, field
 from multiprocessing.connection import Connection, wait
 from multiprocessing.process import BaseProcess
 
-from hyperflexis.cluster.snapshot import LoadSnapshot
-from hyperflexis.engine_factory import InstanceSpec
-from hyperflexis.server.instance import run_instance
-from hyperflexis.server.messages import (
+from hyperflexis.backends.messages import (
     Command,
     InstanceFailed,
     InstanceReady,
@@ -29,6 +26,9 @@ from hyperflexis.server.messages import (
     Shutdown,
     StepReport,
 )
+from hyperflexis.backends.worker import run_instance
+from hyperflexis.cluster.snapshot import LoadSnapshot
+from hyperflexis.engine.factory import InstanceSpec
 
 ReportHandler = Callable[["InstanceHandle", StepReport], None]
 ExitHandler = Callable[["InstanceHandle"], None]

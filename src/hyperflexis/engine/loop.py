@@ -19,7 +19,7 @@ from hyperflexis.core.outputs import RequestOutput
 from hyperflexis.core.request import DEFAULT_SLO, FinishReason, Request
 from hyperflexis.core.sampling import SamplingParams
 from hyperflexis.core.slo import SLO
-from hyperflexis.output_processor import DetokenizerFactory, OutputProcessor
+from hyperflexis.engine.output_processor import DetokenizerFactory, OutputProcessor
 from hyperflexis.scheduler.base import Scheduler
 from hyperflexis.scheduler.output import SchedulerOutput
 

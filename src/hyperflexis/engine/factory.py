@@ -13,7 +13,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, NamedTuple
 
-from hyperflexis.engine_loop import LLMEngine, StepObserver
+from hyperflexis.engine.loop import LLMEngine, StepObserver
+from hyperflexis.engine.step_profiler import cached_cost_model
 from hyperflexis.perf.base import StepCostModel
 from hyperflexis.perf.online import OnlineCorrection
 from hyperflexis.scheduler import (
@@ -23,7 +24,6 @@ from hyperflexis.scheduler import (
     make_scheduler,
     policy_class,
 )
-from hyperflexis.step_profiler import cached_cost_model
 
 if TYPE_CHECKING:
     from hyperflexis.engine import ModelRunner
