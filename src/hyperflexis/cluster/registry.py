@@ -3,21 +3,13 @@
 from __future__ import annotations
 
 from hyperflexis.cluster.dispatcher import Dispatcher
+from hyperflexis.core.registry import Registry
 from hyperflexis.perf.base import StepCostModel
 from hyperflexis.scheduler.config import SchedulerConfig
 
-_DISPATCHERS: dict[str, type[Dispatcher]] = {}
-
-
-def register_dispatcher(cls: type[Dispatcher]) -> type[Dispatcher]:
-    if cls.name in _DISPATCHERS:
-        raise ValueError(f"dispatcher {cls.name!r} is registered twice")
-    _DISPATCHERS[cls.name] = cls
-    return cls
-
-
-def dispatcher_names() -> list[str]:
-    return sorted(_DISPATCHERS)
+_DISPATCHERS: Registry[type[Dispatcher]] = Registry("dispatcher")
+register_dispatcher = _DISPATCHERS.register
+dispatcher_names = _DISPATCHERS.names
 
 
 def make_dispatcher(
@@ -26,9 +18,4 @@ def make_dispatcher(
     scheduler_config: SchedulerConfig,
     admission_control: bool = False,
 ) -> Dispatcher:
-    try:
-        cls = _DISPATCHERS[name]
-    except KeyError:
-        known = ", ".join(dispatcher_names())
-        raise ValueError(f"unknown dispatcher {name!r}; known: {known}") from None
-    return cls(cost_model, scheduler_config, admission_control)
+    return _DISPATCHERS.get(name)(cost_model, scheduler_config, admission_control)

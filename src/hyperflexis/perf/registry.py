@@ -7,6 +7,7 @@ import inspect
 import os
 from collections.abc import Callable, Sequence
 
+from hyperflexis.core.registry import Registry
 from hyperflexis.perf.analytic import AnalyticCostModel
 from hyperflexis.perf.base import StepCostModel
 from hyperflexis.perf.profiled import ProfiledCostModel, load_profile
@@ -44,25 +45,17 @@ def _fixed(*, coefficients: Sequence[float] = DEFAULT_FIXED_COEFFICIENTS) -> Pro
     return ProfiledCostModel(values)  # type: ignore[arg-type]  # length checked there
 
 
-_KINDS: dict[str, Callable[..., StepCostModel]] = {
-    "analytic": _analytic,
-    "profiled": _profiled,
-    "fixed": _fixed,
-}
-
-
-def cost_model_kinds() -> list[str]:
-    return sorted(_KINDS)
+_KINDS: Registry[Callable[..., StepCostModel]] = Registry("cost model kind")
+_KINDS.add("analytic", _analytic)
+_KINDS.add("profiled", _profiled)
+_KINDS.add("fixed", _fixed)
+cost_model_kinds = _KINDS.names
 
 
 def make_cost_model(kind: str, **kwargs: object) -> StepCostModel:
     """A latency model: `analytic` (hardware=, model=, tensor_parallel=), `profiled` (path=) or
     `fixed` (coefficients=)."""
     factory = _KINDS.get(kind)
-    if factory is None:
-        raise ValueError(
-            f"unknown cost model kind {kind!r}; known: {', '.join(cost_model_kinds())}"
-        )
     signature = inspect.signature(factory)
     try:
         signature.bind(**kwargs)

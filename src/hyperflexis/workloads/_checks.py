@@ -6,6 +6,8 @@ import dataclasses
 import math
 from typing import Any
 
+from hyperflexis.core.registry import Registry
+
 
 def check_int(value: Any, name: str, minimum: int = 1) -> int:
     """`value` if it is an int (not a bool) >= `minimum`, else ValueError naming `name`."""
@@ -32,16 +34,11 @@ def check_at_least(value: Any, name: str, minimum: float) -> float:
     return float(value)
 
 
-def make_registered(
-    registry: dict[str, type[Any]], kind: str, name: str, params: dict[str, Any]
-) -> Any:
+def make_registered(registry: Registry[type[Any]], name: str, params: dict[str, Any]) -> Any:
     """An instance of `registry[name]` from keyword `params`; unknown names, unknown parameters
     and missing parameters raise ValueError saying which (rather than a TypeError)."""
-    try:
-        cls = registry[name]
-    except KeyError:
-        known = ", ".join(sorted(registry))
-        raise ValueError(f"unknown {kind} {name!r}; known: {known}") from None
+    cls = registry.get(name)
+    kind = registry.kind
     fields = dataclasses.fields(cls)
     expected = ", ".join(f.name for f in fields)
     for key in params:

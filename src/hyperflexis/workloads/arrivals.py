@@ -17,6 +17,7 @@ from typing import Any, ClassVar, Protocol
 
 import numpy as np
 
+from hyperflexis.core.registry import Registry
 from hyperflexis.workloads._checks import check_int, check_positive, make_registered
 
 
@@ -35,24 +36,14 @@ class ArrivalProcess(Protocol):
         ...
 
 
-_ARRIVALS: dict[str, type[Any]] = {}
-
-
-def register_arrival(cls: type[Any]) -> type[Any]:
-    """Class decorator: add an arrival process under its `name`."""
-    if cls.name in _ARRIVALS:
-        raise ValueError(f"arrival process {cls.name!r} is registered twice")
-    _ARRIVALS[cls.name] = cls
-    return cls
-
-
-def arrival_names() -> list[str]:
-    return sorted(_ARRIVALS)
+_ARRIVALS: Registry[type[Any]] = Registry("arrival process")
+register_arrival = _ARRIVALS.register  # class decorator: add under its `name`
+arrival_names = _ARRIVALS.names
 
 
 def make_arrival(name: str, **params: float) -> ArrivalProcess:
     """The process registered as `name`, built from its keyword parameters."""
-    process: ArrivalProcess = make_registered(_ARRIVALS, "arrival process", name, params)
+    process: ArrivalProcess = make_registered(_ARRIVALS, name, params)
     return process
 
 

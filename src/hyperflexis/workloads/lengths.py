@@ -14,6 +14,7 @@ from typing import Any, ClassVar, Protocol
 
 import numpy as np
 
+from hyperflexis.core.registry import Registry
 from hyperflexis.workloads._checks import check_at_least, check_int, check_positive, make_registered
 
 
@@ -27,25 +28,15 @@ class LengthDistribution(Protocol):
         ...
 
 
-_LENGTHS: dict[str, type[Any]] = {}
+_LENGTHS: Registry[type[Any]] = Registry("length distribution")
+register_lengths = _LENGTHS.register  # class decorator: add under its `name`
+length_names = _LENGTHS.names
 _DIGITS = re.compile(r"[0-9]+")
-
-
-def register_lengths(cls: type[Any]) -> type[Any]:
-    """Class decorator: add a length distribution under its `name`."""
-    if cls.name in _LENGTHS:
-        raise ValueError(f"length distribution {cls.name!r} is registered twice")
-    _LENGTHS[cls.name] = cls
-    return cls
-
-
-def length_names() -> list[str]:
-    return sorted(_LENGTHS)
 
 
 def make_lengths(name: str, **params: float) -> LengthDistribution:
     """The distribution registered as `name`, built from its keyword parameters."""
-    dist: LengthDistribution = make_registered(_LENGTHS, "length distribution", name, params)
+    dist: LengthDistribution = make_registered(_LENGTHS, name, params)
     return dist
 
 

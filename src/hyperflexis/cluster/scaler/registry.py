@@ -6,26 +6,12 @@ from __future__ import annotations
 from typing import Any
 
 from hyperflexis.cluster.scaler.base import Scaler, ScalerContext
+from hyperflexis.core.registry import Registry
 
-_SCALERS: dict[str, type[Scaler]] = {}
-
-
-def register_scaler(cls: type[Scaler]) -> type[Scaler]:
-    if cls.name in _SCALERS:
-        raise ValueError(f"scaler {cls.name!r} is registered twice")
-    _SCALERS[cls.name] = cls
-    return cls
-
-
-def scaler_names() -> list[str]:
-    return sorted(_SCALERS)
-
-
-def scaler_class(name: str) -> type[Scaler]:
-    try:
-        return _SCALERS[name]
-    except KeyError:
-        raise ValueError(f"unknown scaler {name!r}; known: {', '.join(scaler_names())}") from None
+_SCALERS: Registry[type[Scaler]] = Registry("scaler")
+register_scaler = _SCALERS.register
+scaler_names = _SCALERS.names
+scaler_class = _SCALERS.get
 
 
 def make_scaler(name: str, context: ScalerContext, config: Any = None) -> Scaler:
