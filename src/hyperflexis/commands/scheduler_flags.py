@@ -38,7 +38,9 @@ def scheduler_config(args: argparse.Namespace) -> SchedulerConfig:
     try:
         return SchedulerConfig(**values)
     except InvalidSchedulerField as exc:
-        value = values.get(exc.field)
+        if exc.field not in values:  # not a flag's field: the config's own message says it all
+            raise
+        value = values[exc.field]
         raise ValueError(f"invalid {flag_name(exc.field)} {value}: {exc.reason}") from None
 
 
