@@ -14,7 +14,8 @@ from hyperflexis.backends.messages import OutputDelta
 from hyperflexis.cluster import LoadSnapshot
 from hyperflexis.core.slo import SLO
 from hyperflexis.perf import StepFeatures
-from hyperflexis.server.metrics import ServerMetrics, one_two_five_buckets
+from hyperflexis.server.metric_families import one_two_five_buckets
+from hyperflexis.server.metrics import ServerMetrics
 from tests.server.scrape import has, samples, value
 
 DOCS = Path(__file__).resolve().parents[2] / "docs" / "metrics.md"
