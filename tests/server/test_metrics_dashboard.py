@@ -126,22 +126,67 @@ def _matching(found: list[Sample], name: str, matchers: dict[str, str]) -> list[
     ]
 
 
-def test_every_dashboard_query_resolves(exported: tuple[str, str]) -> None:
-    model, text = exported
+def unresolved(exprs: list[str], text: str, model: str) -> tuple[list[str], set[str]]:
+    """What in `exprs` the exposition `text` does not answer (a selector no sample matches, a
+    grouping label none of its samples has), and the metric names the queries use."""
     found = samples(text)
+    problems: list[str] = []
     names: set[str] = set()
-    for expr in _queries():
+    for expr in exprs:
         selectors, grouping = parse_promql(expr.replace("$model_name", model))
-        assert selectors, expr
         matched: list[Sample] = []
         for name, matchers in selectors:
-            assert name.startswith(("vllm:", "hyperflexis:")), (name, expr)
             hits = _matching(found, name, matchers)
-            assert hits, f"{name}{matchers} is not exported (in {expr})"
+            if not hits or not name.startswith(("vllm:", "hyperflexis:")):
+                problems.append(f"{name}{matchers} in {expr}")
             matched += hits
             names.add(name)
-        for label in grouping:
-            assert any(label in s.labels for s in matched), (label, expr)
+        problems += [f"label {label} in {expr}" for label in grouping if not _has(matched, label)]
+        if not selectors:
+            problems.append(f"no series in {expr}")
+    return problems, names
+
+
+def _has(found: list[Sample], label: str) -> bool:
+    return any(label in s.labels for s in found)
+
+
+def test_unresolved_names_what_is_missing() -> None:
+    text = 'vllm:x_total{model_name="m",engine="0"} 1\nother:y 1\n'
+    exprs = [
+        'sum by (engine) (rate(vllm:x_total{model_name="$model_name"}[1m]))',
+        'vllm:x_total{model_name="n"}',  # another model
+        "hyperflexis:y",  # not exported
+        "other:y",  # exported, but not a series of ours: the parse went wrong
+        "sum by (z) (vllm:x_total)",
+    ]
+    problems, names = unresolved(exprs, text, "m")
+    assert problems == [
+        "vllm:x_total{'model_name': 'n'} in vllm:x_total{model_name=\"n\"}",
+        "hyperflexis:y{} in hyperflexis:y",
+        "other:y{} in other:y",
+        "label z in sum by (z) (vllm:x_total)",
+    ]
+    assert names == {"vllm:x_total", "hyperflexis:y", "other:y"}
+
+
+def test_dashboard_is_well_formed() -> None:
+    dashboard = json.loads(DASHBOARD.read_text())
+    panels = dashboard["panels"]
+    assert len({p["id"] for p in panels}) == len(panels)
+    for panel in panels:
+        x, w = panel["gridPos"]["x"], panel["gridPos"]["w"]
+        assert x >= 0 and x + w <= 24, panel["title"]
+        if panel["type"] != "row":
+            assert panel["datasource"]["uid"] == "${datasource}" and panel["targets"], panel
+    variables = {v["name"] for v in dashboard["templating"]["list"]}
+    assert variables == {"datasource", "model_name"}
+
+
+def test_every_dashboard_query_resolves(exported: tuple[str, str]) -> None:
+    model, text = exported
+    problems, names = unresolved(_queries(), text, model)
+    assert not problems
     assert len(names) >= 25  # the parse found the dashboard's series, not a few stray words
 
 

@@ -85,20 +85,14 @@ class ServerMetrics:
             itl.observe(gap_s / num_tokens)
 
     def on_finished(self, engine: str, slo: SLO, delta: OutputDelta, e2e_s: float) -> None:
-        """A request its instance finished (or that failed with it)."""
+        """A request its instance finished (or that failed with it). Latencies and lengths
+        count completed requests only: a rejected or failed one has none to speak of."""
         series, reason = self._engine(engine), delta.finish_reason or "error"
-        histograms = series.histograms
         series.success[reason].inc()
-        histograms["e2e"].observe(e2e_s)
-        histograms["prompt_len"].observe(delta.num_prompt_tokens)
-        histograms["output_len"].observe(delta.num_output_tokens)
-        histograms["max_output_len"].observe(delta.num_output_tokens)
-        if delta.tpot_s is not None:
-            histograms["request_tpot"].observe(delta.tpot_s)
-        _observe_phases(series, delta)
         if reason == "rejected":
             self.on_rejected(slo.class_name, "instance")
         elif reason in ("stop", "length"):
+            _observe_completed(series, delta, e2e_s)
             self._judge(slo, delta)
         else:
             self._class(slo.class_name).missed["error" if reason == "error" else "aborted"].inc()
@@ -168,9 +162,16 @@ class ServerMetrics:
         return encode(self.registry), content_type
 
 
-def _observe_phases(series: EngineSeries, delta: OutputDelta) -> None:
-    """Queue, prefill, decode and inference time from the instance's durations."""
+def _observe_completed(series: EngineSeries, delta: OutputDelta, e2e_s: float) -> None:
+    """E2E, lengths, and the queue, prefill, decode and inference times from the instance's
+    durations."""
     histograms, queue_s, ttft_s = series.histograms, delta.queue_s, delta.ttft_s
+    histograms["e2e"].observe(e2e_s)
+    histograms["prompt_len"].observe(delta.num_prompt_tokens)
+    histograms["output_len"].observe(delta.num_output_tokens)
+    histograms["max_output_len"].observe(delta.num_output_tokens)
+    if delta.tpot_s is not None:
+        histograms["request_tpot"].observe(delta.tpot_s)
     if queue_s is not None:
         histograms["queue"].observe(queue_s)
     if ttft_s is None or queue_s is None:
