@@ -221,6 +221,31 @@ def test_metrics_come_from_the_given_clock() -> None:
     assert engine.last_step.execute_s == pytest.approx(0.001)
 
 
+def test_queue_time_ends_at_the_first_step_that_schedules_the_request() -> None:
+    engine, _ = make_engine(num_blocks=10, block_size=4, max_num_batched_tokens=8)
+    for i in range(6):
+        engine.add_request(
+            [i % 20] * (3 + i), greedy(12, ignore_eos=True), request_id=f"r{i}", arrival_s=100.0
+        )
+    first_seen: dict[str, float | None] = {}
+    final: dict[str, RequestOutput] = {}
+    while engine.has_unfinished():
+        for output in engine.step():
+            first_seen.setdefault(output.request_id, output.metrics.first_scheduled_s)
+            if output.finished:
+                final[output.request_id] = output
+    scheduled = [final[f"r{i}"].metrics.first_scheduled_s for i in range(6)]
+    assert scheduled == sorted(scheduled) and scheduled[0] < scheduled[-1]  # type: ignore[operator]
+    for request_id, output in final.items():
+        metrics = output.metrics
+        assert metrics.first_scheduled_s is not None and metrics.first_token_s is not None
+        assert 100.0 < metrics.first_scheduled_s < metrics.first_token_s
+        assert metrics.queue_s == pytest.approx(metrics.first_scheduled_s - 100.0)
+        # A preempted request recomputes from position 0 but keeps its first stamp.
+        assert metrics.first_scheduled_s == first_seen[request_id]
+    assert any(o.metrics.num_preemptions for o in final.values())
+
+
 def test_step_observer_sees_each_batch_and_the_time_it_really_took() -> None:
     clock = ManualClock()
     engine, runner = make_engine(clock=clock)

@@ -18,6 +18,7 @@ import openai
 import pytest
 
 from tests.server.live import LiveServer, start_server, stop_server
+from tests.server.scrape import has, value
 
 API_KEY = "sk-test"
 BATCH_KEY = "sk-batch"  # may ask for no more than the batch class
@@ -376,19 +377,19 @@ def test_metrics_and_overhead(server: LiveServer) -> None:
     metrics = httpx.get(f"{server.url}/metrics", timeout=10)
     assert metrics.headers["content-type"].startswith("text/plain")
     text = metrics.text
-    for needle in (
-        'hyperflexis_ttft_seconds_bucket{slo_class="standard",le="+Inf"}',
-        'hyperflexis_tpot_seconds_count{slo_class="standard"}',
-        "hyperflexis_requests_attained_total{",
-        'hyperflexis_requests_missed_total{slo_class="standard",reason="aborted"}',
-        'hyperflexis_requests_rejected_total{slo_class="instant",reason="dispatch"}',
-        "hyperflexis_server_overhead_seconds_count ",
-        'hyperflexis_instance_kv_usage{instance="instance-0"}',
-        'hyperflexis_instance_running_requests{instance="instance-1"}',
-        'hyperflexis_instance_waiting_requests{instance="instance-0"}',
-        'hyperflexis_instance_preemptions_total{instance="instance-0"}',
-    ):
-        assert needle in text, needle
+    assert value(text, "hyperflexis:time_to_first_token_seconds_count", slo_class="standard") > 0
+    assert value(text, "hyperflexis:time_per_output_token_seconds_count", slo_class="standard") > 0
+    assert value(text, "hyperflexis:requests_attained_total") > 0
+    missed, rejected = "hyperflexis:requests_missed_total", "hyperflexis:requests_rejected_total"
+    assert value(text, missed, slo_class="standard", cause="aborted") > 0
+    assert value(text, rejected, slo_class="instant", reason="dispatch") > 0
+    assert value(text, "hyperflexis:server_overhead_seconds_count") > 10
+    for engine in ("instance-0", "instance-1"):
+        assert value(text, "vllm:time_to_first_token_seconds_count", engine=engine) > 0
+        assert value(text, "vllm:generation_tokens_total", engine=engine) > 0
+        for name in ("kv_cache_usage_perc", "num_requests_running", "num_requests_waiting"):
+            assert has(text, f"vllm:{name}", engine=engine), (name, engine)
+        assert has(text, "vllm:num_preemptions_total", engine=engine)
     stats = httpx.get(f"{server.url}/debug/stats", timeout=10).json()
     overhead = stats["server_overhead_ms"]
     assert overhead["count"] > 10 and 0 < overhead["p50"] < 100

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import random
-import re
 import signal
 import statistics
 import time
@@ -23,6 +22,7 @@ import httpx
 import pytest
 
 from tests.server.live import LiveServer, descendants, is_running, start_server, stop_server
+from tests.server.scrape import samples
 
 SLO_CONFIG = """
 default = "interactive"
@@ -71,8 +71,11 @@ def server(
 
 def _attained(server: LiveServer) -> dict[str, int]:
     text = httpx.get(f"{server.url}/metrics", timeout=10).text
-    found = re.findall(r'hyperflexis_requests_attained_total\{slo_class="(\w+)"\} (\d+)', text)
-    return {name: int(value) for name, value in found}
+    return {
+        s.labels["slo_class"]: int(s.value)
+        for s in samples(text)
+        if s.name == "hyperflexis:requests_attained_total"
+    }
 
 
 async def _burst(

@@ -168,6 +168,7 @@ class LLMEngine:
         start = self.clock()
         self._observe(start)
         batch = self.scheduler.schedule(start)
+        self._stamp_first_scheduled(batch, start)
         scheduled = self.clock()
         sampled = self.runner.execute(batch) if not batch.is_empty else {}
         executed = self.clock()
@@ -176,6 +177,16 @@ class LLMEngine:
         outputs = self._process(batch, finished, updated)
         self._record(batch, (start, scheduled, executed, updated, self.clock()))
         return outputs
+
+    def _stamp_first_scheduled(self, batch: SchedulerOutput, now: float) -> None:
+        """A request's queue time ends when a step first computes any of its tokens; only a
+        chunk at position 0 can be a first (a preempted request restarts there, but keeps its
+        first stamp)."""
+        for chunk in batch.chunks:
+            if chunk.start_pos == 0:
+                request = self._outputs.get(chunk.request_id)
+                if request is not None and request.first_scheduled_s is None:
+                    request.first_scheduled_s = now
 
     def _record(
         self, batch: SchedulerOutput, marks: tuple[float, float, float, float, float]
