@@ -38,7 +38,7 @@ from hyperflexis.sim.fast_forward import StepRecord
 from hyperflexis.workloads.spec import RequestSpec, Workload
 
 SAMPLED_TOKEN_ID = 7  # what the fake runner samples; requests run with ignore_eos
-TURN_TIMEOUT_S = 30.0  # an engine thread that keeps the turn longer than this is stuck
+TURN_TIMEOUT_S = 30.0  # an engine thread that keeps the turn this long is stuck
 
 # What the parity tests compare per request: (request_id, record status, arrival, first token,
 # finish, output tokens), as `bench.metrics.RequestRecord` has them.
@@ -90,7 +90,7 @@ class EngineThread:
         self._snapshot: LoadSnapshot | None = None
         self._end_s: float | None = None  # when the step in flight ends
         self._outputs: list[RequestOutput] = []  # of the latest finished step
-        self._error: BaseException | None = None
+        self._error: Exception | None = None
         self._stopping = False
         self._engine_turn = threading.Semaphore(0)
         self._driver_turn = threading.Semaphore(0)
@@ -166,26 +166,30 @@ class EngineThread:
             raise AssertionError(f"{self.instance_id}: the engine failed") from self._error
 
     def _pass_turn(self) -> None:
-        """Engine thread: hand the turn to the driver and wait for it back."""
+        """Engine thread, inside a step: hand the turn to the driver and wait for it back (the
+        driver always hands it back, `stop` included, so no timeout here)."""
         self._driver_turn.release()
-        if not self._engine_turn.acquire(timeout=TURN_TIMEOUT_S) or self._stopping:
-            raise SystemExit  # the driver is gone or done: end the thread quietly
+        self._engine_turn.acquire()
+        if self._stopping:
+            raise _Stopped
 
     def _run(self) -> None:
+        """Engine thread: one `LLMEngine.step()` per turn."""
         self._engine_turn.acquire()
         while not self._stopping:
             try:
                 self._outputs = self.engine.step()
-            except SystemExit:
+            except _Stopped:
                 return
-            except BaseException as exc:  # report it on the driver's side
+            except Exception as exc:  # reported on the driver's side
                 self._error = exc
-            self._pass_turn_after_step()
+            self._driver_turn.release()
+            self._engine_turn.acquire()
 
-    def _pass_turn_after_step(self) -> None:
-        self._driver_turn.release()
-        if not self._engine_turn.acquire(timeout=TURN_TIMEOUT_S):
-            self._stopping = True
+
+class _Stopped(BaseException):
+    """Unwinds an engine thread's step when the run is over (not an `Exception`, so that
+    nothing on the way catches it)."""
 
 
 @dataclass
