@@ -131,7 +131,7 @@ class EngineThread:
         outputs, self._outputs = self._outputs, []
         return outputs
 
-    def add(self, spec: RequestSpec, slo: SLO, now: float) -> None:
+    def add(self, spec: RequestSpec, slo: SLO) -> None:
         self.engine.add_request(
             [3 + i % 100 for i in range(spec.prompt_len)],
             _sampling(spec),
@@ -285,7 +285,7 @@ class _Driver:
         index = self.index[decision.instance_id]
         assert index in self.entry, decision
         self.routes[spec.request_id] = [decision.instance_id]
-        self.engines[index].add(spec, slo, now)
+        self.engines[index].add(spec, slo)
         self._wake_if_idle(index)
 
     def _start(self, index: int) -> None:
