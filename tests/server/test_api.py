@@ -361,7 +361,9 @@ def _read_until(sock: socket.socket, marker: bytes) -> None:
 
 def _disconnect_while_frozen(server: LiveServer, sock: socket.socket) -> None:
     """With every engine stopped, so the request cannot finish by itself: close the client's
-    connection and wait for the server to drop the request; then let the engines go on."""
+    connection and wait for the server to drop the request; then let the engines go on. The
+    engines run free only from the request's first token to the freeze, a few milliseconds in
+    which its other 1,499 tokens cannot all be computed (that would fail loudly below)."""
     with server.frozen():
         assert server.stats()["num_open_requests"] == 1, "the request ended before the test"
         held = [r for r in server.instances() if r["num_free_blocks"] < r["num_blocks"]]
