@@ -10,6 +10,7 @@ import pytest
 
 from hyperflexis.core import SamplingParams
 from hyperflexis.core.outputs import RequestOutput
+from hyperflexis.core.request import Request
 from hyperflexis.engine.loop import LLMEngine
 from hyperflexis.scheduler import KVBlockManager, SchedulerConfig, SchedulerOutput, make_scheduler
 
@@ -296,6 +297,21 @@ def test_duplicate_request_id_is_refused() -> None:
     engine.add_request([0], greedy(2), request_id="same")
     with pytest.raises(ValueError, match="duplicate request id 'same'"):
         engine.add_request([1], greedy(2), request_id="same")
+
+
+def test_a_received_hand_off_decodes_on_from_its_first_token() -> None:
+    engine, runner = make_engine(role="decode")
+    handed = Request("r", [0, 1, 2], greedy(3))
+    handed.append_token(3, 0.5)  # sampled by the prefill instance at t=0.5
+    handed.num_computed_tokens = 3  # the prompt's KV came with it
+    engine.receive(handed)
+    out = run(engine)["r"]
+    assert out.outputs[0].token_ids == [3, 4, 5]
+    assert out.outputs[0].text == "def"
+    assert out.metrics.first_token_s == 0.5
+    assert [c.start_pos for b in runner.batches for c in b.chunks] == [3, 4]  # decodes only
+    with pytest.raises(ValueError, match="prefill is not done"):
+        engine.receive(Request("new", [0, 1], greedy(2)))
 
 
 def test_sampling_params_must_be_sampling_params() -> None:

@@ -144,6 +144,18 @@ class LLMEngine:
         self._outputs.add(request, prompt)
         return request_id
 
+    def receive(self, request: Request, prompt: str | None = None) -> None:
+        """P/D, the decode side of a hand-off: take over a request whose prompt's KV was
+        computed on a prefill instance (`num_computed_tokens` of it) and whose first token is
+        out. It decodes here with its deadlines unchanged; its outputs carry every output token,
+        the first included."""
+        if request.request_id in self._outputs:
+            raise ValueError(f"duplicate request id {request.request_id!r}")
+        if request.first_token_s is None or request.num_computed_tokens < 1:
+            raise ValueError(f"invalid hand-off {request.request_id!r}: its prefill is not done")
+        self.scheduler.add_request(request)
+        self._outputs.add(request, prompt)
+
     def abort(self, request_id: str) -> RequestOutput | None:
         """End a request now and free its KV; returns its final output, None if unknown."""
         if request_id not in self._outputs:
