@@ -21,6 +21,7 @@ At the end every offered request must have exactly one record (conservation), or
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import dataclass, field
 
 from hyperflexis.bench.metrics import RequestRecord, check_conservation
 from hyperflexis.cluster.dispatcher import Dispatcher, DispatchRequest
@@ -55,6 +56,19 @@ from hyperflexis.sim.lifecycle import Flip, Lifecycle, Stop
 from hyperflexis.sim.result import SimResult
 from hyperflexis.sim.simulator import ClusterSimulator, ProgressCallback
 from hyperflexis.workloads.spec import Workload
+
+
+@dataclass(slots=True)
+class _Tally:
+    """What a run counts and logs besides the lifecycle's transitions and links."""
+
+    num_offered: int = 0
+    num_arrived: int = 0
+    last_arrival_s: float = 0.0
+    peak_instances: int = 0  # most instances holding an accelerator at once
+    samples: list[ClusterSample] = field(default_factory=list)  # one per control tick
+    decisions: list[ScalingDecision] = field(default_factory=list)
+    handoffs: list[Handoff] = field(default_factory=list)
 
 
 class ElasticSimulator(ClusterHooks):
@@ -102,12 +116,7 @@ class ElasticSimulator(ClusterHooks):
             reuse_snapshots=False,
             hooks=self,
         )
-        expected = {"prefill", "decode"} if deployment.is_disaggregated else {"mixed"}
-        if set(pools) != expected:
-            raise ValueError(
-                f"invalid parameter 'pools': the deployment needs pools {sorted(expected)}, "
-                f"got {sorted(pools)}"
-            )
+        _check_pools(deployment, pools)
         self.scaler = scaler
         self.pools = dict(pools)
         self.cost_meter = cost_meter
@@ -115,15 +124,9 @@ class ElasticSimulator(ClusterHooks):
         context = scaler.context
         self._startup = StartupModel(context.hardware, context.model, context.init_s)
         ids = deployment.instances()
-        link_table = LinkTable.build(
-            [i for i, role in ids if role == "prefill"],
-            [i for i, role in ids if role == "decode"],
-            policy=link_policy,
-            fanout=link_fanout,
-        )
         self.lifecycle = Lifecycle(
             ids,
-            link_table,
+            LinkTable.build(*_split_roles(ids), policy=link_policy, fanout=link_fanout),
             role_switch_s=self.times.role_switch_s,
             stop_s=self.times.stop_s,
             on_links=self._publish_links,
@@ -131,13 +134,7 @@ class ElasticSimulator(ClusterHooks):
         self.cluster.on(InstanceReady, self._on_instance_ready)
         self.cluster.on(InstanceStopped, self._on_instance_stopped)
         self.cluster.on(ControlTick, self._on_control_tick)
-        self._num_offered = 0
-        self._num_arrived = 0
-        self._last_arrival_s = 0.0
-        self._peak_instances = len(ids)
-        self._samples: list[ClusterSample] = []
-        self._decisions: list[ScalingDecision] = []
-        self._handoffs: list[Handoff] = []
+        self._tally = _Tally(peak_instances=len(ids))
 
     # -- the run ----------------------------------------------------------------------------
 
@@ -149,8 +146,8 @@ class ElasticSimulator(ClusterHooks):
         self, workload: Workload, on_progress: ProgressCallback | None = None
     ) -> ElasticResult:
         """Run `workload` with the scaler deciding every control interval from time 0."""
-        self._num_offered = len(workload)
-        self._last_arrival_s = workload[-1].arrival_s if workload else 0.0
+        self._tally.num_offered = len(workload)
+        self._tally.last_arrival_s = workload[-1].arrival_s if workload else 0.0
         self._meter(0.0)
         self.cluster.schedule(0.0, ControlTick())
         sim = self.cluster.run(workload, on_progress)
@@ -167,14 +164,14 @@ class ElasticSimulator(ClusterHooks):
                 state: self.cost_meter.instance_seconds(state) for state in INSTANCE_STATES
             },
             cost_usd=self.cost_meter.cost_usd(),
-            samples=self._samples,
+            samples=self._tally.samples,
             transitions=lifecycle.transitions,
-            decisions=self._decisions,
+            decisions=self._tally.decisions,
             link_log=lifecycle.link_log,
-            handoffs=self._handoffs,
+            handoffs=self._tally.handoffs,
             assignments=assignments,
             num_parked=lifecycle.num_parked,
-            peak_instances=self._peak_instances,
+            peak_instances=self._tally.peak_instances,
             extra={"scaler": self.scaler.name},
         )
 
@@ -194,7 +191,7 @@ class ElasticSimulator(ClusterHooks):
     def _on_control_tick(self, event: ControlTick, now: float) -> None:
         decisions = self.scaler.decide(now, self.view(now))
         for decision in decisions:
-            self._decisions.append(decision)
+            self._tally.decisions.append(decision)
             action = check_decision(
                 self.scaler.name, decision, self.lifecycle, self.pools, self._startup
             )
@@ -202,14 +199,14 @@ class ElasticSimulator(ClusterHooks):
                 self._start(action, now)
             else:
                 self._drain(action, now)
-        self._samples.append(cluster_sample(now, self.lifecycle, self.pools))
+        self._tally.samples.append(cluster_sample(now, self.lifecycle, self.pools))
         if self._work_remains(now):
             self.cluster.schedule(now + self.times.control_interval_s, ControlTick())
 
     def _work_remains(self, now: float) -> bool:
-        if self._num_arrived < self._num_offered:
+        if self._tally.num_arrived < self._tally.num_offered:
             return True
-        if now > self._last_arrival_s + self.times.give_up_after_s:
+        if now > self._tally.last_arrival_s + self.times.give_up_after_s:
             return False
         instances = self.cluster.instances
         if self.lifecycle.parked or any(inst.num_incoming for inst in instances):
@@ -225,7 +222,7 @@ class ElasticSimulator(ClusterHooks):
         """Charge the instances' time so far; call whenever a state count changes."""
         counts = self.lifecycle.counts()
         self.cost_meter.update(now, counts)
-        self._peak_instances = max(self._peak_instances, sum(counts.values()))
+        self._tally.peak_instances = max(self._tally.peak_instances, sum(counts.values()))
 
     # -- executing the lifecycle ------------------------------------------------------------
 
@@ -288,7 +285,7 @@ class ElasticSimulator(ClusterHooks):
     # -- the fixed simulator's seam ---------------------------------------------------------
 
     def request_arrived(self, request: DispatchRequest, now: float) -> None:
-        self._num_arrived += 1
+        self._tally.num_arrived += 1
         self.scaler.observe_arrival(now, request)
 
     def request_ended(self, record: RequestRecord) -> None:
@@ -304,11 +301,25 @@ class ElasticSimulator(ClusterHooks):
         decode_index = self.cluster.hand_off(prefill_index, request, now)
         if decode_index is not None:
             decode_id = self.cluster.instances[decode_index].instance_id
-            self._handoffs.append(Handoff(now, request.request_id, prefill_id, decode_id))
+            self._tally.handoffs.append(Handoff(now, request.request_id, prefill_id, decode_id))
         return True
 
     def instance_changed(self, index: int, now: float) -> None:
         self._finish_drain(index, now)
+
+
+def _split_roles(ids: list[tuple[str, Role]]) -> tuple[list[str], list[str]]:
+    """The prefill ids and the decode ids."""
+    return [i for i, r in ids if r == "prefill"], [i for i, r in ids if r == "decode"]
+
+
+def _check_pools(deployment: Deployment, pools: Mapping[Role, PoolLimits]) -> None:
+    expected = {"prefill", "decode"} if deployment.is_disaggregated else {"mixed"}
+    if set(pools) != expected:
+        raise ValueError(
+            f"invalid parameter 'pools': the deployment needs pools {sorted(expected)}, "
+            f"got {sorted(pools)}"
+        )
 
 
 __all__ = ["ElasticSimulator", "ElasticTimes"]
