@@ -35,6 +35,3 @@ class ControlTick:
     """The scaler's control interval: sample the cluster, decide, apply."""
 
     kind_order: ClassVar[int] = 2
-
-
-ScalingEvent = InstanceReady | InstanceStopped | ControlTick

@@ -71,8 +71,9 @@ class ClusterSimulator:
         hooks: ClusterHooks | None = None,
     ) -> None:
         """`scheduler_config` is every instance's, with `role` set per instance. `kv_transfer`
-        is required for P/D deployments. `hooks` is a driver's seam (`sim.hooks`); `factory`
-        builds instances with the same settings for it."""
+        is required for P/D deployments. `hooks` is a driver's seam (`sim.hooks`); the driver
+        builds any instance it adds with `self.factory`, on the same settings.
+        `reuse_snapshots` is `SimInstance`'s."""
         if deployment.is_disaggregated and kv_transfer is None:
             raise ValueError("invalid parameter 'kv_transfer': a P/D deployment needs one")
         self.deployment = deployment
