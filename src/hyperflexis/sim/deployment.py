@@ -9,6 +9,8 @@ from dataclasses import dataclass
 from hyperflexis.perf.specs import HardwareSpec, ModelSpec
 from hyperflexis.scheduler.config import Role
 
+Links = Mapping[str, frozenset[str]]  # P/D: prefill id -> the decode ids it may hand off to
+
 
 @dataclass(frozen=True, slots=True)
 class Deployment:
@@ -19,7 +21,7 @@ class Deployment:
     num_prefill: int = 0  # P/D: prefill-only instances
     num_decode: int = 0  # P/D: decode-only instances
     # P/D: prefill id -> the decode ids it can send KV to; None links every pair.
-    links: Mapping[str, frozenset[str]] | None = None
+    links: Links | None = None
 
     def __post_init__(self) -> None:
         for name in ("num_mixed", "num_prefill", "num_decode"):
@@ -56,7 +58,7 @@ class Deployment:
         cls,
         num_prefill: int,
         num_decode: int,
-        links: Mapping[str, frozenset[str]] | None = None,
+        links: Links | None = None,
     ) -> Deployment:
         return cls(num_prefill=num_prefill, num_decode=num_decode, links=links)
 

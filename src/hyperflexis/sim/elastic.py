@@ -1,113 +1,77 @@
-"""The elastic cluster simulator: `ClusterSimulator` driven by a scaler (DESIGN.md §6).
+"""The elastic cluster simulator (DESIGN.md §6): the fixed `ClusterSimulator`, a `Lifecycle` of
+its instances, and a scaler deciding every control interval.
 
-Every control interval the scaler sees the cluster (`ClusterView`) and returns decisions, which
-are applied here with modelled times:
+It is composed, not derived: the fixed simulator runs the instances and calls this one through
+its seam (`sim.hooks.ClusterHooks`); the lifecycle (`sim.lifecycle`) holds the states, links and
+parked hand-offs and says what each change leads to; the scaler's side (`sim.elastic_control`)
+builds the `ClusterView` and checks decisions. This module executes all that with modelled times:
 
 - **scale out**: a new instance starts; it serves after the decision's start-up time (weights
   from a live peer device-to-device, else from disk, plus initialisation). When it is ready it is
-  first linked to its P/D partners in the `LinkTable`, and only then takes traffic.
+  first linked to its P/D partners, and only then takes traffic.
 - **scale in**: the instance drains (its snapshots say `draining`, so the dispatcher sends it
-  nothing new; a decode instance leaves the link table at once so no hand-off can pick it) and
-  its requests finish; then it shuts down (`stop_s`) and stops costing.
+  nothing new) and its requests finish; then it shuts down (`stop_s`) and stops costing.
 - **role switch**: the instance drains as above, then flips prefill <-> decode without reloading
   weights (`role_switch_s`), is linked in its new role, and takes traffic again.
 
-A prefill instance keeps its links while it drains, so its own prefills still hand off. A
-prefilled request whose prefill instance has no active linked decode instance (every one is
-draining or still starting) waits, holding its KV, until one is linked; it is never dropped.
 Cost is integrated over every instance's life, starting and draining included (`CostMeter`).
 At the end every offered request must have exactly one record (conservation), or the run raises.
 """
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Mapping
-from dataclasses import dataclass
-from typing import Literal
+from dataclasses import dataclass, field
 
-from hyperflexis.bench.metrics import check_conservation
+from hyperflexis.bench.metrics import RequestRecord, check_conservation
 from hyperflexis.cluster.dispatcher import Dispatcher, DispatchRequest
 from hyperflexis.cluster.links import LinkPolicy, LinkTable
 from hyperflexis.cluster.scaler import (
     INSTANCE_STATES,
     ClusterView,
     CostMeter,
-    InstanceView,
     PoolLimits,
     Scaler,
     ScalingDecision,
     StartupModel,
 )
-from hyperflexis.cluster.scaler.decision import DrainTarget
-from hyperflexis.cluster.scaler.tracker import flipped
-from hyperflexis.cluster.snapshot import LoadSnapshot, take_snapshot
+from hyperflexis.cluster.snapshot import LoadSnapshot
 from hyperflexis.core.request import Request
 from hyperflexis.core.slo import SLOClasses
 from hyperflexis.perf.base import StepCostModel
 from hyperflexis.scheduler.config import Role, SchedulerConfig
-from hyperflexis.scheduler.kv_blocks import KVBlockManager
-from hyperflexis.scheduler.registry import make_scheduler
 from hyperflexis.sim.deployment import Deployment, KVTransferModel
-from hyperflexis.sim.elastic_events import (
-    ControlTick,
-    ElasticEventQueue,
-    InstanceReady,
-    InstanceStopped,
+from hyperflexis.sim.elastic_control import (
+    DrainInstance,
+    ElasticTimes,
+    StartInstance,
+    check_decision,
+    cluster_sample,
+    cluster_view,
 )
-from hyperflexis.sim.elastic_result import (
-    ClusterSample,
-    ElasticResult,
-    Handoff,
-    Links,
-    Transition,
-)
-from hyperflexis.sim.events import (
-    Arrival,
-    FastForwardEnd,
-    StepEnd,
-    StepStart,
-    TransferDone,
-)
-from hyperflexis.sim.instance import SimInstance
+from hyperflexis.sim.elastic_events import ControlTick, InstanceReady, InstanceStopped
+from hyperflexis.sim.elastic_result import ClusterSample, ElasticResult, Handoff, Links
+from hyperflexis.sim.hooks import ClusterHooks
+from hyperflexis.sim.lifecycle import Flip, Lifecycle, Stop
 from hyperflexis.sim.result import SimResult
 from hyperflexis.sim.simulator import ClusterSimulator, ProgressCallback
 from hyperflexis.workloads.spec import Workload
 
-LifeState = Literal["starting", "active", "draining", "stopped"]
-
 
 @dataclass(slots=True)
-class _Life:
-    """Where one instance is in its life; the scheduler it runs says its current role."""
+class _Tally:
+    """What a run counts and logs besides the lifecycle's transitions and links."""
 
-    state: LifeState
-    role: Role  # the role it serves, or will serve once starting (or switching) completes
-    drain_target: DrainTarget | None = None  # while draining: stop, or flip roles
-    drained: bool = False  # draining and its work is done: shutting down or switching
-    num_incoming: int = 0  # KV transfers on their way to it (decode instances)
-
-
-@dataclass(frozen=True, slots=True)
-class ElasticTimes:
-    """Modelled durations of the transitions a decision does not carry itself."""
-
-    control_interval_s: float = 10.0  # how often the scaler decides
-    role_switch_s: float = 1.0  # a drained instance's flip: re-plan its KV cache, no weights
-    stop_s: float = 1.0  # a drained instance's shutdown (it still holds its accelerator)
-    # With requests still unfinished this long after the last arrival, the run gives up (a
-    # scaler that never provides a decode instance would otherwise tick forever).
-    give_up_after_s: float = 3600.0
-
-    def __post_init__(self) -> None:
-        if not self.control_interval_s > 0:
-            raise ValueError("invalid elastic field 'control_interval_s': must be > 0")
-        for name in ("role_switch_s", "stop_s", "give_up_after_s"):
-            if not getattr(self, name) >= 0:
-                raise ValueError(f"invalid elastic field {name!r}: must be >= 0")
+    num_offered: int = 0
+    num_arrived: int = 0
+    last_arrival_s: float = 0.0
+    peak_instances: int = 0  # most instances holding an accelerator at once
+    samples: list[ClusterSample] = field(default_factory=list)  # one per control tick
+    decisions: list[ScalingDecision] = field(default_factory=list)
+    handoffs: list[Handoff] = field(default_factory=list)
 
 
-class ElasticSimulator(ClusterSimulator):
+class ElasticSimulator(ClusterHooks):
     """A `ClusterSimulator` whose instances start, drain, flip roles and stop as `scaler`
     decides. Build a new one for each run."""
 
@@ -136,7 +100,8 @@ class ElasticSimulator(ClusterSimulator):
         `mixed`, or `prefill` and `decode`), the cost meter (price per instance-hour) and the
         link policy. The deployment is the initial cluster; its `links` are replaced by a
         `LinkTable` of `link_policy` over its instances."""
-        super().__init__(
+        # Fresh snapshots for every reader, as this simulator has always taken them.
+        self.cluster = ClusterSimulator(
             deployment,
             policy,
             scheduler_config,
@@ -148,57 +113,28 @@ class ElasticSimulator(ClusterSimulator):
             kv_transfer,
             fast_forward=fast_forward,
             record_steps=record_steps,
+            reuse_snapshots=False,
+            hooks=self,
         )
-        expected = {"prefill", "decode"} if deployment.is_disaggregated else {"mixed"}
-        if set(pools) != expected:
-            raise ValueError(
-                f"invalid parameter 'pools': the deployment needs pools {sorted(expected)}, "
-                f"got {sorted(pools)}"
-            )
+        _check_pools(deployment, pools)
         self.scaler = scaler
         self.pools = dict(pools)
         self.cost_meter = cost_meter
         self.times = times or ElasticTimes()
-        self._policy = policy
-        self._scheduler_config = scheduler_config
-        self._cost_model = cost_model
-        self._num_kv_blocks = num_kv_blocks
-        self._block_size = block_size
-        self._fast_forward = fast_forward
-        self._record_steps = record_steps
         context = scaler.context
         self._startup = StartupModel(context.hardware, context.model, context.init_s)
         ids = deployment.instances()
-        self.link_table = LinkTable.build(
-            [i for i, role in ids if role == "prefill"],
-            [i for i, role in ids if role == "decode"],
-            policy=link_policy,
-            fanout=link_fanout,
+        self.lifecycle = Lifecycle(
+            ids,
+            LinkTable.build(*_split_roles(ids), policy=link_policy, fanout=link_fanout),
+            role_switch_s=self.times.role_switch_s,
+            stop_s=self.times.stop_s,
+            on_links=self._publish_links,
         )
-        self.links = self.link_table.links()
-        self._lives = [_Life("active", inst.role) for inst in self.instances]  # type: ignore[arg-type]
-        self._scaling_queue = ElasticEventQueue()  # typed for our events too
-        self._queue = self._scaling_queue
-        self._handlers.update(
-            {
-                InstanceReady: self._on_instance_ready,
-                InstanceStopped: self._on_instance_stopped,
-                ControlTick: self._on_control_tick,
-            }
-        )
-        self._parked: list[tuple[SimInstance, Request]] = []
-        self._num_parked = 0
-        self._num_offered = 0
-        self._num_arrived = 0
-        self._last_arrival_s = 0.0
-        self._carried_preemptions = 0  # of schedulers replaced by a role switch
-        self._peak_instances = len(self.instances)
-        self._samples: list[ClusterSample] = []
-        self._transitions: list[Transition] = []
-        self._decisions: list[ScalingDecision] = []
-        self._link_log: list[tuple[float, Links]] = [(0.0, self.links)]
-        self._handoffs: list[Handoff] = []
-        self._assignments: list[tuple[float, str, str]] = []
+        self.cluster.on(InstanceReady, self._on_instance_ready)
+        self.cluster.on(InstanceStopped, self._on_instance_stopped)
+        self.cluster.on(ControlTick, self._on_control_tick)
+        self._tally = _Tally(peak_instances=len(ids))
 
     # -- the run ----------------------------------------------------------------------------
 
@@ -210,308 +146,180 @@ class ElasticSimulator(ClusterSimulator):
         self, workload: Workload, on_progress: ProgressCallback | None = None
     ) -> ElasticResult:
         """Run `workload` with the scaler deciding every control interval from time 0."""
-        self._num_offered = len(workload)
-        self._last_arrival_s = workload[-1].arrival_s if workload else 0.0
-        self._update_cost(0.0)
-        self._scaling_queue.push(0.0, ControlTick())
-        sim = super().run(workload, on_progress)
-        self._update_cost(sim.duration_s)
+        self._tally.num_offered = len(workload)
+        self._tally.last_arrival_s = workload[-1].arrival_s if workload else 0.0
+        self._meter(0.0)
+        self.cluster.schedule(0.0, ControlTick())
+        sim = self.cluster.run(workload, on_progress)
+        self._meter(sim.duration_s)
         sim.instance_seconds = self.cost_meter.instance_seconds()
-        sim.num_instances = len(self.instances)
-        sim.num_preemptions += self._carried_preemptions
         check_conservation([spec.request_id for spec in workload], sim.records)
+        # A request's first route is taken on its arrival, and the routes are kept in that order.
+        arrival_s = {spec.request_id: spec.arrival_s for spec in workload}
+        assignments = [(arrival_s[rid], rid, path[0]) for rid, path in sim.routes.items()]
+        lifecycle = self.lifecycle
         return ElasticResult(
             sim=sim,
             instance_seconds_by_state={
                 state: self.cost_meter.instance_seconds(state) for state in INSTANCE_STATES
             },
             cost_usd=self.cost_meter.cost_usd(),
-            samples=self._samples,
-            transitions=self._transitions,
-            decisions=self._decisions,
-            link_log=self._link_log,
-            handoffs=self._handoffs,
-            assignments=self._assignments,
-            num_parked=self._num_parked,
-            peak_instances=self._peak_instances,
+            samples=self._tally.samples,
+            transitions=lifecycle.transitions,
+            decisions=self._tally.decisions,
+            link_log=lifecycle.link_log,
+            handoffs=self._tally.handoffs,
+            assignments=assignments,
+            num_parked=lifecycle.num_parked,
+            peak_instances=self._tally.peak_instances,
             extra={"scaler": self.scaler.name},
         )
 
-    # -- the scaler -------------------------------------------------------------------------
+    def view(self, now: float) -> ClusterView:
+        """The cluster as the scaler sees it at `now`."""
+        cluster = self.cluster
+
+        def snapshot(instance_id: str) -> LoadSnapshot:
+            index = cluster.index_of(instance_id)
+            assert index is not None  # every life belongs to an instance
+            return cluster.snapshot(index, now)
+
+        return cluster_view(self.lifecycle, self.pools, self.scaler.context.model.name, snapshot)
+
+    # -- the control loop -------------------------------------------------------------------
 
     def _on_control_tick(self, event: ControlTick, now: float) -> None:
         decisions = self.scaler.decide(now, self.view(now))
         for decision in decisions:
-            self._decisions.append(decision)
-            self._apply(decision, now)
-        self._sample(now)
+            self._tally.decisions.append(decision)
+            action = check_decision(
+                self.scaler.name, decision, self.lifecycle, self.pools, self._startup
+            )
+            if isinstance(action, StartInstance):
+                self._start(action, now)
+            else:
+                self._drain(action, now)
+        self._tally.samples.append(cluster_sample(now, self.lifecycle, self.pools))
         if self._work_remains(now):
-            self._scaling_queue.push(now + self.times.control_interval_s, ControlTick())
+            self.cluster.schedule(now + self.times.control_interval_s, ControlTick())
 
-    def view(self, now: float) -> ClusterView:
-        """The cluster as the scaler sees it at `now`."""
-        model = self.scaler.context.model.name
-        views = []
-        for index, (inst, life) in enumerate(zip(self.instances, self._lives, strict=True)):
-            if life.state == "stopped":
-                continue
-            if life.state == "starting":
-                views.append(InstanceView(inst.instance_id, life.role, "starting", model))
-                continue
-            snapshot = self._snapshot(index, now)
-            views.append(
-                InstanceView(
-                    inst.instance_id, life.role, life.state, model, life.drain_target, snapshot
-                )
-            )
-        return ClusterView(tuple(views), self.pools, self.link_table)
+    def _work_remains(self, now: float) -> bool:
+        if self._tally.num_arrived < self._tally.num_offered:
+            return True
+        if now > self._tally.last_arrival_s + self.times.give_up_after_s:
+            return False
+        instances = self.cluster.instances
+        if self.lifecycle.parked or any(inst.num_incoming for inst in instances):
+            return True
+        lives = self.lifecycle.lives
+        return any(
+            inst.scheduler.has_unfinished()
+            for inst in instances
+            if lives[inst.instance_id].state != "stopped"
+        )
 
-    def _apply(self, decision: ScalingDecision, now: float) -> None:
-        if decision.kind == "scale_out":
-            self._start_instance(decision, now)
+    def _meter(self, now: float) -> None:
+        """Charge the instances' time so far; call whenever a state count changes."""
+        counts = self.lifecycle.counts()
+        self.cost_meter.update(now, counts)
+        self._tally.peak_instances = max(self._tally.peak_instances, sum(counts.values()))
+
+    # -- executing the lifecycle ------------------------------------------------------------
+
+    def _start(self, action: StartInstance, now: float) -> None:
+        cluster = self.cluster
+        index = cluster.add_instance(cluster.factory.build(action.instance_id, action.role))
+        cluster.schedule(now + action.startup_s, InstanceReady(index))
+        self.lifecycle.start(action.instance_id, action.role, now, action.detail)
+        self._meter(now)
+
+    def _drain(self, action: DrainInstance, now: float) -> None:
+        index = self.cluster.index_of(action.instance_id)
+        assert index is not None  # checked against the lifecycle
+        self.lifecycle.drain(action.instance_id, action.target, now)
+        self.cluster.drain(index)
+        self._meter(now)
+        self._finish_drain(index, now)
+
+    def _finish_drain(self, index: int, now: float) -> None:
+        inst = self.cluster.instances[index]
+        if not inst.draining:
             return
-        index = self._index.get(decision.instance_id)
-        if index is None or self._lives[index].state != "active":
-            raise RuntimeError(
-                f"scaler {self.scaler.name!r} decided {decision.kind} on "
-                f"{decision.instance_id!r}, which is not an active instance"
-            )
-        life, inst = self._lives[index], self.instances[index]
-        target: DrainTarget = "stop" if decision.kind == "scale_in" else "flip"
-        if target == "flip" and inst.role == "mixed":
-            raise RuntimeError(f"scaler {self.scaler.name!r} flipped mixed {inst.instance_id!r}")
-        life.state, life.drain_target = "draining", target
-        if inst.role == "decode":
-            # Out of the table at once: no new hand-off can pick it, and its prefill partners
-            # are relinked to the decode instances that stay.
-            self.link_table.remove(inst.instance_id)
-            self._relinked(now)
-        self._transition(now, index, "drain", target)
-        self._update_cost(now)
-        self._check_drained(index, now)
-
-    def _start_instance(self, decision: ScalingDecision, now: float) -> None:
-        instance_id = decision.instance_id
-        if instance_id in self._index:
-            raise RuntimeError(f"scaler {self.scaler.name!r} reused instance id {instance_id!r}")
-        if decision.role not in self.pools:
-            raise RuntimeError(f"scaler {self.scaler.name!r} started a {decision.role} instance")
-        startup_s = decision.startup_s
-        source = decision.weight_source or "disk"
-        if source == "peer" and not self._is_live(decision.peer_id):
-            source, startup_s = "disk", None  # the peer left before the copy could start
-        if startup_s is None:
-            startup_s = self._startup.weight_load_s(source) + self._startup.init_s
-        inst = self._new_instance(instance_id, decision.role)
-        index = len(self.instances)
-        self.instances.append(inst)
-        self._index[instance_id] = index
-        self._lives.append(_Life("starting", decision.role))
-        self._scaling_queue.push(now + startup_s, InstanceReady(index))
-        peer = f" {decision.peer_id}" if source == "peer" else ""
-        self._transition(now, index, "start", f"weights from {source}{peer}, {startup_s:.2f} s")
-        self._update_cost(now)
-
-    # -- transitions ------------------------------------------------------------------------
+        after = self.lifecycle.finish_drain(inst.instance_id, inst.idle, now)
+        if isinstance(after, Stop):
+            self.cluster.schedule(after.stopped_s, InstanceStopped(index))
+        elif isinstance(after, Flip):
+            cluster = self.cluster
+            cluster.leave(index)
+            cluster.replace_instance(index, cluster.factory.build(inst.instance_id, after.role))
+            cluster.schedule(after.ready_s, InstanceReady(index))
+            self._meter(now)
 
     def _on_instance_ready(self, event: InstanceReady, now: float) -> None:
         index = event.instance_index
-        inst, life = self.instances[index], self._lives[index]
-        life.state = "active"
-        # Linked before it takes traffic: it joins the dispatcher's candidates only below.
-        if inst.role == "prefill":
-            self.link_table.add_prefill(inst.instance_id)
-            self._relinked(now)
-        elif inst.role == "decode":
-            self.link_table.add_decode(inst.instance_id)
-            self._relinked(now)
-        group = self._decode if inst.role == "decode" else self._entry
-        group.append(index)
-        group.sort()
-        self._transition(now, index, "ready")
-        self._update_cost(now)
-        if inst.role == "decode" and self._parked:
-            parked, self._parked = self._parked, []
-            for prefill, request in parked:
-                self._hand_off(prefill, request, now)
-            for prefill, _ in parked:
-                self._check_drained(self._index[prefill.instance_id], now)
+        inst = self.cluster.instances[index]
+        self.lifecycle.ready(inst.instance_id, now)  # linked before it takes traffic
+        self.cluster.join(index)
+        self._meter(now)
+        if inst.role == "decode" and self.lifecycle.parked:
+            parked = self.lifecycle.unpark()
+            for prefill_id, request in parked:
+                self.prefill_done(self._index(prefill_id), request, now)
+            for prefill_id, _ in parked:
+                self._finish_drain(self._index(prefill_id), now)
 
     def _on_instance_stopped(self, event: InstanceStopped, now: float) -> None:
         index = event.instance_index
-        self._lives[index].state = "stopped"
-        self._leave_groups(index)
-        self._transition(now, index, "stop")
-        self._update_cost(now)
+        self.lifecycle.stopped(self.cluster.instances[index].instance_id, now)
+        self.cluster.leave(index)
+        self._meter(now)
 
-    def _check_drained(self, index: int, now: float) -> None:
-        """Finish a drain once the instance holds no request and none is on its way to it."""
-        life, inst = self._lives[index], self.instances[index]
-        if life.state != "draining" or life.drained:
-            return
-        if inst.busy or inst.scheduler.has_unfinished() or life.num_incoming:
-            return
-        if any(prefill is inst for prefill, _ in self._parked):
-            return  # it still holds the KV of a prefill waiting for a decode instance
-        life.drained = True
-        self._transition(now, index, "drained", life.drain_target or "")
-        if inst.role == "prefill":
-            self.link_table.remove(inst.instance_id)
-            self._relinked(now)
-        if life.drain_target == "stop":
-            self._scaling_queue.push(now + self.times.stop_s, InstanceStopped(index))
-            return
-        # Role switch: the same weights serve the other phase; only the scheduler is new.
-        new_role = flipped(inst.role)  # type: ignore[arg-type]
-        self._leave_groups(index)
-        switched = self._new_instance(inst.instance_id, new_role)
-        switched.generation = inst.generation + 1  # stale end events of the old role stay stale
-        switched.num_steps = inst.num_steps
-        switched.num_fast_forward_steps = inst.num_fast_forward_steps
-        self._carried_preemptions += inst.scheduler.num_preemptions
-        self.instances[index] = switched
-        life.state, life.role, life.drain_target, life.drained = "starting", new_role, None, False
-        self._scaling_queue.push(now + self.times.role_switch_s, InstanceReady(index))
-        self._transition(now, index, "flip")
-        self._update_cost(now)
+    def _publish_links(self, links: Links) -> None:
+        self.cluster.links = links  # hand-offs go over the links in force
 
-    # -- hooks into the simulator ------------------------------------------------------------
-
-    def _on_arrival(self, event: Arrival, now: float) -> None:
-        spec = event.spec
-        self._num_arrived += 1
-        slo = self._slos[spec.slo_class]
-        self.scaler.observe_arrival(
-            now,
-            DispatchRequest(spec.request_id, spec.prompt_len, spec.output_len, slo, spec.arrival_s),
-        )
-        super()._on_arrival(event, now)
-        route = self._routes.get(spec.request_id)
-        if route:
-            self._assignments.append((now, spec.request_id, route[0]))
-
-    def _on_step_start(self, event: StepStart, now: float) -> None:
-        super()._on_step_start(event, now)  # the scheduler may reject requests as it chooses
-        self._check_drained(event.instance_index, now)
-
-    def _on_step_end(self, event: StepEnd, now: float) -> None:
-        super()._on_step_end(event, now)
-        self._check_drained(event.instance_index, now)
-
-    def _on_fast_forward_end(self, event: FastForwardEnd, now: float) -> None:
-        super()._on_fast_forward_end(event, now)
-        self._check_drained(event.instance_index, now)
-
-    def _on_transfer_done(self, event: TransferDone, now: float) -> None:
-        self._lives[event.instance_index].num_incoming -= 1
-        super()._on_transfer_done(event, now)
-        self._check_drained(event.instance_index, now)
-
-    def _snapshot(self, index: int, now: float) -> LoadSnapshot:
-        inst = self.instances[index]
-        inst.sync(now)
-        draining = self._lives[index].state == "draining"
-        return take_snapshot(inst.instance_id, inst.scheduler, now, draining=draining)
-
-    def _instance_index(self, instance_id: str, allowed: list[int]) -> int:
-        index = super()._instance_index(instance_id, allowed)
-        state = self._lives[index].state
-        if state != "active":
-            raise RuntimeError(
-                f"dispatcher {self.dispatcher.name!r} chose {instance_id!r}, which is {state}"
-            )
+    def _index(self, instance_id: str) -> int:
+        index = self.cluster.index_of(instance_id)
+        assert index is not None  # every life belongs to an instance
         return index
 
-    def _hand_off(self, prefill: SimInstance, request: Request, now: float) -> None:
-        linked = self.links.get(prefill.instance_id, frozenset())
-        if not any(
-            self.instances[i].instance_id in linked and self._lives[i].state == "active"
-            for i in self._decode
-        ):
-            self._parked.append((prefill, request))
-            self._num_parked += 1
-            return
-        route = self._routes[request.request_id]
-        hops = len(route)
-        super()._hand_off(prefill, request, now)
-        if len(route) > hops:
-            decode_id = route[-1]
-            self._lives[self._index[decode_id]].num_incoming += 1
-            self._handoffs.append(Handoff(now, request.request_id, prefill.instance_id, decode_id))
+    # -- the fixed simulator's seam ---------------------------------------------------------
 
-    def _record(self, request: Request) -> None:
-        super()._record(request)
-        record = self._records[-1]
+    def request_arrived(self, request: DispatchRequest, now: float) -> None:
+        self._tally.num_arrived += 1
+        self.scaler.observe_arrival(now, request)
+
+    def request_ended(self, record: RequestRecord) -> None:
         finish_s = record.finish_s if record.finish_s is not None else record.arrival_s
         self.scaler.observe_finish(finish_s, record)
 
-    # -- helpers ----------------------------------------------------------------------------
-
-    def _new_instance(self, instance_id: str, role: Role) -> SimInstance:
-        config = dataclasses.replace(self._scheduler_config, role=role)
-        kv = KVBlockManager(self._num_kv_blocks, self._block_size)
-        scheduler = make_scheduler(self._policy, config, kv, self._cost_model)
-        return SimInstance(
-            instance_id,
-            scheduler,
-            self._cost_model,
-            fast_forward=self._fast_forward,
-            record_steps=self._record_steps,
-        )
-
-    def _leave_groups(self, index: int) -> None:
-        for group in (self._entry, self._decode):
-            if index in group:
-                group.remove(index)
-
-    def _is_live(self, instance_id: str | None) -> bool:
-        index = self._index.get(instance_id) if instance_id is not None else None
-        return index is not None and self._lives[index].state in ("active", "draining")
-
-    def _relinked(self, now: float) -> None:
-        """Publish the table's new links and check them: every linked decode instance is
-        active, every linked prefill instance active or draining."""
-        self.links = self.link_table.links()
-        for prefill_id, decode_ids in self.links.items():
-            if self._lives[self._index[prefill_id]].state not in ("active", "draining"):
-                raise RuntimeError(f"link table holds {prefill_id!r}, which cannot serve")
-            for decode_id in decode_ids:
-                if self._lives[self._index[decode_id]].state != "active":
-                    raise RuntimeError(f"link table holds {decode_id!r}, which is not active")
-        self._link_log.append((now, self.links))
-
-    def _transition(self, now: float, index: int, event: str, detail: str = "") -> None:
-        life = self._lives[index]
-        self._transitions.append(
-            Transition(now, self.instances[index].instance_id, event, life.role, detail)
-        )
-
-    def _update_cost(self, now: float) -> None:
-        counts = {"starting": 0, "active": 0, "draining": 0}
-        for life in self._lives:
-            if life.state != "stopped":
-                counts[life.state] += 1
-        self.cost_meter.update(now, counts)  # type: ignore[arg-type]
-        self._peak_instances = max(self._peak_instances, sum(counts.values()))
-
-    def _sample(self, now: float) -> None:
-        by_role: dict[Role, int] = dict.fromkeys(self.pools, 0)
-        by_state = {"starting": 0, "active": 0, "draining": 0}
-        for life in self._lives:
-            if life.state != "stopped":
-                by_role[life.role] += 1
-                by_state[life.state] += 1
-        self._samples.append(ClusterSample(now, by_role, by_state))
-
-    def _work_remains(self, now: float) -> bool:
-        if self._num_arrived < self._num_offered:
+    def prefill_done(self, prefill_index: int, request: Request, now: float) -> bool:
+        """Hand off over a link to an active decode instance, or park until there is one."""
+        prefill_id = self.cluster.instances[prefill_index].instance_id
+        if not self.lifecycle.can_hand_off(prefill_id):
+            self.lifecycle.park(prefill_id, request)
             return True
-        if now > self._last_arrival_s + self.times.give_up_after_s:
-            return False
-        if self._parked or any(life.num_incoming for life in self._lives):
-            return True
-        return any(
-            inst.scheduler.has_unfinished()
-            for inst, life in zip(self.instances, self._lives, strict=True)
-            if life.state != "stopped"
+        decode_index = self.cluster.hand_off(prefill_index, request, now)
+        if decode_index is not None:
+            decode_id = self.cluster.instances[decode_index].instance_id
+            self._tally.handoffs.append(Handoff(now, request.request_id, prefill_id, decode_id))
+        return True
+
+    def instance_changed(self, index: int, now: float) -> None:
+        self._finish_drain(index, now)
+
+
+def _split_roles(ids: list[tuple[str, Role]]) -> tuple[list[str], list[str]]:
+    """The prefill ids and the decode ids."""
+    return [i for i, r in ids if r == "prefill"], [i for i, r in ids if r == "decode"]
+
+
+def _check_pools(deployment: Deployment, pools: Mapping[Role, PoolLimits]) -> None:
+    expected = {"prefill", "decode"} if deployment.is_disaggregated else {"mixed"}
+    if set(pools) != expected:
+        raise ValueError(
+            f"invalid parameter 'pools': the deployment needs pools {sorted(expected)}, "
+            f"got {sorted(pools)}"
         )
+
+
+__all__ = ["ElasticSimulator", "ElasticTimes"]

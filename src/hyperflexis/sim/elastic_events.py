@@ -1,5 +1,6 @@
 """The elastic simulator's own events (DESIGN.md §6): the scaler's control ticks and the ends of
-instance transitions, queued with the simulator's events in one deterministic order.
+instance transitions, queued with the simulator's events (`ClusterSimulator.schedule`) in one
+deterministic order.
 
 At one instant: steps end (0), then instances that finished starting join and stopped ones leave
 (1, with KV transfers), then the scaler decides and requests arrive (2, in push order), and steps
@@ -8,11 +9,8 @@ start last (3), so a step that starts at `t` sees every change made at `t`.
 
 from __future__ import annotations
 
-import heapq
 from dataclasses import dataclass
-from typing import ClassVar, cast
-
-from hyperflexis.sim.events import Event, EventQueue
+from typing import ClassVar
 
 
 @dataclass(frozen=True, slots=True)
@@ -37,15 +35,3 @@ class ControlTick:
     """The scaler's control interval: sample the cluster, decide, apply."""
 
     kind_order: ClassVar[int] = 2
-
-
-ScalingEvent = InstanceReady | InstanceStopped | ControlTick
-
-
-class ElasticEventQueue(EventQueue):
-    """The simulator's queue, taking the scaling events too (the base loop dispatches every
-    event by its type, so it runs them unchanged)."""
-
-    def push(self, time_s: float, event: Event | ScalingEvent) -> None:
-        # The heap is typed for the base events; ours carry the same ordering key.
-        heapq.heappush(self._heap, (time_s, event.kind_order, next(self._seq), cast(Event, event)))

@@ -11,9 +11,8 @@ from typing import Any
 
 from hyperflexis.cluster.scaler.decision import ScalingDecision
 from hyperflexis.scheduler.config import Role
+from hyperflexis.sim.deployment import Links
 from hyperflexis.sim.result import SimResult
-
-Links = Mapping[str, frozenset[str]]  # prefill id -> linked decode ids
 
 
 @dataclass(frozen=True, slots=True)

@@ -4,7 +4,8 @@
 step that ends at `t` is accounted before a KV transfer that lands at `t`, which is before a
 request that arrives at `t`, and an instance starts its next step only after all of those, so a
 step that starts at `t` sees every request that reached the instance by `t`. `seq` (push order)
-breaks the remaining ties, so a run is deterministic.
+breaks the remaining ties, so a run is deterministic. A driver's own events (the elastic
+simulator's, `sim.elastic_events`) go into the same queue: anything with a `kind_order` does.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from __future__ import annotations
 import heapq
 import itertools
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import ClassVar, Protocol
 
 from hyperflexis.core.request import Request
 from hyperflexis.workloads.spec import RequestSpec
@@ -64,17 +65,23 @@ class StepStart:
 Event = StepEnd | FastForwardEnd | TransferDone | Arrival | StepStart
 
 
+class QueuedEvent(Protocol):
+    """What the queue needs of an event: its rank among events at the same instant."""
+
+    kind_order: ClassVar[int]
+
+
 class EventQueue:
     """Events by time, then kind, then push order."""
 
     def __init__(self) -> None:
-        self._heap: list[tuple[float, int, int, Event]] = []
+        self._heap: list[tuple[float, int, int, QueuedEvent]] = []
         self._seq = itertools.count()
 
-    def push(self, time_s: float, event: Event) -> None:
+    def push(self, time_s: float, event: QueuedEvent) -> None:
         heapq.heappush(self._heap, (time_s, event.kind_order, next(self._seq), event))
 
-    def pop(self) -> tuple[float, Event]:
+    def pop(self) -> tuple[float, QueuedEvent]:
         time_s, _, _, event = heapq.heappop(self._heap)
         return time_s, event
 

@@ -1,13 +1,20 @@
 """A simulated instance: a real `Scheduler` from the registry, stepped as the engine loop steps
-it (schedule, run, update) with the latency model's prediction as the step's duration."""
+it (schedule, run, update) with the latency model's prediction as the step's duration; and the
+factory that builds one per instance id and role."""
 
 from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
 
 from hyperflexis.cluster.snapshot import LoadSnapshot, take_snapshot
 from hyperflexis.core.request import FinishReason, Request
 from hyperflexis.perf.base import StepCostModel
 from hyperflexis.scheduler.base import Scheduler
+from hyperflexis.scheduler.config import Role, SchedulerConfig
+from hyperflexis.scheduler.kv_blocks import KVBlockManager
 from hyperflexis.scheduler.output import SchedulerOutput
+from hyperflexis.scheduler.registry import make_scheduler
 from hyperflexis.sim.fast_forward import DUMMY_TOKEN_ID, DecodeWindow, StepRecord, plan_window
 
 
@@ -24,7 +31,11 @@ class SimInstance:
         *,
         fast_forward: bool = True,
         record_steps: bool = False,
+        reuse_snapshots: bool = True,
     ) -> None:
+        """`reuse_snapshots=False` takes every snapshot afresh instead of returning the last one
+        while it is valid (the elastic simulator's choice; the two give the dispatcher different
+        time stamps to project from, so runs differ)."""
         self.instance_id = instance_id
         self.scheduler = scheduler
         self.cost_model = cost_model
@@ -34,6 +45,9 @@ class SimInstance:
         self.window: DecodeWindow | None = None  # the fast-forward window in flight
         self.generation = 0  # bumped whenever a pushed end event is superseded
         self.start_pending = False  # a StepStart for it is queued
+        self.draining = False  # takes no new work: its snapshots say so, the dispatcher skips it
+        self.num_incoming = 0  # P/D: KV transfers on their way to it
+        self.reuse_snapshots = reuse_snapshots
         # The latest snapshot, reused until the scheduler's state changes (a step starts or
         # ends, a request arrives), as a real instance publishes one per step.
         self._snapshot: LoadSnapshot | None = None
@@ -47,6 +61,18 @@ class SimInstance:
     @property
     def busy(self) -> bool:
         return self.step is not None or self.window is not None
+
+    @property
+    def idle(self) -> bool:
+        """Nothing running, queued or on its way to it."""
+        return not self.busy and not self.scheduler.has_unfinished() and not self.num_incoming
+
+    def succeed(self, old: SimInstance) -> None:
+        """Take over from `old`, the same instance under its previous scheduler (a role flip):
+        its step counters carry on, and end events pushed for `old` stay stale."""
+        self.generation = old.generation + 1
+        self.num_steps = old.num_steps
+        self.num_fast_forward_steps = old.num_fast_forward_steps
 
     # -- requests in ------------------------------------------------------------------------
 
@@ -68,11 +94,14 @@ class SimInstance:
         if self.window is not None and self.window.apply(self.scheduler, now):
             self._snapshot = None
 
-    def snapshot(self, now: float, draining: bool = False) -> LoadSnapshot:
+    def snapshot(self, now: float) -> LoadSnapshot:
         """The instance's load at `now`, for the dispatcher. A snapshot stays valid while the
         scheduler's state does not change, so one taken earlier (with its earlier `time_s`) is
         returned then: the dispatcher projects stale snapshots forward itself."""
         self.sync(now)
+        draining = self.draining
+        if not self.reuse_snapshots:
+            return take_snapshot(self.instance_id, self.scheduler, now, draining=draining)
         cached = self._snapshot
         if cached is None or cached.draining != draining:
             cached = take_snapshot(self.instance_id, self.scheduler, now, draining=draining)
@@ -142,3 +171,31 @@ class SimInstance:
         for request in requests:
             self.scheduler.finish_request(request.request_id, FinishReason.ERROR, now)
         return requests
+
+
+@dataclass(frozen=True, slots=True)
+class InstanceFactory:
+    """Builds a `SimInstance` for an instance id and role: a scheduler from the registry with
+    `scheduler_config` in that role, on its own KV cache."""
+
+    policy: str
+    scheduler_config: SchedulerConfig
+    cost_model: StepCostModel
+    num_kv_blocks: int
+    block_size: int = 16
+    fast_forward: bool = True
+    record_steps: bool = False
+    reuse_snapshots: bool = True
+
+    def build(self, instance_id: str, role: Role) -> SimInstance:
+        config = dataclasses.replace(self.scheduler_config, role=role)
+        kv = KVBlockManager(self.num_kv_blocks, self.block_size)
+        scheduler = make_scheduler(self.policy, config, kv, self.cost_model)
+        return SimInstance(
+            instance_id,
+            scheduler,
+            self.cost_model,
+            fast_forward=self.fast_forward,
+            record_steps=self.record_steps,
+            reuse_snapshots=self.reuse_snapshots,
+        )

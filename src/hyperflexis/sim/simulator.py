@@ -11,12 +11,16 @@ not modelled as holding it), and the decode instance allocates KV when it admits
 instance whose policy schedules nothing although it holds requests waits for its next request
 instead of polling; requests still unfinished when the events run out (a policy that can never
 schedule them) are recorded as failed and counted in `num_unfinished`.
+
+A driver that changes the cluster while it runs (the elastic simulator) plugs in through one
+narrow seam: `ClusterHooks` (`sim.hooks`), which the simulator calls at four points, and the
+public methods below, which the driver calls to add, replace, drain and link instances and to
+queue its own events.
 """
 
 from __future__ import annotations
 
-import dataclasses
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from hyperflexis.bench.metrics import RequestRecord, record_from_request
@@ -27,19 +31,19 @@ from hyperflexis.core.sampling import SamplingParams
 from hyperflexis.core.slo import SLO, SLOClasses
 from hyperflexis.perf.base import StepCostModel
 from hyperflexis.scheduler.config import SchedulerConfig
-from hyperflexis.scheduler.kv_blocks import KVBlockManager
-from hyperflexis.scheduler.registry import make_scheduler
-from hyperflexis.sim.deployment import Deployment, KVTransferModel
+from hyperflexis.sim.deployment import Deployment, KVTransferModel, Links
 from hyperflexis.sim.events import (
     Arrival,
     Event,
     EventQueue,
     FastForwardEnd,
+    QueuedEvent,
     StepEnd,
     StepStart,
     TransferDone,
 )
-from hyperflexis.sim.instance import SimInstance
+from hyperflexis.sim.hooks import ClusterHooks
+from hyperflexis.sim.instance import InstanceFactory, SimInstance
 from hyperflexis.sim.result import SimResult
 from hyperflexis.workloads.spec import RequestSpec, Workload
 
@@ -63,37 +67,41 @@ class ClusterSimulator:
         *,
         fast_forward: bool = True,
         record_steps: bool = False,
+        reuse_snapshots: bool = True,
+        hooks: ClusterHooks | None = None,
     ) -> None:
         """`scheduler_config` is every instance's, with `role` set per instance. `kv_transfer`
-        is required for P/D deployments."""
+        is required for P/D deployments. `hooks` is a driver's seam (`sim.hooks`); the driver
+        builds any instance it adds with `self.factory`, on the same settings.
+        `reuse_snapshots` is `SimInstance`'s."""
         if deployment.is_disaggregated and kv_transfer is None:
             raise ValueError("invalid parameter 'kv_transfer': a P/D deployment needs one")
         self.deployment = deployment
         self.dispatcher = dispatcher
         self.slo_classes = slo_classes
         self.kv_transfer = kv_transfer
-        self.links = deployment.link_table()
+        self.hooks = hooks or ClusterHooks()
+        self.links: Links = deployment.link_table()  # a driver may publish new links
+        self.factory = InstanceFactory(
+            policy,
+            scheduler_config,
+            cost_model,
+            num_kv_blocks,
+            block_size,
+            fast_forward=fast_forward,
+            record_steps=record_steps,
+            reuse_snapshots=reuse_snapshots,
+        )
         self.instances: list[SimInstance] = []
+        self._index: dict[str, int] = {}
+        self._entry: list[int] = []  # indices the dispatcher routes new requests to
+        self._decode: list[int] = []  # P/D: indices prefilled requests are handed off to
         for instance_id, role in deployment.instances():
-            config = dataclasses.replace(scheduler_config, role=role)
-            scheduler = make_scheduler(
-                policy, config, KVBlockManager(num_kv_blocks, block_size), cost_model
-            )
-            self.instances.append(
-                SimInstance(
-                    instance_id,
-                    scheduler,
-                    cost_model,
-                    fast_forward=fast_forward,
-                    record_steps=record_steps,
-                )
-            )
-        self._index = {inst.instance_id: i for i, inst in enumerate(self.instances)}
-        self._entry = [i for i, inst in enumerate(self.instances) if inst.role != "decode"]
-        self._decode = [i for i, inst in enumerate(self.instances) if inst.role == "decode"]
+            self.join(self.add_instance(self.factory.build(instance_id, role)))
         self._queue = EventQueue()
         self._records: list[RequestRecord] = []
         self._routes: dict[str, list[str]] = {}
+        self._num_retired_preemptions = 0  # of schedulers replaced by `replace_instance`
         self._ran = False
         self._slos: dict[str, SLO] = {}  # resolved once per class
         self._handlers: dict[type[Any], Callable[[Any, float], None]] = {
@@ -130,45 +138,143 @@ class ClusterSimulator:
         duration_s = max(now, last_arrival_s)
         if duration_s <= 0:
             duration_s = 1e-9  # everything happened at once: any positive span will do
+        return self._result(duration_s, num_unfinished)
+
+    def _result(self, duration_s: float, num_unfinished: int) -> SimResult:
+        instances = self.instances
         return SimResult(
             records=self._records,
             duration_s=duration_s,
-            instance_seconds=duration_s * len(self.instances),
-            num_instances=len(self.instances),
-            num_steps=sum(inst.num_steps for inst in self.instances),
-            num_fast_forward_steps=sum(inst.num_fast_forward_steps for inst in self.instances),
-            num_preemptions=sum(inst.scheduler.num_preemptions for inst in self.instances),
+            instance_seconds=duration_s * len(instances),
+            num_instances=len(instances),
+            num_steps=sum(inst.num_steps for inst in instances),
+            num_fast_forward_steps=sum(inst.num_fast_forward_steps for inst in instances),
+            num_preemptions=sum(inst.scheduler.num_preemptions for inst in instances)
+            + self._num_retired_preemptions,
             num_unfinished=num_unfinished,
             routes={rid: tuple(path) for rid, path in self._routes.items()},
             kv_blocks_in_use={
                 inst.instance_id: inst.scheduler.kv.num_blocks - inst.scheduler.kv.num_free_blocks
-                for inst in self.instances
+                for inst in instances
             },
             step_logs={
-                inst.instance_id: inst.step_log
-                for inst in self.instances
-                if inst.step_log is not None
+                inst.instance_id: inst.step_log for inst in instances if inst.step_log is not None
             },
         )
+
+    # -- the seam: what a driver calls (see `sim.hooks`) ------------------------------------
+
+    def schedule(self, time_s: float, event: QueuedEvent) -> None:
+        """Queue a driver's own event (its handler registered with `on`)."""
+        self._queue.push(time_s, event)
+
+    def on(self, event_type: type[Any], handler: Callable[[Any, float], None]) -> None:
+        """Handle a driver's own event type: `handler(event, now)`."""
+        if event_type in self._handlers:
+            raise ValueError(f"invalid event type {event_type.__name__!r}: already handled")
+        self._handlers[event_type] = handler
+
+    def add_instance(self, instance: SimInstance) -> int:
+        """Add an instance (not yet taking traffic: see `join`); returns its index."""
+        if instance.instance_id in self._index:
+            raise ValueError(f"invalid instance id {instance.instance_id!r}: already taken")
+        self._index[instance.instance_id] = len(self.instances)
+        self.instances.append(instance)
+        return len(self.instances) - 1
+
+    def replace_instance(self, index: int, instance: SimInstance) -> None:
+        """Put a new scheduler in an idle instance's place (a role flip): the counters carry."""
+        old = self.instances[index]
+        if instance.instance_id != old.instance_id or not old.idle:
+            raise RuntimeError(f"{old.instance_id}: replaced while busy or by another instance")
+        instance.succeed(old)
+        self._num_retired_preemptions += old.scheduler.num_preemptions
+        self.instances[index] = instance
+
+    def join(self, index: int) -> None:
+        """The instance takes traffic for its role: new requests, or P/D hand-offs."""
+        group = self._decode if self.instances[index].role == "decode" else self._entry
+        group.append(index)
+        group.sort()
+
+    def leave(self, index: int) -> None:
+        """The instance takes no traffic at all any more."""
+        for group in (self._entry, self._decode):
+            if index in group:
+                group.remove(index)
+
+    def drain(self, index: int) -> None:
+        """The instance finishes its work but takes nothing new (it stays a candidate that
+        says `draining`; a dispatcher that picks it anyway is an error)."""
+        self.instances[index].draining = True
+
+    def index_of(self, instance_id: str | None) -> int | None:
+        return self._index.get(instance_id) if instance_id is not None else None
+
+    def snapshot(self, index: int, now: float) -> LoadSnapshot:
+        return self.instances[index].snapshot(now)
+
+    def hand_off(self, prefill_index: int, request: Request, now: float) -> int | None:
+        """P/D: send a prefilled request's KV to a linked decode instance; returns its index,
+        or None when there is none (the request is recorded as failed)."""
+        prefill_id = self.instances[prefill_index].instance_id
+        snapshots = [self.snapshot(i, now) for i in self._decode]
+        decision = self.dispatcher.choose_decode(
+            _dispatch_request(request), prefill_id, snapshots, self.links, now
+        )
+        linked = self.links.get(prefill_id, frozenset())
+        if decision.instance_id is None or decision.instance_id not in linked:
+            if decision.instance_id is not None:
+                raise RuntimeError(
+                    f"dispatcher {self.dispatcher.name!r} sent {request.request_id!r} from "
+                    f"{prefill_id!r} to {decision.instance_id!r}, which is not linked"
+                )
+            request.finish_reason = FinishReason.ERROR  # nowhere to decode it
+            self._record(request)
+            return None
+        index = self._chosen(decision.instance_id, self._decode)
+        self._routes[request.request_id].append(decision.instance_id)
+        assert self.kv_transfer is not None  # checked in __init__ for P/D
+        # The same object continues on the decode instance: its prompt's KV "arrived" and its
+        # first token is already out.
+        request.status = RequestStatus.WAITING
+        request.finish_reason = None
+        request.finish_s = None
+        self.instances[index].num_incoming += 1
+        arrive_s = now + self.kv_transfer.seconds(request.num_prompt_tokens)
+        self._queue.push(arrive_s, TransferDone(index, request))
+        return index
+
+    @property
+    def routes(self) -> Mapping[str, list[str]]:
+        """Request id -> the instances it went through so far, in the order it was routed."""
+        return self._routes
 
     # -- event handlers ---------------------------------------------------------------------
 
     def _on_arrival(self, event: Arrival, now: float) -> None:
         request = self._make_request(event.spec)
-        snapshots = [self._snapshot(i, now) for i in self._entry]
-        decision = self.dispatcher.choose(_dispatch_request(request), snapshots, now)
+        dispatch_request = _dispatch_request(request)
+        self.hooks.request_arrived(dispatch_request, now)
+        snapshots = [self.snapshot(i, now) for i in self._entry]
+        decision = self.dispatcher.choose(dispatch_request, snapshots, now)
         if decision.instance_id is None:
             request.finish(FinishReason.REJECTED, now)
             self._record(request)
         else:
-            index = self._instance_index(decision.instance_id, self._entry)
+            index = self._chosen(decision.instance_id, self._entry)
             self._routes[request.request_id] = [decision.instance_id]
             self._add(index, request, now)
         if self._on_progress is not None:
             self._on_progress(1)
 
     def _on_step_start(self, event: StepStart, now: float) -> None:
-        inst = self.instances[event.instance_index]
+        index = event.instance_index
+        self._start_step(index, now)
+        self.hooks.instance_changed(index, now)
+
+    def _start_step(self, index: int, now: float) -> None:
+        inst = self.instances[index]
         inst.start_pending = False
         if inst.busy:
             return
@@ -178,30 +284,35 @@ class ClusterSimulator:
         if end_s is None:
             return
         if inst.window is not None:
-            self._queue.push(end_s, FastForwardEnd(event.instance_index, inst.generation))
+            self._queue.push(end_s, FastForwardEnd(index, inst.generation))
         else:
-            self._queue.push(end_s, StepEnd(event.instance_index, inst.generation))
+            self._queue.push(end_s, StepEnd(index, inst.generation))
 
     def _on_step_end(self, event: StepEnd, now: float) -> None:
-        inst = self.instances[event.instance_index]
-        if event.generation != inst.generation:
-            return
-        for request in inst.finish_step(now):
-            if request.finish_reason is FinishReason.PREFILLED:
-                self._hand_off(inst, request, now)
-            else:
-                self._record(request)
-        self._wake(event.instance_index, now)
+        index = event.instance_index
+        inst = self.instances[index]
+        if event.generation == inst.generation:
+            for request in inst.finish_step(now):
+                if request.finish_reason is not FinishReason.PREFILLED:
+                    self._record(request)
+                elif not self.hooks.prefill_done(index, request, now):
+                    self.hand_off(index, request, now)
+            self._wake(index, now)
+        self.hooks.instance_changed(index, now)
 
     def _on_fast_forward_end(self, event: FastForwardEnd, now: float) -> None:
-        inst = self.instances[event.instance_index]
-        if event.generation != inst.generation:
-            return  # the window was cut short; a newer end event stands for it
-        inst.finish_window(now)
-        self._wake(event.instance_index, now)
+        index = event.instance_index
+        inst = self.instances[index]
+        if event.generation == inst.generation:  # else the window was cut short: a newer
+            inst.finish_window(now)  # end event stands for it
+            self._wake(index, now)
+        self.hooks.instance_changed(index, now)
 
     def _on_transfer_done(self, event: TransferDone, now: float) -> None:
-        self._add(event.instance_index, event.request, now)
+        index = event.instance_index
+        self.instances[index].num_incoming -= 1
+        self._add(index, event.request, now)
+        self.hooks.instance_changed(index, now)
 
     # -- helpers ----------------------------------------------------------------------------
 
@@ -219,42 +330,17 @@ class ClusterSimulator:
             inst.start_pending = True
             self._queue.push(now, StepStart(index))
 
-    def _snapshot(self, index: int, now: float) -> LoadSnapshot:
-        return self.instances[index].snapshot(now)
-
-    def _hand_off(self, prefill: SimInstance, request: Request, now: float) -> None:
-        """P/D: send a prefilled request's KV to a linked decode instance."""
-        snapshots = [self._snapshot(i, now) for i in self._decode]
-        decision = self.dispatcher.choose_decode(
-            _dispatch_request(request), prefill.instance_id, snapshots, self.links, now
-        )
-        linked = self.links.get(prefill.instance_id, frozenset())
-        if decision.instance_id is None or decision.instance_id not in linked:
-            if decision.instance_id is not None:
-                raise RuntimeError(
-                    f"dispatcher {self.dispatcher.name!r} sent {request.request_id!r} from "
-                    f"{prefill.instance_id!r} to {decision.instance_id!r}, which is not linked"
-                )
-            request.finish_reason = FinishReason.ERROR  # nowhere to decode it
-            self._record(request)
-            return
-        index = self._instance_index(decision.instance_id, self._decode)
-        self._routes[request.request_id].append(decision.instance_id)
-        assert self.kv_transfer is not None  # checked in __init__ for P/D
-        # The same object continues on the decode instance: its prompt's KV "arrived" and its
-        # first token is already out.
-        request.status = RequestStatus.WAITING
-        request.finish_reason = None
-        request.finish_s = None
-        arrive_s = now + self.kv_transfer.seconds(request.num_prompt_tokens)
-        self._queue.push(arrive_s, TransferDone(index, request))
-
-    def _instance_index(self, instance_id: str, allowed: list[int]) -> int:
+    def _chosen(self, instance_id: str, allowed: list[int]) -> int:
+        """The index of the instance a dispatcher chose, checked against `allowed`."""
         index = self._index.get(instance_id)
         if index is None or index not in allowed:
             raise RuntimeError(
                 f"dispatcher {self.dispatcher.name!r} chose {instance_id!r}, which cannot take "
                 "this request"
+            )
+        if self.instances[index].draining:
+            raise RuntimeError(
+                f"dispatcher {self.dispatcher.name!r} chose {instance_id!r}, which is draining"
             )
         return index
 
@@ -270,7 +356,9 @@ class ClusterSimulator:
         )
 
     def _record(self, request: Request) -> None:
-        self._records.append(record_from_request(request))
+        record = record_from_request(request)
+        self._records.append(record)
+        self.hooks.request_ended(record)
 
 
 def _dispatch_request(request: Request) -> DispatchRequest:
@@ -283,4 +371,4 @@ def _dispatch_request(request: Request) -> DispatchRequest:
     )
 
 
-__all__ = ["ClusterSimulator", "Event", "ProgressCallback"]
+__all__ = ["ClusterSimulator", "Event", "Links", "ProgressCallback"]
