@@ -6,13 +6,38 @@ from dataclasses import dataclass, field
 
 
 @dataclass(slots=True)
-class CompletionOutput:
-    """One generated sequence."""
+class Logprob:
+    """One token's log-probability under the model's raw distribution (log-softmax of its
+    logits, before penalties, biases, temperature or filtering, as vLLM reports it)."""
 
-    index: int
+    logprob: float
+    rank: int  # 1 for the most likely token
+    decoded_token: str | None = None  # the token's text, when a tokenizer filled it in
+
+
+# Per output token: the sampled token and the `logprobs` most likely ones, by token id.
+SampleLogprobs = list[dict[int, Logprob]]
+
+
+class SampledTokens(dict[str, int]):
+    """A step's sampled token per request id, plus the logprobs of those that asked for them
+    (a dict, so step runners that return a plain mapping of tokens still fit the loop)."""
+
+    def __init__(self, tokens: dict[str, int], logprobs: dict[str, dict[int, Logprob]]) -> None:
+        super().__init__(tokens)
+        self.logprobs = logprobs  # request id -> the sampled token's and top tokens' Logprobs
+
+
+@dataclass(slots=True)
+class CompletionOutput:
+    """One generated sequence; fields and order as vLLM's."""
+
+    index: int  # which of the request's n samples
     text: str
     token_ids: list[int]
-    finish_reason: str | None  # "stop", "length", "abort", "rejected", "error"; None while running
+    cumulative_logprob: float | None  # sum of the sampled tokens' logprobs; None unless asked
+    logprobs: SampleLogprobs | None  # None unless SamplingParams.logprobs was set
+    finish_reason: str | None = None  # "stop", "length", "abort", "rejected", "error"
     stop_reason: str | int | None = None  # the stop string or token that ended it
 
 
@@ -36,7 +61,7 @@ class RequestMetrics:
 
 @dataclass(slots=True)
 class RequestOutput:
-    """The result of one prompt."""
+    """The result of one prompt: one `CompletionOutput` per sample (`SamplingParams.n`)."""
 
     request_id: str
     prompt: str | None
@@ -45,3 +70,4 @@ class RequestOutput:
     finished: bool
     metrics: RequestMetrics = field(default_factory=lambda: RequestMetrics(arrival_s=0.0))
     attained: bool | None = None  # met its SLO; None until finished
+    prompt_logprobs: SampleLogprobs | None = None  # vLLM's field; prompt logprobs are refused
