@@ -167,6 +167,7 @@ class InstanceLoop:
             finish_reason=completion.finish_reason,
             num_prompt_tokens=len(output.prompt_token_ids),
             num_output_tokens=len(token_ids),
+            logprobs=None if completion.logprobs is None else completion.logprobs[num_tokens:],
         )
         if not output.finished:
             self._sent[output.request_id] = (len(token_ids), len(completion.text))
@@ -189,6 +190,7 @@ class InstanceLoop:
             tpot_s=tpot_s,
             attained=output.attained,
             num_preemptions=metrics.num_preemptions,
+            logprobs=delta.logprobs,
         )
 
     def _publish(self, deltas: list[OutputDelta], stepped: bool) -> bool:

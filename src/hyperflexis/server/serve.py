@@ -89,6 +89,7 @@ def serve(config: ServerConfig) -> int:
             Access(slo_classes, config.api_key),
             model_path.name,
             model_aliases=(str(model_path),),
+            model_root=str(model_path),
             max_queued=config.max_queued,
             shared_correction=shared,
         )
