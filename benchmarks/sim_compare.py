@@ -26,6 +26,7 @@ from typing import Any
 from hyperflexis.bench.metrics import attainment_at, goodput_at, rate_where_falls_to
 from hyperflexis.bench.plots import plot_attainment_vs_rate
 from hyperflexis.core import SLOClasses
+from hyperflexis.scheduler import SchedulerConfig
 from hyperflexis.sim import Deployment, SimSetup, simulate
 from hyperflexis.workloads import build_workload, parse_slo_mix, read_azure_trace
 
@@ -53,7 +54,7 @@ def _one(task: tuple[str, str, float, int, int, bool]) -> dict[str, Any]:
     setup = SimSetup(
         deployment=DEPLOYMENTS[deployment_name],
         policy=policy,
-        admission_control=admission_control,
+        scheduler=SchedulerConfig(admission_control=admission_control),
     )
     result = simulate(setup, classes, workload)
     return {"deployment": deployment_name, "policy": policy, "rate": rate, **result}

@@ -90,6 +90,8 @@ def test_sweep_writes_table_plot_and_goodput(
         (["--prefill", "0", "--decode", "2"], "must be >= 1"),
         (["--instances", "3", "--prefill", "1", "--decode", "1"], "does not match"),
         (["--slo-mix", "vip:1"], "unknown SLO class"),
+        (["--max-num-batched-tokens", "0"], "invalid --max-num-batched-tokens 0: must be >= 1"),
+        (["--tpot-margin", "1"], "invalid --tpot-margin 1.0: must be in [0, 1)"),
     ],
 )
 def test_bad_input_exits_2(

@@ -14,8 +14,8 @@ import pytest
     [
         (["--instances", "0"], "'instances'"),
         (["--max-queued", "0"], "'max_queued'"),
-        (["--tpot-margin", "1"], "'tpot_margin'"),
-        (["--prefill-rate-margin", "-0.1"], "'prefill_rate_margin'"),
+        (["--tpot-margin", "1"], "invalid --tpot-margin 1.0: must be in [0, 1)"),
+        (["--prefill-rate-margin", "-0.1"], "invalid --prefill-rate-margin -0.1"),
         (["--model", "/nonexistent/model"], "'--model'"),
         (["--profile", "/nonexistent/profile.json"], "'--profile'"),
     ],

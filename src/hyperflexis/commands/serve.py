@@ -11,8 +11,8 @@ HELP = "Serve an OpenAI-compatible API over a multi-instance cluster."
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     from hyperflexis.cluster import dispatcher_names
+    from hyperflexis.commands.scheduler_flags import add_scheduler_arguments
     from hyperflexis.scheduler import policy_names
-    from hyperflexis.scheduler.config import DEFAULT_PREFILL_RATE_MARGIN, DEFAULT_TPOT_MARGIN
     from hyperflexis.server.config import DEFAULT_HOST, DEFAULT_PORT
 
     parser.add_argument(
@@ -48,11 +48,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=None,
         help="answer 503 when this many requests already wait for their first token",
     )
-    parser.add_argument(
-        "--admission-control",
-        action="store_true",
-        help="answer 503 to requests that can no longer meet their SLO",
-    )
     parser.add_argument("--dtype", default="float32", help="float32, bfloat16 or float16")
     parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")
     parser.add_argument(
@@ -65,32 +60,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="step latency profile JSON (default: the cached one, made once when missing)",
     )
     parser.add_argument(
-        "--max-num-batched-tokens",
-        type=int,
-        default=2048,
-        help="token budget of one instance step (prefill chunks + decodes)",
-    )
-    parser.add_argument(
-        "--tpot-margin",
-        type=float,
-        default=DEFAULT_TPOT_MARGIN,
-        help="hyperflexis: plan each decode's deadlines this fraction of its TPOT early, for "
-        "the scatter of real step times around the prediction",
-    )
-    parser.add_argument(
-        "--prefill-rate-margin",
-        type=float,
-        default=DEFAULT_PREFILL_RATE_MARGIN,
-        help="hyperflexis: plan prefill this fraction below the predicted rate, for arrivals "
-        "that will go ahead of the queue",
-    )
-    parser.add_argument(
         "--threads", type=int, default=1, help="torch CPU threads per instance process"
     )
     parser.add_argument("--seed", type=int, default=0, help="sampling seed")
+    add_scheduler_arguments(parser)
 
 
 def run(args: argparse.Namespace) -> int:
+    from hyperflexis.commands.scheduler_flags import scheduler_config
     from hyperflexis.server.config import ServerConfig
     from hyperflexis.server.serve import serve
 
@@ -104,14 +81,11 @@ def run(args: argparse.Namespace) -> int:
         port=args.port,
         api_key=args.api_key,
         max_queued=args.max_queued,
-        admission_control=args.admission_control,
         dtype=args.dtype,
         device=args.device,
         kv_cache_bytes=args.kv_cache_bytes,
         profile_path=args.profile,
-        max_num_batched_tokens=args.max_num_batched_tokens,
-        tpot_margin=args.tpot_margin,
-        prefill_rate_margin=args.prefill_rate_margin,
+        scheduler=scheduler_config(args),
         num_threads=args.threads,
         seed=args.seed,
     )

@@ -10,13 +10,12 @@ table, plots attainment against rate, and reports each policy's goodput at 90% a
 from __future__ import annotations
 
 import argparse
-import json
 import math
-import sys
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
+
+from hyperflexis.commands import simulate_scaler
+from hyperflexis.commands.simulate_report import one_line, progress, sweep_table, write_json
 
 HELP = "Simulate a cluster on a virtual clock and report SLO attainment."
 
@@ -28,7 +27,7 @@ GOODPUT_TARGET = 0.9
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from hyperflexis.scheduler.config import DEFAULT_PREFILL_RATE_MARGIN, DEFAULT_TPOT_MARGIN
+    from hyperflexis.commands.scheduler_flags import add_scheduler_arguments
 
     cluster = parser.add_argument_group("cluster")
     cluster.add_argument("--hardware", default="h100", help="accelerator (default: h100)")
@@ -56,30 +55,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--profile", default=None, help="profiled latency model JSON (default: analytic roofline)"
     )
     cluster.add_argument(
-        "--admission-control",
-        action="store_true",
-        help="reject requests that can no longer meet their SLO",
-    )
-    cluster.add_argument(
-        "--max-num-batched-tokens", type=int, default=2048, help="step token budget (2048)"
-    )
-    cluster.add_argument(
-        "--tpot-margin",
-        type=float,
-        default=DEFAULT_TPOT_MARGIN,
-        help="hyperflexis: plan decodes' deadlines this fraction of their TPOT early",
-    )
-    cluster.add_argument(
-        "--prefill-rate-margin",
-        type=float,
-        default=DEFAULT_PREFILL_RATE_MARGIN,
-        help="hyperflexis: plan prefill this fraction below the predicted rate",
-    )
-    cluster.add_argument(
         "--no-fast-forward",
         action="store_true",
         help="simulate every decode step one by one (slower; same results)",
     )
+    add_scheduler_arguments(parser)
     load = parser.add_argument_group("workload")
     load.add_argument("--trace", default=None, help="Azure LLM trace CSV")
     load.add_argument("--rate", type=float, default=None, help="requests/s (a trace is rescaled)")
@@ -96,9 +76,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     sweep.add_argument("--sweep-rates", default=None, help="comma-separated rates (requests/s)")
     sweep.add_argument("--plot", default=None, help="sweep plot PNG (default: next to --out)")
     parser.add_argument("--out", required=True, help="results JSON to write")
-    from hyperflexis.commands import simulate_scaler  # --scaler and its options
-
-    simulate_scaler.add_arguments(parser)
+    simulate_scaler.add_arguments(parser)  # --scaler and its options
 
 
 def run(args: argparse.Namespace) -> int:
@@ -109,16 +87,14 @@ def run(args: argparse.Namespace) -> int:
     classes = SLOClasses.from_file(args.slo_classes) if args.slo_classes else SLOClasses()
     mix = parse_slo_mix(args.slo_mix, classes)
     workloads = _WorkloadMaker(args, mix)
-    from hyperflexis.commands import simulate_scaler
-
     simulate_scaler.check_arguments(args)
     if args.scaler is not None:  # an elastic run (commands/simulate_scaler.py)
         return simulate_scaler.run(args, setup, classes, workloads)
     out = Path(args.out)
     if args.policies is None and args.sweep_rates is None:
         doc = _single_run(setup, classes, workloads, args.rate)
-        _write_json(out, doc)
-        print(_one_line(doc))
+        write_json(out, doc)
+        print(one_line(doc))
     else:
         policies = _names(args.policies) if args.policies else [setup.policy]
         rates = _rates(args.sweep_rates, "--sweep-rates") if args.sweep_rates else None
@@ -128,7 +104,7 @@ def run(args: argparse.Namespace) -> int:
             rates = [_positive(args.rate, "--rate")]
         plot = Path(args.plot) if args.plot else out.with_suffix(".png")
         doc = _sweep(setup, classes, workloads, policies, rates, args.dispatch, plot)
-        _write_json(out, doc)
+        write_json(out, doc)
         print(f"wrote {plot}")
     print(f"wrote {out}")
     return 0
@@ -139,6 +115,7 @@ def run(args: argparse.Namespace) -> int:
 
 def _setup(args: argparse.Namespace) -> Any:
     from hyperflexis.cluster import LinkTable, dispatcher_names
+    from hyperflexis.commands.scheduler_flags import scheduler_config
     from hyperflexis.perf import hardware_spec, model_spec
     from hyperflexis.scheduler import policy_class
     from hyperflexis.sim import Deployment, SimSetup
@@ -152,8 +129,7 @@ def _setup(args: argparse.Namespace) -> Any:
     if args.dispatch is not None and args.dispatch not in dispatcher_names():
         known = ", ".join(dispatcher_names())
         raise ValueError(f"unknown dispatcher {args.dispatch!r}; known: {known}")
-    if args.max_num_batched_tokens < 1:
-        raise ValueError("invalid --max-num-batched-tokens: must be >= 1")
+    scheduler = scheduler_config(args)
     if args.prefill is not None or args.decode is not None:
         if args.prefill is None or args.decode is None:
             raise ValueError("a P/D deployment needs both --prefill and --decode")
@@ -183,10 +159,7 @@ def _setup(args: argparse.Namespace) -> Any:
         policy=args.policy,
         dispatch=args.dispatch,
         profile_path=args.profile,
-        admission_control=args.admission_control,
-        max_num_batched_tokens=args.max_num_batched_tokens,
-        tpot_margin=args.tpot_margin,
-        prefill_rate_margin=args.prefill_rate_margin,
+        scheduler=scheduler,
         fast_forward=not args.no_fast_forward,
     )
 
@@ -246,8 +219,8 @@ def _single_run(setup: Any, classes: Any, workloads: _WorkloadMaker, rate: float
     from hyperflexis.sim import simulate
 
     workload = workloads.make(rate)
-    with _progress(len(workload), "simulating") as progress:
-        doc = simulate(setup, classes, workload, progress)
+    with progress(len(workload), "simulating") as on_progress:
+        doc = simulate(setup, classes, workload, on_progress)
     doc["rate_rps"] = rate
     doc["seed"] = workloads.seed
     return doc
@@ -269,18 +242,18 @@ def _sweep(
 
     runs: list[dict[str, Any]] = []
     by_rate = {rate: workloads.make(rate) for rate in rates}
-    with _progress(len(policies) * len(rates), "runs") as progress:
+    with progress(len(policies) * len(rates), "runs") as on_progress:
         for policy in policies:
             for rate in rates:
                 result = simulate(with_policy(setup, policy, dispatch), classes, by_rate[rate])
                 runs.append({"policy": policy, "rate": rate, **result})
-                progress(1)
+                on_progress(1)
     series = {
         policy: [(run["rate"], run["attainment"]) for run in runs if run["policy"] == policy]
         for policy in policies
     }
     goodput = {policy: goodput_at(points, GOODPUT_TARGET) for policy, points in series.items()}
-    print(_table(runs))
+    print(sweep_table(runs))
     for policy, value in goodput.items():
         print(f"goodput@{GOODPUT_TARGET:.0%} {policy}: {value:.3g} req/s")
     title = f"{setup.model} on {setup.hardware}, {_deployment_name(setup)}"
@@ -288,43 +261,11 @@ def _sweep(
     return {"runs": runs, "goodput_at_90": goodput}
 
 
-def _table(runs: list[dict[str, Any]]) -> str:
-    header = f"{'policy':<12} {'rate':>7} {'attain':>7} {'goodput':>8} {'ttft p90':>9} "
-    header += f"{'tpot p90':>9} {'e2e mean':>9} {'rejected':>8}"
-    lines = [header]
-    for run in runs:
-        lines.append(
-            f"{run['policy']:<12} {run['rate']:>7.3g} {run['attainment']:>7.3f} "
-            f"{run['goodput_rps']:>8.3g} {_ms(run['ttft_s']['p90']):>9} "
-            f"{_ms(run['tpot_s']['p90']):>9} {_s(run['e2e_s']['mean']):>9} "
-            f"{run['num_rejected']:>8}"
-        )
-    return "\n".join(lines)
-
-
-def _one_line(doc: dict[str, Any]) -> str:
-    by_class = ", ".join(f"{k} {v:.3f}" for k, v in doc["attainment_by_class"].items())
-    return (
-        f"{doc['num_requests']} requests: attainment {doc['attainment']:.3f} ({by_class}); "
-        f"goodput {doc['goodput_rps']:.3g} req/s; TTFT p90 {_ms(doc['ttft_s']['p90'])}; "
-        f"TPOT p90 {_ms(doc['tpot_s']['p90'])}; cost ${doc['cost_usd']:.2f}; "
-        f"simulated in {doc['sim_wall_s']:.1f} s"
-    )
-
-
 def _deployment_name(setup: Any) -> str:
     d = setup.deployment
     if d.is_disaggregated:
         return f"{d.num_prefill}P+{d.num_decode}D"
     return f"{d.num_mixed} instances"
-
-
-def _ms(value: float | None) -> str:
-    return "-" if value is None else f"{value * 1e3:.1f}ms"
-
-
-def _s(value: float | None) -> str:
-    return "-" if value is None else f"{value:.2f}s"
 
 
 # -- small parsers ----------------------------------------------------------------------------
@@ -356,20 +297,3 @@ def _positive(value: float, option: str) -> float:
     if not (math.isfinite(value) and value > 0):
         raise ValueError(f"invalid {option} {value}: must be a finite number > 0")
     return value
-
-
-def _write_json(path: Path, doc: Any) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(doc, indent=2, sort_keys=True) + "\n")
-
-
-@contextmanager
-def _progress(total: int, unit: str) -> Iterator[Any]:
-    """A tqdm bar on stderr (only when it is a terminal); yields its `update`."""
-    from tqdm import tqdm
-
-    bar = tqdm(total=total, unit=unit, file=sys.stderr, disable=not sys.stderr.isatty())
-    try:
-        yield bar.update
-    finally:
-        bar.close()

@@ -10,6 +10,8 @@ import argparse
 from pathlib import Path
 from typing import Any
 
+from hyperflexis.commands.simulate_report import one_line, progress, write_json
+
 DEFAULT_MIN_INSTANCES = 1
 DEFAULT_MAX_INSTANCES = 16
 DEFAULT_CONTROL_INTERVAL_S = 10.0
@@ -71,7 +73,6 @@ def run(args: argparse.Namespace, setup: Any, classes: Any, workloads: Any) -> i
     """The scaled run of `hyperflexis simulate`; `setup` is its `SimSetup` (the initial
     cluster), `workloads` its workload maker."""
     from hyperflexis.bench.scaling_plot import plot_scaling
-    from hyperflexis.commands.simulate import _one_line, _progress, _write_json
     from hyperflexis.sim.elastic_setup import ScalingSetup, simulate_elastic
 
     check_arguments(args)
@@ -87,17 +88,17 @@ def run(args: argparse.Namespace, setup: Any, classes: Any, workloads: Any) -> i
     if not bin_s > 0:
         raise ValueError(f"invalid --series-interval {bin_s}: must be > 0")
     workload = workloads.make(args.rate)
-    with _progress(len(workload), "simulating") as progress:
-        doc = simulate_elastic(setup, scaling, classes, workload, progress, bin_s=bin_s)
+    with progress(len(workload), "simulating") as on_progress:
+        doc = simulate_elastic(setup, scaling, classes, workload, on_progress, bin_s=bin_s)
     doc["rate_rps"] = args.rate
     doc["seed"] = workloads.seed
     out = Path(args.out)
     plot = Path(args.plot) if args.plot else out.with_suffix(".png")
-    _write_json(out, doc)
+    write_json(out, doc)
     plot.parent.mkdir(parents=True, exist_ok=True)
     title = f"{setup.model} on {setup.hardware}, scaler {scaling.scaler}"
     plot_scaling({scaling.scaler: doc["time_series"]}, plot, title=title)
-    print(_one_line(doc))
+    print(one_line(doc))
     print(
         f"scaler {scaling.scaler}: {doc['instance_seconds']:.0f} instance-seconds, peak "
         f"{doc['peak_instances']} instances, decisions {doc['num_decisions']}"

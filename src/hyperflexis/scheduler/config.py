@@ -1,9 +1,14 @@
-"""Instance scheduler settings: one small dataclass, checked on construction."""
+"""Instance scheduler settings: one small dataclass, checked on construction.
+
+Fields made with `knob(...)` are the ones a deployment sets: `hyperflexis serve` and
+`hyperflexis simulate` give each a flag named after it (`commands/scheduler_flags.py`) and results
+files echo it, so a new knob is one field here.
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Literal
+from dataclasses import Field, dataclass, field, fields
+from typing import Any, Literal, TypeVar
 
 Role = Literal["mixed", "prefill", "decode"]
 ROLES: tuple[Role, ...] = ("mixed", "prefill", "decode")
@@ -14,33 +19,71 @@ DEFAULT_TPOT_MARGIN = 0.05
 # plans the queue as if nothing more urgent arrived; arrivals with earlier deadlines take their
 # share of the rate first (DESIGN.md §4.3: estimate the rate conservatively).
 DEFAULT_PREFILL_RATE_MARGIN = 0.2
+KNOB_HELP = "knob_help"  # field metadata key: the flag's help line
+
+_T = TypeVar("_T")
+
+
+def knob(default: _T, help_text: str) -> _T:
+    """A field set per deployment, with its flag's help line."""
+    return field(default=default, metadata={KNOB_HELP: help_text})
+
+
+class InvalidSchedulerField(ValueError):
+    """A `SchedulerConfig` field out of range; `field` names it, so a CLI can name its flag."""
+
+    def __init__(self, name: str, reason: str) -> None:
+        super().__init__(f"invalid scheduler field {name!r}: {reason}")
+        self.field = name
+        self.reason = reason
 
 
 @dataclass(frozen=True, slots=True)
 class SchedulerConfig:
     role: Role = "mixed"  # what this instance runs: both phases, prefill only, or decode only
-    max_num_batched_tokens: int = 2048  # token budget of one step (prefill chunks + decodes)
+    max_num_batched_tokens: int = knob(
+        2048, "token budget of one instance step (prefill chunks + decodes)"
+    )
     max_num_seqs: int = 256  # most requests in one step
     chunked_prefill: bool = True  # split long prompts over steps; off: a prompt runs whole
     max_prefill_chunk: int | None = None  # a fixed chunk cap (sarathi); None: the token budget
-    admission_control: bool = False  # reject late requests whose class says `late: reject`
+    admission_control: bool = knob(
+        False, "reject requests that can no longer meet their SLO (serve answers 503)"
+    )
     max_gap_factor: float = 1.5  # hyperflexis: a step never exceeds this many TPOTs of a decode
     max_step_s: float = 0.5  # hyperflexis: longest step it plans
     target_step_s: float = 0.2  # hyperflexis: step time budget of a prefill-only batch
-    tpot_margin: float = DEFAULT_TPOT_MARGIN  # hyperflexis: plan decodes' deadlines early
-    prefill_rate_margin: float = DEFAULT_PREFILL_RATE_MARGIN  # hyperflexis: plan prefill slower
+    tpot_margin: float = knob(
+        DEFAULT_TPOT_MARGIN,
+        "hyperflexis: plan each decode's deadlines this fraction of its TPOT early, for the "
+        "scatter of real step times around the prediction",
+    )
+    prefill_rate_margin: float = knob(
+        DEFAULT_PREFILL_RATE_MARGIN,
+        "hyperflexis: plan prefill this fraction below the predicted rate, for arrivals that "
+        "will go ahead of the queue",
+    )
 
     def __post_init__(self) -> None:
         if self.role not in ROLES:
-            raise ValueError(f"invalid scheduler field 'role': {self.role!r}; known: {ROLES}")
+            raise InvalidSchedulerField("role", f"{self.role!r}; known: {ROLES}")
         for name in ("max_num_batched_tokens", "max_num_seqs"):
             if getattr(self, name) < 1:
-                raise ValueError(f"invalid scheduler field {name!r}: must be >= 1")
+                raise InvalidSchedulerField(name, "must be >= 1")
         if self.max_prefill_chunk is not None and self.max_prefill_chunk < 1:
-            raise ValueError("invalid scheduler field 'max_prefill_chunk': must be >= 1 or None")
+            raise InvalidSchedulerField("max_prefill_chunk", "must be >= 1 or None")
         for name in ("max_gap_factor", "max_step_s", "target_step_s"):
             if not getattr(self, name) > 0:
-                raise ValueError(f"invalid scheduler field {name!r}: must be > 0")
+                raise InvalidSchedulerField(name, "must be > 0")
         for name in ("tpot_margin", "prefill_rate_margin"):
             if not 0 <= getattr(self, name) < 1:
-                raise ValueError(f"invalid scheduler field {name!r}: must be in [0, 1)")
+                raise InvalidSchedulerField(name, "must be in [0, 1)")
+
+    def knob_values(self) -> dict[str, Any]:
+        """The per-deployment fields by name, in declaration order (for results files)."""
+        return {f.name: getattr(self, f.name) for f in knob_fields()}
+
+
+def knob_fields() -> tuple[Field[Any], ...]:
+    """The fields a deployment sets, in declaration order."""
+    return tuple(f for f in fields(SchedulerConfig) if KNOB_HELP in f.metadata)

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
-from hyperflexis.scheduler.config import DEFAULT_PREFILL_RATE_MARGIN, DEFAULT_TPOT_MARGIN
+from hyperflexis.scheduler.config import SchedulerConfig
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8000
@@ -22,14 +22,13 @@ class ServerConfig:
     port: int = DEFAULT_PORT  # 0: any free port (the readiness line says which)
     api_key: str | None = None  # None: no authentication
     max_queued: int | None = None  # 503 beyond this many requests without a first token
-    admission_control: bool = False  # reject requests that can no longer meet their SLO
     dtype: str = "float32"
     device: str = "cpu"  # every instance on it; "cuda" spreads nothing by itself
     kv_cache_bytes: int | None = None  # per instance; None: the runner's default
     profile_path: Path | None = None  # step latency profile; None: cached, made when missing
-    max_num_batched_tokens: int = 2048  # step token budget of each instance
-    tpot_margin: float = DEFAULT_TPOT_MARGIN  # hyperflexis: plan decodes' deadlines early
-    prefill_rate_margin: float = DEFAULT_PREFILL_RATE_MARGIN  # hyperflexis: plan prefill slower
+    # Every instance's scheduler (all run both phases); its admission control also lets the
+    # dispatcher answer 503 to requests no instance can serve in time.
+    scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
     num_threads: int = 1  # torch CPU threads per instance
     seed: int = 0  # sampling seed of instance 0 (instance i uses seed + i)
     ready_timeout_s: float = 300.0  # how long instances may take to load
@@ -46,5 +45,7 @@ class ServerConfig:
             raise ValueError("invalid 'api_key': must not be empty")
         if self.num_threads < 1:
             raise ValueError(f"invalid 'num_threads': must be >= 1, got {self.num_threads}")
-        if self.max_num_batched_tokens < 1:
-            raise ValueError("invalid 'max_num_batched_tokens': must be >= 1")
+        if self.scheduler.role != "mixed":
+            raise ValueError(
+                f"invalid 'scheduler.role' {self.scheduler.role!r}: every server instance is mixed"
+            )

@@ -31,7 +31,7 @@ def serve(config: ServerConfig) -> int:
     from hyperflexis.core.slo import SLOClasses
     from hyperflexis.engine import Tokenizer, default_model_path
     from hyperflexis.engine.factory import InstanceSpec
-    from hyperflexis.scheduler import SchedulerConfig, policy_class
+    from hyperflexis.scheduler import policy_class
     from hyperflexis.server.access import Access
     from hyperflexis.server.app import create_app
     from hyperflexis.server.core import ServingCore
@@ -50,25 +50,19 @@ def serve(config: ServerConfig) -> int:
     if tokenizer.chat_template is not None:
         # Compile the template now, not inside the first chat request's latency.
         tokenizer.encode_chat([{"role": "user", "content": "warm-up"}])
-    scheduler_config = SchedulerConfig(
-        max_num_batched_tokens=config.max_num_batched_tokens,
-        admission_control=config.admission_control,
-        tpot_margin=config.tpot_margin,
-        prefill_rate_margin=config.prefill_rate_margin,
-    )
     profiled = load_or_profile(
         model_path, config.device, config.dtype, config.kv_cache_bytes, config.profile_path
     )
     shared = SharedCorrection(profiled)
     dispatcher = make_dispatcher(
-        config.dispatch, shared, scheduler_config, config.admission_control
+        config.dispatch, shared, config.scheduler, config.scheduler.admission_control
     )
     specs = [
         InstanceSpec(
             instance_id=f"instance-{i}",
             model=str(model_path),
             policy=config.policy,
-            scheduler_config=scheduler_config,
+            scheduler_config=config.scheduler,
             cost_model=profiled,
             dtype=config.dtype,
             device=config.device,

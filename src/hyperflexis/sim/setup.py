@@ -21,7 +21,6 @@ from hyperflexis.perf import (
     model_spec,
 )
 from hyperflexis.scheduler import Role, SchedulerConfig, policy_class
-from hyperflexis.scheduler.config import DEFAULT_PREFILL_RATE_MARGIN, DEFAULT_TPOT_MARGIN
 from hyperflexis.sim.deployment import Deployment, KVTransferModel
 from hyperflexis.sim.simulator import ClusterSimulator, ProgressCallback
 from hyperflexis.workloads.spec import Workload
@@ -48,13 +47,19 @@ class SimSetup:
     policy: str = "hyperflexis"  # scheduling policy of every instance
     dispatch: str | None = None  # dispatcher; None: the policy's natural one
     profile_path: str | None = None  # a `hyperflexis profile` JSON instead of the roofline
-    admission_control: bool = False  # reject requests that cannot meet their SLO
-    max_num_batched_tokens: int = 2048  # step token budget
-    tpot_margin: float = DEFAULT_TPOT_MARGIN  # hyperflexis: plan decodes' deadlines this early
-    prefill_rate_margin: float = DEFAULT_PREFILL_RATE_MARGIN  # hyperflexis: plan prefill slower
+    # Every instance's scheduler; the deployment sets each one's role (and DistServe's budget
+    # grows to hold the longest prompt). Its admission control also applies to the dispatcher.
+    scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
     memory_fraction: float = 0.9  # of HBM for weights + KV, as vLLM's gpu_memory_utilization
     block_size: int = 16  # tokens per KV block
     fast_forward: bool = True  # advance decode-only stretches in one go (same results)
+
+    def __post_init__(self) -> None:
+        if self.scheduler.role != "mixed":
+            raise ValueError(
+                f"invalid 'scheduler.role' {self.scheduler.role!r}: the deployment sets each "
+                "instance's role"
+            )
 
     @property
     def dispatcher_name(self) -> str:
@@ -72,10 +77,7 @@ class SimSetup:
             "dispatch": self.dispatcher_name,
             "latency_model": "profiled" if self.profile_path else "analytic",
             "profile_path": self.profile_path,
-            "admission_control": self.admission_control,
-            "max_num_batched_tokens": self.max_num_batched_tokens,
-            "tpot_margin": self.tpot_margin,
-            "prefill_rate_margin": self.prefill_rate_margin,
+            **self.scheduler.knob_values(),
             "memory_fraction": self.memory_fraction,
             "block_size": self.block_size,
             "fast_forward": self.fast_forward,
@@ -110,20 +112,15 @@ def build_parts(setup: SimSetup, workload: Workload) -> SimParts:
     num_kv_blocks = kv_cache_tokens(hardware, model, setup.memory_fraction) // setup.block_size
     if num_kv_blocks < 1:
         raise ValueError(f"model {model.name!r} does not fit on {hardware.name!r}")
-    budget = setup.max_num_batched_tokens
+    budget = setup.scheduler.max_num_batched_tokens
     if setup.policy == "distserve":
         longest = max((spec.prompt_len for spec in workload), default=0)
         budget = max(budget, DISTSERVE_MIN_BATCHED_TOKENS, longest + 1)
     entry_role: Role = "prefill" if setup.deployment.is_disaggregated else "mixed"
-    config = SchedulerConfig(
-        role=entry_role,
-        max_num_batched_tokens=budget,
-        admission_control=setup.admission_control,
-        tpot_margin=setup.tpot_margin,
-        prefill_rate_margin=setup.prefill_rate_margin,
-    )
+    config = dataclasses.replace(setup.scheduler, role=entry_role, max_num_batched_tokens=budget)
     transfer = KVTransferModel.between(hardware, model)
-    dispatcher = make_dispatcher(setup.dispatcher_name, cost_model, config, setup.admission_control)
+    admission_control = config.admission_control
+    dispatcher = make_dispatcher(setup.dispatcher_name, cost_model, config, admission_control)
     if isinstance(dispatcher, HyperFlexisDispatcher) and setup.deployment.is_disaggregated:
         dispatcher.kv_transfer_s = transfer.seconds
     return SimParts(hardware, model, cost_model, num_kv_blocks, config, transfer, dispatcher)

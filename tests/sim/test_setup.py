@@ -1,0 +1,60 @@
+"""`SimSetup` holds the instances' `SchedulerConfig`: the deployment sets each role, DistServe's
+budget holds the longest prompt, and results files echo the same keys as before."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+
+from hyperflexis.scheduler import SchedulerConfig
+from hyperflexis.sim import Deployment, SimSetup
+from hyperflexis.sim.setup import DISTSERVE_MIN_BATCHED_TOKENS, build_parts
+from hyperflexis.workloads import RequestSpec
+
+from .helpers import workload
+
+PD = Deployment(num_prefill=1, num_decode=1)
+
+
+def test_echo_keeps_its_keys_and_values() -> None:
+    scheduler = SchedulerConfig(max_num_batched_tokens=1024, admission_control=True)
+    echo = SimSetup(scheduler=scheduler).echo()
+    assert echo == {
+        "hardware": "h100",
+        "model": "llama-3.1-8b",
+        "num_mixed": 4,
+        "num_prefill": 0,
+        "num_decode": 0,
+        "policy": "hyperflexis",
+        "dispatch": "hyperflexis",
+        "latency_model": "analytic",
+        "profile_path": None,
+        "admission_control": True,
+        "max_num_batched_tokens": 1024,
+        "tpot_margin": 0.05,
+        "prefill_rate_margin": 0.2,
+        "memory_fraction": 0.9,
+        "block_size": 16,
+        "fast_forward": True,
+    }
+
+
+def test_the_instances_get_the_setups_scheduler_config() -> None:
+    scheduler = SchedulerConfig(tpot_margin=0.1, max_num_seqs=32, admission_control=True)
+    parts = build_parts(SimSetup(deployment=PD, scheduler=scheduler), workload(5))
+    assert parts.config == dataclasses.replace(scheduler, role="prefill")
+    assert parts.dispatcher.admission_control
+
+
+def test_distserve_budget_holds_the_longest_prompt() -> None:
+    long_prompt = [RequestSpec("r0", 0.0, 20000, 10, "standard")]
+    parts = build_parts(SimSetup(policy="distserve"), long_prompt)
+    assert parts.config.max_num_batched_tokens == 20001
+    parts = build_parts(SimSetup(policy="distserve"), workload(5))
+    assert parts.config.max_num_batched_tokens == DISTSERVE_MIN_BATCHED_TOKENS
+
+
+def test_the_role_is_the_deployments() -> None:
+    with pytest.raises(ValueError, match=r"scheduler\.role"):
+        SimSetup(scheduler=SchedulerConfig(role="decode"))
