@@ -17,6 +17,10 @@ import pytest
 from tests.server.live import LiveServer, start_server, stop_server
 
 PROMPT = [5, 6, 7]
+CHAT_TEMPLATE = (  # the tiny checkpoint's template, but opening the reply with w4
+    "{{ bos_token }} {% for m in messages %}{{ m['content'] }} {% endfor %}"
+    "{% if add_generation_prompt %}w4{% endif %}"
+)
 
 
 @pytest.fixture(scope="module")
@@ -24,10 +28,12 @@ def server(
     tmp_path_factory: pytest.TempPathFactory, tiny_llama_dir: Path, fixed_profile: Path
 ) -> Iterator[LiveServer]:
     tmp = tmp_path_factory.mktemp("vllm-compat")
-    live = start_server(
-        ["--instances", "1", "--model", str(tiny_llama_dir), "--profile", str(fixed_profile)],
-        tmp,
-    )
+    args = [str(tiny_llama_dir), "--instances", "1", "--profile", str(fixed_profile)]
+    # vLLM's spellings: the model positional, names, a shorter context, a template string.
+    args += ["--served-model-name", "tiny", "tiny-alias", "--max-model-len", "128"]
+    args += ["--chat-template", CHAT_TEMPLATE, "--block-size", "8", "--dtype", "auto"]
+    args += ["--max-num-seqs", "8"]
+    live = start_server(args, tmp)
     yield live
     stop_server(live.process)
 
@@ -62,18 +68,21 @@ def _token_id(text: str) -> int:
 
 def test_models_version_ping_tokenize(server: LiveServer, tiny_llama_dir: Path) -> None:
     (model,) = httpx.get(f"{server.url}/v1/models", timeout=10).json()["data"]
-    assert model["root"] == str(tiny_llama_dir) and model["max_model_len"] == 256
+    assert model["id"] == "tiny" and model["root"] == str(tiny_llama_dir)
+    assert model["max_model_len"] == 128  # --max-model-len
+    alias = {"model": "tiny-alias", "prompt": "w5", "max_tokens": 1}
+    assert _post(server, "/v1/completions", alias)["model"] == "tiny"
     assert httpx.get(f"{server.url}/version", timeout=10).json()["version"]
     assert httpx.get(f"{server.url}/ping", timeout=10).status_code == 200
     tokens = _post(server, "/tokenize", {"prompt": "w5 w6", "return_token_strs": True})
     assert tokens == {
         "count": 3,
-        "max_model_len": 256,
+        "max_model_len": 128,
         "tokens": [0, 5, 6],
         "token_strs": ["<s>", "w5", "w6"],
     }
     chat = _post(server, "/tokenize", {"messages": [{"role": "user", "content": "w9"}]})
-    assert chat["tokens"] == [0, 9, 3]  # the template: BOS, the content, then w3
+    assert chat["tokens"] == [0, 9, 4]  # --chat-template: BOS, the content, then w4
     assert _post(server, "/detokenize", {"tokens": [5, 6]}) == {"prompt": "w5 w6"}
     bad = httpx.post(f"{server.url}/detokenize", json={"tokens": [10**6]}, timeout=10)
     assert bad.status_code == 400 and bad.json()["error"]["param"] == "tokens"

@@ -84,7 +84,7 @@ def build_engine(spec: InstanceSpec, clock: Callable[[], float] = time.monotonic
         config = dataclasses.replace(config, max_num_batched_tokens=runner.max_model_len)
     cost_model = spec.cost_model
     if cost_model is None and needs_cost_model:
-        cost_model = cached_cost_model(runner, spec.device, spec.dtype)
+        cost_model = cached_cost_model(runner, spec.device, runner.dtype_name)
     correction = None
     if cost_model is not None:
         correction = (

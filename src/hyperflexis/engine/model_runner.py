@@ -13,7 +13,7 @@ import torch
 
 from hyperflexis.core.outputs import SampledTokens
 from hyperflexis.engine.attention import StepBatch
-from hyperflexis.engine.config import ModelConfig
+from hyperflexis.engine.config import ModelConfig, resolve_dtype_name
 from hyperflexis.engine.default_model import default_model_path
 from hyperflexis.engine.kv_cache import KVCache, num_blocks_for_budget
 from hyperflexis.engine.loader import load_model, parse_dtype
@@ -54,7 +54,9 @@ class ModelRunner:
         self.device = torch.device(device)
         # The checkpoint folder; the built-in default model when none is given.
         self.model_path: Path = Path(model) if model is not None else default_model_path()
-        self.dtype: torch.dtype = _resolve_dtype(dtype, self.model_path, self.device)
+        # The dtype's name after vLLM's "auto" is resolved (profiles are cached under it).
+        self.dtype_name = resolve_dtype_name(dtype, self.model_path, device)
+        self.dtype: torch.dtype = parse_dtype(self.dtype_name)
         config, module = load_model(self.model_path, self.dtype, self.device)
         assert isinstance(module, CausalLM)
         self.config: ModelConfig = config
@@ -170,16 +172,3 @@ def _check_limits(
             )
         if kv_cache_bytes is not None:
             raise ValueError("give gpu_memory_utilization or kv_cache_bytes, not both")
-
-
-def _resolve_dtype(dtype: str, model_path: Path, device: torch.device) -> torch.dtype:
-    """vLLM's "auto": the checkpoint's dtype, float16 for a float32 checkpoint on a GPU;
-    float32 on the CPU."""
-    if dtype != "auto":
-        return parse_dtype(dtype)
-    if device.type != "cuda":
-        return torch.float32
-    stored = ModelConfig.from_file(model_path / "config.json").torch_dtype
-    if stored is None or stored in ("float32", "fp32"):
-        return torch.float16
-    return parse_dtype(stored)
