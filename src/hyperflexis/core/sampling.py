@@ -44,7 +44,7 @@ class SamplingParams:
     logits_processors: Any = None  # not implemented: refused unless None
     include_stop_str_in_output: bool = False  # keep the stop string (or stop token) in the text
     truncate_prompt_tokens: int | None = None  # not implemented: refused unless None
-    output_kind: Any = None  # vLLM's streaming mode; outputs here are always cumulative
+    output_kind: Any = None  # vLLM's streaming mode: refused unless None (outputs are whole)
     guided_decoding: Any = None  # not implemented: refused unless None
     logit_bias: dict[int, float] | None = None  # added to the logits of these token ids
     allowed_token_ids: list[int] | None = None  # sample only among these tokens
@@ -184,6 +184,7 @@ UNSUPPORTED: dict[str, object] = {
     "spaces_between_special_tokens": True,
     "logits_processors": None,
     "truncate_prompt_tokens": None,
+    "output_kind": None,
     "guided_decoding": None,
     "bad_words": None,
 }
