@@ -179,3 +179,28 @@ def test_vllm_constructor_names(tiny_llama_dir: Path, tmp_path: Path) -> None:
         LLM(tiny_llama_dir, max_model_len=100_000)
     with pytest.raises(FileNotFoundError, match=r"tokenizer\.json"):
         LLM(tiny_llama_dir, tokenizer=tmp_path)
+
+
+@pytest.mark.parametrize("max_num_batched_tokens", [2048, 4])  # one prefill step, or chunks of 4
+def test_prompt_logprobs_match_transformers(
+    tiny_llama_dir: Path, max_num_batched_tokens: int
+) -> None:
+    torch = pytest.importorskip("torch")
+    transformers = pytest.importorskip("transformers")
+    prompt = [5, 6, 7, 8, 9, 10, 11, 12, 13, 14]
+    llm = LLM(tiny_llama_dir, max_num_batched_tokens=max_num_batched_tokens)
+    params = SamplingParams(temperature=0.0, max_tokens=2, prompt_logprobs=2, n=2)
+    (output,) = llm.generate(prompt, params)
+    model = transformers.AutoModelForCausalLM.from_pretrained(tiny_llama_dir, dtype=torch.float32)
+    with torch.no_grad():
+        reference = torch.log_softmax(model(torch.tensor([prompt])).logits[0].float(), dim=-1)
+    entries = output.prompt_logprobs
+    assert entries is not None and len(entries) == len(prompt) and entries[0] is None
+    for position in range(1, len(prompt)):
+        entry = entries[position]
+        assert entry is not None
+        token, row = prompt[position], reference[position - 1]
+        assert entry[token].logprob == pytest.approx(float(row[token]), abs=1e-4)
+        assert entry[token].decoded_token == f"w{token}"
+        assert {t for t, lp in entry.items() if lp.rank <= 2} == set(row.topk(2).indices.tolist())
+    assert llm.generate(prompt, SamplingParams(max_tokens=1))[0].prompt_logprobs is None

@@ -178,10 +178,12 @@ class LLM:
         """Fill in each logprob entry's token text, as vLLM's outputs carry it."""
         tokenizer = self.get_tokenizer()
         for output in outputs:
+            entries = [e for e in output.prompt_logprobs or () if e is not None]
             for completion in output.outputs:
-                for entry in completion.logprobs or ():
-                    for token_id, logprob in entry.items():
-                        logprob.decoded_token = tokenizer.decode([token_id], False)
+                entries.extend(completion.logprobs or ())
+            for entry in entries:
+                for token_id, logprob in entry.items():
+                    logprob.decoded_token = tokenizer.decode([token_id], False)
 
     def _wait(self, ids: list[str], use_tqdm: bool) -> dict[str, RequestOutput]:
         engine = self.engine
@@ -298,6 +300,7 @@ def _merge(samples: list[RequestOutput]) -> RequestOutput:
         finished=all(s.finished for s in samples),
         metrics=metrics,
         attained=all(bool(s.attained) for s in samples),
+        prompt_logprobs=first.prompt_logprobs,
     )
 
 

@@ -185,8 +185,12 @@ def test_unknown_fields_are_refused_by_name(kind: str) -> None:
 def test_pairings_and_types_are_checked() -> None:
     chat = BASE["chat"]
     assert _param(parse_chat, {**chat, "top_logprobs": 2}) == "top_logprobs"  # needs logprobs
-    both = {"prompt": "x", "echo": True, "logprobs": 1}  # needs prompt logprobs
-    assert _param(parse_completion, both) == "echo"
+    scored = parse_completion({"prompt": "x", "echo": True, "logprobs": 1}, {})
+    assert scored.sampling_params(1).prompt_logprobs == 1  # the echoed prompt is scored too
+    assert (
+        parse_completion({"prompt": "x", "logprobs": 1}, {}).sampling_params(1).prompt_logprobs
+        is None
+    )
     assert _param(parse_completion, {"prompt": "x", "stream": "yes"}) == "stream"
     assert _param(parse_completion, {"prompt": "x", "n": True}) == "n"
     continuous = {"prompt": "x", "stream_options": {"continuous_usage_stats": True}}

@@ -103,6 +103,20 @@ def test_completion_logprobs_match_transformers(server: LiveServer, reference: A
     assert offsets == sorted(offsets) and len(offsets) == 4
 
 
+def test_echo_with_logprobs_scores_the_prompt(server: LiveServer, reference: Any) -> None:
+    """What evaluation harnesses send to score a text: echo, logprobs, one token."""
+    body = {"prompt": "w5 w6 w7", "max_tokens": 1, "temperature": 0, "echo": True, "logprobs": 1}
+    (choice,) = _post(server, "/v1/completions", body)["choices"]
+    logprobs = choice["logprobs"]
+    assert logprobs["tokens"][:4] == ["<s>", "w5", "w6", "w7"] and len(logprobs["tokens"]) == 5
+    assert logprobs["token_logprobs"][0] is None and logprobs["top_logprobs"][0] is None
+    table = reference([0, 5, 6, 7])
+    for position, token in enumerate([5, 6, 7], start=1):
+        expected = float(table[position - 1][token])
+        assert logprobs["token_logprobs"][position] == pytest.approx(expected, abs=1e-4)
+    assert choice["text"].startswith("w5 w6 w7")
+
+
 def test_chat_logprobs_match_transformers(server: LiveServer, reference: Any) -> None:
     messages = [{"role": "user", "content": "w9 w10"}]
     prompt = _post(server, "/tokenize", {"messages": messages})["tokens"]

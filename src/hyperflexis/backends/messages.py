@@ -70,6 +70,8 @@ class OutputDelta:
     error: str | None = None  # why it failed, with finish_reason "error"
     error_status: int = 500  # the HTTP status of that failure: 400 when the request was invalid
     logprobs: list[dict[int, Logprob]] | None = None  # per new token, when the request asked
+    # With the first tokens, when asked: per prompt token (None for the first one).
+    prompt_logprobs: list[dict[int, Logprob] | None] | None = None
 
     @property
     def finished(self) -> bool:

@@ -168,6 +168,7 @@ class InstanceLoop:
             num_prompt_tokens=len(output.prompt_token_ids),
             num_output_tokens=len(token_ids),
             logprobs=None if completion.logprobs is None else completion.logprobs[num_tokens:],
+            prompt_logprobs=output.prompt_logprobs if num_tokens == 0 and token_ids else None,
         )
         if not output.finished:
             self._sent[output.request_id] = (len(token_ids), len(completion.text))
@@ -191,6 +192,7 @@ class InstanceLoop:
             attained=output.attained,
             num_preemptions=metrics.num_preemptions,
             logprobs=delta.logprobs,
+            prompt_logprobs=delta.prompt_logprobs,
         )
 
     def _publish(self, deltas: list[OutputDelta], stepped: bool) -> bool:

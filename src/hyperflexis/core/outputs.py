@@ -17,15 +17,24 @@ class Logprob:
 
 # Per output token: the sampled token and the `logprobs` most likely ones, by token id.
 SampleLogprobs = list[dict[int, Logprob]]
+# Per prompt token, likewise; None for the first, which nothing predicts (vLLM's shape).
+PromptLogprobs = list[dict[int, Logprob] | None]
 
 
 class SampledTokens(dict[str, int]):
     """A step's sampled token per request id, plus the logprobs of those that asked for them
     (a dict, so step runners that return a plain mapping of tokens still fit the loop)."""
 
-    def __init__(self, tokens: dict[str, int], logprobs: dict[str, dict[int, Logprob]]) -> None:
+    def __init__(
+        self,
+        tokens: dict[str, int],
+        logprobs: dict[str, dict[int, Logprob]],
+        prompt_logprobs: dict[str, dict[int, dict[int, Logprob]]] | None = None,
+    ) -> None:
         super().__init__(tokens)
         self.logprobs = logprobs  # request id -> the sampled token's and top tokens' Logprobs
+        # Request id -> prompt position -> that prompt token's and the top tokens' Logprobs.
+        self.prompt_logprobs = prompt_logprobs or {}
 
 
 @dataclass(slots=True)
@@ -70,4 +79,4 @@ class RequestOutput:
     finished: bool
     metrics: RequestMetrics = field(default_factory=lambda: RequestMetrics(arrival_s=0.0))
     attained: bool | None = None  # met its SLO; None until finished
-    prompt_logprobs: SampleLogprobs | None = None  # vLLM's field; prompt logprobs are refused
+    prompt_logprobs: PromptLogprobs | None = None  # None unless SamplingParams.prompt_logprobs

@@ -2,7 +2,7 @@
 
 The fields, their names, defaults and positional order are vLLM's (`SamplingParams(n, best_of,
 presence_penalty, ...)`), so code written for vLLM runs unchanged. vLLM fields that would change
-the output but are not implemented here (`prompt_logprobs`, `guided_decoding`, ...) are declared
+the output but are not implemented here (`guided_decoding`, `bad_words`, ...) are declared
 so that setting one fails loudly by name instead of being ignored.
 """
 
@@ -37,7 +37,7 @@ class SamplingParams:
     max_tokens: int = 16  # most output tokens to generate
     min_tokens: int = 0  # EOS, stop tokens and stop strings cannot end it before this many
     logprobs: int | None = None  # return the sampled token's logprob and this many alternatives
-    prompt_logprobs: int | None = None  # not implemented: refused unless None
+    prompt_logprobs: int | None = None  # each prompt token's logprob and this many alternatives
     detokenize: bool = True  # only True: text is always produced
     skip_special_tokens: bool = True  # leave special tokens out of the text
     spaces_between_special_tokens: bool = True  # only True (the tokenizer's own decoding)
@@ -112,6 +112,12 @@ def _check_counts(p: SamplingParams) -> None:
         "logprobs",
         f"None or an int in [0, {MAX_LOGPROBS}]",
     )
+    _check(
+        p.prompt_logprobs is None
+        or (_is_int(p.prompt_logprobs) and 0 <= p.prompt_logprobs <= MAX_LOGPROBS),
+        "prompt_logprobs",
+        f"None or an int in [0, {MAX_LOGPROBS}]",
+    )
     _check(p.seed is None or _is_int(p.seed), "seed", "None or an int")
 
 
@@ -179,7 +185,6 @@ def _check_stops(p: SamplingParams) -> None:
 
 # Fields vLLM has and HyperFlexis does not implement, with the only value accepted.
 UNSUPPORTED: dict[str, object] = {
-    "prompt_logprobs": None,
     "detokenize": True,
     "spaces_between_special_tokens": True,
     "logits_processors": None,

@@ -178,8 +178,8 @@ class LLMEngine:
         sampled = self.runner.execute(batch) if not batch.is_empty else {}
         executed = self.clock()
         finished = self.scheduler.update(batch, sampled, executed)
-        if isinstance(sampled, SampledTokens) and sampled.logprobs:
-            self._outputs.add_logprobs(sampled.logprobs)
+        if isinstance(sampled, SampledTokens):
+            self._outputs.add_logprobs(sampled)
         updated = self.clock()
         outputs = self._process(batch, finished, updated)
         self._record(batch, (start, scheduled, executed, updated, self.clock()))

@@ -7,11 +7,12 @@ batch, computes logits for the rows that sample and picks their tokens.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
-from hyperflexis.core.outputs import SampledTokens
+from hyperflexis.core.outputs import Logprob, SampledTokens
 from hyperflexis.engine.attention import StepBatch
 from hyperflexis.engine.config import ModelConfig, resolve_dtype_name
 from hyperflexis.engine.default_model import default_model_path
@@ -20,7 +21,7 @@ from hyperflexis.engine.loader import load_model, parse_dtype
 from hyperflexis.engine.model import CausalLM
 from hyperflexis.engine.sampler import Sampler, compute_logprobs
 from hyperflexis.engine.tokenizer import Tokenizer
-from hyperflexis.scheduler.output import SchedulerOutput
+from hyperflexis.scheduler.output import ScheduledChunk, SchedulerOutput
 
 DEFAULT_CPU_KV_CACHE_BYTES = 64 * 1024 * 1024
 GPU_KV_CACHE_FRACTION = 0.5  # of the memory free after loading, when no budget is given
@@ -92,11 +93,20 @@ class ModelRunner:
             return SampledTokens({}, {})
         with torch.inference_mode():
             batch = self._build(output)
-            hidden = self.model(batch, self.kv_cache, batch.sample_rows)
+            prompt_rows = _prompt_logprob_rows(output.chunks)
+            rows = batch.sample_rows
+            if prompt_rows:
+                extra = torch.tensor([r.row for r in prompt_rows], dtype=torch.long)
+                rows = torch.cat((rows, extra.to(rows.device)))
+            hidden = self.model(batch, self.kv_cache, rows)
             chunks = batch.sample_chunks
-            if not chunks:
+            if not chunks and not prompt_rows:
                 return SampledTokens({}, {})  # the step only filled the KV cache
-            logits = self.model.compute_logits(hidden)
+            all_logits = self.model.compute_logits(hidden)
+            logits = all_logits[: len(chunks)]
+            prompt_logprobs = _prompt_logprobs(all_logits[len(chunks) :], prompt_rows)
+            if not chunks:
+                return SampledTokens({}, {}, prompt_logprobs)
             params = [c.sampling_params for c in chunks]
             tokens = self.sampler.sample(
                 logits,
@@ -108,6 +118,7 @@ class ModelRunner:
         return SampledTokens(
             {c.request_id: t for c, t in zip(chunks, tokens, strict=True)},
             {c.request_id: lp for c, lp in zip(chunks, logprobs, strict=True) if lp is not None},
+            prompt_logprobs,
         )
 
     def forward_logits(self, output: SchedulerOutput, all_rows: bool = False) -> torch.Tensor:
@@ -145,6 +156,51 @@ class ModelRunner:
                 f"cache: {used_bytes / 2**30:.1f} GiB of {total_bytes / 2**30:.1f} GiB in use"
             )
         return kv_bytes
+
+
+@dataclass(frozen=True, slots=True)
+class _PromptRow:
+    """A batch row whose logits give the logprob of the prompt token after it."""
+
+    request_id: str
+    row: int  # in the step's batch
+    position: int  # of the prompt token it predicts (>= 1)
+    token_id: int  # that token
+    num_top: int  # alternatives wanted
+
+
+def _prompt_logprob_rows(chunks: list[ScheduledChunk]) -> list[_PromptRow]:
+    """Rows of chunks whose request wants prompt logprobs, on its first pass over the prompt
+    (a recompute after a preemption that produced tokens already had them)."""
+    rows: list[_PromptRow] = []
+    offset = 0
+    for chunk in chunks:
+        num_top = chunk.sampling_params.prompt_logprobs
+        context = chunk.context_token_ids
+        if num_top is not None and chunk.num_output_tokens == 0 and context is not None:
+            # Positions up to the second-to-last prompt token predict a prompt token.
+            last = min(chunk.start_pos + chunk.num_tokens, len(context) - 1)
+            for position in range(chunk.start_pos, last):
+                row = offset + position - chunk.start_pos
+                rows.append(
+                    _PromptRow(chunk.request_id, row, position + 1, context[position + 1], num_top)
+                )
+        offset += chunk.num_tokens
+    return rows
+
+
+def _prompt_logprobs(
+    logits: torch.Tensor, rows: list[_PromptRow]
+) -> dict[str, dict[int, dict[int, Logprob]]]:
+    """Request id -> prompt position -> that token's and the top tokens' Logprobs."""
+    result: dict[str, dict[int, dict[int, Logprob]]] = {}
+    if not rows:
+        return result
+    entries = compute_logprobs(logits, [r.token_id for r in rows], [r.num_top for r in rows])
+    for r, entry in zip(rows, entries, strict=True):
+        assert entry is not None
+        result.setdefault(r.request_id, {})[r.position] = entry
+    return result
 
 
 def _check_limits(

@@ -12,7 +12,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Protocol
 
-from hyperflexis.core.outputs import CompletionOutput, Logprob, RequestMetrics, RequestOutput
+from hyperflexis.core.outputs import (
+    CompletionOutput,
+    Logprob,
+    PromptLogprobs,
+    RequestMetrics,
+    RequestOutput,
+    SampledTokens,
+)
 from hyperflexis.core.request import FinishReason, Request
 
 
@@ -47,6 +54,7 @@ class _TextState:
     num_detokenized: int = 0  # output tokens already fed to the detokenizer
     stop_string: str | None = None  # the stop string that ended it, if any
     logprobs: list[dict[int, Logprob]] | None = None  # per output token, when asked for
+    prompt_logprobs: dict[int, dict[int, Logprob]] | None = None  # by prompt position, if asked
 
 
 class OutputProcessor:
@@ -65,16 +73,26 @@ class OutputProcessor:
         logprobs: list[dict[int, Logprob]] | None = (
             None if request.sampling_params.logprobs is None else []
         )
+        wants_prompt = request.sampling_params.prompt_logprobs is not None
         self._states[request.request_id] = _TextState(
-            request, prompt, detokenizer, logprobs=logprobs
+            request,
+            prompt,
+            detokenizer,
+            logprobs=logprobs,
+            prompt_logprobs={} if wants_prompt else None,
         )
 
-    def add_logprobs(self, logprobs: dict[str, dict[int, Logprob]]) -> None:
-        """Record one step's logprobs (request id -> its sampled token's entry)."""
-        for request_id, entry in logprobs.items():
+    def add_logprobs(self, sampled: SampledTokens) -> None:
+        """Record one step's logprobs: each sampled token's entry, and prompt tokens' entries
+        by position."""
+        for request_id, entry in sampled.logprobs.items():
             state = self._states.get(request_id)
             if state is not None and state.logprobs is not None:
                 state.logprobs.append(entry)
+        for request_id, by_position in sampled.prompt_logprobs.items():
+            state = self._states.get(request_id)
+            if state is not None and state.prompt_logprobs is not None:
+                state.prompt_logprobs.update(by_position)
 
     def get(self, request_id: str) -> Request | None:
         state = self._states.get(request_id)
@@ -146,6 +164,7 @@ class OutputProcessor:
                 num_preemptions=request.num_preemptions,
             ),
             attained=request.attained if finished else None,
+            prompt_logprobs=_prompt_logprobs(state),
         )
 
 
@@ -168,6 +187,14 @@ def _append(state: _TextState, delta: str) -> bool:
         cut += len(state.stop_string)
     state.text = state.text[:cut]
     return True
+
+
+def _prompt_logprobs(state: _TextState) -> PromptLogprobs | None:
+    if state.prompt_logprobs is None:
+        return None
+    by_position = state.prompt_logprobs
+    num_prompt = state.request.num_prompt_tokens
+    return [None, *(by_position.get(p) for p in range(1, num_prompt))]
 
 
 def _cumulative(logprobs: list[dict[int, Logprob]] | None, token_ids: list[int]) -> float | None:

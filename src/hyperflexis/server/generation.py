@@ -46,6 +46,8 @@ class _Choice:
     def add(self, delta: OutputDelta) -> None:
         self.parts.append(delta.text)
         self.num_output_tokens = delta.num_output_tokens
+        if self.logprobs is not None and delta.prompt_logprobs:
+            self.logprobs.add_prompt(self.stream.prompt_token_ids, delta.prompt_logprobs)
         if self.logprobs is not None and delta.logprobs:
             self.logprobs.add(delta.token_ids, delta.logprobs)
         if delta.finished:

@@ -85,10 +85,6 @@ def parse_completion(body: object, headers: Mapping[str, str]) -> GenerationJob:
     request = _validate(CompletionRequest, body)
     _refuse(request, COMPLETION_REFUSED)
     prompts = _prompts(request.prompt)
-    if request.echo and request.logprobs is not None:
-        raise bad_request(
-            "'echo' with 'logprobs' needs the prompt's logprobs, which are not supported", "echo"
-        )
     max_tokens = request.max_tokens
     if max_tokens is None:  # left out or an explicit null: OpenAI's default either way
         max_tokens = OPENAI_COMPLETION_MAX_TOKENS
@@ -182,6 +178,8 @@ def _job(
     sampling = _sampling_fields(request)
     if num_top_logprobs is not None:
         sampling["logprobs"] = num_top_logprobs
+        if echo:  # the echoed prompt's tokens get logprobs too (evaluation harnesses score them)
+            sampling["prompt_logprobs"] = num_top_logprobs
     if request.add_special_tokens is not None:
         add_special_tokens = request.add_special_tokens
     options = request.stream_options

@@ -40,8 +40,8 @@ class ChoiceLogprobs:
     text_offset: int = 0  # completions: characters before the next token's text
     entries: list[dict[str, Any]] = field(default_factory=list)  # chat's `content`
     tokens: list[str] = field(default_factory=list)  # completions' parallel lists
-    token_logprobs: list[float] = field(default_factory=list)
-    top_logprobs: list[dict[str, float]] = field(default_factory=list)
+    token_logprobs: list[float | None] = field(default_factory=list)
+    top_logprobs: list[dict[str, float] | None] = field(default_factory=list)
     text_offsets: list[int] = field(default_factory=list)
 
     def add(self, token_ids: list[int], logprobs: list[dict[int, Logprob]]) -> None:
@@ -66,6 +66,26 @@ class ChoiceLogprobs:
             self.top_logprobs.append({text: sampled, **alternatives})
             self.text_offsets.append(self.text_offset)
             self.text_offset += len(text)
+
+    def add_prompt(self, token_ids: list[int], logprobs: list[dict[int, Logprob] | None]) -> None:
+        """Completions with echo: the prompt's tokens first, the first one without a logprob
+        (nothing predicts it), offsets from the start of the echoed text."""
+        offset = 0
+        for token_id, entry in zip(token_ids, logprobs, strict=False):
+            text = self.token_text(token_id)
+            self.tokens.append(text)
+            self.text_offsets.append(offset)
+            offset += len(text)
+            if entry is None:
+                self.token_logprobs.append(None)
+                self.top_logprobs.append(None)
+                continue
+            top = sorted(
+                (lp.rank, t, lp.logprob) for t, lp in entry.items() if lp.rank <= self.num_top
+            )
+            self.token_logprobs.append(entry[token_id].logprob)
+            alternatives = {self.token_text(t): lp for _, t, lp in top}
+            self.top_logprobs.append({text: entry[token_id].logprob, **alternatives})
 
     def body(self) -> dict[str, Any]:
         """The choice's `logprobs` value."""
