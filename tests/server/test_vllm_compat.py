@@ -165,6 +165,27 @@ def test_n_streams_every_choice_to_its_end(server: LiveServer) -> None:
     assert chunks[-1]["usage"] == {"prompt_tokens": 3, "completion_tokens": 8, "total_tokens": 11}
 
 
+def test_chat_stream_carries_logprobs_and_every_choice(server: LiveServer) -> None:
+    messages = [{"role": "user", "content": "w9 w10"}]
+    body = {"messages": messages, "max_tokens": 4, "temperature": 0, "logprobs": True, "n": 2}
+    full = _post(server, "/v1/chat/completions", {**body, "top_logprobs": 1})
+    streamed: dict[int, list[str]] = {0: [], 1: []}
+    roles = set()
+    request = {**body, "top_logprobs": 1, "stream": True}
+    with httpx.stream("POST", f"{server.url}/v1/chat/completions", json=request, timeout=60) as r:
+        for line in r.iter_lines():
+            if not line.startswith("data: {"):
+                continue
+            (choice,) = json.loads(line[6:])["choices"]
+            if choice["delta"].get("role"):
+                roles.add(choice["index"])
+            for entry in (choice["logprobs"] or {}).get("content", []):
+                streamed[choice["index"]].append(entry["token"])
+    assert roles == {0, 1}
+    for choice in full["choices"]:  # greedy: both samples, streamed or not, are the same
+        assert streamed[choice["index"]] == [e["token"] for e in choice["logprobs"]["content"]]
+
+
 def test_echo_lists_of_prompts_and_the_max_tokens_default(server: LiveServer) -> None:
     echo = _post(server, "/v1/completions", {"prompt": "w5 w6", "max_tokens": 2, "echo": True})
     assert echo["choices"][0]["text"].startswith("w5 w6")

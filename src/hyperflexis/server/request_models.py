@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict
 
 # Refused fields and the only values accepted for them (the defaults: "not asked for").
 _GUIDED = ("guided_json", "guided_regex", "guided_choice", "guided_grammar", "structural_tag")
@@ -147,7 +147,7 @@ class CompletionRequest(_Request):
 
     prompt: Any = None  # a string, token ids, or a list of either; checked by the parser
     echo: bool | None = None  # the prompt before the completion
-    logprobs: int | None = Field(default=None)  # alternatives per token, 0..20
+    logprobs: int | None = None  # alternatives per token, 0..20
     suffix: Any = None
     prompt_embeds: Any = None
 
