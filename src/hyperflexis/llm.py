@@ -273,7 +273,8 @@ def _samples(params: SamplingParams) -> list[SamplingParams]:
 
 def _merge(samples: list[RequestOutput]) -> RequestOutput:
     """One prompt's samples as one output: completions indexed by sample, the first sample's
-    id, the earliest first token and the latest finish; attained when every sample was."""
+    id, the earliest first schedule and token, the latest last token and finish; attained when
+    every sample was."""
     if len(samples) == 1:
         return samples[0]
     first = samples[0]
@@ -282,15 +283,14 @@ def _merge(samples: list[RequestOutput]) -> RequestOutput:
         (completion,) = sample.outputs
         completion.index = index
         completions.append(completion)
-    first_tokens = [s.metrics.first_token_s for s in samples]
-    finishes = [s.metrics.finish_s for s in samples]
+    stamps = [s.metrics for s in samples]
     metrics = RequestMetrics(
-        arrival_s=min(s.metrics.arrival_s for s in samples),
-        first_token_s=None
-        if None in first_tokens
-        else min(t for t in first_tokens if t is not None),
-        finish_s=None if None in finishes else max(t for t in finishes if t is not None),
-        num_preemptions=sum(s.metrics.num_preemptions for s in samples),
+        arrival_s=min(m.arrival_s for m in stamps),
+        first_scheduled_s=_earliest([m.first_scheduled_s for m in stamps]),
+        first_token_s=_earliest([m.first_token_s for m in stamps]),
+        last_token_s=_latest([m.last_token_s for m in stamps]),
+        finish_s=_latest([m.finish_s for m in stamps]),
+        num_preemptions=sum(m.num_preemptions for m in stamps),
     )
     return RequestOutput(
         request_id=first.request_id,
@@ -302,6 +302,17 @@ def _merge(samples: list[RequestOutput]) -> RequestOutput:
         attained=all(bool(s.attained) for s in samples),
         prompt_logprobs=first.prompt_logprobs,
     )
+
+
+def _earliest(times: list[float | None]) -> float | None:
+    """The first of the samples' stamps; None until every sample has one."""
+    known = [t for t in times if t is not None]
+    return min(known) if len(known) == len(times) else None
+
+
+def _latest(times: list[float | None]) -> float | None:
+    known = [t for t in times if t is not None]
+    return max(known) if len(known) == len(times) else None
 
 
 def _progress(total: int) -> Any:

@@ -77,6 +77,12 @@ def test_deltas_add_up_to_the_output(harness: Harness) -> None:
     assert "".join(d.text for d in deltas) == tokenizer.decode(token_ids)
     assert last.num_prompt_tokens == 4 and last.ttft_s is not None and last.ttft_s > 0
     assert last.tpot_s is not None and last.attained is True
+    # Times the server turns into vLLM's histograms: queue time, and one gap per later token
+    # whose sum is the decode time.
+    assert last.queue_s is not None and 0 <= last.queue_s < last.ttft_s
+    gaps = [d.inter_token_latency_s for d in deltas if d.token_ids]
+    assert gaps[0] is None and all(g is not None and g > 0 for g in gaps[1:])
+    assert sum(gaps[1:]) == pytest.approx(last.tpot_s * 7)  # type: ignore[arg-type]
     report = harness.next_report() if harness.reports.poll(0.2) else None
     assert report is None, "an idle instance publishes nothing"
 

@@ -10,6 +10,7 @@ import pytest
 
 from hyperflexis.core import SamplingParams
 from hyperflexis.core.outputs import RequestOutput
+from hyperflexis.core.request import Request
 from hyperflexis.engine.loop import LLMEngine
 from hyperflexis.scheduler import KVBlockManager, SchedulerConfig, SchedulerOutput, make_scheduler
 
@@ -221,6 +222,31 @@ def test_metrics_come_from_the_given_clock() -> None:
     assert engine.last_step.execute_s == pytest.approx(0.001)
 
 
+def test_queue_time_ends_at_the_first_step_that_schedules_the_request() -> None:
+    engine, _ = make_engine(num_blocks=10, block_size=4, max_num_batched_tokens=8)
+    for i in range(6):
+        engine.add_request(
+            [i % 20] * (3 + i), greedy(12, ignore_eos=True), request_id=f"r{i}", arrival_s=100.0
+        )
+    first_seen: dict[str, float | None] = {}
+    final: dict[str, RequestOutput] = {}
+    while engine.has_unfinished():
+        for output in engine.step():
+            first_seen.setdefault(output.request_id, output.metrics.first_scheduled_s)
+            if output.finished:
+                final[output.request_id] = output
+    scheduled = [final[f"r{i}"].metrics.first_scheduled_s for i in range(6)]
+    assert scheduled == sorted(scheduled) and scheduled[0] < scheduled[-1]  # type: ignore[operator]
+    for request_id, output in final.items():
+        metrics = output.metrics
+        assert metrics.first_scheduled_s is not None and metrics.first_token_s is not None
+        assert 100.0 < metrics.first_scheduled_s < metrics.first_token_s
+        assert metrics.queue_s == pytest.approx(metrics.first_scheduled_s - 100.0)
+        # A preempted request recomputes from position 0 but keeps its first stamp.
+        assert metrics.first_scheduled_s == first_seen[request_id]
+    assert any(o.metrics.num_preemptions for o in final.values())
+
+
 def test_step_observer_sees_each_batch_and_the_time_it_really_took() -> None:
     clock = ManualClock()
     engine, runner = make_engine(clock=clock)
@@ -271,6 +297,21 @@ def test_duplicate_request_id_is_refused() -> None:
     engine.add_request([0], greedy(2), request_id="same")
     with pytest.raises(ValueError, match="duplicate request id 'same'"):
         engine.add_request([1], greedy(2), request_id="same")
+
+
+def test_a_received_hand_off_decodes_on_from_its_first_token() -> None:
+    engine, runner = make_engine(role="decode")
+    handed = Request("r", [0, 1, 2], greedy(3))
+    handed.append_token(3, 0.5)  # sampled by the prefill instance at t=0.5
+    handed.num_computed_tokens = 3  # the prompt's KV came with it
+    engine.receive(handed)
+    out = run(engine)["r"]
+    assert out.outputs[0].token_ids == [3, 4, 5]
+    assert out.outputs[0].text == "def"
+    assert out.metrics.first_token_s == 0.5
+    assert [c.start_pos for b in runner.batches for c in b.chunks] == [3, 4]  # decodes only
+    with pytest.raises(ValueError, match="prefill is not done"):
+        engine.receive(Request("new", [0, 1], greedy(2)))
 
 
 def test_sampling_params_must_be_sampling_params() -> None:

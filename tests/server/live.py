@@ -1,7 +1,9 @@
-"""Starts `hyperflexis serve` as a subprocess for live tests and stops it again."""
+"""Starts `hyperflexis serve` as a subprocess for live tests and stops it again, and freezes its
+instance processes, so a test decides when the engines may move on instead of racing them."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import queue
 import re
@@ -10,11 +12,14 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import httpx
+
+from tests.server.scrape import value
 
 READY = re.compile(r"HyperFlexis serving on (http://\S+)")
 START_TIMEOUT_S = 240.0  # a loaded 2-core machine may need to profile and load two instances
@@ -38,6 +43,40 @@ class LiveServer:
 
     def stderr(self) -> str:
         return self.stderr_path.read_text(errors="replace")
+
+    def stats(self) -> dict[str, Any]:
+        response = httpx.get(f"{self.url}/debug/stats", timeout=10)
+        response.raise_for_status()
+        stats: dict[str, Any] = response.json()
+        return stats
+
+    def metric(self, name: str, **labels: str) -> float:
+        """The sum of the `/metrics` samples called `name` with (at least) `labels`; 0 if none."""
+        return value(httpx.get(f"{self.url}/metrics", timeout=10).text, name, **labels)
+
+    @contextlib.contextmanager
+    def frozen(self) -> Iterator[None]:
+        """Every instance process stopped (SIGSTOP) for the block: no engine takes a step, so
+        nothing the engines do can race the test; the server process itself keeps running."""
+        pids = [int(str(row["pid"])) for row in self.instances() if row["alive"]]
+        for pid in pids:
+            os.kill(pid, signal.SIGSTOP)
+        try:
+            for pid in pids:
+                wait_until(lambda pid=pid: _state(pid) in ("T", "t"), f"{pid} stopped")
+            yield
+        finally:
+            for pid in pids:
+                os.kill(pid, signal.SIGCONT)
+
+
+def wait_until(condition: Callable[[], bool], what: str, timeout_s: float = 30.0) -> None:
+    """Poll `condition` until it holds; fail naming `what` after `timeout_s`."""
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
+        time.sleep(0.01)
 
 
 def start_server(
@@ -117,9 +156,13 @@ def descendants(pid: int) -> set[int]:
 
 def is_running(pid: int) -> bool:
     """True while `pid` exists and is not a zombie."""
+    return _state(pid) not in (None, "Z", "X")
+
+
+def _state(pid: int) -> str | None:
+    """The process state letter of `pid` (Linux /proc); None when it does not exist."""
     try:
         stat = Path(f"/proc/{pid}/stat").read_text()
     except OSError:
-        return False
-    state = stat.rsplit(")", 1)[1].split()[0]
-    return state not in ("Z", "X")
+        return None
+    return stat.rsplit(")", 1)[1].split()[0]

@@ -17,6 +17,7 @@ from hyperflexis.server.access import Access
 from hyperflexis.server.core import ServingCore
 from hyperflexis.server.errors import APIError
 from hyperflexis.server.protocol import parse_chat, parse_completion
+from tests.server.scrape import has, value
 
 MAX_CONTEXT = 64
 
@@ -35,6 +36,7 @@ class FakeHandle:
     num_dispatched: int = 0
     correction_factor: float = 1.0
     snapshot: LoadSnapshot | None = None
+    num_preemptions: int = 0
 
     def send(self, command: Any) -> None:
         self.sent.append(command)
@@ -144,8 +146,11 @@ def test_admission_control_answers_503() -> None:
     dispatcher.answer = None
     rejected = _error(core, {"prompt": "x"})
     assert rejected.status == 503 and core.num_queued == 0
-    text = core.metrics.render([], 0)
-    assert 'hyperflexis_requests_rejected_total{slo_class="standard",reason="dispatch"} 1' in text
+    text = core.metrics.render(0)[0].decode()
+    rejected = "hyperflexis:requests_rejected_total"
+    assert value(text, rejected, slo_class="standard", reason="dispatch") == 1
+    assert value(text, rejected, slo_class="standard", reason="queue") == 0
+    assert value(text, "hyperflexis:requests_missed_total", cause="rejected") == 1
 
 
 def test_reports_reach_their_stream_and_feed_metrics() -> None:
@@ -169,10 +174,14 @@ def test_reports_reach_their_stream_and_feed_metrics() -> None:
     core.on_report(handle, StepReport("a", _snapshot("a"), [last]))  # type: ignore[arg-type]
     assert [stream.queue.get_nowait() for _ in range(2)] == [first, last]
     assert stream.finished and not core.streams
-    text = core.metrics.render([], core.num_queued)
-    assert 'hyperflexis_requests_attained_total{slo_class="standard"} 1' in text
-    assert 'hyperflexis_ttft_seconds_count{slo_class="standard"} 1' in text
-    assert 'hyperflexis_tpot_seconds_bucket{slo_class="standard",le="0.01"} 1' in text
+    text = core.metrics.render(core.num_queued)[0].decode()
+    assert value(text, "hyperflexis:requests_attained_total", slo_class="standard") == 1
+    assert value(text, "hyperflexis:time_to_first_token_seconds_count", slo_class="standard") == 1
+    tpot = "hyperflexis:time_per_output_token_seconds_bucket"
+    assert value(text, tpot, slo_class="standard", le="0.01") == 1
+    assert value(text, "vllm:time_to_first_token_seconds_count", engine="a") == 1
+    assert value(text, "vllm:generation_tokens_total", engine="a") == 2
+    assert value(text, "vllm:request_success_total", finished_reason="length") == 1
 
 
 def test_abort_tells_the_instance_once() -> None:
@@ -195,6 +204,10 @@ def test_a_dead_instance_fails_its_requests() -> None:
     failed = on_a.queue.get_nowait()
     assert failed.finish_reason == "error" and "instance a" in (failed.error or "")
     assert on_b.queue.empty() and list(core.streams) == [on_b.request_id]
+    text = core.metrics.render(0)[0].decode()
+    assert value(text, "hyperflexis:requests_missed_total", cause="error") == 1
+    assert not has(text, "vllm:num_requests_running", engine="a")  # its gauges are gone
+    assert has(text, "vllm:num_requests_running", engine="b")
 
 
 def test_n_samples_and_prompt_lists_are_separate_requests() -> None:

@@ -1,6 +1,7 @@
-"""Parity (DESIGN.md §1): one seeded workload through the real engine loop (`LLMEngine` with a
-real model runner on a tiny checkpoint) and through the simulator, with the same fixed latency
-model as the clock, gives the same sequence of scheduling decisions."""
+"""Parity (DESIGN.md §1) with the real model: one seeded workload through the engine loop
+(`LLMEngine` with a real model runner on a tiny checkpoint) and through the simulator, with the
+same fixed latency model as the clock, gives the same sequence of scheduling decisions. One
+instance; `test_parity_cluster.py` covers clusters and P/D without torch."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from hyperflexis.scheduler import KVBlockManager, SchedulerConfig, SchedulerOutp
 from hyperflexis.sim import ClusterSimulator, Deployment
 from hyperflexis.sim.fast_forward import StepRecord
 from hyperflexis.workloads import Workload, build_workload, make_lengths, parse_slo_mix, poisson
+from tests.sim.engine_cluster import SilentDetokenizer, VirtualClock
 from tests.sim.helpers import COST_MODEL
 
 pytest.importorskip("torch")
@@ -21,16 +23,6 @@ pytest.importorskip("torch")
 KV_CACHE_BYTES = 24 * 16 * 512  # 24 blocks of 16 tokens of the tiny model: preemption happens
 CONFIG = SchedulerConfig(max_num_batched_tokens=96)  # small, so prompts are chunked
 CLASSES = SLOClasses()
-
-
-class VirtualClock:
-    """Engine time that moves only when a step runs (or the driver jumps to an arrival)."""
-
-    def __init__(self) -> None:
-        self.now = 0.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 class ClockedRunner:
@@ -57,14 +49,6 @@ class ClockedRunner:
         sampled = self._runner.execute(output)  # type: ignore[attr-defined]
         self._clock.now += COST_MODEL.predict(output.features())
         return sampled  # type: ignore[no-any-return]
-
-
-class SilentDetokenizer:
-    def add_token(self, token_id: int) -> str:
-        return ""
-
-    def flush(self) -> str:
-        return ""
 
 
 def _workload() -> Workload:

@@ -63,6 +63,10 @@ class OutputDelta:
     stop_reason: str | int | None = None  # the stop string or token that ended it
     num_prompt_tokens: int = 0
     num_output_tokens: int = 0  # output tokens so far
+    # Seconds on the instance from the request's previous token to this delta's tokens (all of
+    # them); None when the delta holds its first token or none.
+    inter_token_latency_s: float | None = None
+    queue_s: float | None = None  # set when finished: arrival to first scheduled
     ttft_s: float | None = None  # set when finished: arrival to first token
     tpot_s: float | None = None  # set when finished: mean seconds per token after the first
     attained: bool | None = None  # set when finished: met its SLO

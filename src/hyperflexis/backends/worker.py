@@ -74,8 +74,9 @@ class InstanceLoop:
         self.engine = engine
         self.cost_model = cost_model
         self.reports = reports
-        # Per live request: output tokens and text characters already sent to the server.
-        self._sent: dict[str, tuple[int, int]] = {}
+        # Per live request: output tokens and text characters already sent to the server, and
+        # when the latest sent token was produced.
+        self._sent: dict[str, tuple[int, int, float | None]] = {}
         self._stalled = False  # the last step had work but could schedule nothing
 
     def run(self, commands: Connection) -> None:
@@ -135,7 +136,7 @@ class InstanceLoop:
             return [
                 OutputDelta(command.request_id, [], "", "error", error=str(exc), error_status=400)
             ]
-        self._sent[command.request_id] = (0, 0)
+        self._sent[command.request_id] = (0, 0, None)
         return []
 
     # -- the step ---------------------------------------------------------------------------
@@ -158,8 +159,13 @@ class InstanceLoop:
 
     def _delta(self, output: RequestOutput) -> OutputDelta:
         completion = output.outputs[0]
-        num_tokens, num_chars = self._sent[output.request_id]
+        num_tokens, num_chars, sent_token_s = self._sent[output.request_id]
         token_ids = completion.token_ids
+        metrics = output.metrics
+        last_token_s = metrics.last_token_s
+        gap_s = None
+        if len(token_ids) > num_tokens and sent_token_s is not None and last_token_s is not None:
+            gap_s = last_token_s - sent_token_s
         delta = OutputDelta(
             request_id=output.request_id,
             token_ids=token_ids[num_tokens:],
@@ -169,12 +175,13 @@ class InstanceLoop:
             num_output_tokens=len(token_ids),
             logprobs=None if completion.logprobs is None else completion.logprobs[num_tokens:],
             prompt_logprobs=output.prompt_logprobs if num_tokens == 0 and token_ids else None,
+            inter_token_latency_s=gap_s,
         )
         if not output.finished:
-            self._sent[output.request_id] = (len(token_ids), len(completion.text))
+            sent = (len(token_ids), len(completion.text), last_token_s)
+            self._sent[output.request_id] = sent
             return delta
         del self._sent[output.request_id]
-        metrics = output.metrics
         tpot_s = None
         first_s, finish_s = metrics.first_token_s, metrics.finish_s
         if first_s is not None and finish_s is not None and len(token_ids) >= 2:
@@ -187,6 +194,8 @@ class InstanceLoop:
             stop_reason=completion.stop_reason,
             num_prompt_tokens=delta.num_prompt_tokens,
             num_output_tokens=delta.num_output_tokens,
+            inter_token_latency_s=gap_s,
+            queue_s=metrics.queue_s,
             ttft_s=metrics.ttft_s,
             tpot_s=tpot_s,
             attained=output.attained,

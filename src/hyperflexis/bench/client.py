@@ -14,17 +14,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import itertools
-import json
 import sys
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal
 
 import httpx
 
-from hyperflexis.bench.metrics import RecordStatus, RequestRecord
+from hyperflexis.bench.client_stream import RequestResult, ResponseStream, float_or_none
+from hyperflexis.bench.metrics import RequestRecord
 from hyperflexis.bench.prompts import PromptFactory
 from hyperflexis.core.slo import SLOClasses
 from hyperflexis.workloads.spec import RequestSpec, Workload
@@ -32,11 +30,8 @@ from hyperflexis.workloads.spec import RequestSpec, Workload
 Endpoint = Literal["completions", "chat"]
 ENDPOINTS: tuple[Endpoint, ...] = ("completions", "chat")
 _PATHS: dict[Endpoint, str] = {"completions": "/v1/completions", "chat": "/v1/chat/completions"}
-_REJECTED_STATUS = 503  # admission control said no (with Retry-After)
 # A HyperFlexis server's own time on the request before an instance got it; others lack it.
 OVERHEAD_HEADER = "x-hyperflexis-server-overhead-ms"
-# Finish reasons that mean the request did not complete (vLLM's "abort", ours "rejected").
-_FAILED_REASONS = ("rejected", "abort", "error")
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,20 +69,6 @@ class ClientConfig:
     def root_url(self) -> str:
         root = self.base_url.rstrip("/")
         return root[: -len("/v1")] if root.endswith("/v1") else root
-
-
-@dataclass(frozen=True, slots=True)
-class RequestResult:
-    """One offered request: what was asked and what the client saw."""
-
-    spec: RequestSpec  # the workload's request
-    record: RequestRecord  # timings on the run's clock (arrival_s is when it was sent)
-    prompt_tokens: int  # the server's usage.prompt_tokens, else the prompt builder's count
-    generated_text: str
-    error: str  # "" when it completed; else why it was rejected or failed
-    http_status: int | None  # None when no response came (connection error, timeout)
-    retry_after_s: float | None  # a rejection's Retry-After header, when given
-    server_overhead_ms: float | None = None  # the server's `OVERHEAD_HEADER`, when it sends one
 
 
 @dataclass(frozen=True, slots=True)
@@ -219,7 +200,7 @@ class _Sender:
             return await self._send(spec, prompt, prompt_tokens)
 
     async def _send(self, spec: RequestSpec, prompt: str, prompt_tokens: int) -> RequestResult:
-        stream = _Stream(self._config.endpoint, self._clock)
+        stream = ResponseStream(self._config.endpoint == "chat", self._clock)
         stream.sent_s = self._clock()
         try:
             await asyncio.wait_for(self._stream(spec, prompt, stream), self._config.timeout_s)
@@ -229,13 +210,13 @@ class _Sender:
             stream.fail(f"{type(exc).__name__}: {exc}")
         return stream.result(spec, self._classes, prompt_tokens)
 
-    async def _stream(self, spec: RequestSpec, prompt: str, stream: _Stream) -> None:
+    async def _stream(self, spec: RequestSpec, prompt: str, stream: ResponseStream) -> None:
         body = request_body(spec, prompt, self._classes, self._config)
         headers = request_headers(spec, self._classes, self._config)
         path = _PATHS[self._config.endpoint]
         async with self._client.stream("POST", path, json=body, headers=headers) as response:
             stream.http_status = response.status_code
-            stream.server_overhead_ms = _float_or_none(response.headers.get(OVERHEAD_HEADER))
+            stream.server_overhead_ms = float_or_none(response.headers.get(OVERHEAD_HEADER))
             if response.status_code != 200:
                 await response.aread()
                 stream.http_error(response)
@@ -247,138 +228,6 @@ class _Sender:
 
     def _clock(self) -> float:
         return time.perf_counter() - self._start
-
-
-class _Stream:
-    """What one response has delivered so far (mutable while the stream runs)."""
-
-    def __init__(self, endpoint: Endpoint, clock: Callable[[], float]) -> None:
-        self._endpoint = endpoint
-        self._clock = clock
-        self.sent_s = 0.0
-        self.chunk_times_s: list[float] = []  # arrival of each chunk that carried output
-        self.texts: list[str] = []
-        self.usage_prompt_tokens: int | None = None
-        self.usage_completion_tokens: int | None = None
-        self.finish_reason: str | None = None  # the last one a choice gave
-        self.finish_s: float | None = None
-        self.status: RecordStatus | None = None  # set when it ended badly
-        self.error = ""
-        self.http_status: int | None = None
-        self.retry_after_s: float | None = None
-        self.server_overhead_ms: float | None = None
-
-    def feed(self, line: str) -> bool:
-        """Take one SSE line; False at `data: [DONE]` or an error event (the stream is over)."""
-        if not line.startswith("data:"):
-            return True  # blank separators, comments, `event:` lines
-        payload = line[len("data:") :].strip()
-        if payload == "[DONE]":
-            return False
-        now = self._clock()
-        try:
-            data = json.loads(payload)
-        except json.JSONDecodeError:
-            self.fail(f"malformed SSE data: {payload[:200]!r}")
-            return False
-        if not isinstance(data, dict):
-            self.fail(f"malformed SSE data: {payload[:200]!r}")
-            return False
-        if "error" in data:
-            self._stream_error(data["error"])
-            return False
-        usage = data.get("usage")
-        if isinstance(usage, dict):
-            self.usage_prompt_tokens = _int_or_none(usage.get("prompt_tokens"))
-            self.usage_completion_tokens = _int_or_none(usage.get("completion_tokens"))
-        choices = data.get("choices")
-        text = self._text(choices)
-        reason = choices[0].get("finish_reason") if text is not None and choices else None
-        if isinstance(reason, str):
-            self.finish_reason = reason
-        if text:
-            self.chunk_times_s.append(now)
-            self.texts.append(text)
-        return True
-
-    def finish(self) -> None:
-        if self.status is None:
-            self.finish_s = self._clock()
-
-    def fail(self, error: str, status: RecordStatus = "failed") -> None:
-        self.status = status
-        self.error = error
-        self.finish_s = self._clock()
-
-    def http_error(self, response: httpx.Response) -> None:
-        message = _error_message(response.text) or response.reason_phrase
-        if response.status_code == _REJECTED_STATUS:
-            self.retry_after_s = _float_or_none(response.headers.get("retry-after"))
-            self.fail(f"HTTP 503: {message}", "rejected")
-        else:
-            self.fail(f"HTTP {response.status_code}: {message}")
-
-    def result(self, spec: RequestSpec, classes: SLOClasses, prompt_tokens: int) -> RequestResult:
-        num_output = self.usage_completion_tokens
-        if num_output is None:
-            num_output = len(self.chunk_times_s)
-        if self.status is None and self.finish_reason in _FAILED_REASONS:
-            # Some servers end a request they turned away late with a finish reason.
-            status_of_reason: RecordStatus = (
-                "rejected" if self.finish_reason == "rejected" else "failed"
-            )
-            self.fail(f"finish_reason {self.finish_reason!r}", status_of_reason)
-        if self.status is None and (not self.chunk_times_s or num_output < 1):
-            self.fail("the stream ended without output")
-        status: RecordStatus = self.status or "completed"
-        first = self.chunk_times_s[0] if self.chunk_times_s else None
-        finish = self.finish_s if self.finish_s is not None else self._clock()
-        slo = classes[spec.slo_class]
-        record = RequestRecord(
-            request_id=spec.request_id,
-            slo_class=slo.name,
-            priority=slo.priority,
-            ttft_slo_s=slo.ttft_s,
-            tpot_slo_s=slo.tpot_s,
-            arrival_s=self.sent_s,
-            first_token_s=first,
-            finish_s=max(finish, first) if first is not None else finish,
-            num_prompt_tokens=self.usage_prompt_tokens or prompt_tokens,
-            num_output_tokens=num_output if status == "completed" else len(self.chunk_times_s),
-            status=status,
-            inter_token_latencies_s=[b - a for a, b in itertools.pairwise(self.chunk_times_s)],
-        )
-        return RequestResult(
-            spec=spec,
-            record=record,
-            prompt_tokens=record.num_prompt_tokens,
-            generated_text="".join(self.texts),
-            error=self.error,
-            http_status=self.http_status,
-            retry_after_s=self.retry_after_s,
-            server_overhead_ms=self.server_overhead_ms,
-        )
-
-    def _text(self, choices: Any) -> str | None:
-        """The first choice's new text ("" when it has none); None without a choice."""
-        if not isinstance(choices, list) or not choices or not isinstance(choices[0], dict):
-            return None
-        choice = choices[0]
-        if self._endpoint == "chat":
-            delta = choice.get("delta")
-            value = delta.get("content") if isinstance(delta, dict) else None
-        else:
-            value = choice.get("text")
-        return value if isinstance(value, str) else ""
-
-    def _stream_error(self, error: Any) -> None:
-        fields = error if isinstance(error, dict) else {"message": str(error)}
-        code = fields.get("code")
-        message = str(fields.get("message", error))
-        rejected = code in (_REJECTED_STATUS, str(_REJECTED_STATUS), "overloaded") or (
-            "reject" in str(fields.get("type", ""))
-        )
-        self.fail(f"stream error: {message}", "rejected" if rejected else "failed")
 
 
 async def _warm_up(client: httpx.AsyncClient) -> None:
@@ -394,29 +243,19 @@ def _progress(total: int, enabled: bool) -> Any:
     return tqdm(total=total, desc="requests", unit="req", file=sys.stderr, disable=not enabled)
 
 
-def _error_message(text: str) -> str:
-    try:
-        data = json.loads(text)
-    except json.JSONDecodeError:
-        return text.strip()[:200]
-    if isinstance(data, dict):
-        error = data.get("error", data.get("detail", data))
-        if isinstance(error, dict):
-            return str(error.get("message", error))[:200]
-        return str(error)[:200]
-    return str(data)[:200]
-
-
 def _number(value: float) -> str:
     return f"{value:g}"
 
 
-def _int_or_none(value: Any) -> int | None:
-    return value if isinstance(value, int) and not isinstance(value, bool) else None
-
-
-def _float_or_none(value: str | None) -> float | None:
-    try:
-        return float(value) if value is not None else None
-    except ValueError:
-        return None
+__all__ = [
+    "ENDPOINTS",
+    "OVERHEAD_HEADER",
+    "BenchRun",
+    "ClientConfig",
+    "Endpoint",
+    "RequestResult",
+    "request_body",
+    "request_headers",
+    "run_benchmark",
+    "run_benchmark_async",
+]

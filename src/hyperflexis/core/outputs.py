@@ -55,9 +55,17 @@ class RequestMetrics:
     """Timestamps on the engine's clock, in seconds."""
 
     arrival_s: float
+    first_scheduled_s: float | None = None  # a step first computed any of its tokens
     first_token_s: float | None = None
+    last_token_s: float | None = None
     finish_s: float | None = None
     num_preemptions: int = 0
+
+    @property
+    def queue_s(self) -> float | None:
+        """Arrival until first scheduled (vLLM's queue time)."""
+        first = self.first_scheduled_s
+        return None if first is None else first - self.arrival_s
 
     @property
     def ttft_s(self) -> float | None:

@@ -45,6 +45,7 @@ class Request:
     num_computed_tokens: int = 0  # tokens whose KV is in the cache
     status: RequestStatus = RequestStatus.WAITING
     finish_reason: FinishReason | None = None
+    first_scheduled_s: float | None = None  # when a step first scheduled any of its tokens
     first_token_s: float | None = None  # when its first output token was produced
     last_token_s: float | None = None  # when its latest output token was produced
     finish_s: float | None = None

@@ -150,6 +150,18 @@ class LLMEngine:
         self._outputs.add(request, prompt)
         return request_id
 
+    def receive(self, request: Request, prompt: str | None = None) -> None:
+        """P/D, the decode side of a hand-off: take over a request whose prompt's KV was
+        computed on a prefill instance (`num_computed_tokens` of it) and whose first token is
+        out. It decodes here with its deadlines unchanged; its outputs carry every output token,
+        the first included."""
+        if request.request_id in self._outputs:
+            raise ValueError(f"duplicate request id {request.request_id!r}")
+        if request.first_token_s is None or request.num_computed_tokens < 1:
+            raise ValueError(f"invalid hand-off {request.request_id!r}: its prefill is not done")
+        self.scheduler.add_request(request)
+        self._outputs.add(request, prompt)
+
     def abort(self, request_id: str) -> RequestOutput | None:
         """End a request now and free its KV; returns its final output, None if unknown."""
         if request_id not in self._outputs:
@@ -174,6 +186,7 @@ class LLMEngine:
         start = self.clock()
         self._observe(start)
         batch = self.scheduler.schedule(start)
+        self._stamp_first_scheduled(batch, start)
         scheduled = self.clock()
         sampled = self.runner.execute(batch) if not batch.is_empty else {}
         executed = self.clock()
@@ -184,6 +197,16 @@ class LLMEngine:
         outputs = self._process(batch, finished, updated)
         self._record(batch, (start, scheduled, executed, updated, self.clock()))
         return outputs
+
+    def _stamp_first_scheduled(self, batch: SchedulerOutput, now: float) -> None:
+        """A request's queue time ends when a step first computes any of its tokens; only a
+        chunk at position 0 can be a first (a preempted request restarts there, but keeps its
+        first stamp)."""
+        for chunk in batch.chunks:
+            if chunk.start_pos == 0:
+                request = self._outputs.get(chunk.request_id)
+                if request is not None and request.first_scheduled_s is None:
+                    request.first_scheduled_s = now
 
     def _record(
         self, batch: SchedulerOutput, marks: tuple[float, float, float, float, float]

@@ -159,7 +159,9 @@ class OutputProcessor:
             finished=finished,
             metrics=RequestMetrics(
                 arrival_s=request.arrival_s,
+                first_scheduled_s=request.first_scheduled_s,
                 first_token_s=request.first_token_s,
+                last_token_s=request.last_token_s,
                 finish_s=request.finish_s,
                 num_preemptions=request.num_preemptions,
             ),

@@ -8,7 +8,7 @@ import logging
 from typing import Any
 
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse, PlainTextResponse, Response
+from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from hyperflexis import __version__
@@ -90,9 +90,9 @@ def create_app(core: ServingCore) -> FastAPI:
         )
 
     @app.get("/metrics")
-    async def metrics() -> PlainTextResponse:
-        text = core.metrics.render(list(core.pool.handles.values()), core.num_queued)
-        return PlainTextResponse(text, media_type="text/plain; version=0.0.4")
+    async def metrics(request: Request) -> Response:
+        body, content_type = core.metrics.render(core.num_queued, request.headers.get("accept"))
+        return Response(body, media_type=content_type)
 
     @app.get("/debug/instances")
     async def debug_instances() -> list[dict[str, Any]]:

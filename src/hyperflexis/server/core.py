@@ -70,10 +70,12 @@ class ServingCore:
         self.model_root = model_root or model_name  # the checkpoint /v1/models names as root
         self.max_queued = max_queued  # None: no bound on requests without a first token
         self.shared_correction = shared_correction
-        self.metrics = ServerMetrics()
+        self.metrics = ServerMetrics(model_name, access.slo_classes, pool.max_context_len)
         self.streams: dict[str, RequestStream] = {}
         self.num_queued = 0  # streams with no first token yet
         self.vocab_size = pool.vocab_size  # the model's, which may exceed the tokenizer's
+        for handle in pool.live():
+            self.metrics.observe_instance(handle)
 
     # -- requests in ------------------------------------------------------------------------
 
@@ -150,8 +152,7 @@ class ServingCore:
         queue: asyncio.Queue[OutputDelta],
     ) -> RequestStream:
         if self.max_queued is not None and self.num_queued >= self.max_queued:
-            self.metrics.rejected.inc(slo.class_name, "queue")
-            self.metrics.missed.inc(slo.class_name, "rejected")
+            self.metrics.on_rejected(slo.class_name, "queue")
             raise overloaded(f"server busy: {self.num_queued} requests already queued")
         prefix = "cmpl" if job.kind == "completion" else "chatcmpl"
         request_id = f"{prefix}-{uuid.uuid4().hex}"
@@ -161,8 +162,7 @@ class ServingCore:
             time.monotonic(),
         )
         if decision.instance_id is None:
-            self.metrics.rejected.inc(slo.class_name, "dispatch")
-            self.metrics.missed.inc(slo.class_name, "rejected")
+            self.metrics.on_rejected(slo.class_name, "dispatch")
             raise overloaded(f"no instance can meet this request's SLO now ({decision.reason})")
         handle = self.pool.get(decision.instance_id)
         stream = RequestStream(
@@ -216,7 +216,7 @@ class ServingCore:
         if stream.finished:
             return
         self._close(stream)
-        self.metrics.missed.inc(stream.slo.class_name, "aborted")
+        self.metrics.on_aborted(stream.instance_id, stream.slo.class_name)
         handle = self.pool.handles.get(stream.instance_id)
         if handle is not None and handle.alive:
             handle.send(AbortRequest(stream.request_id))
@@ -232,6 +232,8 @@ class ServingCore:
 
     def on_report(self, handle: InstanceHandle, report: StepReport) -> None:
         now = time.monotonic()
+        metrics = self.metrics
+        metrics.observe_instance(handle)
         for delta in report.deltas:
             stream = self.streams.get(delta.request_id)
             if stream is None:
@@ -239,39 +241,34 @@ class ServingCore:
             if delta.token_ids and not stream.has_first_token:
                 stream.has_first_token = True
                 self.num_queued -= 1
-                self.metrics.ttft.observe(now - stream.arrival_s, stream.slo.class_name)
+                metrics.on_first_token(
+                    stream.instance_id,
+                    stream.slo.class_name,
+                    now - stream.arrival_s,
+                    stream.num_prompt_tokens,
+                )
+            if delta.token_ids:
+                metrics.on_tokens(
+                    stream.instance_id, len(delta.token_ids), delta.inter_token_latency_s
+                )
             if delta.finished:
-                self._record_finish(stream, delta)
+                metrics.on_finished(stream.instance_id, stream.slo, delta, now - stream.arrival_s)
                 self._close(stream)
             stream.queue.put_nowait(delta)
         if self.shared_correction is not None:
             live = self.pool.live()
             self.shared_correction.factor = sum(h.correction_factor for h in live) / len(live)
 
-    def _record_finish(self, stream: RequestStream, delta: OutputDelta) -> None:
-        name = stream.slo.class_name
-        metrics = self.metrics
-        if delta.finish_reason in ("stop", "length"):
-            if delta.tpot_s is not None:
-                metrics.tpot.observe(delta.tpot_s, name)
-            if delta.attained:
-                metrics.attained.inc(name)
-            else:
-                metrics.missed.inc(name, "slo")
-        elif delta.finish_reason == "rejected":
-            metrics.rejected.inc(name, "instance")
-            metrics.missed.inc(name, "rejected")
-        else:
-            metrics.missed.inc(name, "error" if delta.finish_reason == "error" else "aborted")
-
     def on_exit(self, handle: InstanceHandle) -> None:
         """An instance process died: fail every request it held."""
         message = f"instance {handle.instance_id} stopped unexpectedly"
+        now = time.monotonic()
         for stream in [s for s in self.streams.values() if s.instance_id == handle.instance_id]:
             delta = OutputDelta(stream.request_id, [], "", "error", error=message)
-            self._record_finish(stream, delta)
+            self.metrics.on_finished(stream.instance_id, stream.slo, delta, now - stream.arrival_s)
             self._close(stream)
             stream.queue.put_nowait(delta)
+        self.metrics.remove_instance(handle.instance_id)
 
     def fail_all(self, message: str) -> None:
         """The server is stopping: end every open request."""

@@ -1,135 +1,119 @@
-"""Server metrics in the Prometheus text format (version 0.0.4), written here to keep the
-dependency list short: per-class TTFT/TPOT histograms and attained/missed counters, rejections,
-the server's own per-request overhead, and per-instance gauges rendered from the latest snapshots.
+"""Server metrics through `prometheus_client`, in one `CollectorRegistry` per server (several
+servers may share a process, as the tests do).
+
+Two families (`metric_families`; docs/metrics.md lists every series). vLLM's names, meanings
+and labels for what both systems measure, so that a vLLM dashboard or alert works unchanged:
+every series carries `model_name` and, where it belongs to one instance, `engine` (the instance
+id; Prometheus keeps `instance` for the scrape target). HyperFlexis's own `hyperflexis:` series
+cover what only a multi-SLO server has: attainment per SLO class, misses by cause, rejections by
+where, the server's own overhead, the latency model's correction.
+
+As in vLLM, TTFT and E2E are measured by the server from arrival to receipt; queue, prefill,
+decode and inter-token times are the instance's durations, carried by `OutputDelta`.
 """
 
 from __future__ import annotations
 
-import bisect
-import math
 from collections import deque
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Iterable
+
+from prometheus_client import CollectorRegistry
+from prometheus_client.exposition import choose_encoder
 
 from hyperflexis.backends.local import InstanceHandle
+from hyperflexis.backends.messages import OutputDelta
+from hyperflexis.core.slo import SLO
+from hyperflexis.server.metric_families import ClassSeries, EngineSeries, Families
 
-TTFT_BUCKETS_S = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
-TPOT_BUCKETS_S = (0.002, 0.005, 0.01, 0.02, 0.04, 0.06, 0.1, 0.2, 0.3, 0.5, 1.0)
-OVERHEAD_BUCKETS_S = (0.0001, 0.00025, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.1)
 NUM_RECENT_OVERHEADS = 10_000  # samples kept for exact quantiles in /debug/stats
-
-Labels = tuple[str, ...]
-
-
-def _escape(value: str) -> str:
-    return value.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
-
-
-def _labels(names: Sequence[str], values: Sequence[str], extra: str = "") -> str:
-    parts = [f'{n}="{_escape(v)}"' for n, v in zip(names, values, strict=True)]
-    if extra:
-        parts.append(extra)
-    return "{" + ",".join(parts) + "}" if parts else ""
-
-
-def _number(value: float) -> str:
-    if math.isinf(value):
-        return "+Inf" if value > 0 else "-Inf"
-    return repr(float(value)) if not float(value).is_integer() else str(int(value))
-
-
-@dataclass
-class Counter:
-    name: str
-    help: str
-    label_names: Labels = ()
-    values: dict[Labels, float] = field(default_factory=dict)
-
-    def inc(self, *labels: str, amount: float = 1.0) -> None:
-        self.values[labels] = self.values.get(labels, 0.0) + amount
-
-    def render(self) -> Iterable[str]:
-        yield f"# HELP {self.name} {self.help}"
-        yield f"# TYPE {self.name} counter"
-        for labels, value in sorted(self.values.items()):
-            yield f"{self.name}{_labels(self.label_names, labels)} {_number(value)}"
-
-
-@dataclass
-class Histogram:
-    name: str
-    help: str
-    buckets: tuple[float, ...]
-    label_names: Labels = ()
-    # Per label set: counts per bucket (not cumulative; the last is +Inf), sum, count.
-    series: dict[Labels, tuple[list[int], list[float]]] = field(default_factory=dict)
-
-    def observe(self, value: float, *labels: str) -> None:
-        counts, total = self.series.setdefault(labels, ([0] * (len(self.buckets) + 1), [0.0]))
-        counts[bisect.bisect_left(self.buckets, value)] += 1
-        total[0] += value
-
-    def render(self) -> Iterable[str]:
-        yield f"# HELP {self.name} {self.help}"
-        yield f"# TYPE {self.name} histogram"
-        for labels, (counts, total) in sorted(self.series.items()):
-            cumulative = 0
-            for bound, count in zip((*self.buckets, math.inf), counts, strict=True):
-                cumulative += count
-                le = f'le="{_number(bound)}"'
-                yield f"{self.name}_bucket{_labels(self.label_names, labels, le)} {cumulative}"
-            yield f"{self.name}_sum{_labels(self.label_names, labels)} {_number(total[0])}"
-            yield f"{self.name}_count{_labels(self.label_names, labels)} {cumulative}"
-
-
-def _gauge(name: str, help: str, rows: list[tuple[str, float]]) -> Iterable[str]:
-    yield f"# HELP {name} {help}"
-    yield f"# TYPE {name} gauge"
-    for instance_id, value in rows:
-        yield f'{name}{{instance="{_escape(instance_id)}"}} {_number(value)}'
 
 
 class ServerMetrics:
-    """Everything /metrics shows; the server records into it, `render` writes the text."""
+    """Everything /metrics shows. The serving core records request events and instance reports
+    into it; `render` writes the exposition."""
 
-    def __init__(self) -> None:
-        self.ttft = Histogram(
-            "hyperflexis_ttft_seconds",
-            "Time to first token from arrival at the server, per SLO class.",
-            TTFT_BUCKETS_S,
-            ("slo_class",),
-        )
-        self.tpot = Histogram(
-            "hyperflexis_tpot_seconds",
-            "Mean time per output token after the first, per finished request and SLO class.",
-            TPOT_BUCKETS_S,
-            ("slo_class",),
-        )
-        self.overhead = Histogram(
-            "hyperflexis_server_overhead_seconds",
-            "Server time per request before it reaches an instance: parsing, tokenisation, "
-            "SLO resolution, dispatch.",
-            OVERHEAD_BUCKETS_S,
-        )
-        self.attained = Counter(
-            "hyperflexis_requests_attained_total",
-            "Requests that completed within their TTFT and TPOT targets.",
-            ("slo_class",),
-        )
-        self.missed = Counter(
-            "hyperflexis_requests_missed_total",
-            "Requests that did not attain their SLO, by why: slo (late), rejected, aborted, error.",
-            ("slo_class", "reason"),
-        )
-        self.rejected = Counter(
-            "hyperflexis_requests_rejected_total",
-            "Requests answered 503 by admission control, by where: dispatch, instance, queue.",
-            ("slo_class", "reason"),
-        )
+    def __init__(
+        self, model_name: str, slo_classes: Iterable[str] = (), max_model_len: int = 4096
+    ) -> None:
+        self.model_name = model_name
+        self.registry = CollectorRegistry()
+        self.families = Families(self.registry, model_name, max_model_len)
+        # Every known instance's and class's series exist from the start, at zero, so that
+        # dashboards and rates see them before the first event.
+        self._engines: dict[str, EngineSeries] = {}
+        self._classes = {name: self.families.slo_class(name) for name in slo_classes}
+        self._num_preemptions: dict[str, int] = {}  # the latest total each instance reported
         self.recent_overheads_s: deque[float] = deque(maxlen=NUM_RECENT_OVERHEADS)
 
+    def _engine(self, engine: str) -> EngineSeries:
+        series = self._engines.get(engine)
+        if series is None:
+            series = self._engines[engine] = self.families.engine(engine)
+        return series
+
+    def _class(self, name: str) -> ClassSeries:
+        series = self._classes.get(name)
+        if series is None:
+            series = self._classes[name] = self.families.slo_class(name)
+        return series
+
+    # -- request events ---------------------------------------------------------------------
+
+    def on_rejected(self, slo_class: str, where: str) -> None:
+        """Turned away with a 503 (`where`: dispatch, instance or queue)."""
+        series = self._class(slo_class)
+        series.rejected[where].inc()
+        series.missed["rejected"].inc()
+
+    def on_first_token(
+        self, engine: str, slo_class: str, ttft_s: float, num_prompt_tokens: int
+    ) -> None:
+        series = self._engine(engine)
+        series.histograms["ttft"].observe(ttft_s)
+        series.counters["prompt_tokens"].inc(num_prompt_tokens)
+        self._class(slo_class).ttft.observe(ttft_s)
+
+    def on_tokens(self, engine: str, num_tokens: int, gap_s: float | None) -> None:
+        """`num_tokens` new output tokens, `gap_s` after the request's previous token (None for
+        the first): each token is one inter-token observation of gap/num_tokens."""
+        series = self._engine(engine)
+        series.counters["generation_tokens"].inc(num_tokens)
+        if gap_s is None or num_tokens == 0:
+            return
+        itl = series.histograms["itl"]
+        for _ in range(num_tokens):
+            itl.observe(gap_s / num_tokens)
+
+    def on_finished(self, engine: str, slo: SLO, delta: OutputDelta, e2e_s: float) -> None:
+        """A request its instance finished (or that failed with it). Latencies and lengths
+        count completed requests only: a rejected or failed one has none to speak of."""
+        series, reason = self._engine(engine), delta.finish_reason or "error"
+        series.success[reason].inc()
+        if reason == "rejected":
+            self.on_rejected(slo.class_name, "instance")
+        elif reason in ("stop", "length"):
+            _observe_completed(series, delta, e2e_s)
+            self._judge(slo, delta)
+        else:
+            self._class(slo.class_name).missed["error" if reason == "error" else "aborted"].inc()
+
+    def _judge(self, slo: SLO, delta: OutputDelta) -> None:
+        series = self._class(slo.class_name)
+        if delta.tpot_s is not None:
+            series.tpot.observe(delta.tpot_s)
+        if delta.attained:
+            series.attained.inc()
+            return
+        late_first = delta.ttft_s is None or delta.ttft_s > slo.ttft_s
+        series.missed["ttft" if late_first else "tpot"].inc()
+
+    def on_aborted(self, engine: str, slo_class: str) -> None:
+        """The client went away before its request finished."""
+        self._engine(engine).success["abort"].inc()
+        self._class(slo_class).missed["aborted"].inc()
+
     def observe_overhead(self, seconds: float) -> None:
-        self.overhead.observe(seconds)
+        self.families.overhead.observe(seconds)
         self.recent_overheads_s.append(seconds)
 
     def overhead_quantiles_ms(self) -> dict[str, float | int | None]:
@@ -142,57 +126,58 @@ class ServerMetrics:
 
         return {"count": len(samples), "p50": at(0.5), "p90": at(0.9), "p99": at(0.99)}
 
-    def render(self, instances: Sequence[InstanceHandle], num_queued: int) -> str:
-        lines: list[str] = []
-        for metric in (self.ttft, self.tpot, self.overhead):
-            lines += metric.render()
-        for counter in (self.attained, self.missed, self.rejected):
-            lines += counter.render()
-        lines += _gauge(
-            "hyperflexis_server_queued_requests",
-            "Requests dispatched that have no first token yet (what --max-queued bounds).",
-            [("server", float(num_queued))],
-        )
-        live = [(h, h.snapshot) for h in instances if h.snapshot is not None]
-        lines += _gauge(
-            "hyperflexis_instance_up",
-            "1 while the instance process serves.",
-            [(h.instance_id, 1.0 if h.alive else 0.0) for h in instances],
-        )
-        lines += _gauge(
-            "hyperflexis_instance_waiting_requests",
-            "Queue depth: requests waiting for prefill or re-admission.",
-            [(h.instance_id, s.num_waiting) for h, s in live],
-        )
-        lines += _gauge(
-            "hyperflexis_instance_running_requests",
-            "Requests holding KV blocks.",
-            [(h.instance_id, s.num_running) for h, s in live],
-        )
-        lines += _gauge(
-            "hyperflexis_instance_kv_usage",
-            "Fraction of KV blocks in use.",
-            [(h.instance_id, s.kv_usage) for h, s in live],
-        )
-        lines += _gauge(
-            "hyperflexis_instance_correction_factor",
-            "Measured over predicted step time (online latency correction).",
-            [(h.instance_id, h.correction_factor) for h in instances],
-        )
-        lines.append("# HELP hyperflexis_instance_preemptions_total Requests preempted.")
-        lines.append("# TYPE hyperflexis_instance_preemptions_total counter")
-        lines += [
-            f'hyperflexis_instance_preemptions_total{{instance="{_escape(h.instance_id)}"}} '
-            f"{h.num_preemptions}"
-            for h in instances
-        ]
-        lines.append(
-            "# HELP hyperflexis_instance_rejections_total Late requests the instance rejected."
-        )
-        lines.append("# TYPE hyperflexis_instance_rejections_total counter")
-        lines += [
-            f'hyperflexis_instance_rejections_total{{instance="{_escape(h.instance_id)}"}} '
-            f"{h.num_rejections}"
-            for h in instances
-        ]
-        return "\n".join(lines) + "\n"
+    # -- instances --------------------------------------------------------------------------
+
+    def observe_instance(self, handle: InstanceHandle) -> None:
+        """Set an instance's gauges from its latest report (creating its series)."""
+        engine = handle.instance_id
+        gauges = self._engine(engine).gauges
+        gauges["up"].set(1.0)
+        gauges["correction"].set(handle.correction_factor)
+        snapshot = handle.snapshot
+        if snapshot is not None:
+            gauges["running"].set(snapshot.num_running)
+            gauges["waiting"].set(snapshot.num_waiting)
+            gauges["kv"].set(snapshot.kv_usage)
+        # The instance reports a running total; the counter moves by what is new.
+        new = handle.num_preemptions - self._num_preemptions.get(engine, 0)
+        if new > 0:
+            self._engines[engine].counters["preemptions"].inc(new)
+            self._num_preemptions[engine] = handle.num_preemptions
+
+    def remove_instance(self, engine: str) -> None:
+        """Drop a failed or removed instance's gauges. Its counters and histograms stay: they
+        are totals over the server's life, and sums over instances must not fall."""
+        self.families.drop_gauges(engine)
+        self._engines.pop(engine, None)
+        self._num_preemptions.pop(engine, None)
+
+    # -- exposition -------------------------------------------------------------------------
+
+    def render(self, num_queued: int, accept: str | None = None) -> tuple[bytes, str]:
+        """The exposition in the format the scraper's Accept header asks for (Prometheus text
+        by default, OpenMetrics on request), and its content type."""
+        self.families.queued.set(num_queued)
+        encode, content_type = choose_encoder(accept or "")
+        return encode(self.registry), content_type
+
+
+def _observe_completed(series: EngineSeries, delta: OutputDelta, e2e_s: float) -> None:
+    """E2E, lengths, and the queue, prefill, decode and inference times from the instance's
+    durations."""
+    histograms, queue_s, ttft_s = series.histograms, delta.queue_s, delta.ttft_s
+    histograms["e2e"].observe(e2e_s)
+    histograms["prompt_len"].observe(delta.num_prompt_tokens)
+    histograms["output_len"].observe(delta.num_output_tokens)
+    histograms["max_output_len"].observe(delta.num_output_tokens)
+    if delta.tpot_s is not None:
+        histograms["request_tpot"].observe(delta.tpot_s)
+    if queue_s is not None:
+        histograms["queue"].observe(queue_s)
+    if ttft_s is None or queue_s is None:
+        return
+    prefill_s = ttft_s - queue_s
+    decode_s = 0.0 if delta.tpot_s is None else delta.tpot_s * (delta.num_output_tokens - 1)
+    histograms["prefill"].observe(prefill_s)
+    histograms["decode"].observe(decode_s)
+    histograms["inference"].observe(prefill_s + decode_s)
