@@ -29,6 +29,9 @@ def build_parser(argv: list[str]) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="hyperflexis", description="HyperFlexis: multi-SLO LLM serving."
     )
+    from hyperflexis import __version__
+
+    parser.add_argument("--version", action="version", version=__version__)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     # Only the chosen subcommand's module is imported to add its arguments.
     chosen = next((a for a in argv if a in COMMANDS), None)

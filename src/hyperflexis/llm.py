@@ -12,7 +12,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from hyperflexis.core.outputs import RequestOutput
+from hyperflexis.core.outputs import CompletionOutput, RequestMetrics, RequestOutput
 from hyperflexis.core.sampling import SamplingParams
 from hyperflexis.core.slo import SLO, SLOClasses
 from hyperflexis.engine.factory import InstanceSpec, build_engine
@@ -32,8 +32,12 @@ class LLM:
         self,
         model: str | Path | None = None,
         *,
-        dtype: str = "float32",
+        tokenizer: str | Path | None = None,
+        dtype: str = "auto",
         device: str = "cpu",
+        max_model_len: int | None = None,
+        gpu_memory_utilization: float | None = None,
+        served_model_name: str | None = None,
         policy: str = "fcfs",
         max_num_batched_tokens: int | None = None,
         max_num_seqs: int = 256,
@@ -44,10 +48,16 @@ class LLM:
         slo_classes: SLOClasses | None = None,
         cost_model: StepCostModel | None = None,
         clock: Callable[[], float] = time.monotonic,
+        **unsupported: Any,
     ) -> None:
-        """`model` is a Hugging Face checkpoint directory, or None for the embedded default.
-        `max_num_batched_tokens` None means 2048 with chunked prefill, else the whole context
-        (so any prompt fits one step)."""
+        """`model` is a Hugging Face checkpoint directory, or None for the embedded default;
+        `tokenizer` another folder to take the tokenizer from. `dtype` "auto" is float32 on the
+        CPU, the checkpoint's dtype on a GPU. `max_num_batched_tokens` None means 2048 with
+        chunked prefill, else the whole context (so any prompt fits one step). vLLM's other
+        constructor arguments are refused by name."""
+        if unsupported:
+            names = ", ".join(sorted(unsupported))
+            raise ValueError(f"LLM() does not support these vLLM arguments: {names}")
         if max_num_batched_tokens is None:  # without chunking build_engine fits the context
             max_num_batched_tokens = _DEFAULT_CHUNKED_TOKEN_BUDGET
         spec = InstanceSpec(
@@ -65,9 +75,14 @@ class LLM:
             kv_cache_bytes=kv_cache_bytes,
             block_size=block_size,
             seed=seed,
+            tokenizer=None if tokenizer is None else str(tokenizer),
+            max_model_len=max_model_len,
+            gpu_memory_utilization=gpu_memory_utilization,
         )
         self.engine, self.runner, _ = build_engine(spec, clock)
         self.slo_classes = slo_classes
+        # The name vLLM reports the model by; the checkpoint folder's name by default.
+        self.served_model_name = served_model_name or self.runner.model_path.name
 
     def get_tokenizer(self) -> Any:
         return self.runner.tokenizer
@@ -137,20 +152,40 @@ class LLM:
         slos: list[SLO | None],
         use_tqdm: bool,
     ) -> list[RequestOutput]:
+        """Each prompt runs as `n` engine requests (sample i with seed + i), so the scheduler
+        sees the n samples as the work they are; their outputs merge into one per prompt."""
         engine = self.engine
         ids: list[str] = []
+        groups: list[list[str]] = []
         try:
             for text, token_ids, sampling, slo in zip(
                 texts, token_lists, params, slos, strict=True
             ):
-                ids.append(engine.add_request(token_ids, sampling, slo=slo, prompt=text))
-            return self._wait(ids, use_tqdm)
+                samples = [sampling] if sampling is None else _samples(sampling)
+                group = [engine.add_request(token_ids, p, slo=slo, prompt=text) for p in samples]
+                ids.extend(group)
+                groups.append(group)
+            final = self._wait(ids, use_tqdm)
         except BaseException:
             for request_id in ids:  # leave the engine empty for the next call
                 engine.abort(request_id)
             raise
+        outputs = [_merge([final[request_id] for request_id in group]) for group in groups]
+        self._decode_logprobs(outputs)
+        return outputs
 
-    def _wait(self, ids: list[str], use_tqdm: bool) -> list[RequestOutput]:
+    def _decode_logprobs(self, outputs: list[RequestOutput]) -> None:
+        """Fill in each logprob entry's token text, as vLLM's outputs carry it."""
+        tokenizer = self.get_tokenizer()
+        for output in outputs:
+            entries = [e for e in output.prompt_logprobs or () if e is not None]
+            for completion in output.outputs:
+                entries.extend(completion.logprobs or ())
+            for entry in entries:
+                for token_id, logprob in entry.items():
+                    logprob.decoded_token = tokenizer.decode([token_id], False)
+
+    def _wait(self, ids: list[str], use_tqdm: bool) -> dict[str, RequestOutput]:
         engine = self.engine
         pending = set(ids)
         final: dict[str, RequestOutput] = {}
@@ -172,7 +207,7 @@ class LLM:
         finally:
             if progress is not None:
                 progress.close()
-        return [final[request_id] for request_id in ids]
+        return final
 
     def _tokenize(self, prompts: PromptInput) -> tuple[list[str | None], list[list[int]]]:
         if isinstance(prompts, str):
@@ -228,6 +263,56 @@ def _per_prompt(
         if item is not None and not isinstance(item, kind):
             raise ValueError(f"invalid '{name}[{index}]': got {type(item).__name__}")
     return values
+
+
+def _samples(params: SamplingParams) -> list[SamplingParams]:
+    if params.n == 1:
+        return [params]
+    return [params.for_sample(i) for i in range(params.n)]
+
+
+def _merge(samples: list[RequestOutput]) -> RequestOutput:
+    """One prompt's samples as one output: completions indexed by sample, the first sample's
+    id, the earliest first schedule and token, the latest last token and finish; attained when
+    every sample was."""
+    if len(samples) == 1:
+        return samples[0]
+    first = samples[0]
+    completions: list[CompletionOutput] = []
+    for index, sample in enumerate(samples):
+        (completion,) = sample.outputs
+        completion.index = index
+        completions.append(completion)
+    stamps = [s.metrics for s in samples]
+    metrics = RequestMetrics(
+        arrival_s=min(m.arrival_s for m in stamps),
+        first_scheduled_s=_earliest([m.first_scheduled_s for m in stamps]),
+        first_token_s=_earliest([m.first_token_s for m in stamps]),
+        last_token_s=_latest([m.last_token_s for m in stamps]),
+        finish_s=_latest([m.finish_s for m in stamps]),
+        num_preemptions=sum(m.num_preemptions for m in stamps),
+    )
+    return RequestOutput(
+        request_id=first.request_id,
+        prompt=first.prompt,
+        prompt_token_ids=first.prompt_token_ids,
+        outputs=completions,
+        finished=all(s.finished for s in samples),
+        metrics=metrics,
+        attained=all(bool(s.attained) for s in samples),
+        prompt_logprobs=first.prompt_logprobs,
+    )
+
+
+def _earliest(times: list[float | None]) -> float | None:
+    """The first of the samples' stamps; None until every sample has one."""
+    known = [t for t in times if t is not None]
+    return min(known) if len(known) == len(times) else None
+
+
+def _latest(times: list[float | None]) -> float | None:
+    known = [t for t in times if t is not None]
+    return max(known) if len(known) == len(times) else None
 
 
 def _progress(total: int) -> Any:

@@ -10,7 +10,23 @@ from hyperflexis.core import SLO, FinishReason, Request, SamplingParams
     [
         ({"max_tokens": 0}, "max_tokens"),
         ({"temperature": -0.1}, "temperature"),
-        ({"top_k": 0}, "top_k"),
+        ({"top_k": -2}, "top_k"),
+        ({"n": 0}, "n"),
+        ({"n": 2, "best_of": 3}, "best_of"),
+        ({"min_tokens": 20, "max_tokens": 10}, "min_tokens"),
+        ({"min_p": 1.5}, "min_p"),
+        ({"presence_penalty": 3.0}, "presence_penalty"),
+        ({"frequency_penalty": float("nan")}, "frequency_penalty"),
+        ({"repetition_penalty": 0.0}, "repetition_penalty"),
+        ({"logprobs": 21}, "logprobs"),
+        ({"logit_bias": {"x": 1.0}}, "logit_bias"),
+        ({"logit_bias": {3: 101.0}}, "logit_bias"),
+        ({"allowed_token_ids": []}, "allowed_token_ids"),
+        ({"prompt_logprobs": 21}, "prompt_logprobs"),
+        ({"output_kind": "delta"}, "output_kind"),
+        ({"guided_decoding": {"json": {}}}, "guided_decoding"),
+        ({"bad_words": ["x"]}, "bad_words"),
+        ({"detokenize": False}, "detokenize"),
         ({"top_p": 0.0}, "top_p"),
         ({"top_p": 1.5}, "top_p"),
         ({"seed": 1.5}, "seed"),
@@ -22,6 +38,23 @@ from hyperflexis.core import SLO, FinishReason, Request, SamplingParams
 def test_invalid_sampling_values_name_the_parameter(kwargs: dict, name: str) -> None:  # type: ignore[type-arg]
     with pytest.raises(ValueError, match=f"'{name}'"):
         SamplingParams(**kwargs)
+
+
+def test_vllm_positional_order_and_spellings() -> None:
+    params = SamplingParams(3, None, 0.5, 0.25, 1.2, 0.7, 0.9, 5, 0.1, 42)
+    assert (params.n, params.presence_penalty, params.frequency_penalty) == (3, 0.5, 0.25)
+    assert (params.repetition_penalty, params.temperature, params.top_p) == (1.2, 0.7, 0.9)
+    assert (params.top_k, params.min_p, params.seed) == (5, 0.1, 42)
+    assert SamplingParams(top_k=0).top_k is None and SamplingParams(top_k=-1).top_k is None
+    assert SamplingParams(stop=None, stop_token_ids=None).stop == []
+    assert SamplingParams(logit_bias={"7": 2.0}).logit_bias == {7: 2.0}  # JSON keys
+
+
+def test_samples_derive_their_seeds() -> None:
+    params = SamplingParams(n=3, seed=10, temperature=1.0)
+    assert [params.for_sample(i).seed for i in range(3)] == [10, 11, 12]
+    assert params.for_sample(2).n == 1
+    assert SamplingParams(n=2).for_sample(1).seed is None
 
 
 def test_stop_string_becomes_list() -> None:

@@ -86,3 +86,49 @@ def test_top_p_keeps_the_smallest_set_reaching_p() -> None:
 def test_mismatched_rows_raise() -> None:
     with pytest.raises(ValueError, match="same rows"):
         Sampler(0).sample(_logits(2), [SamplingParams()], [0])
+
+
+def test_frequency_counts_occurrences_presence_does_not() -> None:
+    logits = torch.zeros(2, VOCAB)
+    logits[:, 3] = 2.5  # the favourite, already generated three times
+    logits[:, 4] = 1.0  # generated once
+    logits[:, 5] = 0.2
+    context = [9, 9, 3, 3, 3, 4]  # prompt [9, 9], then four output tokens
+    frequency = SamplingParams(temperature=0.0, frequency_penalty=1.0)
+    presence = SamplingParams(temperature=0.0, presence_penalty=1.0)
+    tokens = Sampler(0).sample(logits, [frequency, presence], [4, 4], [context, context])
+    # frequency: 3 -> -0.5, 4 -> 0.0, so 5 wins; presence: 3 -> 1.5 still beats 4 -> 0.0.
+    assert tokens == [5, 3]
+
+
+def test_repetition_penalty_divides_positive_and_multiplies_negative_logits() -> None:
+    logits = torch.full((1, VOCAB), -5.0)
+    logits[0, 3] = 2.0  # seen: 2.0 / 2 = 1.0
+    logits[0, 4] = 1.5  # unseen, wins after the penalty
+    logits[0, 6] = -0.1  # seen: -0.2, still below 4
+    params = SamplingParams(temperature=0.0, repetition_penalty=2.0)
+    assert Sampler(0).sample(logits, [params], [0], [[3, 6]]) == [4]
+
+
+def test_min_tokens_masks_eos_and_stop_tokens_then_lets_them_through() -> None:
+    logits = torch.zeros(2, VOCAB)
+    logits[:, 1] = 9.0  # EOS
+    logits[:, 2] = 8.0  # a stop token
+    logits[:, 3] = 1.0
+    params = SamplingParams(temperature=0.0, min_tokens=2, stop_token_ids=[2])
+    sampler = Sampler(0, eos_token_ids=[1])
+    assert sampler.sample(logits, [params, params], [1, 2], [[0], [0]]) == [3, 1]
+
+
+def test_logprobs_are_of_the_raw_logits_whatever_was_sampled() -> None:
+    from hyperflexis.engine.sampler import compute_logprobs
+
+    logits = _logits(2)
+    entries = compute_logprobs(logits, [7, 8], [2, None])
+    raw = torch.log_softmax(logits, dim=-1)
+    first = entries[0]
+    assert first is not None and entries[1] is None
+    assert first[7].logprob == pytest.approx(float(raw[0, 7]))
+    assert first[7].rank == int((raw[0] > raw[0, 7]).sum()) + 1
+    top_two = raw[0].topk(2).indices.tolist()
+    assert {t for t, lp in first.items() if lp.rank <= 2} == set(top_two)

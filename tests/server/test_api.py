@@ -238,10 +238,11 @@ BAD_REQUESTS = [
     (COMPLETIONS, {"prompt": "hi", "top_p": 2}, {}, "top_p"),
     (COMPLETIONS, {"prompt": "hi", "seed": "x"}, {}, "seed"),
     (COMPLETIONS, {"prompt": "hi", "stop": 5}, {}, "stop"),
-    (COMPLETIONS, {"prompt": "hi", "n": 2}, {}, "n"),
+    (COMPLETIONS, {"prompt": "hi", "n": 0}, {}, "n"),
+    (COMPLETIONS, {"prompt": "hi", "tools": []}, {}, "tools"),
     (COMPLETIONS, {"prompt": "hi", "stream": "yes"}, {}, "stream"),
     (COMPLETIONS, {"prompt": 42}, {}, "prompt"),
-    (COMPLETIONS, {"prompt": ["a", "b"]}, {}, "prompt"),
+    (COMPLETIONS, {"prompt": ["a", ""]}, {}, "prompt"),
     (COMPLETIONS, {"prompt": [5, 10**9]}, {}, "prompt"),
     (COMPLETIONS, {"prompt": "hi", "slo_class": "platinum"}, {}, "slo_class"),
     (COMPLETIONS, {"prompt": "hi", "priority": "high"}, {}, "priority"),
@@ -251,7 +252,15 @@ BAD_REQUESTS = [
     (CHAT, {"max_tokens": 4}, {}, "messages"),
     (CHAT, {"messages": [{"content": "hi"}]}, {}, "messages[0].role"),
     (CHAT, {"messages": [{"role": "robot", "content": "hi"}]}, {}, "messages"),
-    (CHAT, {"messages": [{"role": "user", "content": "hi"}], "logprobs": True}, {}, "logprobs"),
+    (
+        CHAT,
+        {
+            "messages": [{"role": "user", "content": "hi"}],
+            "response_format": {"type": "json_object"},
+        },
+        {},
+        "response_format",
+    ),
 ]
 
 

@@ -18,6 +18,9 @@ import pytest
         (["--prefill-rate-margin", "-0.1"], "invalid --prefill-rate-margin -0.1"),
         (["--model", "/nonexistent/model"], "'--model'"),
         (["--profile", "/nonexistent/profile.json"], "'--profile'"),
+        (["/models/a", "--model", "/models/b"], "the model is given twice"),
+        (["--chat-template", "no-such-file"], "'--chat-template'"),
+        (["--max-num-seqs", "0"], "'max_num_seqs'"),
     ],
 )
 def test_bad_settings_exit_2_with_the_setting_named(
@@ -35,3 +38,17 @@ def test_bad_settings_exit_2_with_the_setting_named(
     assert done.returncode == 2, done.stderr
     assert needle in done.stderr and "Traceback" not in done.stderr
     assert "serving on" not in done.stdout
+
+
+def test_version_prints_and_exits() -> None:
+    from hyperflexis import __version__
+
+    for argv in (["--version"], ["serve", "--version"]):
+        done = subprocess.run(
+            [sys.executable, "-m", "hyperflexis", *argv],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
+        assert done.returncode == 0 and done.stdout.strip() == __version__

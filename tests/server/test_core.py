@@ -75,7 +75,7 @@ class FakeTokenizer:
     def encode(self, text: str, add_special_tokens: bool = True) -> list[int]:
         return [len(word) for word in text.split()]
 
-    def encode_chat(self, messages: list[dict[str, str]]) -> list[int]:
+    def encode_chat(self, messages: list[dict[str, str]], *args: Any, **kwargs: Any) -> list[int]:
         if any(m["role"] not in ("user", "assistant", "system") for m in messages):
             raise ValueError("chat template failed: unknown role")
         return [1] + [len(m["content"]) for m in messages]
@@ -103,7 +103,7 @@ def _error(core: ServingCore, body: dict[str, Any]) -> APIError:
 
 def test_submit_tokenises_dispatches_and_sends() -> None:
     core, pool, dispatcher = _core()
-    stream = core.submit(
+    (stream,) = core.submit(
         parse_completion({"prompt": "aa bbb", "model": "/models/tiny"}, {}), None, 5.0
     )
     (request,) = dispatcher.seen
@@ -114,7 +114,9 @@ def test_submit_tokenises_dispatches_and_sends() -> None:
     assert command.slo.class_name == "standard"
     assert core.num_queued == 1 and pool.handles["a"].num_dispatched == 1
 
-    chat = core.submit(parse_chat({"messages": [{"role": "user", "content": "hey"}]}, {}), None, 0)
+    (chat,) = core.submit(
+        parse_chat({"messages": [{"role": "user", "content": "hey"}]}, {}), None, 0
+    )
     assert chat.request_id.startswith("chatcmpl-")
     assert pool.handles["a"].sent[-1].sampling_params.max_tokens == MAX_CONTEXT - 2
 
@@ -153,7 +155,7 @@ def test_admission_control_answers_503() -> None:
 
 def test_reports_reach_their_stream_and_feed_metrics() -> None:
     core, pool, _ = _core()
-    stream = core.submit(parse_completion({"prompt": "x", "max_tokens": 2}, {}), None, 0.0)
+    (stream,) = core.submit(parse_completion({"prompt": "x", "max_tokens": 2}, {}), None, 0.0)
     handle = pool.handles["a"]
     first = OutputDelta(stream.request_id, [7], "a", num_output_tokens=1)
     last = OutputDelta(
@@ -184,7 +186,7 @@ def test_reports_reach_their_stream_and_feed_metrics() -> None:
 
 def test_abort_tells_the_instance_once() -> None:
     core, pool, _ = _core()
-    stream = core.submit(parse_completion({"prompt": "x"}, {}), None, 0.0)
+    (stream,) = core.submit(parse_completion({"prompt": "x"}, {}), None, 0.0)
     core.abort(stream)
     core.abort(stream)
     aborts = [c for c in pool.handles["a"].sent if isinstance(c, AbortRequest)]
@@ -194,9 +196,9 @@ def test_abort_tells_the_instance_once() -> None:
 
 def test_a_dead_instance_fails_its_requests() -> None:
     core, pool, dispatcher = _core()
-    on_a = core.submit(parse_completion({"prompt": "x"}, {}), None, 0.0)
+    (on_a,) = core.submit(parse_completion({"prompt": "x"}, {}), None, 0.0)
     dispatcher.answer = "b"
-    on_b = core.submit(parse_completion({"prompt": "x"}, {}), None, 0.0)
+    (on_b,) = core.submit(parse_completion({"prompt": "x"}, {}), None, 0.0)
     pool.handles["a"].alive = False
     core.on_exit(pool.handles["a"])  # type: ignore[arg-type]
     failed = on_a.queue.get_nowait()
@@ -206,3 +208,30 @@ def test_a_dead_instance_fails_its_requests() -> None:
     assert value(text, "hyperflexis:requests_missed_total", cause="error") == 1
     assert not has(text, "vllm:num_requests_running", engine="a")  # its gauges are gone
     assert has(text, "vllm:num_requests_running", engine="b")
+
+
+def test_n_samples_and_prompt_lists_are_separate_requests() -> None:
+    core, pool, dispatcher = _core()
+    body = {"prompt": ["aa", "b c"], "n": 2, "seed": 5, "temperature": 1.0}
+    streams = core.submit(parse_completion(body, {}), None, 0.0)
+    assert [s.prompt_index for s in streams] == [0, 0, 1, 1]
+    assert len({id(s.queue) for s in streams}) == 1  # one queue for the HTTP request
+    assert [r.num_prompt_tokens for r in dispatcher.seen] == [1, 1, 2, 2]
+    sent = pool.handles["a"].sent
+    assert [c.sampling_params.seed for c in sent] == [5, 6, 5, 6]
+    assert all(c.sampling_params.n == 1 for c in sent)
+
+
+def test_a_rejected_sample_aborts_those_already_sent() -> None:
+    core, pool, dispatcher = _core()
+    answers = iter(["a", "a", None])
+    choose = dispatcher.choose
+
+    def third_rejected(request: DispatchRequest, snapshots: Any, now: float) -> Any:
+        dispatcher.answer = next(answers)
+        return choose(request, snapshots, now)
+
+    dispatcher.choose = third_rejected  # type: ignore[method-assign]
+    assert _error(core, {"prompt": "x", "n": 3}).status == 503
+    aborts = [c for c in pool.handles["a"].sent if isinstance(c, AbortRequest)]
+    assert len(aborts) == 2 and not core.streams and core.num_queued == 0

@@ -6,10 +6,12 @@ from typing import Any
 
 import pytest
 
+from hyperflexis.core.outputs import Logprob
 from hyperflexis.core.slo import SLOClass, SLOClasses
+from hyperflexis.server import responses
 from hyperflexis.server.access import Access
 from hyperflexis.server.errors import APIError
-from hyperflexis.server.protocol import SLORequest, parse_chat, parse_completion
+from hyperflexis.server.protocol import Prompt, SLORequest, parse_chat, parse_completion
 from hyperflexis.server.responses import finish_reason, full_response, stream_chunk, usage_chunk
 
 
@@ -21,20 +23,23 @@ def _error(call: Any, *args: Any) -> APIError:
 
 def test_completion_defaults_follow_openai() -> None:
     job = parse_completion({"prompt": "hi"}, {})
-    assert job.kind == "completion" and job.prompt == "hi" and job.prompt_token_ids is None
+    assert job.kind == "completion" and job.prompts == [Prompt("hi", None)]
     assert job.max_tokens == 16  # OpenAI's completions default
-    assert not job.stream and not job.include_usage
-    assert job.sampling == {}
+    assert parse_completion({"prompt": "hi", "max_tokens": None}, {}).max_tokens == 16
+    assert not job.stream and not job.include_usage and not job.echo
+    assert job.sampling == {} and job.num_top_logprobs is None and job.n == 1
     assert job.slo == SLORequest()
     params = job.sampling_params(16)
     assert params.temperature == 1.0 and params.top_p == 1.0
 
 
 def test_prompt_shapes() -> None:
-    assert parse_completion({"prompt": ["hi"]}, {}).prompt == "hi"
-    assert parse_completion({"prompt": [1, 2, 3]}, {}).prompt_token_ids == [1, 2, 3]
-    assert parse_completion({"prompt": [[4, 5]]}, {}).prompt_token_ids == [4, 5]
-    for bad in ("", [], ["a", "b"], [[1], [2]], 7, [1.5], None):
+    assert parse_completion({"prompt": ["hi"]}, {}).prompts == [Prompt("hi", None)]
+    assert parse_completion({"prompt": [1, 2, 3]}, {}).prompts == [Prompt(None, [1, 2, 3])]
+    assert parse_completion({"prompt": [[4, 5]]}, {}).prompts == [Prompt(None, [4, 5])]
+    several = parse_completion({"prompt": ["a", [1], "b"]}, {}).prompts
+    assert several == [Prompt("a", None), Prompt(None, [1]), Prompt("b", None)]
+    for bad in ("", [], [""], [[]], 7, [1.5], None, [True]):
         assert _error(parse_completion, {"prompt": bad}, {}).param == "prompt"
 
 
@@ -44,11 +49,16 @@ def test_chat_max_tokens_and_content_parts() -> None:
     ]
     job = parse_chat({"messages": messages}, {})
     assert job.max_tokens is None  # as many as the context leaves
-    assert job.messages == [{"role": "user", "content": "ab"}]
+    assert job.chat is not None and job.chat.messages == [{"role": "user", "content": "ab"}]
+    assert not job.add_special_tokens  # the template writes BOS
     both = parse_chat({"messages": messages, "max_tokens": 9, "max_completion_tokens": 5}, {})
     assert both.max_tokens == 5
     image = [{"role": "user", "content": [{"type": "image_url", "image_url": {}}]}]
     assert _error(parse_chat, {"messages": image}, {}).param == "messages[0].content"
+    tool = [{"role": "assistant", "content": "x", "tool_calls": [{"id": "1"}]}]
+    assert _error(parse_chat, {"messages": tool}, {}).param == "messages[0].tool_calls"
+    history = [{"role": "assistant", "content": "x", "tool_calls": None, "name": "bot"}]
+    assert parse_chat({"messages": history}, {}).chat.messages[0]["name"] == "bot"  # type: ignore[union-attr]
 
 
 def test_sampling_fields_are_validated_by_sampling_params() -> None:
@@ -75,18 +85,6 @@ def test_slo_fields_body_wins_over_headers() -> None:
     assert parse_completion(body, headers).slo == SLORequest("interactive", 0, 100.0, 40.0)
     assert _error(parse_completion, {"prompt": "x", "priority": True}, {}).param == "priority"
     assert _error(parse_completion, {"prompt": "x", "tpot_ms": 0}, {}).param == "tpot_ms"
-
-
-def test_unsupported_fields_are_refused() -> None:
-    for field, value in (
-        ("n", 3),
-        ("echo", True),
-        ("best_of", 2),
-        ("logprobs", 2),
-        ("suffix", "s"),
-    ):
-        assert _error(parse_completion, {"prompt": "x", field: value}, {}).param == field
-    assert parse_completion({"prompt": "x", "n": 1, "best_of": 1, "echo": False}, {}).prompt == "x"
 
 
 CLASSES = SLOClasses(
@@ -130,15 +128,17 @@ def test_keys_are_required_and_bound_what_a_client_may_ask() -> None:
 
 
 def test_response_shapes() -> None:
-    body = full_response("chat", "id", 1, "m", "hello", "length", 3, 2)
+    choice = responses.choice("chat", 0, "hello", "length", None)
+    body = full_response("chat", "id", 1, "m", [choice], 3, 2)
     assert body["object"] == "chat.completion"
     assert body["choices"][0]["message"] == {"role": "assistant", "content": "hello"}
     assert body["usage"] == {"prompt_tokens": 3, "completion_tokens": 2, "total_tokens": 5}
     first = stream_chunk("chat", "id", 1, "m", "", None, False, first=True)
     assert first["choices"][0]["delta"] == {"role": "assistant", "content": ""}
     assert "usage" not in first
-    last = stream_chunk("completion", "id", 1, "m", None, "stop", True)
+    last = stream_chunk("completion", "id", 1, "m", None, "stop", True, index=3)
     assert last["choices"][0]["text"] == "" and last["usage"] is None
+    assert last["choices"][0]["index"] == 3
     assert usage_chunk("completion", "id", 1, "m", 3, 4)["choices"] == []
     assert [finish_reason(r) for r in ("stop", "length", "abort", None)] == [
         "stop",
@@ -146,3 +146,22 @@ def test_response_shapes() -> None:
         "stop",
         None,
     ]
+
+
+def test_logprobs_in_both_formats() -> None:
+    entry = {7: Logprob(-0.5, 2), 9: Logprob(-0.1, 1), 4: Logprob(-3.0, 3)}
+    text = {7: "a", 9: "bc", 4: "d"}.__getitem__
+    completion = responses.ChoiceLogprobs("completion", 2, text, text_offset=5)
+    completion.add([7, 9], [entry, entry])
+    assert completion.body() == {
+        "tokens": ["a", "bc"],
+        "token_logprobs": [-0.5, -0.1],
+        "top_logprobs": [{"a": -0.5, "bc": -0.1}, {"bc": -0.1, "a": -0.5}],
+        "text_offset": [5, 6],
+    }
+    chat = responses.ChoiceLogprobs("chat", 1, text)
+    chat.add([7], [entry])
+    (content,) = chat.body()["content"]
+    assert content["token"] == "a" and content["logprob"] == -0.5 and content["bytes"] == [97]
+    assert content["top_logprobs"] == [{"token": "bc", "logprob": -0.1, "bytes": [98, 99]}]
+    assert chat.take()["content"] and chat.take()["content"] == []

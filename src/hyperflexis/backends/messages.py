@@ -6,6 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from hyperflexis.cluster.snapshot import LoadSnapshot
+from hyperflexis.core.outputs import Logprob
 from hyperflexis.core.sampling import SamplingParams
 from hyperflexis.core.slo import SLO
 
@@ -72,6 +73,9 @@ class OutputDelta:
     num_preemptions: int = 0
     error: str | None = None  # why it failed, with finish_reason "error"
     error_status: int = 500  # the HTTP status of that failure: 400 when the request was invalid
+    logprobs: list[dict[int, Logprob]] | None = None  # per new token, when the request asked
+    # With the first tokens, when asked: per prompt token (None for the first one).
+    prompt_logprobs: list[dict[int, Logprob] | None] | None = None
 
     @property
     def finished(self) -> bool:

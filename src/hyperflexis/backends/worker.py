@@ -173,6 +173,8 @@ class InstanceLoop:
             finish_reason=completion.finish_reason,
             num_prompt_tokens=len(output.prompt_token_ids),
             num_output_tokens=len(token_ids),
+            logprobs=None if completion.logprobs is None else completion.logprobs[num_tokens:],
+            prompt_logprobs=output.prompt_logprobs if num_tokens == 0 and token_ids else None,
             inter_token_latency_s=gap_s,
         )
         if not output.finished:
@@ -198,6 +200,8 @@ class InstanceLoop:
             tpot_s=tpot_s,
             attained=output.attained,
             num_preemptions=metrics.num_preemptions,
+            logprobs=delta.logprobs,
+            prompt_logprobs=delta.prompt_logprobs,
         )
 
     def _publish(self, deltas: list[OutputDelta], stepped: bool) -> bool:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 from pathlib import Path
 
@@ -10,14 +11,20 @@ HELP = "Serve an OpenAI-compatible API over a multi-instance cluster."
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from hyperflexis import __version__
     from hyperflexis.cluster import dispatcher_names
     from hyperflexis.commands.scheduler_flags import add_scheduler_arguments
     from hyperflexis.scheduler import policy_names
     from hyperflexis.server.config import DEFAULT_HOST, DEFAULT_PORT
 
     parser.add_argument(
+        "model_tag", nargs="?", default=None, metavar="MODEL", help="checkpoint folder (as --model)"
+    )
+    parser.add_argument(
         "--model", default=None, help="checkpoint folder (default: the built-in tiny model)"
     )
+    parser.add_argument("--version", action="version", version=__version__)
+    _add_vllm_arguments(parser)
     parser.add_argument(
         "--instances", type=int, default=2, help="instance processes (model replicas)"
     )
@@ -48,7 +55,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=None,
         help="answer 503 when this many requests already wait for their first token",
     )
-    parser.add_argument("--dtype", default="float32", help="float32, bfloat16 or float16")
+    parser.add_argument(
+        "--dtype",
+        default="auto",
+        help="auto (float32 on CPU, the checkpoint's on GPU), float32, bfloat16 or float16",
+    )
     parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")
     parser.add_argument(
         "--kv-cache-bytes", type=int, default=None, help="KV cache per instance (default: auto)"
@@ -66,13 +77,47 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_scheduler_arguments(parser)
 
 
+def _add_vllm_arguments(parser: argparse.ArgumentParser) -> None:
+    """Settings a vLLM user passes, spelled as vLLM spells them."""
+    parser.add_argument(
+        "--served-model-name",
+        nargs="+",
+        default=None,
+        help="names the API answers to; the first is the one /v1/models lists",
+    )
+    parser.add_argument(
+        "--max-model-len", type=int, default=None, help="context limit below the model's"
+    )
+    parser.add_argument(
+        "--chat-template", default=None, help="jinja2 chat template, or a file holding one"
+    )
+    parser.add_argument("--tokenizer", default=None, help="tokenizer folder (default: the model's)")
+    parser.add_argument("--block-size", type=int, default=16, help="tokens per KV cache block")
+    parser.add_argument(
+        "--max-num-seqs", type=int, default=256, help="most requests in one instance step"
+    )
+    parser.add_argument(
+        "--gpu-memory-utilization",
+        type=float,
+        default=None,
+        help="share of the GPU each instance may fill, KV cache included (default: half of "
+        "what is free after loading)",
+    )
+
+
+def _model(args: argparse.Namespace) -> str | None:
+    if args.model_tag is not None and args.model is not None and args.model_tag != args.model:
+        raise ValueError(f"the model is given twice: {args.model_tag} and --model {args.model}")
+    return args.model_tag if args.model_tag is not None else args.model
+
+
 def run(args: argparse.Namespace) -> int:
     from hyperflexis.commands.scheduler_flags import scheduler_config
     from hyperflexis.server.config import ServerConfig
     from hyperflexis.server.serve import serve
 
     config = ServerConfig(
-        model=args.model,
+        model=_model(args),
         num_instances=args.instances,
         policy=args.policy,
         dispatch=args.dispatch,
@@ -85,9 +130,16 @@ def run(args: argparse.Namespace) -> int:
         device=args.device,
         kv_cache_bytes=args.kv_cache_bytes,
         profile_path=args.profile,
-        scheduler=scheduler_config(args),
+        # Not a scheduler knob (simulate results echo the knobs, whose keys stay fixed).
+        scheduler=dataclasses.replace(scheduler_config(args), max_num_seqs=args.max_num_seqs),
         num_threads=args.threads,
         seed=args.seed,
+        served_model_names=tuple(args.served_model_name or ()),
+        max_model_len=args.max_model_len,
+        chat_template=args.chat_template,
+        tokenizer=args.tokenizer,
+        block_size=args.block_size,
+        gpu_memory_utilization=args.gpu_memory_utilization,
     )
     try:
         return serve(config)

@@ -1,6 +1,6 @@
 """Plain data shared by every layer: requests, SLOs, sampling parameters, outputs. No torch."""
 
-from hyperflexis.core.outputs import CompletionOutput, RequestOutput
+from hyperflexis.core.outputs import CompletionOutput, Logprob, RequestOutput
 from hyperflexis.core.request import FinishReason, Request, RequestStatus
 from hyperflexis.core.sampling import SamplingParams
 from hyperflexis.core.slo import SLO, LateAction, SLOClass, SLOClasses
@@ -10,6 +10,7 @@ __all__ = [
     "CompletionOutput",
     "FinishReason",
     "LateAction",
+    "Logprob",
     "Request",
     "RequestOutput",
     "RequestStatus",

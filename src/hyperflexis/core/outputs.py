@@ -6,13 +6,47 @@ from dataclasses import dataclass, field
 
 
 @dataclass(slots=True)
-class CompletionOutput:
-    """One generated sequence."""
+class Logprob:
+    """One token's log-probability under the model's raw distribution (log-softmax of its
+    logits, before penalties, biases, temperature or filtering, as vLLM reports it)."""
 
-    index: int
+    logprob: float
+    rank: int  # 1 for the most likely token
+    decoded_token: str | None = None  # the token's text, when a tokenizer filled it in
+
+
+# Per output token: the sampled token and the `logprobs` most likely ones, by token id.
+SampleLogprobs = list[dict[int, Logprob]]
+# Per prompt token, likewise; None for the first, which nothing predicts (vLLM's shape).
+PromptLogprobs = list[dict[int, Logprob] | None]
+
+
+class SampledTokens(dict[str, int]):
+    """A step's sampled token per request id, plus the logprobs of those that asked for them
+    (a dict, so step runners that return a plain mapping of tokens still fit the loop)."""
+
+    def __init__(
+        self,
+        tokens: dict[str, int],
+        logprobs: dict[str, dict[int, Logprob]],
+        prompt_logprobs: dict[str, dict[int, dict[int, Logprob]]] | None = None,
+    ) -> None:
+        super().__init__(tokens)
+        self.logprobs = logprobs  # request id -> the sampled token's and top tokens' Logprobs
+        # Request id -> prompt position -> that prompt token's and the top tokens' Logprobs.
+        self.prompt_logprobs = prompt_logprobs or {}
+
+
+@dataclass(slots=True)
+class CompletionOutput:
+    """One generated sequence; fields and order as vLLM's."""
+
+    index: int  # which of the request's n samples
     text: str
     token_ids: list[int]
-    finish_reason: str | None  # "stop", "length", "abort", "rejected", "error"; None while running
+    cumulative_logprob: float | None  # sum of the sampled tokens' logprobs; None unless asked
+    logprobs: SampleLogprobs | None  # None unless SamplingParams.logprobs was set
+    finish_reason: str | None = None  # "stop", "length", "abort", "rejected", "error"
     stop_reason: str | int | None = None  # the stop string or token that ended it
 
 
@@ -44,7 +78,7 @@ class RequestMetrics:
 
 @dataclass(slots=True)
 class RequestOutput:
-    """The result of one prompt."""
+    """The result of one prompt: one `CompletionOutput` per sample (`SamplingParams.n`)."""
 
     request_id: str
     prompt: str | None
@@ -53,3 +87,4 @@ class RequestOutput:
     finished: bool
     metrics: RequestMetrics = field(default_factory=lambda: RequestMetrics(arrival_s=0.0))
     attained: bool | None = None  # met its SLO; None until finished
+    prompt_logprobs: PromptLogprobs | None = None  # None unless SamplingParams.prompt_logprobs

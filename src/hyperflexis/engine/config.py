@@ -139,6 +139,19 @@ class ModelConfig:
         return cls.from_dict(raw)
 
 
+def resolve_dtype_name(dtype: str, model_dir: Path, device: str) -> str:
+    """vLLM's `--dtype auto`: the checkpoint's dtype on a GPU (float16 for a float32
+    checkpoint, as vLLM picks), float32 on the CPU; any other name is returned as given."""
+    if dtype != "auto":
+        return dtype
+    if not device.startswith("cuda"):
+        return "float32"
+    stored = ModelConfig.from_file(model_dir / "config.json").torch_dtype
+    if stored is None or stored in ("float32", "fp32"):
+        return "float16"
+    return stored
+
+
 def _required(raw: dict[str, Any], name: str) -> Any:
     if name not in raw or raw[name] is None:
         raise ValueError(f"config.json lacks required field {name!r}")

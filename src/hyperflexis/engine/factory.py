@@ -46,6 +46,9 @@ class InstanceSpec:
     block_size: int = 16
     seed: int = 0
     num_threads: int | None = None  # torch CPU threads; None leaves torch's default
+    tokenizer: str | None = None  # tokenizer folder; None: the model's
+    max_model_len: int | None = None  # a context shorter than the model's; None: the model's
+    gpu_memory_utilization: float | None = None  # share of the GPU; None: half of what is free
 
 
 class BuiltEngine(NamedTuple):
@@ -71,6 +74,9 @@ def build_engine(spec: InstanceSpec, clock: Callable[[], float] = time.monotonic
         kv_cache_bytes=spec.kv_cache_bytes,
         block_size=spec.block_size,
         seed=spec.seed,
+        tokenizer=spec.tokenizer,
+        max_model_len=spec.max_model_len,
+        gpu_memory_utilization=spec.gpu_memory_utilization,
     )
     config = spec.scheduler_config
     if not config.chunked_prefill and config.max_num_batched_tokens < runner.max_model_len:
@@ -78,7 +84,7 @@ def build_engine(spec: InstanceSpec, clock: Callable[[], float] = time.monotonic
         config = dataclasses.replace(config, max_num_batched_tokens=runner.max_model_len)
     cost_model = spec.cost_model
     if cost_model is None and needs_cost_model:
-        cost_model = cached_cost_model(runner, spec.device, spec.dtype)
+        cost_model = cached_cost_model(runner, spec.device, runner.dtype_name)
     correction = None
     if cost_model is not None:
         correction = (
@@ -94,7 +100,9 @@ def build_engine(spec: InstanceSpec, clock: Callable[[], float] = time.monotonic
     engine = LLMEngine(
         runner,
         scheduler,
-        lambda prompt_ids: IncrementalDetokenizer(tokenizer, prompt_ids),
+        lambda prompt_ids, skip_special_tokens=True: IncrementalDetokenizer(
+            tokenizer, prompt_ids, skip_special_tokens
+        ),
         clock=clock,
         step_observer=None if correction is None else _observer(correction),
         eos_token_ids=eos_ids,

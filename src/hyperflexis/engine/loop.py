@@ -11,11 +11,11 @@ import dataclasses
 import operator
 import time
 import uuid
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
-from hyperflexis.core.outputs import RequestOutput
+from hyperflexis.core.outputs import RequestOutput, SampledTokens
 from hyperflexis.core.request import DEFAULT_SLO, FinishReason, Request
 from hyperflexis.core.sampling import SamplingParams
 from hyperflexis.core.slo import SLO
@@ -119,7 +119,13 @@ class LLMEngine:
             raise ValueError(
                 f"invalid 'sampling_params': expected SamplingParams, got {type(params).__name__}"
             )
+        if params.n != 1:
+            raise ValueError(
+                "invalid sampling parameter 'n': the engine runs one sample per "
+                "request; LLM and the server fan n out (SamplingParams.for_sample)"
+            )
         token_ids = self._check_prompt(prompt_token_ids)
+        self._check_token_ids(params.named_token_ids, "sampling_params")
         if len(token_ids) >= self.max_context_len:
             raise ValueError(
                 f"invalid prompt: {len(token_ids)} tokens leave no room to generate in the KV "
@@ -185,6 +191,8 @@ class LLMEngine:
         sampled = self.runner.execute(batch) if not batch.is_empty else {}
         executed = self.clock()
         finished = self.scheduler.update(batch, sampled, executed)
+        if isinstance(sampled, SampledTokens):
+            self._outputs.add_logprobs(sampled)
         updated = self.clock()
         outputs = self._process(batch, finished, updated)
         self._record(batch, (start, scheduled, executed, updated, self.clock()))
@@ -262,14 +270,17 @@ class LLMEngine:
                 f"invalid prompt: {len(token_ids)} tokens leave no room to generate in the "
                 f"model's context of {max_len} tokens"
             )
+        self._check_token_ids(token_ids, "prompt")
+        return token_ids
+
+    def _check_token_ids(self, token_ids: Collection[int], where: str) -> None:
         vocab_size = self.runner.config.vocab_size
         for token_id in token_ids:
             if not 0 <= token_id < vocab_size:
                 raise ValueError(
-                    f"invalid prompt: token id {token_id} is outside the vocabulary "
+                    f"invalid {where}: token id {token_id} is outside the vocabulary "
                     f"of {vocab_size} tokens"
                 )
-        return token_ids
 
 
 def _as_token_id(value: object) -> int:

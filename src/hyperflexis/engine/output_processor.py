@@ -1,4 +1,5 @@
-"""Turns a request's tokens into text as they arrive: incremental detokenisation and stop strings.
+"""Turns a request's tokens into text as they arrive: incremental detokenisation, stop strings
+(honouring `min_tokens` and `include_stop_str_in_output`) and the logprobs collected per token.
 
 Stop strings need the tokenizer, so they are checked here rather than in the scheduler; the engine
 loop finishes a request whose text hit one. While a request runs, its text holds back the last
@@ -8,11 +9,17 @@ streaming client before it is cut.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
-from hyperflexis.core.outputs import CompletionOutput, RequestMetrics, RequestOutput
+from hyperflexis.core.outputs import (
+    CompletionOutput,
+    Logprob,
+    PromptLogprobs,
+    RequestMetrics,
+    RequestOutput,
+    SampledTokens,
+)
 from hyperflexis.core.request import FinishReason, Request
 
 
@@ -28,7 +35,12 @@ class Detokenizer(Protocol):
         ...
 
 
-DetokenizerFactory = Callable[[list[int]], Detokenizer]  # prompt token ids -> a detokenizer
+class DetokenizerFactory(Protocol):
+    """Prompt token ids -> a detokenizer for the output that follows them."""
+
+    def __call__(
+        self, prompt_ids: list[int], /, skip_special_tokens: bool = True
+    ) -> Detokenizer: ...
 
 
 @dataclass(slots=True)
@@ -41,6 +53,8 @@ class _TextState:
     text: str = ""  # the output text, cut before a stop string once one appears
     num_detokenized: int = 0  # output tokens already fed to the detokenizer
     stop_string: str | None = None  # the stop string that ended it, if any
+    logprobs: list[dict[int, Logprob]] | None = None  # per output token, when asked for
+    prompt_logprobs: dict[int, dict[int, Logprob]] | None = None  # by prompt position, if asked
 
 
 class OutputProcessor:
@@ -51,8 +65,34 @@ class OutputProcessor:
         self._states: dict[str, _TextState] = {}
 
     def add(self, request: Request, prompt: str | None) -> None:
-        detokenizer = self._make_detokenizer(list(request.prompt_token_ids))
-        self._states[request.request_id] = _TextState(request, prompt, detokenizer)
+        prompt_ids = list(request.prompt_token_ids)
+        if request.sampling_params.skip_special_tokens:
+            detokenizer = self._make_detokenizer(prompt_ids)
+        else:  # only then the keyword, so factories that always skip them still fit
+            detokenizer = self._make_detokenizer(prompt_ids, skip_special_tokens=False)
+        logprobs: list[dict[int, Logprob]] | None = (
+            None if request.sampling_params.logprobs is None else []
+        )
+        wants_prompt = request.sampling_params.prompt_logprobs is not None
+        self._states[request.request_id] = _TextState(
+            request,
+            prompt,
+            detokenizer,
+            logprobs=logprobs,
+            prompt_logprobs={} if wants_prompt else None,
+        )
+
+    def add_logprobs(self, sampled: SampledTokens) -> None:
+        """Record one step's logprobs: each sampled token's entry, and prompt tokens' entries
+        by position."""
+        for request_id, entry in sampled.logprobs.items():
+            state = self._states.get(request_id)
+            if state is not None and state.logprobs is not None:
+                state.logprobs.append(entry)
+        for request_id, by_position in sampled.prompt_logprobs.items():
+            state = self._states.get(request_id)
+            if state is not None and state.prompt_logprobs is not None:
+                state.prompt_logprobs.update(by_position)
 
     def get(self, request_id: str) -> Request | None:
         state = self._states.get(request_id)
@@ -73,13 +113,19 @@ class OutputProcessor:
         state = self._states[request_id]
         if state.stop_string is not None:
             return False
-        output_ids = state.request.output_token_ids
-        stop_token_ids = state.request.sampling_params.stop_token_ids
+        request = state.request
+        output_ids = request.output_token_ids
+        params = request.sampling_params
+        hidden: set[int | None] = set()
+        if not params.include_stop_str_in_output:
+            hidden.update(params.stop_token_ids)
+            if not params.ignore_eos:
+                hidden.add(request.eos_token_id)
         while state.num_detokenized < len(output_ids):
             token_id = output_ids[state.num_detokenized]
             state.num_detokenized += 1
-            if token_id in stop_token_ids:
-                continue  # a stop token is not part of the text, like EOS
+            if token_id in hidden:
+                continue  # a stop token or EOS is not part of the text unless asked for
             if _append(state, state.detokenizer.add_token(token_id)):
                 return True
         return state.request.is_finished and _append(state, state.detokenizer.flush())
@@ -91,6 +137,8 @@ class OutputProcessor:
         finished = request.is_finished
         if finished:
             del self._states[request_id]
+        output_ids = list(request.output_token_ids)
+        logprobs = None if state.logprobs is None else state.logprobs[: len(output_ids)]
         return RequestOutput(
             request_id=request_id,
             prompt=state.prompt,
@@ -99,7 +147,9 @@ class OutputProcessor:
                 CompletionOutput(
                     index=0,
                     text=state.text if finished else _visible(state),
-                    token_ids=list(request.output_token_ids),
+                    token_ids=output_ids,
+                    cumulative_logprob=_cumulative(logprobs, output_ids),
+                    logprobs=logprobs,
                     finish_reason=None
                     if request.finish_reason is None
                     else request.finish_reason.value,
@@ -116,15 +166,18 @@ class OutputProcessor:
                 num_preemptions=request.num_preemptions,
             ),
             attained=request.attained if finished else None,
+            prompt_logprobs=_prompt_logprobs(state),
         )
 
 
 def _append(state: _TextState, delta: str) -> bool:
-    """Add text; True (and the text cut) if it completes a stop string."""
-    stops = state.request.sampling_params.stop
+    """Add text; True (and the text cut) if it completes a stop string. Stop strings count only
+    once the output has more than `min_tokens` tokens (as in vLLM)."""
+    params = state.request.sampling_params
+    stops = params.stop
     before = len(state.text)
     state.text += delta
-    if not stops or not delta:
+    if not stops or not delta or state.num_detokenized <= params.min_tokens:
         return False
     # A stop string can only end inside the new text, so search from just before it.
     window_start = max(0, before - max(len(s) for s in stops) + 1)
@@ -132,8 +185,24 @@ def _append(state: _TextState, delta: str) -> bool:
     if not found:
         return False
     cut, state.stop_string = min(found)
+    if params.include_stop_str_in_output:
+        cut += len(state.stop_string)
     state.text = state.text[:cut]
     return True
+
+
+def _prompt_logprobs(state: _TextState) -> PromptLogprobs | None:
+    if state.prompt_logprobs is None:
+        return None
+    by_position = state.prompt_logprobs
+    num_prompt = state.request.num_prompt_tokens
+    return [None, *(by_position.get(p) for p in range(1, num_prompt))]
+
+
+def _cumulative(logprobs: list[dict[int, Logprob]] | None, token_ids: list[int]) -> float | None:
+    if logprobs is None:
+        return None
+    return sum(entry[t].logprob for entry, t in zip(logprobs, token_ids, strict=False))
 
 
 def _visible(state: _TextState) -> str:

@@ -97,34 +97,53 @@ class Tokenizer:
         self,
         messages: list[dict[str, str]],
         add_generation_prompt: bool = True,
+        *,
+        chat_template: str | None = None,
         **kwargs: Any,
     ) -> str:
-        """Render the conversation with the model's jinja2 chat template (the text usually
-        starts with the BOS token already; encode it with `encode_chat`)."""
-        if self.chat_template is None:
-            raise ValueError("this tokenizer has no chat_template; use a plain prompt")
-        if self._template is None:
-            self._template = _jinja_env().from_string(self.chat_template)
+        """Render the conversation with the model's jinja2 chat template, or `chat_template`
+        when given (the text usually starts with the BOS token already; encode it with
+        `encode_chat`)."""
         try:
+            template = self._compiled(chat_template)
             return str(
-                self._template.render(
-                    messages=messages,
-                    add_generation_prompt=add_generation_prompt,
-                    bos_token=self.bos_token or "",
-                    eos_token=self.eos_token or "",
-                    **kwargs,
+                template.render(
+                    {
+                        **kwargs,  # extra variables never replace the conversation's own
+                        "messages": messages,
+                        "add_generation_prompt": add_generation_prompt,
+                        "bos_token": self.bos_token or "",
+                        "eos_token": self.eos_token or "",
+                    }
                 )
             )
         except TemplateError as exc:
             raise ValueError(f"chat template failed: {exc}") from exc
 
+    def _compiled(self, chat_template: str | None) -> Any:
+        if chat_template is not None:  # a request's own template: compiled for it alone
+            return _jinja_env().from_string(chat_template)
+        if self.chat_template is None:
+            raise ValueError("this tokenizer has no chat_template; use a plain prompt")
+        if self._template is None:
+            self._template = _jinja_env().from_string(self.chat_template)
+        return self._template
+
     def encode_chat(
-        self, messages: list[dict[str, str]], add_generation_prompt: bool = True
+        self,
+        messages: list[dict[str, str]],
+        add_generation_prompt: bool = True,
+        *,
+        chat_template: str | None = None,
+        add_special_tokens: bool = False,
+        **kwargs: Any,
     ) -> list[int]:
         """Token ids of the rendered conversation; the template places special tokens itself,
-        so none are added on top (no doubled BOS)."""
-        text = self.apply_chat_template(messages, add_generation_prompt=add_generation_prompt)
-        return self.encode(text, add_special_tokens=False)
+        so by default none are added on top (no doubled BOS)."""
+        text = self.apply_chat_template(
+            messages, add_generation_prompt, chat_template=chat_template, **kwargs
+        )
+        return self.encode(text, add_special_tokens=add_special_tokens)
 
 
 class IncrementalDetokenizer:

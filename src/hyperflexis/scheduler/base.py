@@ -149,6 +149,7 @@ class Scheduler(ABC):
             sample=end == request.num_tokens,
             sampling_params=request.sampling_params,
             num_output_tokens=request.num_output_tokens,
+            context_token_ids=request.token_ids,
         )
 
     def _decode_chunks(self, requests: list[Request]) -> list[ScheduledChunk]:
@@ -172,6 +173,7 @@ class Scheduler(ABC):
                     True,
                     request.sampling_params,
                     len(tokens) - len(request.prompt_token_ids),
+                    tokens,
                 )
             )
         return chunks

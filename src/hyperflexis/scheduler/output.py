@@ -24,6 +24,9 @@ class ScheduledChunk:
     sample: bool  # the chunk ends at the last known token: sample the next one
     sampling_params: SamplingParams
     num_output_tokens: int  # output tokens so far; with the seed, makes sampling reproducible
+    # The request's prompt and output tokens (the request's own list, read only): the sampler's
+    # repetition, frequency and presence penalties read them. None where no penalty can apply.
+    context_token_ids: list[int] | None = None
 
     @property
     def num_tokens(self) -> int:

@@ -22,7 +22,7 @@ class ServerConfig:
     port: int = DEFAULT_PORT  # 0: any free port (the readiness line says which)
     api_key: str | None = None  # None: no authentication
     max_queued: int | None = None  # 503 beyond this many requests without a first token
-    dtype: str = "float32"
+    dtype: str = "auto"  # vLLM's auto: float32 on the CPU, the checkpoint's dtype on a GPU
     device: str = "cpu"  # every instance on it; "cuda" spreads nothing by itself
     kv_cache_bytes: int | None = None  # per instance; None: the runner's default
     profile_path: Path | None = None  # step latency profile; None: cached, made when missing
@@ -33,6 +33,13 @@ class ServerConfig:
     seed: int = 0  # sampling seed of instance 0 (instance i uses seed + i)
     ready_timeout_s: float = 300.0  # how long instances may take to load
     graceful_shutdown_s: int = 2  # open requests get this long to finish on shutdown
+    # vLLM's spellings of what a deployment also sets:
+    served_model_names: tuple[str, ...] = ()  # the first is the id /v1/models lists
+    max_model_len: int | None = None  # a context shorter than the model's
+    chat_template: str | None = None  # a jinja2 template (or a file of one) over the model's
+    tokenizer: str | None = None  # a tokenizer folder other than the model's
+    block_size: int = 16  # tokens per KV block
+    gpu_memory_utilization: float | None = None  # share of the GPU each instance may fill
 
     def __post_init__(self) -> None:
         if self.num_instances < 1:

@@ -15,13 +15,14 @@ from dataclasses import dataclass, field
 from hyperflexis.backends.local import InstanceHandle, InstancePool
 from hyperflexis.backends.messages import AbortRequest, AddRequest, OutputDelta, StepReport
 from hyperflexis.cluster.dispatcher import Dispatcher, DispatchRequest
+from hyperflexis.core.sampling import SamplingParams
 from hyperflexis.core.slo import SLO, SLOClass
 from hyperflexis.engine.tokenizer import Tokenizer
 from hyperflexis.server.access import Access
 from hyperflexis.server.cost_model import SharedCorrection
 from hyperflexis.server.errors import APIError, bad_request, overloaded
 from hyperflexis.server.metrics import ServerMetrics
-from hyperflexis.server.protocol import GenerationJob
+from hyperflexis.server.protocol import ChatInput, GenerationJob, Prompt
 
 # Put in a stream's queue when its client disconnects: the consumer stops and aborts.
 DISCONNECTED = OutputDelta("", [], "", "abort", error="client disconnected")
@@ -36,9 +37,12 @@ class RequestStream:
     slo: SLO
     num_prompt_tokens: int
     arrival_s: float  # server receipt, monotonic clock
+    # Shared by the streams of one HTTP request (its prompts' samples), in choice order.
     queue: asyncio.Queue[OutputDelta] = field(default_factory=asyncio.Queue)
     has_first_token: bool = False
     finished: bool = False  # the instance is done with it (or it was aborted)
+    prompt_index: int = 0  # which of the request's prompts it samples
+    prompt_token_ids: list[int] = field(default_factory=list)
 
 
 class ServingCore:
@@ -53,6 +57,7 @@ class ServingCore:
         model_name: str,
         *,
         model_aliases: tuple[str, ...] = (),
+        model_root: str | None = None,
         max_queued: int | None = None,
         shared_correction: SharedCorrection | None = None,
     ) -> None:
@@ -62,6 +67,7 @@ class ServingCore:
         self.access = access
         self.model_name = model_name  # the id /v1/models lists
         self.model_aliases = frozenset((model_name, *model_aliases))  # names requests may use
+        self.model_root = model_root or model_name  # the checkpoint /v1/models names as root
         self.max_queued = max_queued  # None: no bound on requests without a first token
         self.shared_correction = shared_correction
         self.metrics = ServerMetrics(model_name, access.slo_classes, pool.max_context_len)
@@ -73,26 +79,85 @@ class ServingCore:
 
     # -- requests in ------------------------------------------------------------------------
 
-    def submit(self, job: GenerationJob, bound: SLOClass | None, arrival_s: float) -> RequestStream:
-        """Validate, tokenise and dispatch; raises `APIError` (4xx, or 503 when turned away)."""
-        if job.model is not None and job.model not in self.model_aliases:
+    def submit(
+        self, job: GenerationJob, bound: SLOClass | None, arrival_s: float
+    ) -> list[RequestStream]:
+        """Validate, tokenise and dispatch every prompt's `n` samples, each as its own request
+        (so dispatcher and scheduler see the work they are; sample i is seeded seed + i). The
+        streams share one queue, in choice order. Raises `APIError` (4xx, or 503 when turned
+        away, after aborting the samples already sent)."""
+        self.check_model(job.model)
+        slo = self.access.resolve(job.slo, bound)
+        inputs: list[Prompt | None] = list(job.prompts) or [None]  # None: the chat
+        prompts = [self._tokenize(job, p) for p in inputs]
+        plans = []
+        for token_ids, param in prompts:
+            max_tokens = self._check_length(job, len(token_ids), param)
+            plans.append((token_ids, job.sampling_params(max_tokens)))
+        queue: asyncio.Queue[OutputDelta] = asyncio.Queue()
+        streams: list[RequestStream] = []
+        try:
+            for prompt_index, (token_ids, params) in enumerate(plans):
+                for sample in range(params.n):
+                    sample_params = params.for_sample(sample) if params.n > 1 else params
+                    stream = self._dispatch(job, token_ids, sample_params, slo, arrival_s, queue)
+                    stream.prompt_index = prompt_index
+                    streams.append(stream)
+        except APIError:
+            for stream in streams:
+                self.abort(stream)
+            raise
+        return streams
+
+    def check_model(self, model: str | None) -> None:
+        """404 unless `model` is None or a name this server answers to."""
+        if model is not None and model not in self.model_aliases:
             raise APIError(
                 404,
-                f"the model {job.model!r} does not exist; this server serves {self.model_name!r}",
+                f"the model {model!r} does not exist; this server serves {self.model_name!r}",
                 param="model",
                 code="model_not_found",
             )
-        slo = self.access.resolve(job.slo, bound)
-        token_ids, param = self._tokenize(job)
-        max_tokens = self._check_length(job, len(token_ids), param)
-        params = job.sampling_params(max_tokens)
+
+    def check_token_ids(self, token_ids: list[int], param: str) -> None:
+        for token_id in token_ids:
+            if not 0 <= token_id < self.vocab_size:
+                raise bad_request(
+                    f"token id {token_id} in {param!r} is outside the vocabulary of "
+                    f"{self.vocab_size} tokens",
+                    param,
+                )
+
+    def encode_chat(self, chat: ChatInput, add_special_tokens: bool) -> list[int]:
+        """The conversation through its chat template; 400 naming what failed."""
+        try:
+            return self.tokenizer.encode_chat(
+                chat.messages,
+                chat.add_generation_prompt,
+                chat_template=chat.template,
+                add_special_tokens=add_special_tokens,
+                **chat.template_kwargs,
+            )
+        except ValueError as exc:
+            param = "messages" if chat.template is None else "chat_template"
+            raise bad_request(str(exc), param) from None
+
+    def _dispatch(
+        self,
+        job: GenerationJob,
+        token_ids: list[int],
+        params: SamplingParams,
+        slo: SLO,
+        arrival_s: float,
+        queue: asyncio.Queue[OutputDelta],
+    ) -> RequestStream:
         if self.max_queued is not None and self.num_queued >= self.max_queued:
             self.metrics.on_rejected(slo.class_name, "queue")
             raise overloaded(f"server busy: {self.num_queued} requests already queued")
         prefix = "cmpl" if job.kind == "completion" else "chatcmpl"
         request_id = f"{prefix}-{uuid.uuid4().hex}"
         decision = self.dispatcher.choose(
-            DispatchRequest(request_id, len(token_ids), max_tokens, slo, arrival_s),
+            DispatchRequest(request_id, len(token_ids), params.max_tokens, slo, arrival_s),
             self.pool.snapshots(),
             time.monotonic(),
         )
@@ -100,29 +165,24 @@ class ServingCore:
             self.metrics.on_rejected(slo.class_name, "dispatch")
             raise overloaded(f"no instance can meet this request's SLO now ({decision.reason})")
         handle = self.pool.get(decision.instance_id)
-        stream = RequestStream(request_id, handle.instance_id, slo, len(token_ids), arrival_s)
+        stream = RequestStream(
+            request_id, handle.instance_id, slo, len(token_ids), arrival_s, queue=queue
+        )
+        stream.prompt_token_ids = token_ids
         self.streams[request_id] = stream
         self.num_queued += 1
         handle.num_dispatched += 1
         handle.send(AddRequest(request_id, token_ids, params, slo, arrival_s))
         return stream
 
-    def _tokenize(self, job: GenerationJob) -> tuple[list[int], str]:
-        if job.messages is not None:
-            try:
-                return self.tokenizer.encode_chat(job.messages), "messages"
-            except ValueError as exc:
-                raise bad_request(str(exc), "messages") from None
-        if job.prompt is not None:
-            return self.tokenizer.encode(job.prompt), "prompt"
-        token_ids = job.prompt_token_ids or []
-        for token_id in token_ids:
-            if not 0 <= token_id < self.vocab_size:
-                raise bad_request(
-                    f"token id {token_id} in 'prompt' is outside the vocabulary of "
-                    f"{self.vocab_size} tokens",
-                    "prompt",
-                )
+    def _tokenize(self, job: GenerationJob, prompt: Prompt | None) -> tuple[list[int], str]:
+        if prompt is None:
+            assert job.chat is not None
+            return self.encode_chat(job.chat, job.add_special_tokens), "messages"
+        if prompt.text is not None:
+            return self.tokenizer.encode(prompt.text, job.add_special_tokens), "prompt"
+        token_ids = prompt.token_ids or []
+        self.check_token_ids(token_ids, "prompt")
         return token_ids, "prompt"
 
     def _check_length(self, job: GenerationJob, num_prompt_tokens: int, param: str) -> int:

@@ -1,17 +1,27 @@
-"""Parses OpenAI request bodies (and the SLO headers) into `GenerationJob`s, checking every
-field's type and range; anything wrong raises `APIError` 400 naming the parameter."""
+"""Parses OpenAI request bodies (and the SLO headers) into `GenerationJob`s, through the request
+models in `request_models`; anything wrong raises `APIError` 400 naming the parameter."""
 
 from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Literal
+
+from pydantic import ValidationError
 
 from hyperflexis.core.sampling import SamplingParams
 from hyperflexis.server.errors import bad_request, from_value_error
+from hyperflexis.server.request_models import (
+    CHAT_REFUSED,
+    COMPLETION_REFUSED,
+    ChatCompletionRequest,
+    CompletionRequest,
+    refused_field,
+)
 
 JobKind = Literal["completion", "chat"]
+OPENAI_COMPLETION_MAX_TOKENS = 16  # OpenAI's default for /v1/completions, also when null
 
 
 @dataclass(frozen=True, slots=True)
@@ -25,19 +35,43 @@ class SLORequest:
 
 
 @dataclass(frozen=True, slots=True)
+class Prompt:
+    """One completions prompt: text, or token ids."""
+
+    text: str | None
+    token_ids: list[int] | None
+
+
+@dataclass(frozen=True, slots=True)
+class ChatInput:
+    """A conversation and how to render it."""
+
+    messages: list[dict[str, str]]
+    template: str | None = None  # None: the model's chat template
+    template_kwargs: dict[str, Any] = field(default_factory=dict)
+    add_generation_prompt: bool = True
+
+
+@dataclass(frozen=True, slots=True)
 class GenerationJob:
-    """One parsed request, before tokenisation."""
+    """One parsed request, before tokenisation: one or more prompts, `n` samples each."""
 
     kind: JobKind
     model: str | None  # as the client named it; None: the served model
-    prompt: str | None  # completions: prompt text (None when given as token ids)
-    prompt_token_ids: list[int] | None  # completions: prompt as token ids
-    messages: list[dict[str, str]] | None  # chat: the conversation
+    prompts: list[Prompt]  # completions: the prompts, in order (empty for chat)
+    chat: ChatInput | None  # chat: the conversation
     max_tokens: int | None  # None: as many as the context leaves
     sampling: dict[str, Any]  # SamplingParams fields other than max_tokens, unvalidated
     stream: bool
     include_usage: bool  # stream_options.include_usage: a final usage chunk
     slo: SLORequest
+    echo: bool = False  # completions: the prompt text before each completion
+    add_special_tokens: bool = True  # add BOS when tokenising a text prompt
+    num_top_logprobs: int | None = None  # None: no logprobs; else alternatives per token
+
+    @property
+    def n(self) -> int:
+        return int(self.sampling.get("n", 1))
 
     def sampling_params(self, max_tokens: int) -> SamplingParams:
         """Validated parameters; a bad value raises `APIError` 400 naming it."""
@@ -48,100 +82,181 @@ class GenerationJob:
 
 
 def parse_completion(body: object, headers: Mapping[str, str]) -> GenerationJob:
-    fields = _object(body)
-    prompt, token_ids = _prompt(fields.get("prompt"))
-    if fields.get("echo"):
-        raise bad_request("'echo' is not supported", "echo")
-    best_of = fields.get("best_of")
-    if best_of is not None and best_of != 1:
-        raise bad_request("'best_of' must be 1: one completion per request", "best_of")
-    if fields.get("suffix") is not None:
-        raise bad_request("'suffix' is not supported", "suffix")
-    return _job("completion", fields, headers, prompt=prompt, prompt_token_ids=token_ids)
+    request = _validate(CompletionRequest, body)
+    _refuse(request, COMPLETION_REFUSED)
+    prompts = _prompts(request.prompt)
+    max_tokens = request.max_tokens
+    if max_tokens is None:  # left out or an explicit null: OpenAI's default either way
+        max_tokens = OPENAI_COMPLETION_MAX_TOKENS
+    return _job(
+        "completion",
+        request,
+        headers,
+        prompts=prompts,
+        max_tokens=max_tokens,
+        echo=bool(request.echo),
+        num_top_logprobs=request.logprobs,
+    )
 
 
 def parse_chat(body: object, headers: Mapping[str, str]) -> GenerationJob:
-    fields = _object(body)
-    messages = _messages(fields.get("messages"))
-    if fields.get("top_logprobs") is not None:
-        raise bad_request("'top_logprobs' is not supported", "top_logprobs")
-    max_tokens = fields.get("max_completion_tokens")
+    request = _validate(ChatCompletionRequest, body)
+    _refuse(request, CHAT_REFUSED)
+    chat = ChatInput(
+        parse_messages(request.messages),
+        request.chat_template,
+        dict(request.chat_template_kwargs or {}),
+        request.add_generation_prompt is not False,
+    )
+    if request.top_logprobs is not None and not request.logprobs:
+        raise bad_request("'top_logprobs' needs 'logprobs' set to true", "top_logprobs")
+    max_tokens = request.max_completion_tokens
     if max_tokens is None:
-        max_tokens = fields.get("max_tokens")
-    return _job("chat", fields, headers, messages=messages, max_tokens=max_tokens)
+        max_tokens = request.max_tokens
+    return _job(
+        "chat",
+        request,
+        headers,
+        chat=chat,
+        max_tokens=max_tokens,
+        num_top_logprobs=(request.top_logprobs or 0) if request.logprobs else None,
+        add_special_tokens=bool(request.add_special_tokens),  # the template writes BOS
+    )
+
+
+def _validate(model: type[CompletionRequest] | type[ChatCompletionRequest], body: object) -> Any:
+    if not isinstance(body, dict):
+        raise bad_request("the request body must be a JSON object")
+    try:
+        return model.model_validate(body)
+    except ValidationError as exc:
+        error = exc.errors()[0]
+        param = param_name(error["loc"])
+        if error["type"] == "extra_forbidden":
+            raise bad_request(f"Unrecognized request argument supplied: {param}", param) from None
+        raise bad_request(f"invalid {param!r}: {error['msg']}", param) from None
+
+
+def param_name(loc: tuple[int | str, ...]) -> str:
+    """pydantic's location as OpenAI names parameters: `messages[0].content`."""
+    name = ""
+    for part in loc:
+        if isinstance(part, int):
+            name += f"[{part}]"
+        elif part not in ("str", "list[str]", "list[int]"):  # union member tags
+            name += f".{part}" if name else str(part)
+    return name
+
+
+def _refuse(request: CompletionRequest | ChatCompletionRequest, refused: Any) -> None:
+    name = refused_field(request, refused)
+    if name is not None:
+        raise bad_request(f"{name!r} is not supported by HyperFlexis", name)
+    options = request.stream_options
+    if options is not None and options.continuous_usage_stats:
+        param = "stream_options.continuous_usage_stats"
+        raise bad_request(f"{param!r} is not supported by HyperFlexis", param)
 
 
 def _job(
     kind: JobKind,
-    fields: dict[str, Any],
+    request: CompletionRequest | ChatCompletionRequest,
     headers: Mapping[str, str],
     *,
-    prompt: str | None = None,
-    prompt_token_ids: list[int] | None = None,
-    messages: list[dict[str, str]] | None = None,
-    max_tokens: object = None,
+    max_tokens: int | None,
+    prompts: list[Prompt] | None = None,
+    chat: ChatInput | None = None,
+    echo: bool = False,
+    num_top_logprobs: int | None = None,
+    add_special_tokens: bool = True,
 ) -> GenerationJob:
-    model = fields.get("model")
-    if model is not None and not isinstance(model, str):
-        raise bad_request("'model' must be a string", "model")
-    n = fields.get("n")
-    if n is not None and n != 1:
-        raise bad_request("'n' must be 1: one completion per request", "n")
-    if fields.get("logprobs"):
-        raise bad_request("'logprobs' is not supported", "logprobs")
-    if kind == "completion":
-        max_tokens = fields.get("max_tokens", 16)  # OpenAI's completions default
-    if max_tokens is not None and not (isinstance(max_tokens, int) and max_tokens >= 1):
+    if max_tokens is not None and max_tokens < 1:
         raise bad_request(
             f"invalid sampling parameter 'max_tokens': expected an int >= 1, got {max_tokens!r}",
             "max_tokens",
         )
-    stream = fields.get("stream", False)
-    if stream is None:
-        stream = False
-    if not isinstance(stream, bool):
-        raise bad_request("'stream' must be a boolean", "stream")
+    sampling = _sampling_fields(request)
+    if num_top_logprobs is not None:
+        sampling["logprobs"] = num_top_logprobs
+        if echo:  # the echoed prompt's tokens get logprobs too (evaluation harnesses score them)
+            sampling["prompt_logprobs"] = num_top_logprobs
+    if request.add_special_tokens is not None:
+        add_special_tokens = request.add_special_tokens
+    options = request.stream_options
     return GenerationJob(
         kind=kind,
-        model=model,
-        prompt=prompt,
-        prompt_token_ids=prompt_token_ids,
-        messages=messages,
-        max_tokens=max_tokens if isinstance(max_tokens, int) else None,
-        sampling=_sampling_fields(fields),
-        stream=stream,
-        include_usage=_include_usage(fields.get("stream_options")),
-        slo=_slo_request(fields, headers),
+        model=request.model,
+        prompts=prompts or [],
+        chat=chat,
+        max_tokens=max_tokens,
+        sampling=sampling,
+        stream=bool(request.stream),
+        include_usage=bool(options is not None and options.include_usage),
+        slo=_slo_request(request, headers),
+        echo=echo,
+        add_special_tokens=add_special_tokens,
+        num_top_logprobs=num_top_logprobs,
     )
 
 
-def _object(body: object) -> dict[str, Any]:
-    if not isinstance(body, dict):
-        raise bad_request("the request body must be a JSON object")
-    return body
+_SAMPLING_FIELDS = (
+    "n",
+    "best_of",
+    "seed",
+    "temperature",
+    "top_p",
+    "top_k",
+    "min_p",
+    "presence_penalty",
+    "frequency_penalty",
+    "repetition_penalty",
+    "logit_bias",
+    "allowed_token_ids",
+    "stop",
+    "stop_token_ids",
+    "ignore_eos",
+    "min_tokens",
+    "include_stop_str_in_output",
+    "skip_special_tokens",
+)
 
 
-def _prompt(value: object) -> tuple[str | None, list[int] | None]:
-    """A string, a list of one string, token ids, or a list of one list of token ids."""
-    if isinstance(value, list) and len(value) == 1 and isinstance(value[0], (str, list)):
-        value = value[0]
-    if isinstance(value, str):
-        if not value:
-            raise bad_request("'prompt' is empty", "prompt")
-        return value, None
-    if isinstance(value, list):
-        if not value:
-            raise bad_request("'prompt' is empty", "prompt")
-        if all(isinstance(t, int) and not isinstance(t, bool) for t in value):
-            return None, list(value)
-        if all(isinstance(p, (str, list)) for p in value):
-            raise bad_request("only one prompt per request is supported", "prompt")
+def _sampling_fields(request: CompletionRequest | ChatCompletionRequest) -> dict[str, Any]:
+    """The SamplingParams fields the client set (None means the default, as in OpenAI)."""
+    return {name: v for name in _SAMPLING_FIELDS if (v := getattr(request, name)) is not None}
+
+
+def _prompts(value: object) -> list[Prompt]:
+    """A string, token ids, or a non-empty list of strings or of token-id lists."""
+    if isinstance(value, str) or _is_token_ids(value):
+        return [_prompt(value, "prompt")]
+    if isinstance(value, list) and value:
+        return [_prompt(item, f"prompt[{i}]") for i, item in enumerate(value)]
     raise bad_request(
-        "'prompt' must be a string or a list of token ids (one prompt per request)", "prompt"
+        "'prompt' must be a string, a list of token ids, or a list of either", "prompt"
     )
 
 
-def _messages(value: object) -> list[dict[str, str]]:
+def _prompt(value: object, where: str) -> Prompt:
+    if isinstance(value, str) and value:
+        return Prompt(value, None)
+    if _is_token_ids(value) and value:
+        assert isinstance(value, list)
+        return Prompt(None, list(value))
+    raise bad_request(f"'{where}' must be a non-empty string or list of token ids", "prompt")
+
+
+def _is_token_ids(value: object) -> bool:
+    return isinstance(value, list) and all(
+        isinstance(t, int) and not isinstance(t, bool) for t in value
+    )
+
+
+_MESSAGE_KEYS = frozenset({"role", "content", "name"})
+_NULL_KEYS = frozenset({"tool_calls", "function_call", "refusal", "audio"})  # only as null
+
+
+def parse_messages(value: object) -> list[dict[str, str]]:
     if not isinstance(value, list) or not value:
         raise bad_request("'messages' must be a non-empty list of messages", "messages")
     messages = []
@@ -149,10 +264,19 @@ def _messages(value: object) -> list[dict[str, str]]:
         where = f"messages[{index}]"
         if not isinstance(message, dict):
             raise bad_request(f"'{where}' must be an object", where)
+        for key, item in message.items():
+            if key not in _MESSAGE_KEYS and not (key in _NULL_KEYS and item is None):
+                raise bad_request(f"'{where}.{key}' is not supported", f"{where}.{key}")
         role = message.get("role")
         if not isinstance(role, str):
             raise bad_request(f"'{where}.role' must be a string", f"{where}.role")
-        messages.append({"role": role, "content": _content(message.get("content"), where)})
+        parsed = {"role": role, "content": _content(message.get("content"), where)}
+        name = message.get("name")
+        if name is not None:
+            if not isinstance(name, str):
+                raise bad_request(f"'{where}.name' must be a string", f"{where}.name")
+            parsed["name"] = name  # the chat template decides what a name means
+        messages.append(parsed)
     return messages
 
 
@@ -175,81 +299,37 @@ def _content(content: object, where: str) -> str:
     raise bad_request(f"'{where}.content' must be a string", f"{where}.content")
 
 
-def _sampling_fields(fields: dict[str, Any]) -> dict[str, Any]:
-    """The SamplingParams fields the client set (None means the default, as in OpenAI)."""
-    sampling: dict[str, Any] = {}
-    for name in ("temperature", "top_p", "seed", "ignore_eos", "stop_token_ids"):
-        if fields.get(name) is not None:
-            sampling[name] = fields[name]
-    stop = fields.get("stop")
-    if stop is not None:
-        sampling["stop"] = [stop] if isinstance(stop, str) else stop
-    top_k = fields.get("top_k")
-    if top_k is not None and top_k != -1:  # vLLM's -1: no top-k
-        sampling["top_k"] = top_k
-    return sampling
-
-
-def _include_usage(options: object) -> bool:
-    if options is None:
-        return False
-    if not isinstance(options, dict):
-        raise bad_request("'stream_options' must be an object", "stream_options")
-    include = options.get("include_usage", False)
-    if not isinstance(include, bool):
-        raise bad_request(
-            "'stream_options.include_usage' must be a boolean", "stream_options.include_usage"
-        )
-    return include
-
-
-def _slo_request(fields: dict[str, Any], headers: Mapping[str, str]) -> SLORequest:
+def _slo_request(
+    request: CompletionRequest | ChatCompletionRequest, headers: Mapping[str, str]
+) -> SLORequest:
     """Body fields win over the `x-` headers of the same meaning."""
-    slo_class = fields.get("slo_class", headers.get("x-slo-class"))
-    if slo_class is not None and not isinstance(slo_class, str):
-        raise bad_request("'slo_class' must be a string", "slo_class")
-    priority = _int_field(fields, "priority", headers, "x-priority")
-    ttft_ms = _ms_field(fields, "ttft_ms", headers, "x-slo-ttft-ms")
-    tpot_ms = _ms_field(fields, "tpot_ms", headers, "x-slo-tpot-ms")
+    slo_class = request.slo_class
+    if slo_class is None:
+        slo_class = headers.get("x-slo-class")
+    priority = request.priority
+    if priority is None:
+        priority = _header(headers, "x-priority", int, "an int")
+    ttft_ms = _ms(request.ttft_ms, "ttft_ms", headers, "x-slo-ttft-ms")
+    tpot_ms = _ms(request.tpot_ms, "tpot_ms", headers, "x-slo-tpot-ms")
     return SLORequest(slo_class, priority, ttft_ms, tpot_ms)
 
 
-def _int_field(
-    fields: dict[str, Any], name: str, headers: Mapping[str, str], header: str
-) -> int | None:
-    value: object = fields.get(name)
+def _ms(value: float | None, name: str, headers: Mapping[str, str], header: str) -> float | None:
     param = name
-    if value is None and header in headers:
+    if value is None:
         param = header
-        try:
-            value = int(headers[header])
-        except ValueError:
-            raise bad_request(f"header {header!r} must be an int", header) from None
+        value = _header(headers, header, float, "a number")
     if value is None:
         return None
-    if not isinstance(value, int) or isinstance(value, bool):
-        raise bad_request(f"{param!r} must be an int", param)
-    return value
-
-
-def _ms_field(
-    fields: dict[str, Any], name: str, headers: Mapping[str, str], header: str
-) -> float | None:
-    value: object = fields.get(name)
-    param = name
-    if value is None and header in headers:
-        param = header
-        try:
-            value = float(headers[header])
-        except ValueError:
-            raise bad_request(f"header {header!r} must be a number", header) from None
-    if value is None:
-        return None
-    if (
-        isinstance(value, bool)
-        or not isinstance(value, (int, float))
-        or not math.isfinite(value)
-        or value <= 0
-    ):
+    if not math.isfinite(value) or value <= 0:
         raise bad_request(f"{param!r} must be a number > 0 (milliseconds)", param)
     return float(value)
+
+
+def _header(headers: Mapping[str, str], header: str, kind: type[Any], expected: str) -> Any:
+    if header not in headers:
+        return None
+    try:
+        return kind(headers[header])
+    except ValueError:
+        raise bad_request(f"header {header!r} must be {expected}", header) from None

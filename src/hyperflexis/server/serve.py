@@ -30,6 +30,7 @@ def serve(config: ServerConfig) -> int:
     from hyperflexis.cluster import make_dispatcher
     from hyperflexis.core.slo import SLOClasses
     from hyperflexis.engine import Tokenizer, default_model_path
+    from hyperflexis.engine.config import resolve_dtype_name
     from hyperflexis.engine.factory import InstanceSpec
     from hyperflexis.scheduler import policy_class
     from hyperflexis.server.access import Access
@@ -46,12 +47,15 @@ def serve(config: ServerConfig) -> int:
     if config.model is not None and not Path(config.model).is_dir():
         raise ValueError(f"invalid '--model': {config.model} is not a checkpoint folder")
     model_path = Path(config.model) if config.model is not None else default_model_path()
-    tokenizer = Tokenizer.from_dir(model_path)
+    tokenizer = Tokenizer.from_dir(config.tokenizer or model_path)
+    if config.chat_template is not None:
+        tokenizer.chat_template = _chat_template(config.chat_template)
+    dtype = resolve_dtype_name(config.dtype, model_path, config.device)
     if tokenizer.chat_template is not None:
         # Compile the template now, not inside the first chat request's latency.
         tokenizer.encode_chat([{"role": "user", "content": "warm-up"}])
     profiled = load_or_profile(
-        model_path, config.device, config.dtype, config.kv_cache_bytes, config.profile_path
+        model_path, config.device, dtype, config.kv_cache_bytes, config.profile_path
     )
     shared = SharedCorrection(profiled)
     dispatcher = make_dispatcher(
@@ -64,14 +68,19 @@ def serve(config: ServerConfig) -> int:
             policy=config.policy,
             scheduler_config=config.scheduler,
             cost_model=profiled,
-            dtype=config.dtype,
+            dtype=dtype,
             device=config.device,
             kv_cache_bytes=config.kv_cache_bytes,
+            block_size=config.block_size,
             seed=config.seed + i,
             num_threads=config.num_threads,
+            tokenizer=config.tokenizer,
+            max_model_len=config.max_model_len,
+            gpu_memory_utilization=config.gpu_memory_utilization,
         )
         for i in range(config.num_instances)
     ]
+    names = config.served_model_names or (model_path.name,)
     previous = signal.signal(signal.SIGTERM, _raise_stop)
     pool = InstancePool(specs)
     try:
@@ -81,8 +90,9 @@ def serve(config: ServerConfig) -> int:
             dispatcher,
             tokenizer,
             Access(slo_classes, config.api_key),
-            model_path.name,
-            model_aliases=(str(model_path),),
+            names[0],
+            model_aliases=(*names[1:], str(model_path)),
+            model_root=str(model_path),
             max_queued=config.max_queued,
             shared_correction=shared,
         )
@@ -93,6 +103,16 @@ def serve(config: ServerConfig) -> int:
         pool.stop()
         signal.signal(signal.SIGTERM, previous)
     return 0
+
+
+def _chat_template(value: str) -> str:
+    """vLLM's --chat-template: a file holding the template, or the template itself."""
+    path = Path(value)
+    if path.is_file():
+        return path.read_text(encoding="utf-8")
+    if "{{" in value or "{%" in value:
+        return value
+    raise ValueError(f"invalid '--chat-template': {value} is neither a file nor a template")
 
 
 async def _serve_http(config: ServerConfig, core: object, app: object) -> None:

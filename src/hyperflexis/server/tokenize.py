@@ -1,0 +1,87 @@
+"""vLLM's /tokenize and /detokenize: the served model's tokenizer over HTTP (vLLM's benchmark
+client counts tokens with it). Bodies are checked as strictly as the generation endpoints'."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from fastapi import Request
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from hyperflexis.server.core import ServingCore
+from hyperflexis.server.errors import bad_request
+from hyperflexis.server.protocol import ChatInput, param_name, parse_messages
+
+
+class TokenizeRequest(BaseModel):
+    """A prompt, or chat messages rendered through the chat template first."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    model: str | None = None
+    prompt: str | None = None
+    messages: Any = None
+    add_special_tokens: bool | None = None  # default: true for a prompt, false for messages
+    add_generation_prompt: bool | None = None
+    chat_template: str | None = None
+    chat_template_kwargs: dict[str, Any] | None = None
+    return_token_strs: bool | None = None
+
+
+class DetokenizeRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    model: str | None = None
+    tokens: list[int]
+
+
+async def json_body(request: Request) -> object:
+    try:
+        return json.loads(await request.body())
+    except ValueError as exc:
+        raise bad_request(f"malformed JSON body: {exc}") from None
+
+
+def tokenize(core: ServingCore, body: object) -> dict[str, Any]:
+    request = _validate(TokenizeRequest, body)
+    core.check_model(request.model)
+    if (request.prompt is None) == (request.messages is None):
+        raise bad_request("give exactly one of 'prompt' and 'messages'", "prompt")
+    if request.prompt is not None:
+        add = request.add_special_tokens is not False
+        tokens = core.tokenizer.encode(request.prompt, add)
+    else:
+        chat = ChatInput(
+            parse_messages(request.messages),
+            request.chat_template,
+            dict(request.chat_template_kwargs or {}),
+            request.add_generation_prompt is not False,
+        )
+        tokens = core.encode_chat(chat, bool(request.add_special_tokens))
+    result: dict[str, Any] = {
+        "count": len(tokens),
+        "max_model_len": core.pool.max_context_len,
+        "tokens": tokens,
+    }
+    if request.return_token_strs:
+        result["token_strs"] = [core.tokenizer.decode([t], False) for t in tokens]
+    return result
+
+
+def detokenize(core: ServingCore, body: object) -> dict[str, Any]:
+    request = _validate(DetokenizeRequest, body)
+    core.check_model(request.model)
+    core.check_token_ids(request.tokens, "tokens")
+    return {"prompt": core.tokenizer.decode(request.tokens)}
+
+
+def _validate(model: type[BaseModel], body: object) -> Any:
+    if not isinstance(body, dict):
+        raise bad_request("the request body must be a JSON object")
+    try:
+        return model.model_validate(body)
+    except ValidationError as exc:
+        error = exc.errors()[0]
+        param = param_name(error["loc"])
+        raise bad_request(f"invalid {param!r}: {error['msg']}", param) from None
