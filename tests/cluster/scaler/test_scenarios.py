@@ -15,7 +15,7 @@ from hyperflexis.cluster.scaler import (
     InstanceView,
     Scaler,
 )
-from hyperflexis.cluster.scaler.hyperflexis import fluid_attainment
+from hyperflexis.cluster.scaler.sizing import fluid_attainment
 from hyperflexis.cluster.snapshot import PendingPrefill
 from tests.cluster.scaler.helpers import (
     MODEL,
@@ -235,7 +235,7 @@ def test_late_work_is_cleared_over_a_burst_instances_shortest_life() -> None:
         # Late work is a miss: the burst headroom applies.
         load = plan.backlog_tokens / clear_s / rate * (1 + plan.headroom)
         needed = math.ceil(load * config.target_attainment)
-        assert plan.num_needed == needed
+        assert plan.num_scale_in_floor == needed
         assert (needed > 1) == starts_some
         assert [d.kind for d in decisions] == ["scale_out"] * (needed - 1)
         assert needed == 1 or f"backlog {plan.backlog_tokens} tok" in decisions[0].reason
@@ -260,7 +260,7 @@ def test_headroom_is_spent_only_once_slos_are_missed() -> None:
         plan = s.last_plans["mixed"]
         config = s.config
         assert plan.headroom == (config.calm_headroom if attained else config.headroom)
-        needs[attained] = plan.num_needed
+        needs[attained] = plan.num_scale_in_floor
     assert needs == {True: 3, False: 4}
 
 
@@ -281,7 +281,7 @@ def test_misses_while_short_of_the_model_raise_no_headroom() -> None:
     three = [InstanceView(k, "mixed", "active", MODEL) for k in "abc"]
     traffic.run(40.0, lambda t: 80.0, steady(1000, 200))
     s.decide(40.0, view(three, mixed=(1, 8)))
-    assert s.last_plans["mixed"].num_needed == 3
+    assert s.last_plans["mixed"].num_scale_in_floor == 3
     # A window after the shortage the misses are the model's again: burst headroom.
     traffic.run(30.0 + s.config.window_s, lambda t: 80.0, steady(1000, 200))
     for _ in range(200):

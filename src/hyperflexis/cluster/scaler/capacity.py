@@ -136,8 +136,36 @@ class CapacityModel:
         prefill_tokens_s, decode_tokens_s = max(prefill_tokens_s, 0.0), max(decode_tokens_s, 0.0)
         if capacity.role != "mixed" or prefill_tokens_s == 0 or decode_tokens_s == 0:
             return capacity.utilisation(prefill_tokens_s, decode_tokens_s)
+        features = self._largest_joint_step(
+            capacity, decode_tokens_s / (prefill_tokens_s + decode_tokens_s)
+        )
+        if features is None:
+            return math.inf
+        step_s = self.cost_model.predict(features)
+        # The binding kind of demand sets the load (rounding skews the step's ratio a little);
+        # a kind too small to get one token of that step is charged on its own, on top.
+        joint, extra = 0.0, 0.0
+        for demand, per_step, alone in (
+            (decode_tokens_s, features.num_decodes, capacity.utilisation(0.0, decode_tokens_s)),
+            (
+                prefill_tokens_s,
+                features.num_prefill_tokens,
+                capacity.utilisation(prefill_tokens_s, 0.0),
+            ),
+        ):
+            if per_step:
+                joint = max(joint, demand * step_s / per_step)
+            else:
+                extra += alone
+        return joint + extra
+
+    def _largest_joint_step(
+        self, capacity: InstanceCapacity, decode_share: float
+    ) -> StepFeatures | None:
+        """The largest step of a mixed instance carrying decodes and prefill tokens in the
+        ratio `decode_share` that fits the step budget and the scheduler's limits; None when not
+        even one token does."""
         config = replace(self.scheduler_config, role="mixed")
-        decode_share = decode_tokens_s / (prefill_tokens_s + decode_tokens_s)
         decode_ctx = capacity.decode_context_tokens
         prefill_ctx = capacity.prefill_context_tokens
         decode_limit = min(
@@ -164,7 +192,7 @@ class CapacityModel:
 
         limit = config.max_num_batched_tokens
         if limit < 1 or not fits(1):
-            return math.inf
+            return None
         low, high = 1, limit + 1  # fits(low), not fits(high) (past the token limit)
         if fits(limit):
             low = limit
@@ -174,26 +202,7 @@ class CapacityModel:
                 low = mid
             else:
                 high = mid
-        features = step(low)
-        if features is None:  # fits(low) said it is not
-            raise AssertionError("unreachable")
-        step_s = self.cost_model.predict(features)
-        # The binding kind of demand sets the load (rounding skews the step's ratio a little);
-        # a kind too small to get one token of that step is charged on its own, on top.
-        joint, extra = 0.0, 0.0
-        for demand, per_step, alone in (
-            (decode_tokens_s, features.num_decodes, capacity.utilisation(0.0, decode_tokens_s)),
-            (
-                prefill_tokens_s,
-                features.num_prefill_tokens,
-                capacity.utilisation(prefill_tokens_s, 0.0),
-            ),
-        ):
-            if per_step:
-                joint = max(joint, demand * step_s / per_step)
-            else:
-                extra += alone
-        return joint + extra
+        return step(low)  # not None: fits(low)
 
     def largest_decode_batch(self, budget_s: float, context_tokens: float, limit: int) -> int:
         """The largest batch (<= limit) of decodes at `context_tokens` whose step fits
