@@ -141,19 +141,18 @@ def size_pool(
         observation.tightest_tpot_s,
     )
     backlog = _backlog_tokens(role, observation, outlook.now_s, capacity.prefill_tokens_s)
-    trends = observation.prefill_tokens, observation.decode_tokens
-    prefill = _rates(trends[0], outlook.horizon_s, role != "decode")
-    decode = _rates(trends[1], outlook.horizon_s, role != "prefill")
+    prefill = _rates(observation.prefill_tokens, outlook.horizon_s, role != "decode")
+    decode = _rates(observation.decode_tokens, outlook.horizon_s, role != "prefill")
     # The late work has missed its deadline at the pool's capacity; clearing it sooner buys
     # no attainment, so it is cleared over the shortest life of an instance started for it.
     backlog_s = backlog / outlook.clear_s
     prefill_s = prefill.ahead + backlog_s if role != "decode" else 0.0
-    load = model.load_instances(capacity, prefill_s, decode.ahead)
-    load_now = model.load_instances(
+    load = model.load_instances(capacity, prefill_s, decode.ahead)  # the planned demand's
+    load_now = model.load_instances(  # growth's: the demand now, no window-mean floor
         capacity, prefill.now + backlog_s if role != "decode" else 0.0, decode.now
     )
-    # Misses while fewer instances served than the model itself asked for are the shortage's,
-    # not the model's: they raise no headroom.
+    # Misses while fewer instances served than the model itself asked for (for the forecast
+    # alone) are the shortage's, not the model's: they raise no headroom.
     load_forecast = model.load_instances(capacity, prefill.ahead, decode.ahead)
     is_short = pool.num_serving < count_for(
         load_forecast, config.calm_or_default_headroom, target, limits
