@@ -20,12 +20,13 @@ trade-off of its knobs. `--sweep` adds, besides the default-setting rows, a few 
 them at matched cost: each `threshold` point against `hyperflexis`'s attainment interpolated at
 the same instance-seconds, and each `threshold` point against the cheapest `hyperflexis` point
 with at least its attainment (Pareto dominance; sweep rows size no `static`, are not plotted).
-`--seeds 0,1,2` runs every case on each seed's workload (`static` sized per seed) and adds the
-mean over seeds to the targets table. Writes a JSON of every run, a PNG per scenario and
-deployment of the first seed (demand, instances by role, attainment over time) and prints
-markdown tables: the runs, and the issue's targets for the default settings.
+`--seeds` (by default the evaluation seeds, `hyperflexis.bench.seeds`) runs every case on each
+seed's workload (`static` sized per seed) and adds the mean over seeds to the targets table.
+Writes a JSON of every run, a PNG per scenario and deployment of the first seed (demand,
+instances by role, attainment over time) and prints markdown tables: the runs, and the issue's
+targets for the default settings.
 
-    .venv/bin/python benchmarks/scaler_compare.py [--minutes 20] [--seeds 0] [--jobs 2]
+    .venv/bin/python benchmarks/scaler_compare.py [--minutes 20] [--seeds 0,2,3,4,5] [--jobs 2]
         [--out docs/scaling]
 """
 
@@ -47,6 +48,7 @@ from typing import Any
 import numpy as np
 
 from hyperflexis.bench.scaling_plot import plot_scaling
+from hyperflexis.bench.seeds import EVALUATION_SEEDS
 from hyperflexis.cluster.scaler import HyperFlexisScalerConfig, ThresholdScalerConfig
 from hyperflexis.core import SLOClasses
 from hyperflexis.sim import Deployment, SimSetup
@@ -393,7 +395,10 @@ def main() -> int:
     parser.add_argument("--scenarios", default=",".join(SCENARIOS))
     parser.add_argument("--deployments", default=",".join(DEPLOYMENTS))
     parser.add_argument(
-        "--seeds", default="0", help="comma-separated workload seeds; each runs every case"
+        "--seeds",
+        default=",".join(map(str, EVALUATION_SEEDS)),
+        help="comma-separated workload seeds; each runs every case (default: the evaluation "
+        "seeds, hyperflexis.bench.seeds)",
     )
     parser.add_argument(
         "--lean",

@@ -37,6 +37,7 @@ from typing import Any
 from hyperflexis.bench.client import BenchRun, ClientConfig, run_benchmark
 from hyperflexis.bench.metrics import goodput_at
 from hyperflexis.bench.report import bench_summary
+from hyperflexis.bench.seeds import EVALUATION_SEEDS
 from hyperflexis.bench.server_info import correction_factor, served_model_id, server_overhead_ms
 from hyperflexis.bench.server_process import ServerProcess, exit_on_sigterm
 from hyperflexis.core.slo import DEFAULT_CLASSES, SLOClass, SLOClasses
@@ -350,7 +351,12 @@ def _parse_args() -> argparse.Namespace:
         default=DEFAULT_TPOT_MARGIN,
         help="hyperflexis's planning margin on TPOT deadlines (`hyperflexis serve --tpot-margin`)",
     )
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--seed",
+        type=int,
+        default=EVALUATION_SEEDS[0],
+        help="workload seed (default: the first evaluation seed, hyperflexis.bench.seeds)",
+    )
     parser.add_argument("--out", type=Path, default=None, help="write the results as JSON")
     args = parser.parse_args()
     if len(set(args.rates)) != len(args.rates) or min(args.rates) <= 0:

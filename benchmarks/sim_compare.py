@@ -25,6 +25,7 @@ from typing import Any
 
 from hyperflexis.bench.metrics import attainment_at, goodput_at, rate_where_falls_to
 from hyperflexis.bench.plots import plot_attainment_vs_rate
+from hyperflexis.bench.seeds import EVALUATION_SEEDS
 from hyperflexis.core import SLOClasses
 from hyperflexis.scheduler import SchedulerConfig
 from hyperflexis.sim import Deployment, SimSetup, simulate
@@ -165,7 +166,13 @@ def _report(name: str, runs: list[dict[str, Any]], analysis: dict[str, Any]) -> 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--num-requests", type=int, default=3000)
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--seed",
+        type=int,
+        default=EVALUATION_SEEDS[0],
+        help="workload seed (default: the first evaluation seed, hyperflexis.bench.seeds; the "
+        "recorded run's)",
+    )
     parser.add_argument("--jobs", type=int, default=2)
     parser.add_argument("--admission-control", action="store_true")
     parser.add_argument("--deployments", default=",".join(DEPLOYMENTS))

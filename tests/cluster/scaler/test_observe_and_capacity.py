@@ -18,6 +18,7 @@ from hyperflexis.cluster.scaler import (
 from hyperflexis.cluster.snapshot import PendingPrefill
 from hyperflexis.perf import StepFeatures, make_cost_model
 from hyperflexis.scheduler.config import SchedulerConfig
+from hyperflexis.scheduler.feasibility import budgeted_prefill_rate
 from tests.cluster.scaler.helpers import INTERACTIVE, STANDARD, Finished, snapshot
 
 
@@ -119,22 +120,40 @@ def test_decode_batch_is_the_largest_that_fits_the_tpot() -> None:
 def test_capacity_by_role_and_limits() -> None:
     model = _capacity_model()
     prefill = model.capacity("prefill", 1000, 1100, 0.1)
-    assert prefill.decode_tokens_s == 0 and prefill.prefill_chunk_tokens == 2048
-    assert prefill.prefill_tokens_s == pytest.approx(2048 / prefill.prefill_step_s)
+    assert prefill.decode_tokens_s == 0
     assert 20_000 < prefill.prefill_tokens_s < 50_000  # 8B on an H100: tens of k tokens/s
     decode = model.capacity("decode", 1000, 1100, 0.1)
     assert decode.prefill_tokens_s == 0 and decode.max_decode_batch == 256  # max_num_seqs
     # Long contexts: the KV cache (400k tokens) bounds the batch before the TPOT does.
     long = model.capacity("decode", 8000, 8000, 0.1)
     assert long.max_decode_batch == 400_000 // 8001
-    # A tight TPOT makes a mixed instance take smaller prefill chunks.
     tight = model.capacity("mixed", 1000, 1100, 0.04)
-    assert tight.prefill_chunk_tokens < prefill.prefill_chunk_tokens
     assert tight.utilisation(tight.prefill_tokens_s / 2, tight.decode_tokens_s / 2) == (
         pytest.approx(1.0)
     )
     assert math.isinf(prefill.utilisation(0.0, 1.0))  # a prefill instance cannot decode
     assert "batch 256" in decode.describe()
+
+
+def test_prefill_capacity_is_the_rate_the_scheduler_plans() -> None:
+    # One rule: the scaler sizes pools, and counts late work, at the scheduler's own budgeted
+    # rate (both margins), not at the instance's raw rate, which is 1 / (1 - margin) faster.
+    model = _capacity_model()
+    cost = model.cost_model
+    for role, tpot in (("prefill", 0.1), ("mixed", 0.04), ("mixed", None)):
+        config = SchedulerConfig(role=role)  # type: ignore[arg-type]
+        planned = budgeted_prefill_rate(cost, StepFeatures(), tpot or math.inf, config)
+        assert model.capacity(role, 1000, 1100, tpot).prefill_tokens_s == planned  # type: ignore[arg-type]
+    raw = _capacity_model(prefill_rate_margin=0.0, tpot_margin=0.0)
+    mixed, raw_mixed = (
+        model.capacity("mixed", 1000, 1100, 0.04),
+        raw.capacity("mixed", 1000, 1100, 0.04),
+    )
+    assert raw_mixed.prefill_tokens_s > mixed.prefill_tokens_s / (1 - 0.2) * 0.999
+    # The joint mixed load plans prefill at that rate too: more instances for the same demand.
+    assert model.load_instances(mixed, 30_000.0, 6_000.0) > 1.05 * raw.load_instances(
+        raw_mixed, 30_000.0, 6_000.0
+    )
 
 
 def test_mixed_load_shares_steps_between_decodes_and_prefill() -> None:

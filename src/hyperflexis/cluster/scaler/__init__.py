@@ -8,6 +8,7 @@ from hyperflexis.cluster.scaler.baselines import (
     ThresholdScalerConfig,
 )
 from hyperflexis.cluster.scaler.capacity import CapacityModel, InstanceCapacity
+from hyperflexis.cluster.scaler.config import HyperFlexisScalerConfig
 from hyperflexis.cluster.scaler.cost import CostMeter
 from hyperflexis.cluster.scaler.decision import (
     INSTANCE_STATES,
@@ -18,12 +19,7 @@ from hyperflexis.cluster.scaler.decision import (
     ScalingDecision,
 )
 from hyperflexis.cluster.scaler.forecast import Trend, fit_trend
-from hyperflexis.cluster.scaler.hyperflexis import (
-    HyperFlexisScaler,
-    HyperFlexisScalerConfig,
-    NoRoleSwitchScaler,
-    PoolPlan,
-)
+from hyperflexis.cluster.scaler.hyperflexis import HyperFlexisScaler, NoRoleSwitchScaler
 from hyperflexis.cluster.scaler.observe import (
     DemandObserver,
     Observation,
@@ -36,6 +32,7 @@ from hyperflexis.cluster.scaler.registry import (
     scaler_class,
     scaler_names,
 )
+from hyperflexis.cluster.scaler.sizing import PoolPlan, fluid_attainment, size_pool
 from hyperflexis.cluster.scaler.startup import StartupModel, StartupPlan
 
 for _cls in (HyperFlexisScaler, NoRoleSwitchScaler, StaticScaler, ThresholdScaler):
@@ -67,10 +64,12 @@ __all__ = [
     "ThresholdScalerConfig",
     "Trend",
     "fit_trend",
+    "fluid_attainment",
     "late_work_tokens",
     "make_scaler",
     "queue_laxity_s",
     "register_scaler",
     "scaler_class",
     "scaler_names",
+    "size_pool",
 ]

@@ -1,7 +1,10 @@
 """What one instance sustains, from the latency model: the inverse question (DESIGN.md §6).
 
-Prefill: tokens/s when every step carries the largest chunk that fits the step budget (a prefill
-instance's target step time; a mixed instance's tightest TPOT, since its decodes share each step).
+Prefill: the rate the instance scheduler itself plans its queue at (`budgeted_prefill_rate`, the
+rule the dispatcher reads too): the largest chunk that fits its step bound (a prefill
+instance's target step time; a mixed instance's tightest TPOT less `tpot_margin`), over that
+step's predicted time, less `prefill_rate_margin`. Sizing pools for a faster rate than the
+scheduler plans would leave it judging late work the scaler counts as on time.
 Decode: tokens/s at the largest batch whose step fits the tightest TPOT served, bounded by the KV
 cache at the observed mean context and by the scheduler's batch limits; found by bisection on
 `predict`, so any monotone latency model works.
@@ -10,9 +13,10 @@ A mixed instance runs its decodes and a prefill chunk in the same step, so they 
 weight reads: summing the two single-resource fractions (`utilisation`) overstates its load (at
 the day peak by about a third). `CapacityModel.load_instances` instead asks how many instances the
 joint demand fills: one step of a mixed instance carries decodes and prefill tokens in the
-demand's ratio, as many as fit the step budget (the tightest TPOT), and sustains that step's
-tokens over its predicted time. That is exact for a pure load (the single-resource answer) and
-linear in the demand, so headroom still scales it.
+demand's ratio, within the step budget (the tightest TPOT), and sustains its decodes over its
+predicted time; next to those decodes the scheduler plans prefill at `budgeted_prefill_rate`.
+That is exact for a pure load (the single-resource answer) and linear in the demand, so headroom
+still scales it.
 """
 
 from __future__ import annotations
@@ -20,8 +24,9 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, replace
 
-from hyperflexis.perf.base import StepCostModel, StepFeatures, max_prefill_tokens
+from hyperflexis.perf.base import StepCostModel, StepFeatures
 from hyperflexis.scheduler.config import Role, SchedulerConfig
+from hyperflexis.scheduler.feasibility import budgeted_prefill_rate
 
 
 @dataclass(frozen=True, slots=True)
@@ -29,14 +34,12 @@ class InstanceCapacity:
     """What one instance of `role` sustains at one workload shape."""
 
     role: Role  # the role it was computed for
-    prefill_tokens_s: float  # prompt tokens/s with steps full of prefill; 0 for decode
-    prefill_chunk_tokens: int  # tokens per such step
-    prefill_step_s: float  # predicted time of such a step
+    prefill_tokens_s: float  # prompt tokens/s the scheduler plans without decodes; 0 for decode
     decode_tokens_s: float  # output tokens/s at the largest decode batch; 0 for prefill
     max_decode_batch: int  # that batch: fits the TPOT, the KV cache and max_num_seqs
     decode_step_s: float  # predicted time of a step of that batch
     step_budget_s: float = math.inf  # a mixed instance's step budget: its tightest TPOT
-    prefill_context_tokens: int = 0  # context charged to each prefill chunk
+    tightest_tpot_s: float = math.inf  # the TPOT its prefill rate is planned at; inf: none
     decode_context_tokens: float = 0.0  # mean context of a decode
 
     def utilisation(self, prefill_tokens_s: float, decode_tokens_s: float) -> float:
@@ -53,10 +56,7 @@ class InstanceCapacity:
     def describe(self) -> str:
         parts = []
         if self.prefill_tokens_s > 0:
-            parts.append(
-                f"prefill {self.prefill_tokens_s:.0f} tok/s ({self.prefill_chunk_tokens} tok in "
-                f"{self.prefill_step_s * 1e3:.1f} ms)"
-            )
+            parts.append(f"prefill {self.prefill_tokens_s:.0f} tok/s (budgeted)")
         if self.decode_tokens_s > 0:
             parts.append(
                 f"decode {self.decode_tokens_s:.0f} tok/s (batch {self.max_decode_batch} in "
@@ -88,34 +88,28 @@ class CapacityModel:
         tightest_tpot_s: float | None,
     ) -> InstanceCapacity:
         """One `role` instance's capacity at these mean lengths and the tightest TPOT served
-        (None: no decode target known, steps bounded by `max_step_s`)."""
+        (None: no decode target known, steps bounded by `max_step_s`). The prefill rate is the
+        scheduler's at context 0, as it plans it, whatever the prompts' length."""
         config = replace(self.scheduler_config, role=role)
-        prefill_tokens_s, chunk, prefill_step_s = 0.0, 0, 0.0
+        tpot_s = tightest_tpot_s or math.inf
+        prefill_tokens_s = 0.0
         decode_tokens_s, batch, decode_step_s = 0.0, 0, 0.0
-        prefill_ctx = 0
         if role != "decode":
-            if role == "prefill":
-                budget_s = config.target_step_s
-            else:
-                budget_s = min(tightest_tpot_s or math.inf, config.max_step_s)
-            prefill_tokens_s, chunk, prefill_step_s, prefill_ctx = self._prefill(
-                config, budget_s, mean_prompt_tokens
+            prefill_tokens_s = budgeted_prefill_rate(
+                self.cost_model, StepFeatures(), tpot_s, config
             )
         if role != "prefill":
-            budget_s = min(tightest_tpot_s or math.inf, config.max_step_s)
             decode_tokens_s, batch, decode_step_s = self._decode(
-                config, budget_s, mean_decode_context_tokens
+                config, min(tpot_s, config.max_step_s), mean_decode_context_tokens
             )
         return InstanceCapacity(
             role,
             prefill_tokens_s,
-            chunk,
-            prefill_step_s,
             decode_tokens_s,
             batch,
             decode_step_s,
-            step_budget_s=min(tightest_tpot_s or math.inf, config.max_step_s),
-            prefill_context_tokens=prefill_ctx,
+            step_budget_s=min(tpot_s, config.max_step_s),
+            tightest_tpot_s=tpot_s,
             decode_context_tokens=mean_decode_context_tokens,
         )
 
@@ -125,46 +119,67 @@ class CapacityModel:
         """Instances of `capacity`'s role (and shape) that the demand fills completely.
 
         Prefill and decode pools, and a mixed pool with only one kind of demand, take the
-        single-resource answer (`utilisation`). A mixed pool with both: the largest step that
-        carries decodes and prefill tokens in the demand's ratio and fits the step budget and
-        the scheduler's limits (KV cache at the mean decode context, `max_num_seqs`, the chunk
-        and step token budgets) serves `decodes / step time` and `prefill tokens / step time`;
-        the load is the demand over that, for the kind that binds. This is the smallest `n`
-        for which `n` such instances, each running `1/n` of the decodes, still have room in
-        every step for `1/n` of the prefill. Linear in the demand (so headroom scales it) and
+        single-resource answer (`utilisation`). A mixed pool with both: `n` instances each
+        running a step that carries decodes and prefill tokens in the demand's ratio serve
+        `n x decodes / step time`; next to those decodes the scheduler plans prefill at
+        `budgeted_prefill_rate`. The load is the larger of the two kinds' needs. A larger step
+        (up to the step budget and the scheduler's limits: KV cache at the mean decode context,
+        `max_num_seqs`, the chunk and step token budgets) serves decodes with fewer instances
+        but leaves less room for prefill, so the load is least where the two needs meet: found
+        by bisection on the step's tokens. Linear in the demand (so headroom scales it) and
         monotone in each kind, up to the rounding of one step's counts."""
         prefill_tokens_s, decode_tokens_s = max(prefill_tokens_s, 0.0), max(decode_tokens_s, 0.0)
         if capacity.role != "mixed" or prefill_tokens_s == 0 or decode_tokens_s == 0:
             return capacity.utilisation(prefill_tokens_s, decode_tokens_s)
-        config = replace(self.scheduler_config, role="mixed")
-        decode_share = decode_tokens_s / (prefill_tokens_s + decode_tokens_s)
+        shape = self._joint_shape(capacity, decode_tokens_s / (prefill_tokens_s + decode_tokens_s))
+        high = self._largest_joint_tokens(capacity, shape)
+        if high == 0:
+            return math.inf
+
+        def needs(tokens: int) -> _Needs:
+            return self._joint_needs(
+                capacity, shape.step(tokens), prefill_tokens_s, decode_tokens_s
+            )
+
+        if not needs(high).prefill_binds:  # the largest step leaves prefill room
+            return needs(high).load
+        low = 0  # decodes bind at needs(low) (0: at none), prefill at needs(high)
+        while high - low > 1:
+            mid = (low + high) // 2
+            if needs(mid).prefill_binds:
+                high = mid
+            else:
+                low = mid
+        return min(needs(tokens).load for tokens in (low, high) if tokens > 0)
+
+    def _joint_shape(self, capacity: InstanceCapacity, decode_share: float) -> _JointShape:
+        config = self.scheduler_config
         decode_ctx = capacity.decode_context_tokens
-        prefill_ctx = capacity.prefill_context_tokens
-        decode_limit = min(
-            config.max_num_seqs, int(self.kv_cache_tokens // max(decode_ctx + 1.0, 1.0))
-        )
         chunk_limit = config.max_num_batched_tokens
         if config.max_prefill_chunk is not None:
             chunk_limit = min(chunk_limit, config.max_prefill_chunk)
+        return _JointShape(
+            decode_share=decode_share,
+            decode_context_tokens=decode_ctx,
+            max_decodes=min(
+                config.max_num_seqs, int(self.kv_cache_tokens // max(decode_ctx + 1.0, 1.0))
+            ),
+            max_prefill_tokens=chunk_limit,
+        )
 
-        def step(tokens: int) -> StepFeatures | None:
-            """A step of `tokens` in the demand's ratio; None when it breaks a limit."""
-            num_decodes = int(decode_share * tokens + 0.5)  # non-decreasing in `tokens`
-            num_prefill = tokens - num_decodes  # so is this
-            if num_decodes > decode_limit or num_prefill > chunk_limit:
-                return None
-            features = _decodes(num_decodes, decode_ctx)
-            return features.with_prefill(num_prefill, prefill_ctx) if num_prefill else features
+    def _largest_joint_tokens(self, capacity: InstanceCapacity, shape: _JointShape) -> int:
+        """Tokens of the largest step of `shape` that fits the step budget and the scheduler's
+        limits; 0 when not even one token does."""
 
         def fits(tokens: int) -> bool:
-            features = step(tokens)
+            features = shape.step(tokens)
             return (
                 features is not None and self.cost_model.predict(features) <= capacity.step_budget_s
             )
 
-        limit = config.max_num_batched_tokens
+        limit = self.scheduler_config.max_num_batched_tokens
         if limit < 1 or not fits(1):
-            return math.inf
+            return 0
         low, high = 1, limit + 1  # fits(low), not fits(high) (past the token limit)
         if fits(limit):
             low = limit
@@ -174,26 +189,31 @@ class CapacityModel:
                 low = mid
             else:
                 high = mid
-        features = step(low)
-        if features is None:  # fits(low) said it is not
-            raise AssertionError("unreachable")
-        step_s = self.cost_model.predict(features)
-        # The binding kind of demand sets the load (rounding skews the step's ratio a little);
-        # a kind too small to get one token of that step is charged on its own, on top.
-        joint, extra = 0.0, 0.0
-        for demand, per_step, alone in (
-            (decode_tokens_s, features.num_decodes, capacity.utilisation(0.0, decode_tokens_s)),
-            (
-                prefill_tokens_s,
-                features.num_prefill_tokens,
-                capacity.utilisation(prefill_tokens_s, 0.0),
-            ),
-        ):
-            if per_step:
-                joint = max(joint, demand * step_s / per_step)
-            else:
-                extra += alone
-        return joint + extra
+        return low
+
+    def _joint_needs(
+        self,
+        capacity: InstanceCapacity,
+        features: StepFeatures | None,
+        prefill_tokens_s: float,
+        decode_tokens_s: float,
+    ) -> _Needs:
+        """What the demand needs when every instance runs `features`."""
+        if features is None:  # not reached: only steps within the limits are asked for
+            return _Needs(math.inf, math.inf, 0.0)
+        decode_need, prefill_need, alone = 0.0, 0.0, 0.0
+        if features.num_decodes:
+            decode_need = decode_tokens_s * self.cost_model.predict(features) / features.num_decodes
+        else:
+            alone += capacity.utilisation(0.0, decode_tokens_s)
+        if features.num_prefill_tokens:
+            decodes = _decodes(features.num_decodes, capacity.decode_context_tokens)
+            config = replace(self.scheduler_config, role="mixed")
+            rate = budgeted_prefill_rate(self.cost_model, decodes, capacity.tightest_tpot_s, config)
+            prefill_need = prefill_tokens_s / rate if rate > 0 else math.inf
+        else:
+            alone += capacity.utilisation(prefill_tokens_s, 0.0)
+        return _Needs(decode_need, prefill_need, alone)
 
     def largest_decode_batch(self, budget_s: float, context_tokens: float, limit: int) -> int:
         """The largest batch (<= limit) of decodes at `context_tokens` whose step fits
@@ -215,24 +235,6 @@ class CapacityModel:
                 high = mid
         return low
 
-    def _prefill(
-        self, config: SchedulerConfig, budget_s: float, mean_prompt_tokens: float
-    ) -> tuple[float, int, float, int]:
-        """Prefill tokens/s, chunk, step time and the context charged to the chunk."""
-        limit = config.max_num_batched_tokens
-        if config.max_prefill_chunk is not None:
-            limit = min(limit, config.max_prefill_chunk)
-        # A long prompt runs in chunks whose context grows from 0 to prompt - chunk; charge every
-        # chunk the middle of that range. Short prompts pack into one step at context 0.
-        chunk = max_prefill_tokens(self.cost_model, StepFeatures(), 0, budget_s, limit)
-        ctx = int(max(mean_prompt_tokens - chunk, 0.0) / 2)
-        if ctx:
-            chunk = max_prefill_tokens(self.cost_model, StepFeatures(), ctx, budget_s, limit)
-        if chunk <= 0:
-            return 0.0, 0, 0.0, ctx
-        step_s = self.cost_model.predict(StepFeatures().with_prefill(chunk, ctx))
-        return chunk / step_s, chunk, step_s, ctx
-
     def _decode(
         self, config: SchedulerConfig, budget_s: float, context_tokens: float
     ) -> tuple[float, int, float]:
@@ -247,3 +249,39 @@ class CapacityModel:
 
 def _decodes(batch: int, context_tokens: float) -> StepFeatures:
     return StepFeatures(num_decodes=batch, decode_ctx_tokens=int(batch * context_tokens))
+
+
+@dataclass(frozen=True, slots=True)
+class _Needs:
+    """Instances a mixed demand needs when every instance runs one step of its ratio."""
+
+    decodes: float  # for the decodes the step carries: decode tokens/s x step time / decodes
+    prefill: float  # for the prefill the scheduler plans next to those decodes
+    alone: float  # a kind too small to get one token of the step, charged on its own, on top
+
+    @property
+    def prefill_binds(self) -> bool:
+        return self.prefill > self.decodes
+
+    @property
+    def load(self) -> float:
+        return max(self.decodes, self.prefill) + self.alone
+
+
+@dataclass(frozen=True, slots=True)
+class _JointShape:
+    """Steps of a mixed instance that carry decodes and prefill tokens in the demand's ratio."""
+
+    decode_share: float  # decodes per token of the step
+    decode_context_tokens: float  # mean context of a decode
+    max_decodes: int  # the KV cache at that context, and max_num_seqs
+    max_prefill_tokens: int  # the chunk budget
+
+    def step(self, tokens: int) -> StepFeatures | None:
+        """A step of `tokens` in the ratio; None when it breaks a limit."""
+        num_decodes = int(self.decode_share * tokens + 0.5)  # non-decreasing in `tokens`
+        num_prefill = tokens - num_decodes  # so is this
+        if num_decodes > self.max_decodes or num_prefill > self.max_prefill_tokens:
+            return None
+        features = _decodes(num_decodes, self.decode_context_tokens)
+        return features.with_prefill(num_prefill, 0) if num_prefill else features
