@@ -57,19 +57,20 @@ BFLOAT16 = Shape(
 )
 
 
-def build_cache(transport: KVTransport, shape: Shape) -> KVCache:
+def build_cache(transport: KVTransport, shape: Shape, device: str = "cpu") -> KVCache:
     config = shape.config()
-    cpu = torch.device("cpu")
     num_bytes = kv_cache_bytes(config, shape.num_blocks, shape.block_size, shape.torch_dtype)
-    storage = transport.allocate(num_bytes, cpu)
-    return KVCache(config, shape.num_blocks, shape.block_size, shape.torch_dtype, cpu, storage)
+    storage = transport.allocate(num_bytes, torch.device(device))
+    return KVCache(
+        config, shape.num_blocks, shape.block_size, shape.torch_dtype, storage.device, storage
+    )
 
 
 def fill(cache: KVCache, seed: int) -> None:
     """Seeded random contents: every block of every layer differs."""
     generator = torch.Generator().manual_seed(seed)
     for tensor in (*cache.key_caches, *cache.value_caches):
-        tensor.copy_(torch.randn(tensor.shape, generator=generator).to(tensor.dtype))
+        tensor.copy_(torch.randn(tensor.shape, generator=generator).to(tensor.dtype))  # any device
 
 
 def expected_cache(shape: Shape, seed: int) -> KVCache:
@@ -89,20 +90,24 @@ def assert_blocks_equal(
         *zip(local.key_caches, source.key_caches, strict=True),
         *zip(local.value_caches, source.value_caches, strict=True),
     ):
-        got = mine[torch.tensor(local_blocks)]
+        got = mine[torch.tensor(local_blocks, device=mine.device)].cpu()
         want = theirs[torch.tensor(remote_blocks)]
         assert torch.equal(got.view(torch.uint8), want.view(torch.uint8))
 
 
 def serve_pools(
-    transport_name: str, shapes: list[Shape], seed: int, conn: multiprocessing.connection.Connection
+    transport_name: str,
+    shapes: list[Shape],
+    seed: int,
+    device: str,
+    conn: multiprocessing.connection.Connection,
 ) -> None:
     """Owner process: register one transport per shape, send their descriptors, then close all
     when told to (or never, when the test kills this process)."""
     transports = [create_kv_transport(transport_name) for _ in shapes]
     caches = []
     for index, (transport, shape) in enumerate(zip(transports, shapes, strict=True)):
-        cache = build_cache(transport, shape)
+        cache = build_cache(transport, shape, device)
         fill(cache, seed + index)
         caches.append(cache)
     conn.send([t.register(c) for t, c in zip(transports, caches, strict=True)])
@@ -116,11 +121,13 @@ def serve_pools(
 class OwnerProcess:
     """A real owner process for cross-process tests; `stop` closes it cleanly, `kill` does not."""
 
-    def __init__(self, transport_name: str, shapes: list[Shape], seed: int) -> None:
+    def __init__(
+        self, transport_name: str, shapes: list[Shape], seed: int, device: str = "cpu"
+    ) -> None:
         context = multiprocessing.get_context("spawn")
         self._conn, child = context.Pipe()
         self.process = context.Process(
-            target=serve_pools, args=(transport_name, shapes, seed, child), daemon=True
+            target=serve_pools, args=(transport_name, shapes, seed, device, child), daemon=True
         )
         self.process.start()
         child.close()

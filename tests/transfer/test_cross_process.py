@@ -10,6 +10,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
+import torch
 
 from hyperflexis.transfer import (
     KVTransport,
@@ -109,6 +110,24 @@ def test_a_stalled_torch_dist_owner_times_out() -> None:
                     reader.read(owner.descriptors[0], [1], [1], timeout_s=30)
             finally:
                 os.kill(owner.process.pid, signal.SIGCONT)
+        owner.stop()
+    finally:
+        owner.kill()
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(
+    not torch.cuda.is_available() or torch.cuda.device_count() < 2,
+    reason="NCCL needs two CUDA devices (one per rank)",
+)
+def test_torch_dist_moves_cuda_pools_over_nccl() -> None:
+    owner = OwnerProcess("torch-dist", [BFLOAT16], seed=13, device="cuda:0")
+    try:
+        with create_kv_transport("torch-dist") as reader:
+            local = build_cache(reader, BFLOAT16, device="cuda:1")
+            reader.register(local)
+            reader.read(owner.descriptors[0], [4, 0, 7], [1, 2, 3], timeout_s=60)
+            assert_blocks_equal(local, expected_cache(BFLOAT16, seed=13), [4, 0, 7], [1, 2, 3])
         owner.stop()
     finally:
         owner.kill()

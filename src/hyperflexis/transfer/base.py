@@ -205,12 +205,18 @@ class KVTransport(ABC):
         """Block until `transfer` is done; TransferTimeoutError after `timeout_s` seconds."""
         deadline = time.monotonic() + timeout_s
         while not self.poll(transfer):
-            if time.monotonic() > deadline:
+            remaining_s = deadline - time.monotonic()
+            if remaining_s <= 0:
                 raise TransferTimeoutError(
                     f"{self.name}: {len(transfer.remote_blocks)} blocks from "
                     f"{transfer.peer.owner} not done after {timeout_s} s"
                 )
-            time.sleep(0.0005)  # a blocking helper; the engine loop polls between steps
+            self._block(transfer, remaining_s)
+
+    def _block(self, transfer: Transfer, timeout_s: float) -> None:
+        """Sleep until `transfer` may have progressed (at most `timeout_s`). Transports whose
+        reads run on a thread wait on its future instead of this short nap."""
+        time.sleep(min(timeout_s, 0.0002))
 
     def read(
         self,
@@ -266,6 +272,22 @@ def contiguous_runs(
                 continue
         runs.append((remote, local, 1))
     return runs
+
+
+def stacked_view(kv_cache: KVCache) -> torch.Tensor | None:
+    """The whole pool as one [2 * num_layers, num_blocks, elements per layer block] view, when
+    its tensors lie end to end in one buffer in `KVCache(storage=...)` order; else None. One copy
+    over it moves a run of blocks in every layer at once."""
+    tensors = [
+        t for pair in zip(kv_cache.key_caches, kv_cache.value_caches, strict=True) for t in pair
+    ]
+    first = tensors[0]
+    step = first.numel() * first.element_size()
+    for index, tensor in enumerate(tensors):
+        if tensor.data_ptr() != first.data_ptr() + index * step or not tensor.is_contiguous():
+            return None
+    shape = (len(tensors), first.shape[0], first[0].numel())
+    return first.as_strided(shape, (first.numel(), first[0].numel(), 1))
 
 
 KV_TRANSPORTS: Registry[type[KVTransport]] = Registry("KV transport")

@@ -16,6 +16,7 @@ import os
 import secrets
 import warnings
 import weakref
+from concurrent import futures
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,6 +34,7 @@ from hyperflexis.transfer.base import (
     TransferError,
     contiguous_runs,
     process_alive,
+    stacked_view,
 )
 
 SHM_DIR = Path("/dev/shm")
@@ -56,6 +58,7 @@ class _Mapping:
     memory: mmap.mmap
     keys: list[torch.Tensor]
     values: list[torch.Tensor]
+    stacked: torch.Tensor | None  # all layers as one view, when laid out as KVCache(storage=)
 
 
 def _unlink(path: Path) -> None:
@@ -81,16 +84,23 @@ def _tensor_over(memory: mmap.mmap) -> torch.Tensor:
         return torch.frombuffer(memory, dtype=torch.uint8)
 
 
-def _layer_views(
-    base: torch.Tensor, handle: ShmHandle, layout: PoolLayout
-) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+def _map_layers(memory: mmap.mmap, handle: ShmHandle, layout: PoolLayout) -> _Mapping:
+    base = _tensor_over(memory)
     layer_bytes = layout.num_blocks * layout.bytes_per_layer_block
 
     def view(offset: int) -> torch.Tensor:
         chunk = base[offset : offset + layer_bytes]
         return chunk.view(layout.torch_dtype).view(layout.layer_shape)
 
-    return [view(k) for k, _ in handle.offsets], [view(v) for _, v in handle.offsets]
+    keys = [view(k) for k, _ in handle.offsets]
+    values = [view(v) for _, v in handle.offsets]
+    stacked = None
+    end_to_end = tuple((2 * i * layer_bytes, (2 * i + 1) * layer_bytes) for i in range(len(keys)))
+    if handle.offsets == end_to_end:
+        num_tensors = 2 * len(keys)
+        stacked = base[: num_tensors * layer_bytes].view(layout.torch_dtype)
+        stacked = stacked.view(num_tensors, layout.num_blocks, -1)
+    return _Mapping(memory, keys, values, stacked)
 
 
 @KV_TRANSPORTS.register
@@ -170,8 +180,7 @@ class ShmTransport(KVTransport):
                 memory = mmap.mmap(fd, handle.num_bytes, prot=mmap.PROT_READ)
             finally:
                 os.close(fd)
-            keys, values = _layer_views(_tensor_over(memory), handle, peer.layout)
-            mapping = self._mappings[peer.owner] = _Mapping(memory, keys, values)
+            mapping = self._mappings[peer.owner] = _map_layers(memory, handle, peer.layout)
         return mapping
 
     def _start(self, transfer: Transfer) -> None:
@@ -181,6 +190,9 @@ class ShmTransport(KVTransport):
             self._executor = ThreadPoolExecutor(1, thread_name_prefix="kv-shm")
         runs = contiguous_runs(transfer.remote_blocks, transfer.local_blocks)
         transfer.state = self._executor.submit(_copy_runs, mapping, self.pool, runs)
+
+    def _block(self, transfer: Transfer, timeout_s: float) -> None:
+        futures.wait([transfer.state], timeout_s)
 
     def _progress(self, transfer: Transfer) -> bool:
         future: Future[None] = transfer.state
@@ -214,12 +226,20 @@ class ShmTransport(KVTransport):
 def _unmap(mapping: _Mapping) -> None:
     mapping.keys.clear()
     mapping.values.clear()
+    mapping.stacked = None
     # BufferError: a caller still holds a view; the mapping goes when that view is freed.
     with contextlib.suppress(BufferError):
         mapping.memory.close()
 
 
 def _copy_runs(mapping: _Mapping, pool: KVCache, runs: list[tuple[int, int, int]]) -> None:
+    local_stacked = stacked_view(pool)
+    if mapping.stacked is not None and local_stacked is not None:
+        for remote_start, local_start, length in runs:  # one strided copy per run, all layers
+            local_stacked[:, local_start : local_start + length].copy_(
+                mapping.stacked[:, remote_start : remote_start + length]
+            )
+        return
     for layer in range(len(pool.key_caches)):
         for local, remote in (
             (pool.key_caches[layer], mapping.keys[layer]),

@@ -16,6 +16,7 @@ import logging
 import os
 import socket
 import threading
+from concurrent import futures
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
@@ -39,7 +40,9 @@ logger = logging.getLogger(__name__)
 
 HOST = "127.0.0.1"  # links never leave the host until a multi-node backend sets an address
 CLOSE = "close"  # written to the key a serving thread waits on, to end it at once
-WAIT_SLICE = datetime.timedelta(seconds=1)  # a serving thread rechecks `closing` this often
+# A serving thread rechecks `closing` this often. Closing normally ends it at once (it writes
+# CLOSE to the keys the thread may wait on next); the slice only bounds a thread nobody reaches.
+WAIT_SLICE = datetime.timedelta(seconds=30)
 
 
 def _store(port: int, timeout_s: float) -> dist.TCPStore:
@@ -227,6 +230,9 @@ class TorchDistTransport(KVTransport):
         local = torch.tensor(transfer.local_blocks, dtype=torch.int64, device=first.device)
         transfer.state = link.executor.submit(_finish_recv, work, staging, local, self.pool)
 
+    def _block(self, transfer: Transfer, timeout_s: float) -> None:
+        futures.wait([transfer.state], timeout_s)
+
     def _progress(self, transfer: Transfer) -> bool:
         future: Future[None] = transfer.state
         if not future.done():
@@ -261,9 +267,12 @@ class TorchDistTransport(KVTransport):
         if self._master is not None:
             with self._lock:
                 served = list(self._served)
-            self._master.set(f"join/{len(served)}", CLOSE)
+            # The threads may be one key further than their counters say: close both keys.
+            for index in (len(served), len(served) + 1):
+                self._master.set(f"join/{index}", CLOSE)
             for link in served:
-                self._master.set(f"link/{link.index}/req/{link.next_tag}", CLOSE)
+                for tag in (link.next_tag, link.next_tag + 1):
+                    self._master.set(f"link/{link.index}/req/{tag}", CLOSE)
         threads = [self._accept, *(s.thread for s in self._served)]
         for thread in threads:
             if thread is not None:
