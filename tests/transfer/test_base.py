@@ -12,8 +12,8 @@ from hyperflexis.transfer import (
     TransferError,
     create_kv_transport,
 )
-from hyperflexis.transfer.base import contiguous_runs
-from tests.transfer.pools import BFLOAT16, FLOAT32, build_cache
+from hyperflexis.transfer.base import contiguous_runs, stacked_view
+from tests.transfer.pools import BFLOAT16, FLOAT32, build_cache, expected_cache
 
 
 def test_runs_merge_blocks_consecutive_on_both_sides() -> None:
@@ -80,3 +80,13 @@ def test_a_pool_of_another_dtype_or_transport_is_refused() -> None:
         reader.register(build_cache(reader, FLOAT32))
         with pytest.raises(LayoutMismatchError, match="peer pool is 'torch-dist'"):
             reader.start_read(foreign, [0], [0])
+
+
+def test_a_pool_built_on_storage_stacks_into_one_view() -> None:
+    with create_kv_transport("shm") as transport:
+        cache = build_cache(transport, FLOAT32)
+        stacked = stacked_view(cache)
+        assert stacked is not None and stacked.shape == (6, 12, 4 * 2 * 8)
+        cache.value_caches[1][7].fill_(2.0)
+        assert stacked[3, 7].eq(2.0).all() and stacked[2, 7].eq(0).all()
+    assert stacked_view(expected_cache(FLOAT32, seed=0)) is None  # separate tensors

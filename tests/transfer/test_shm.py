@@ -92,3 +92,15 @@ def test_an_unclosed_transport_unlinks_its_segment_when_collected() -> None:
     assert path.exists()
     del transport
     assert not path.exists()
+
+
+def test_pools_not_laid_end_to_end_are_copied_layer_by_layer() -> None:
+    with create_kv_transport("shm") as owner, ShmTransport() as reader:
+        source = build_cache(owner, BFLOAT16)
+        fill(source, seed=2)
+        peer = owner.register(source)
+        local = build_cache(reader, BFLOAT16)
+        reader.register(local)
+        reader._mapping(peer).stacked = None  # as if the owner's layers were interleaved
+        reader.read(peer, [8, 0, 1, 2], [0, 4, 5, 6], timeout_s=30)
+        assert_blocks_equal(local, expected_cache(BFLOAT16, seed=2), [8, 0, 1, 2], [0, 4, 5, 6])
