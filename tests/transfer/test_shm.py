@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from hyperflexis.transfer import PeerGoneError, TransferError, create_kv_transport
+from hyperflexis.transfer import PeerGoneError, TransferError, create_kv_transport, shm
 from hyperflexis.transfer.shm import ShmTransport
 from tests.transfer.pools import (
     BFLOAT16,
@@ -28,11 +28,18 @@ BLOCK_LISTS = [
 ]
 
 
+@pytest.mark.parametrize("on_thread", [False, True], ids=["inline", "copy-thread"])
 @pytest.mark.parametrize("shape", [FLOAT32, BFLOAT16], ids=lambda s: s.dtype)
 @pytest.mark.parametrize(("remote_blocks", "local_blocks"), BLOCK_LISTS)
 def test_blocks_read_equal_the_source_bit_for_bit(
-    shape: Shape, remote_blocks: list[int], local_blocks: list[int]
+    shape: Shape,
+    remote_blocks: list[int],
+    local_blocks: list[int],
+    on_thread: bool,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    if on_thread:
+        monkeypatch.setattr(shm, "INLINE_COPY_BYTES", 0)
     with create_kv_transport("shm") as owner, create_kv_transport("shm") as reader:
         source = build_cache(owner, shape)
         fill(source, seed=7)
@@ -41,6 +48,7 @@ def test_blocks_read_equal_the_source_bit_for_bit(
         reader.register(local)
         untouched = [b for b in range(shape.num_blocks) if b not in local_blocks]
         transfer = reader.start_read(peer, remote_blocks, local_blocks)
+        assert (transfer.state is not None) == on_thread
         reader.wait(transfer, timeout_s=30)
         assert transfer.done and reader.poll(transfer)
         assert transfer.num_bytes == len(remote_blocks) * peer.layout.bytes_per_block

@@ -39,6 +39,9 @@ from hyperflexis.transfer.base import (
 
 SHM_DIR = Path("/dev/shm")
 SEGMENT_PREFIX = "hyperflexis-kv-"  # then "<owner pid>-<random hex>"
+# Reads up to this size copy inline in `start_read` (a few ms at memcpy speed, less than waking
+# the copy thread costs on a busy host); larger ones run on the copy thread while the loop steps.
+INLINE_COPY_BYTES = 32 << 20
 
 
 @dataclass(frozen=True, slots=True)
@@ -186,19 +189,25 @@ class ShmTransport(KVTransport):
     def _start(self, transfer: Transfer) -> None:
         self._check_peer(transfer.peer)
         mapping = self._mapping(transfer.peer)
+        runs = contiguous_runs(transfer.remote_blocks, transfer.local_blocks)
+        if transfer.num_bytes <= INLINE_COPY_BYTES:
+            _copy_runs(mapping, self.pool, runs)
+            transfer.state = None  # nothing in flight
+            return
         if self._executor is None:
             self._executor = ThreadPoolExecutor(1, thread_name_prefix="kv-shm")
-        runs = contiguous_runs(transfer.remote_blocks, transfer.local_blocks)
         transfer.state = self._executor.submit(_copy_runs, mapping, self.pool, runs)
 
     def _block(self, transfer: Transfer, timeout_s: float) -> None:
-        futures.wait([transfer.state], timeout_s)
+        if transfer.state is not None:
+            futures.wait([transfer.state], timeout_s)
 
     def _progress(self, transfer: Transfer) -> bool:
-        future: Future[None] = transfer.state
-        if not future.done():
-            return False
-        future.result()  # re-raises a failed copy
+        future: Future[None] | None = transfer.state
+        if future is not None:
+            if not future.done():
+                return False
+            future.result()  # re-raises a failed copy
         # The owner may have gone while the copy ran; the bytes are then not to be trusted.
         self._check_peer(transfer.peer)
         return True

@@ -18,7 +18,7 @@ import socket
 import threading
 from concurrent import futures
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -40,9 +40,10 @@ logger = logging.getLogger(__name__)
 
 HOST = "127.0.0.1"  # links never leave the host until a multi-node backend sets an address
 CLOSE = "close"  # written to the key a serving thread waits on, to end it at once
-# A serving thread rechecks `closing` this often. Closing normally ends it at once (it writes
-# CLOSE to the keys the thread may wait on next); the slice only bounds a thread nobody reaches.
-WAIT_SLICE = datetime.timedelta(seconds=30)
+# A serving thread rechecks `closing` this often. Closing ends it at once (it writes CLOSE to the
+# keys the thread may wait on next); the slice is a backstop, long because each expiry logs a
+# c10d warning.
+WAIT_SLICE = datetime.timedelta(seconds=300)
 
 
 def _store(port: int, timeout_s: float) -> dist.TCPStore:
@@ -90,7 +91,6 @@ class _Served:
     index: int
     thread: threading.Thread | None = None
     next_tag: int = 0  # the request key the thread waits on next
-    groups: list[Any] = field(default_factory=list)
 
 
 @KV_TRANSPORTS.register
@@ -127,7 +127,10 @@ class TorchDistTransport(KVTransport):
             master_listen_fd=listener.detach(),  # the store owns and closes the socket
         )
         owner = f"torch-dist-{self._port}"
-        self._accept = threading.Thread(target=self._accept_links, name=f"{owner}-accept")
+        # Daemon threads: a backstop so that a wedged link can never hold up interpreter exit.
+        self._accept = threading.Thread(
+            target=self._accept_links, name=f"{owner}-accept", daemon=True
+        )
         self._accept.start()
         return PoolDescriptor(self.name, owner, os.getpid(), layout, self._port)
 
@@ -151,7 +154,10 @@ class TorchDistTransport(KVTransport):
             with self._lock:
                 self._served.append(served)
             served.thread = threading.Thread(
-                target=self._serve, args=(served,), name=f"torch-dist-{self._port}-link{index}"
+                target=self._serve,
+                args=(served,),
+                name=f"torch-dist-{self._port}-link{index}",
+                daemon=True,
             )
             served.thread.start()
             index += 1
@@ -164,7 +170,6 @@ class TorchDistTransport(KVTransport):
         except RuntimeError as exc:
             logger.warning("torch-dist link %d failed to form: %s", served.index, exc)
             return
-        served.groups.append(group)
         while True:
             key = f"{prefix}req/{served.next_tag}"
             value = self._wait_key(store, key)
