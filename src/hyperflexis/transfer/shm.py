@@ -122,6 +122,7 @@ class ShmTransport(KVTransport):
         self._finalizer: weakref.finalize | None = None
         self._mappings: dict[str, _Mapping] = {}
         self._executor: ThreadPoolExecutor | None = None
+        self._stacked: torch.Tensor | None = None  # the local pool as one view, if it is one
 
     def allocate(self, num_bytes: int, device: torch.device) -> torch.Tensor:
         if device.type != "cpu":
@@ -155,6 +156,7 @@ class ShmTransport(KVTransport):
             if any(not 0 <= off <= size - layer_bytes for off in pair):
                 raise TransferError("shm: the KVCache does not live in this transport's segment")
             offsets.append(pair)
+        self._stacked = stacked_view(kv_cache)
         handle = ShmHandle(str(self._path), size, self._path.stat().st_ino, tuple(offsets))
         return PoolDescriptor(self.name, self._path.name, os.getpid(), layout, handle)
 
@@ -191,12 +193,12 @@ class ShmTransport(KVTransport):
         mapping = self._mapping(transfer.peer)
         runs = contiguous_runs(transfer.remote_blocks, transfer.local_blocks)
         if transfer.num_bytes <= INLINE_COPY_BYTES:
-            _copy_runs(mapping, self.pool, runs)
+            _copy_runs(mapping, self.pool, self._stacked, runs)
             transfer.state = None  # nothing in flight
             return
         if self._executor is None:
             self._executor = ThreadPoolExecutor(1, thread_name_prefix="kv-shm")
-        transfer.state = self._executor.submit(_copy_runs, mapping, self.pool, runs)
+        transfer.state = self._executor.submit(_copy_runs, mapping, self.pool, self._stacked, runs)
 
     def _block(self, transfer: Transfer, timeout_s: float) -> None:
         if transfer.state is not None:
@@ -228,6 +230,7 @@ class ShmTransport(KVTransport):
         if self._finalizer is not None:
             self._finalizer()  # unlink now; the owner's KVCache views stay valid until freed
         self._storage = None
+        self._stacked = None
         self._memory = None
         self._path = None
 
@@ -241,8 +244,12 @@ def _unmap(mapping: _Mapping) -> None:
         mapping.memory.close()
 
 
-def _copy_runs(mapping: _Mapping, pool: KVCache, runs: list[tuple[int, int, int]]) -> None:
-    local_stacked = stacked_view(pool)
+def _copy_runs(
+    mapping: _Mapping,
+    pool: KVCache,
+    local_stacked: torch.Tensor | None,
+    runs: list[tuple[int, int, int]],
+) -> None:
     if mapping.stacked is not None and local_stacked is not None:
         for remote_start, local_start, length in runs:  # one strided copy per run, all layers
             local_stacked[:, local_start : local_start + length].copy_(
