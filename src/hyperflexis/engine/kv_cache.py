@@ -67,8 +67,7 @@ class KVCache:
         shape = (num_blocks, block_size, config.num_kv_heads, config.head_dim)
         if storage is None:
             tensors = [
-                torch.zeros(shape, dtype=dtype, device=device)
-                for _ in range(2 * config.num_layers)
+                torch.zeros(shape, dtype=dtype, device=device) for _ in range(2 * config.num_layers)
             ]
         else:
             tensors = _views_of(storage, 2 * config.num_layers, shape, dtype, device)
