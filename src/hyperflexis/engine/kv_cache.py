@@ -18,6 +18,13 @@ def bytes_per_block(config: ModelConfig, block_size: int, dtype: torch.dtype) ->
     )
 
 
+def kv_cache_bytes(
+    config: ModelConfig, num_blocks: int, block_size: int, dtype: torch.dtype
+) -> int:
+    """Bytes a whole cache of `num_blocks` takes: the size a caller-provided `storage` needs."""
+    return num_blocks * bytes_per_block(config, block_size, dtype)
+
+
 def num_blocks_for_budget(
     config: ModelConfig, kv_cache_bytes: int, block_size: int, dtype: torch.dtype
 ) -> int:
@@ -36,6 +43,10 @@ class KVCache:
 
     Slot `s` of a layer is block `s // block_size`, offset `s % block_size`. The tensors start
     zeroed so that padded (masked) reads never pull NaN bit patterns into attention sums.
+
+    `storage`, when given, is a flat uint8 tensor of at least `kv_cache_bytes(...)` bytes on
+    `device` that the tensors become views of (layer 0 keys, layer 0 values, layer 1 keys, ...):
+    a KV transport places the pool in memory a peer can read, e.g. POSIX shared memory.
     """
 
     def __init__(
@@ -45,6 +56,7 @@ class KVCache:
         block_size: int,
         dtype: torch.dtype,
         device: torch.device,
+        storage: torch.Tensor | None = None,
     ) -> None:
         if num_blocks < 1:
             raise ValueError(f"num_blocks must be >= 1, got {num_blocks}")
@@ -53,12 +65,14 @@ class KVCache:
         self.num_blocks = num_blocks
         self.block_size = block_size
         shape = (num_blocks, block_size, config.num_kv_heads, config.head_dim)
-        self.key_caches = [
-            torch.zeros(shape, dtype=dtype, device=device) for _ in range(config.num_layers)
-        ]
-        self.value_caches = [
-            torch.zeros(shape, dtype=dtype, device=device) for _ in range(config.num_layers)
-        ]
+        if storage is None:
+            tensors = [
+                torch.zeros(shape, dtype=dtype, device=device) for _ in range(2 * config.num_layers)
+            ]
+        else:
+            tensors = _views_of(storage, 2 * config.num_layers, shape, dtype, device)
+        self.key_caches = tensors[0::2]
+        self.value_caches = tensors[1::2]
         # Reused destinations for gathering blocks before attention. A fresh multi-megabyte
         # tensor per layer costs more in page faults than the copy itself on CPU. They hold one
         # layer's worth of the blocks a step attends to (padding included), so at most about
@@ -99,3 +113,27 @@ class KVCache:
             self.value_caches[layer], 0, blocks, out=self._gather_values[:num]
         )
         return keys.flatten(0, 1), values.flatten(0, 1)
+
+
+def _views_of(
+    storage: torch.Tensor,
+    num_tensors: int,
+    shape: tuple[int, int, int, int],
+    dtype: torch.dtype,
+    device: torch.device,
+) -> list[torch.Tensor]:
+    """`num_tensors` zeroed tensors of `shape` laid end to end in `storage` (uint8, flat)."""
+    tensor_bytes = shape[0] * shape[1] * shape[2] * shape[3] * dtype.itemsize
+    if storage.dtype != torch.uint8 or storage.dim() != 1 or not storage.is_contiguous():
+        raise ValueError("storage must be a flat contiguous uint8 tensor")
+    if storage.device != device:
+        raise ValueError(f"storage is on {storage.device}, the cache on {device}")
+    if storage.numel() < num_tensors * tensor_bytes:
+        raise ValueError(
+            f"storage holds {storage.numel()} bytes, the cache needs {num_tensors * tensor_bytes}"
+        )
+    views = []
+    for index in range(num_tensors):
+        chunk = storage[index * tensor_bytes : (index + 1) * tensor_bytes]
+        views.append(chunk.view(dtype).view(shape).zero_())
+    return views

@@ -1,0 +1,43 @@
+"""Moving KV blocks between instances: transports behind one interface (`base.KVTransport`), in
+one registry (`KV_TRANSPORTS`). `shm` is the same-host default, `torch-dist` runs over a
+persistent gloo (CPU) or NCCL (CUDA) group per link, `nixl` over UCX when `nixl-cu12` is
+installed."""
+
+from __future__ import annotations
+
+from hyperflexis.transfer import nixl, shm, torch_dist
+from hyperflexis.transfer.base import (
+    KV_TRANSPORTS,
+    KVTransport,
+    LayoutMismatchError,
+    PeerGoneError,
+    PoolDescriptor,
+    PoolLayout,
+    Transfer,
+    TransferError,
+    TransferTimeoutError,
+)
+
+DEFAULT_KV_TRANSPORT = shm.ShmTransport.name
+
+__all__ = [
+    "DEFAULT_KV_TRANSPORT",
+    "KV_TRANSPORTS",
+    "KVTransport",
+    "LayoutMismatchError",
+    "PeerGoneError",
+    "PoolDescriptor",
+    "PoolLayout",
+    "Transfer",
+    "TransferError",
+    "TransferTimeoutError",
+    "create_kv_transport",
+    "nixl",
+    "shm",
+    "torch_dist",
+]
+
+
+def create_kv_transport(name: str = DEFAULT_KV_TRANSPORT) -> KVTransport:
+    """A new transport of the registered kind `name` (unknown names list the known ones)."""
+    return KV_TRANSPORTS.get(name)()
