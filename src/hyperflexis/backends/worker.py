@@ -173,10 +173,6 @@ class InstanceLoop:
             return delta
         del self._sent[output.request_id]
         metrics = output.metrics
-        tpot_s = None
-        first_s, finish_s = metrics.first_token_s, metrics.finish_s
-        if first_s is not None and finish_s is not None and len(token_ids) >= 2:
-            tpot_s = (finish_s - first_s) / (len(token_ids) - 1)
         return OutputDelta(
             request_id=delta.request_id,
             token_ids=delta.token_ids,
@@ -186,7 +182,7 @@ class InstanceLoop:
             num_prompt_tokens=delta.num_prompt_tokens,
             num_output_tokens=delta.num_output_tokens,
             ttft_s=metrics.ttft_s,
-            tpot_s=tpot_s,
+            tpot_s=metrics.tpot_s,
             attained=output.attained,
             num_preemptions=metrics.num_preemptions,
         )

@@ -112,6 +112,7 @@ class OutputProcessor:
                 first_token_s=request.first_token_s,
                 finish_s=request.finish_s,
                 num_preemptions=request.num_preemptions,
+                num_output_tokens=request.num_output_tokens,
             ),
             attained=request.attained if finished else None,
         )
