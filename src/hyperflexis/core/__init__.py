@@ -3,7 +3,7 @@
 from hyperflexis.core.outputs import CompletionOutput, RequestOutput
 from hyperflexis.core.request import FinishReason, Request, RequestStatus
 from hyperflexis.core.sampling import SamplingParams
-from hyperflexis.core.slo import SLO, LateAction, SLOClass, SLOClasses
+from hyperflexis.core.slo import SLO, LateAction, SLOClass, SLOClasses, mean_tpot_s
 
 __all__ = [
     "SLO",
@@ -16,4 +16,5 @@ __all__ = [
     "SLOClass",
     "SLOClasses",
     "SamplingParams",
+    "mean_tpot_s",
 ]
