@@ -19,6 +19,9 @@ Then, in order of preference:
 
 A finished prefill goes to the linked decode instance with the most free KV among those where
 one more decode keeps the step within the TPOT gap bound; if none fits, the most free KV.
+
+Where a new request lands in an instance's prefill queue is `dispatch_split.py`; the per-instance
+summary those checks read, kept up to date between snapshots, is `dispatch_load.py`.
 """
 
 from __future__ import annotations
