@@ -16,6 +16,7 @@ from hyperflexis.bench.metrics import (
     record_from_request,
     summarize,
 )
+from hyperflexis.core.outputs import RequestMetrics
 from hyperflexis.core.request import FinishReason, Request
 from hyperflexis.core.sampling import SamplingParams
 from hyperflexis.core.slo import SLO
@@ -277,3 +278,18 @@ def test_record_from_request_needs_a_final_end() -> None:
     prefilled.finish(FinishReason.PREFILLED, 1.2)
     with pytest.raises(ValueError, match="not final"):
         record_from_request(prefilled)
+
+
+def test_request_its_metrics_and_its_record_agree_on_mean_tpot_to_the_finish() -> None:
+    """One definition, one end stamp: a request that ends after its last token (a stop string
+    found once the step's output is processed) counts the time up to its end."""
+    request = Request("r", [1, 2], SamplingParams(max_tokens=8), SLO(1.0, 0.1), arrival_s=0.0)
+    request.append_token(5, 0.5)
+    request.append_tokens(6, 4, 0.9)
+    request.finish(FinishReason.STOP, 1.3)
+    expected = (1.3 - 0.5) / 4
+    metrics = RequestMetrics(0.0, request.first_token_s, request.finish_s, 0, 5)
+    assert request.tpot_s == pytest.approx(expected)
+    assert metrics.tpot_s == pytest.approx(expected)
+    assert record_from_request(request).tpot_s == pytest.approx(expected)
+    assert not request.attained and not record_from_request(request).attained  # 0.2 > 0.1

@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from hyperflexis.cluster import HyperFlexisDispatcher, make_dispatcher
-from hyperflexis.cluster.dispatch_hyperflexis import _split
+from hyperflexis.cluster.dispatch_split import place, split_jobs
 from hyperflexis.scheduler.feasibility import PrefillJob
 from tests.cluster.helpers import CONFIG, PREFILL_TOKENS_PER_S, LinearCost, req, snap
 
@@ -192,16 +192,17 @@ def test_fast_path_agrees_with_split_feasible(
     feasibility check answers."""
     jobs: list[PrefillJob] = [(d, p, w, i) for i, (d, p, w, _) in enumerate(raw_jobs)]
     rate = PREFILL_TOKENS_PER_S
-    d = dispatcher()
-    split = _split(jobs, 0.0, rate)
-    fast = d._try(split, 0.0, 0.0, rate, deadline_s, priority, work)
+    split = split_jobs(jobs, 0.0, rate)
+    fast = place(split, 0.0, deadline_s, priority, work)
     split.has_displaced = True  # forces the full rerun
-    slow = d._try(split, 0.0, 0.0, rate, deadline_s, priority, work)
-    assert fast[0] == slow[0]
-    assert fast[3:] == slow[3:]
-    assert fast[1] == pytest.approx(slow[1], abs=1e-9)
-    if math.isfinite(slow[2]):
-        assert fast[2] == pytest.approx(slow[2], abs=1e-9)
+    slow = place(split, 0.0, deadline_s, priority, work)
+    assert fast.tier == slow.tier
+    assert fast.displaced_priority == slow.displaced_priority
+    assert fast.displaced_work_tokens == slow.displaced_work_tokens
+    assert fast.work_ahead_tokens == slow.work_ahead_tokens
+    assert fast.completion_s == pytest.approx(slow.completion_s, abs=1e-9)
+    if math.isfinite(slow.slack_s):
+        assert fast.slack_s == pytest.approx(slow.slack_s, abs=1e-9)
 
 
 @settings(max_examples=60, deadline=None)

@@ -11,6 +11,7 @@ import pytest
 
 from hyperflexis.cli import main
 from hyperflexis.perf import read_profile
+from hyperflexis.scheduler import num_blocks_for
 
 
 def test_quick_profile_writes_a_fitted_profile(
@@ -75,7 +76,7 @@ def test_shapes_that_do_not_fit_are_dropped() -> None:
     for shape in shapes:
         lengths = shape.num_kv_tokens()
         assert max(lengths) <= 128
-        assert sum(-(-n // 16) for n in lengths) <= 8
+        assert sum(num_blocks_for(n, 16) for n in lengths) <= 8
 
 
 class _ClockedRunner:

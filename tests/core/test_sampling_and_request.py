@@ -84,3 +84,18 @@ def test_eos_and_stop_tokens() -> None:
     eos = Request("e", [1], SamplingParams(ignore_eos=True), eos_token_id=2)
     eos.append_token(2, 0.0)
     assert eos.check_stop() is None
+
+
+def test_a_request_is_decoding_only_with_its_first_token_and_one_token_to_compute() -> None:
+    req = Request("r", [1, 2, 3], SamplingParams(max_tokens=4))
+    assert not req.is_decoding  # waiting with its whole prompt to compute
+    req.num_computed_tokens = 2
+    assert not req.is_decoding  # the prompt's last token is still a prefill
+    req.num_computed_tokens = 3
+    req.append_token(5, 1.0)
+    assert req.is_decoding  # the first token is out; only it is to compute
+    req.num_computed_tokens = 0  # preempted: it recomputes prompt and output first
+    assert not req.is_decoding
+    decode_role = Request("d", [1, 2, 3], SamplingParams(max_tokens=4))
+    decode_role.num_computed_tokens = 3  # KV computed on a prefill instance, no token yet
+    assert not decode_role.is_decoding

@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from hyperflexis.core import SLO, SLOClasses
+from hyperflexis.core import SLO, SLOClasses, mean_tpot_s
 
 
 def test_builtin_classes_and_resolution() -> None:
@@ -69,3 +69,11 @@ def test_slo_values_checked(field: str) -> None:
     values = {"ttft_s": 1.0, "tpot_s": 0.1, field: 0.0}
     with pytest.raises(ValueError, match=field):
         SLO(**values)
+
+
+def test_mean_tpot_is_the_time_after_the_first_token_over_the_tokens_after_it() -> None:
+    # (E2E - TTFT) / (tokens - 1): arrival 1 s, first token 1.5 s, end 2.5 s, 5 tokens.
+    assert mean_tpot_s(1.5, 2.5, 5) == pytest.approx(((2.5 - 1.0) - (1.5 - 1.0)) / 4)
+    assert mean_tpot_s(1.5, 2.5, 1) is None  # one token: no gap to measure
+    assert mean_tpot_s(None, 2.5, 5) is None  # never got a first token
+    assert mean_tpot_s(1.5, None, 5) is None  # not ended

@@ -8,7 +8,7 @@ import torch
 from hyperflexis.core.sampling import SamplingParams
 from hyperflexis.engine import ModelRunner
 from hyperflexis.engine.attention import group_decodes
-from hyperflexis.scheduler import ScheduledChunk, SchedulerOutput
+from hyperflexis.scheduler import ScheduledChunk, SchedulerOutput, num_blocks_for
 from tests.engine.checkpoints import VOCAB_SIZE, Checkpoint
 
 ATOL = 1e-4
@@ -163,7 +163,7 @@ def test_decodes_of_very_different_lengths_match_transformers(
     tables: dict[str, list[int]] = {}
     next_block = 0
     for rid, n in lengths.items():
-        num_blocks = -(-n // BLOCK_SIZE)
+        num_blocks = num_blocks_for(n, BLOCK_SIZE)
         tables[rid] = list(range(next_block, next_block + num_blocks))[::-1]
         next_block += num_blocks
     history = [_chunk(r, p[:-1], 0, tables[r], sample=False) for r, p in prompts.items()]

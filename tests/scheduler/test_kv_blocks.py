@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import pytest
 
-from hyperflexis.scheduler import KVBlockManager
+from hyperflexis.scheduler import KVBlockManager, num_blocks_for
 
 
 def test_allocate_grows_tables_and_free_returns_blocks() -> None:
@@ -36,3 +36,12 @@ def test_blocks_are_not_shared() -> None:
 def test_bad_sizes(num_blocks: int, block_size: int) -> None:
     with pytest.raises(ValueError):
         KVBlockManager(num_blocks, block_size)
+
+
+@pytest.mark.parametrize(("num_tokens", "num_blocks"), [(0, 0), (1, 1), (16, 1), (17, 2), (48, 3)])
+def test_num_blocks_for_counts_a_part_full_last_block(num_tokens: int, num_blocks: int) -> None:
+    assert num_blocks_for(num_tokens, 16) == num_blocks
+    kv = KVBlockManager(num_blocks=8, block_size=16)
+    assert kv.blocks_for(num_tokens) == num_blocks
+    if num_blocks:
+        assert len(kv.allocate("a", num_tokens)) == num_blocks

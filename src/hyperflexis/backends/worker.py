@@ -182,10 +182,6 @@ class InstanceLoop:
             self._sent[output.request_id] = sent
             return delta
         del self._sent[output.request_id]
-        tpot_s = None
-        first_s, finish_s = metrics.first_token_s, metrics.finish_s
-        if first_s is not None and finish_s is not None and len(token_ids) >= 2:
-            tpot_s = (finish_s - first_s) / (len(token_ids) - 1)
         return OutputDelta(
             request_id=delta.request_id,
             token_ids=delta.token_ids,
@@ -197,7 +193,7 @@ class InstanceLoop:
             inter_token_latency_s=gap_s,
             queue_s=metrics.queue_s,
             ttft_s=metrics.ttft_s,
-            tpot_s=tpot_s,
+            tpot_s=metrics.tpot_s,
             attained=output.attained,
             num_preemptions=metrics.num_preemptions,
             logprobs=delta.logprobs,

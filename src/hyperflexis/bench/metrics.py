@@ -18,6 +18,7 @@ from typing import Any, Literal
 import numpy as np
 
 from hyperflexis.core.request import FinishReason, Request
+from hyperflexis.core.slo import mean_tpot_s
 
 RecordStatus = Literal["completed", "rejected", "aborted", "failed"]
 STATUSES: tuple[RecordStatus, ...] = ("completed", "rejected", "aborted", "failed")
@@ -102,10 +103,8 @@ class RequestRecord:
 
     @property
     def tpot_s(self) -> float | None:
-        """Mean seconds per output token after the first; None with fewer than two tokens."""
-        if self.first_token_s is None or self.finish_s is None or self.num_output_tokens < 2:
-            return None
-        return (self.finish_s - self.first_token_s) / (self.num_output_tokens - 1)
+        """Mean TPOT (`core.slo.mean_tpot_s`); None with fewer than two tokens."""
+        return mean_tpot_s(self.first_token_s, self.finish_s, self.num_output_tokens)
 
     @property
     def e2e_s(self) -> float | None:

@@ -11,6 +11,7 @@ from hyperflexis.cluster.registry import register_dispatcher
 from hyperflexis.cluster.snapshot import LoadSnapshot
 from hyperflexis.perf.base import StepCostModel
 from hyperflexis.scheduler.config import SchedulerConfig
+from hyperflexis.scheduler.kv_blocks import num_blocks_for
 
 NEW_REQUEST_ROLES = ("mixed", "prefill")  # roles that take new requests
 
@@ -95,7 +96,7 @@ class LeastLoadedDispatcher(Dispatcher):
 
         def load(s: LoadSnapshot) -> tuple[int, int, str]:
             in_flight = self._in_flight.since(s)[0]
-            blocks = sum(-(-r.num_prompt_tokens // s.block_size) for r in in_flight)
+            blocks = sum(num_blocks_for(r.num_prompt_tokens, s.block_size) for r in in_flight)
             num_requests = s.num_waiting + s.num_running + len(in_flight)
             return num_requests, -(s.num_free_blocks - blocks), s.instance_id
 

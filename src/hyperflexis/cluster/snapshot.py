@@ -51,7 +51,7 @@ def take_snapshot(
     tightest = earliest = math.inf
     pending = []
     for request in scheduler.running:
-        if request.first_token_s is not None and request.num_uncomputed_tokens == 1:
+        if request.is_decoding:
             features.add_decode(request.num_computed_tokens)
             tightest = min(tightest, request.slo.tpot_s)
             earliest = min(earliest, request.next_token_deadline_s)

@@ -3,7 +3,7 @@
 from hyperflexis.core.outputs import CompletionOutput, Logprob, RequestOutput
 from hyperflexis.core.request import FinishReason, Request, RequestStatus
 from hyperflexis.core.sampling import SamplingParams
-from hyperflexis.core.slo import SLO, LateAction, SLOClass, SLOClasses
+from hyperflexis.core.slo import SLO, LateAction, SLOClass, SLOClasses, mean_tpot_s
 
 __all__ = [
     "SLO",
@@ -17,4 +17,5 @@ __all__ = [
     "SLOClass",
     "SLOClasses",
     "SamplingParams",
+    "mean_tpot_s",
 ]

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from hyperflexis.core.slo import mean_tpot_s
+
 
 @dataclass(slots=True)
 class Logprob:
@@ -60,6 +62,7 @@ class RequestMetrics:
     last_token_s: float | None = None
     finish_s: float | None = None
     num_preemptions: int = 0
+    num_output_tokens: int = 0  # output tokens so far
 
     @property
     def queue_s(self) -> float | None:
@@ -74,6 +77,11 @@ class RequestMetrics:
     @property
     def e2e_s(self) -> float | None:
         return None if self.finish_s is None else self.finish_s - self.arrival_s
+
+    @property
+    def tpot_s(self) -> float | None:
+        """Mean TPOT (`core.slo.mean_tpot_s`); None until it finished with two or more tokens."""
+        return mean_tpot_s(self.first_token_s, self.finish_s, self.num_output_tokens)
 
 
 @dataclass(slots=True)

@@ -7,7 +7,7 @@ import itertools
 from dataclasses import dataclass, field
 
 from hyperflexis.core.sampling import SamplingParams
-from hyperflexis.core.slo import SLO
+from hyperflexis.core.slo import SLO, mean_tpot_s
 
 DEFAULT_SLO = SLO(ttft_s=3600.0, tpot_s=3600.0, priority=1, class_name="default")
 
@@ -81,6 +81,14 @@ class Request:
         return len(self.token_ids) - self.num_computed_tokens
 
     @property
+    def is_decoding(self) -> bool:
+        """Its next step is a decode: it has its first token and only the latest to compute
+        (a prompt's last token, or a preempted request's recompute, is not one)."""
+        return (
+            self.first_token_s is not None and len(self.token_ids) - self.num_computed_tokens == 1
+        )
+
+    @property
     def is_finished(self) -> bool:
         return self.status is RequestStatus.FINISHED
 
@@ -126,10 +134,8 @@ class Request:
 
     @property
     def tpot_s(self) -> float | None:
-        """Mean seconds per output token after the first; None with fewer than two tokens."""
-        if self.first_token_s is None or self.last_token_s is None or self.num_output_tokens < 2:
-            return None
-        return (self.last_token_s - self.first_token_s) / (self.num_output_tokens - 1)
+        """Mean TPOT (`core.slo.mean_tpot_s`); None until it finished with two or more tokens."""
+        return mean_tpot_s(self.first_token_s, self.finish_s, self.num_output_tokens)
 
     @property
     def attained(self) -> bool:

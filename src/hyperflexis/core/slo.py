@@ -18,6 +18,18 @@ LateAction = Literal["serve", "reject"]
 _LATE_ACTIONS = ("serve", "reject")
 
 
+def mean_tpot_s(
+    first_token_s: float | None, finish_s: float | None, num_output_tokens: int
+) -> float | None:
+    """The mean TPOT an SLO's `tpot_s` is judged on: (E2E - TTFT) / (output tokens - 1), i.e. the
+    time from the first token to the end over the tokens after the first. None without a first
+    token and an end, or with fewer than two tokens (there is no gap to measure)."""
+    if first_token_s is None or finish_s is None or num_output_tokens < 2:
+        return None
+    # finish - first is E2E - TTFT with the arrival cancelled exactly, not rounded twice.
+    return (finish_s - first_token_s) / (num_output_tokens - 1)
+
+
 @dataclass(frozen=True, slots=True)
 class SLO:
     """What one request was promised."""

@@ -23,6 +23,7 @@ import torch
 import torch.nn.functional as F
 
 from hyperflexis.engine.kv_cache import KVCache
+from hyperflexis.scheduler.kv_blocks import num_blocks_for
 from hyperflexis.scheduler.output import ScheduledChunk
 
 
@@ -111,7 +112,7 @@ class StepBatch:
                 positions.append(torch.tensor(run_positions))
                 slots.append(torch.tensor(run_slots))
                 run_positions, run_slots = [], []
-            table = torch.tensor(chunk.block_ids[: -(-end_pos // block_size)])
+            table = torch.tensor(chunk.block_ids[: num_blocks_for(end_pos, block_size)])
             new_pos = torch.arange(chunk.start_pos, end_pos)
             positions.append(new_pos)
             slots.append(table[new_pos // block_size] * block_size + new_pos % block_size)
@@ -227,7 +228,7 @@ def group_decodes(
     PADDING_SLACK times the group's shortest, up to MAX_DECODE_GROUPS groups."""
     if not rows:
         return []
-    blocks = [-(-n // block_size) for n in lens]
+    blocks = [num_blocks_for(n, block_size) for n in lens]
     if max(blocks) * len(blocks) <= PADDING_SLACK * sum(blocks):
         return [(list(range(len(rows))), rows)]
     order = sorted(range(len(rows)), key=blocks.__getitem__)
@@ -249,7 +250,7 @@ def _decode_group(
     dtype: torch.dtype,
     device: torch.device,
 ) -> DecodeGroup:
-    num_table_blocks = -(-max(lens) // block_size)
+    num_table_blocks = num_blocks_for(max(lens), block_size)
     padded = [t[:num_table_blocks] + [0] * max(0, num_table_blocks - len(t)) for t in tables]
     pos = torch.arange(num_table_blocks * block_size)
     allowed = pos[None, :] < torch.tensor(lens)[:, None]
@@ -278,7 +279,7 @@ def _check_chunk(
             f"request {chunk.request_id} has {len(chunk.block_ids)} KV blocks of {block_size} "
             f"slots, too few for {end_pos} tokens"
         )
-    used = chunk.block_ids[: -(-end_pos // block_size)]
+    used = chunk.block_ids[: num_blocks_for(end_pos, block_size)]
     if min(used) < 0 or max(used) >= num_blocks:
         raise ValueError(
             f"request {chunk.request_id} has a KV block id outside the cache [0, {num_blocks})"

@@ -164,6 +164,7 @@ class OutputProcessor:
                 last_token_s=request.last_token_s,
                 finish_s=request.finish_s,
                 num_preemptions=request.num_preemptions,
+                num_output_tokens=request.num_output_tokens,
             ),
             attained=request.attained if finished else None,
             prompt_logprobs=_prompt_logprobs(state),

@@ -26,6 +26,7 @@ from hyperflexis.perf.profiled import (
     write_profile,
 )
 from hyperflexis.scheduler import KVBlockManager, ScheduledChunk, SchedulerOutput
+from hyperflexis.scheduler.kv_blocks import num_blocks_for
 
 _GREEDY = SamplingParams(max_tokens=1, temperature=0.0)
 
@@ -120,7 +121,7 @@ def grid_shapes(
 
 def _fits(shape: BatchShape, max_model_len: int, num_kv_blocks: int, block_size: int) -> bool:
     lengths = shape.num_kv_tokens()
-    blocks = sum(-(-n // block_size) for n in lengths)
+    blocks = sum(num_blocks_for(n, block_size) for n in lengths)
     return max(lengths) <= max_model_len and blocks <= num_kv_blocks
 
 

@@ -7,6 +7,7 @@ clock: the driver (engine loop or simulator) passes `now`.
 
 from __future__ import annotations
 
+import math
 from abc import ABC, abstractmethod
 from collections.abc import Mapping
 from typing import ClassVar
@@ -49,6 +50,19 @@ class Scheduler(ABC):
     def schedule(self, now: float) -> SchedulerOutput:
         """Choose this step's batch. May preempt or reject requests; allocates the KV blocks the
         batch writes. Never exceeds the token budget, `max_num_seqs` or the KV capacity."""
+
+    # What the simulator's decode fast-forward (sim/fast_forward.py) may assume of a step that
+    # runs only decodes; a policy that decides such steps differently overrides these.
+
+    def max_decodes_per_step(self) -> float:
+        """Most decodes one step runs before the policy leaves one out for the token budget."""
+        return self.config.max_num_batched_tokens
+
+    def max_decode_only_step_s(self, num_decodes: int, tightest_tpot_s: float) -> float:
+        """Longest step of `num_decodes` decodes alone (the tightest TPOT target among them
+        `tightest_tpot_s`) that the policy runs without preempting one; inf: it does not look
+        at time."""
+        return math.inf
 
     # -- requests in and out ----------------------------------------------------------------
 

@@ -12,6 +12,7 @@ from typing import Any
 
 from hyperflexis.perf.base import StepCostModel, StepFeatures, max_prefill_tokens
 from hyperflexis.scheduler.config import SchedulerConfig
+from hyperflexis.scheduler.step_budget import idle_step_budget_s
 
 # A waiting prefill, as a plain tuple because the scheduler builds hundreds per step:
 # (deadline_s: when its first token is due, priority: 0 is most important,
@@ -91,7 +92,7 @@ def budgeted_prefill_rate(
     infeasible). Planned `prefill_rate_margin` below that: the check plans the queue as if
     nothing more urgent arrived, and arrivals with earlier deadlines go first."""
     if config.role == "prefill" or math.isinf(tightest_tpot_s):
-        step_s = config.target_step_s if config.role == "prefill" else config.max_step_s
+        step_s = idle_step_budget_s(config)
     else:
         step_s = min((1.0 - config.tpot_margin) * tightest_tpot_s, config.max_step_s)
     limit = config.max_num_batched_tokens

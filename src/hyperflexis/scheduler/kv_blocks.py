@@ -6,6 +6,11 @@ from __future__ import annotations
 from collections import deque
 
 
+def num_blocks_for(num_tokens: int, block_size: int) -> int:
+    """KV blocks that hold `num_tokens` tokens: the last block may be part full."""
+    return -(-num_tokens // block_size)
+
+
 class KVBlockManager:
     """Fixed-size KV blocks and a block table per request.
 
@@ -33,13 +38,13 @@ class KVBlockManager:
         return 1.0 - len(self._free) / self.num_blocks
 
     def blocks_for(self, num_tokens: int) -> int:
-        return -(-num_tokens // self.block_size)
+        return num_blocks_for(num_tokens, self.block_size)
 
     def num_blocks_needed(self, request_id: str, num_tokens: int) -> int:
         """Blocks to add so `request_id` holds `num_tokens` tokens."""
         table = self._tables.get(request_id)
         held = len(table) if table is not None else 0
-        return max(0, -(-num_tokens // self.block_size) - held)
+        return max(0, num_blocks_for(num_tokens, self.block_size) - held)
 
     def can_allocate(self, num_blocks: int) -> bool:
         return num_blocks <= len(self._free)
@@ -47,7 +52,7 @@ class KVBlockManager:
     def allocate(self, request_id: str, num_tokens: int) -> list[int]:
         """Grow the request's table to hold `num_tokens`; returns the table. Raises when short."""
         table = self._tables.setdefault(request_id, [])
-        need = -(-num_tokens // self.block_size) - len(table)
+        need = num_blocks_for(num_tokens, self.block_size) - len(table)
         if need > len(self._free):
             raise RuntimeError(
                 f"KV cache exhausted: {request_id} needs {need} blocks, {len(self._free)} free"

@@ -6,8 +6,9 @@ request finishes, every step is "each running request decodes one token": its ti
 the batch's context, which grows by one token per request per step, so the step end times can be
 summed in a loop of float arithmetic without asking the scheduler. The window stops before the
 step in which the first request would finish (that step runs normally), and before any step in
-which the policy would act differently: KV blocks run short (it would preempt), the decodes
-exceed a fixed token budget, or (`hyperflexis`) the step outgrows the decodes' TPOT gap bound.
+which the policy would act differently: KV blocks run short (it would preempt), or the batch
+outgrows what the policy itself says it runs as is (its `max_decodes_per_step` and
+`max_decode_only_step_s`: a fixed token budget; for `hyperflexis`, the TPOT gap bound).
 
 The window is lazy: `DecodeWindow.apply(t)` writes the tokens of the steps that ended by `t`
 into the requests, and allocates the KV blocks of the step in flight at `t`, exactly the state
@@ -25,7 +26,6 @@ from dataclasses import dataclass
 from hyperflexis.core.request import Request
 from hyperflexis.perf.base import StepCostModel, StepFeatures
 from hyperflexis.scheduler.base import Scheduler
-from hyperflexis.scheduler.policies.hyperflexis import HyperFlexisScheduler
 
 DUMMY_TOKEN_ID = 0  # what simulated steps "sample"; requests run with ignore_eos
 
@@ -116,7 +116,7 @@ def plan_window(
     steps_left = math.inf
     tightest_tpot_s = math.inf
     for request in requests:
-        if request.first_token_s is None or request.num_uncomputed_tokens != 1:
+        if not request.is_decoding:
             return None  # still computing its prompt
         params = request.sampling_params
         if params.stop_token_ids or not (params.ignore_eos or request.eos_token_id is None):
@@ -127,9 +127,9 @@ def plan_window(
         steps_left = min(steps_left, params.max_tokens - request.num_output_tokens)
         tightest_tpot_s = min(tightest_tpot_s, request.slo.tpot_s)
     num_decodes = len(requests)
-    if num_decodes > _max_decodes(scheduler):
+    if num_decodes > scheduler.max_decodes_per_step():
         return None
-    step_cap_s = _step_cap_s(scheduler, num_decodes, tightest_tpot_s)
+    step_cap_s = scheduler.max_decode_only_step_s(num_decodes, tightest_tpot_s)
     # The step that emits a request's last token finishes it; that one runs for real.
     num_steps = int(steps_left) - 1
     if max_steps is not None:
@@ -146,27 +146,10 @@ def plan_window(
         features.decode_ctx_tokens = ctx_total + m * num_decodes
         step_s = predict(features)
         if step_s > step_cap_s:
-            break  # hyperflexis would preempt to keep the TPOT gap bound
+            break  # the policy would preempt (hyperflexis: to keep the TPOT gap bound)
         free -= need
         end_s = end_s + step_s
         ends.append(end_s)
     if not ends:
         return None
     return DecodeWindow(requests, [r.num_computed_tokens for r in requests], now, ends)
-
-
-def _max_decodes(scheduler: Scheduler) -> float:
-    """Most decodes one step runs: the token budget, except that `hyperflexis` never drops a
-    decode for the token budget (it preempts for time instead)."""
-    if isinstance(scheduler, HyperFlexisScheduler):
-        return math.inf
-    return scheduler.config.max_num_batched_tokens
-
-
-def _step_cap_s(scheduler: Scheduler, num_decodes: int, tightest_tpot_s: float) -> float:
-    """Longest decode-only step the policy runs without preempting (`hyperflexis` bounds it by
-    the tightest TPOT; the others do not look at time)."""
-    if not isinstance(scheduler, HyperFlexisScheduler) or num_decodes <= 1:
-        return math.inf
-    config = scheduler.config
-    return min(config.max_gap_factor * tightest_tpot_s, config.max_step_s)

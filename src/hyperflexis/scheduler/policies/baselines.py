@@ -66,7 +66,9 @@ class SarathiScheduler(FCFSScheduler):
         super().__init__(config, kv, cost_model)
 
     def schedule(self, now: float) -> SchedulerOutput:
-        # Decodes (one token left) first; the sort is stable so arrival order holds within each.
+        # One-token chunks first (decodes, and a prompt's last token, which costs what a decode
+        # does: wider than `Request.is_decoding`); the sort is stable so arrival order holds
+        # within each.
         self.running.sort(key=lambda r: r.num_uncomputed_tokens > 1)
         return super().schedule(now)
 

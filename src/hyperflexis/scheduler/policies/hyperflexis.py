@@ -19,6 +19,7 @@ from hyperflexis.scheduler.base import Scheduler
 from hyperflexis.scheduler.feasibility import PrefillJob, budgeted_prefill_rate, split_feasible
 from hyperflexis.scheduler.output import SchedulerOutput
 from hyperflexis.scheduler.registry import register_policy
+from hyperflexis.scheduler.step_budget import idle_step_budget_s, step_budget_s, step_gap_bound_s
 
 # Keep this fraction of KV blocks free when admitting new prefills, so running decodes can grow
 # without preempting each other right after an admission.
@@ -105,13 +106,21 @@ class HyperFlexisScheduler(Scheduler):
         assert self.cost_model is not None  # checked in Scheduler.__init__
         return self.cost_model
 
+    def max_decodes_per_step(self) -> float:
+        return math.inf  # it never leaves a decode out for the token budget: it preempts for time
+
+    def max_decode_only_step_s(self, num_decodes: int, tightest_tpot_s: float) -> float:
+        if num_decodes <= 1:
+            return math.inf  # a lone decode runs however long it takes (_make_room_for_decodes)
+        return step_gap_bound_s(tightest_tpot_s, self.config)
+
     # -- ongoing requests -------------------------------------------------------------------
 
     def _split_running(self) -> tuple[_Decodes, list[Request]]:
         """Running requests that decode this step, and those still computing their prompt."""
         decodes, prefills = [], []
         for r in self.running:
-            if r.first_token_s is not None and len(r.token_ids) - r.num_computed_tokens == 1:
+            if r.is_decoding:
                 decodes.append(r)
             else:
                 prefills.append(r)
@@ -125,7 +134,7 @@ class HyperFlexisScheduler(Scheduler):
         while decodes.requests:
             too_slow = len(decodes.requests) > 1 and self._model.predict(
                 decodes.features
-            ) > self._gap_bound(decodes)
+            ) > step_gap_bound_s(decodes.tightest_tpot_s, self.config)
             if self.kv.can_allocate(decodes.num_new_blocks) and not too_slow:
                 break
             victim = self._least_important(decodes.requests if too_slow else self.running, now)
@@ -133,17 +142,11 @@ class HyperFlexisScheduler(Scheduler):
             decodes = decodes.without([victim])
         return decodes
 
-    def _gap_bound(self, decodes: _Decodes) -> float:
-        """The longest step no decode in the batch may exceed."""
-        return min(self.config.max_gap_factor * decodes.tightest_tpot_s, self.config.max_step_s)
-
     def _step_budget(self, decodes: _Decodes, now: float) -> float:
         """The step's time budget (DESIGN.md §4.1)."""
         if not decodes.requests:
-            if self.config.role == "prefill":
-                return self.config.target_step_s
-            return self.config.max_step_s
-        return min(decodes.earliest_deadline_s - now, self._gap_bound(decodes))
+            return idle_step_budget_s(self.config)
+        return step_budget_s(decodes.earliest_deadline_s, decodes.tightest_tpot_s, now, self.config)
 
     def _least_important(self, requests: list[Request], now: float) -> Request:
         """Highest priority number first, then the most slack."""
@@ -264,4 +267,4 @@ class HyperFlexisScheduler(Scheduler):
             output.chunks.append(self._chunk(request, num_tokens))
             batch = grown.requests
             decodes.features = grown.features
-            budget_s = min(budget_s, self._gap_bound(grown))
+            budget_s = min(budget_s, step_gap_bound_s(grown.tightest_tpot_s, self.config))
