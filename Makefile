@@ -12,6 +12,8 @@ $(STAMP): pyproject.toml Makefile
 	# Keep an installed torch (a CUDA build stays); with none, take the CPU build 2.13.0.
 	$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/python -m pip install --quiet torch==2.13.0
 	$(BIN)/python -m pip install --quiet -e ".[dev]"
+	# The optional nixl KV transport: numpy and torch are already here, so --no-deps keeps torch.
+	$(BIN)/python -m pip install --quiet --no-deps "nixl-cu12>=1.5,<2"
 	touch $(STAMP)
 
 install: $(STAMP)

@@ -291,6 +291,8 @@ def _merge(samples: list[RequestOutput]) -> RequestOutput:
         last_token_s=_latest([m.last_token_s for m in stamps]),
         finish_s=_latest([m.finish_s for m in stamps]),
         num_preemptions=sum(m.num_preemptions for m in stamps),
+        # The longest sample's tokens over the group's first token to its last finish.
+        num_output_tokens=max(m.num_output_tokens for m in stamps),
     )
     return RequestOutput(
         request_id=first.request_id,

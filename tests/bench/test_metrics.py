@@ -288,7 +288,12 @@ def test_request_its_metrics_and_its_record_agree_on_mean_tpot_to_the_finish() -
     request.append_tokens(6, 4, 0.9)
     request.finish(FinishReason.STOP, 1.3)
     expected = (1.3 - 0.5) / 4
-    metrics = RequestMetrics(0.0, request.first_token_s, request.finish_s, 0, 5)
+    metrics = RequestMetrics(
+        arrival_s=0.0,
+        first_token_s=request.first_token_s,
+        finish_s=request.finish_s,
+        num_output_tokens=5,
+    )
     assert request.tpot_s == pytest.approx(expected)
     assert metrics.tpot_s == pytest.approx(expected)
     assert record_from_request(request).tpot_s == pytest.approx(expected)
