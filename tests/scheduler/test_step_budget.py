@@ -5,7 +5,7 @@ import math
 import pytest
 
 from hyperflexis.scheduler import Role, SchedulerConfig, step_gap_bound_s
-from hyperflexis.scheduler.step_budget import idle_step_budget_s, step_budget_s
+from hyperflexis.scheduler.step_budget import idle_step_budget_s, mean_step_s, step_budget_s
 from tests.scheduler.helpers import make
 
 CONFIG = SchedulerConfig(max_gap_factor=1.5, max_step_s=0.5, target_step_s=0.2)
@@ -15,6 +15,13 @@ def test_gap_bound_is_the_gap_factor_times_the_tightest_tpot_within_the_longest_
     assert step_gap_bound_s(0.1, CONFIG) == pytest.approx(0.15)
     assert step_gap_bound_s(1.0, CONFIG) == 0.5  # max_step_s caps a loose TPOT
     assert step_gap_bound_s(math.inf, CONFIG) == 0.5
+
+
+def test_mean_step_is_one_tpot_less_the_margin_within_the_longest_step() -> None:
+    config = SchedulerConfig(tpot_margin=0.05, max_step_s=0.5)
+    assert mean_step_s(0.04, config) == pytest.approx(0.038)
+    assert mean_step_s(1.0, config) == 0.5
+    assert mean_step_s(math.inf, config) == 0.5
 
 
 def test_step_budget_runs_to_the_soonest_deadline_within_the_gap_bound() -> None:

@@ -12,7 +12,7 @@ from typing import Any
 
 from hyperflexis.perf.base import StepCostModel, StepFeatures, max_prefill_tokens
 from hyperflexis.scheduler.config import SchedulerConfig
-from hyperflexis.scheduler.step_budget import idle_step_budget_s
+from hyperflexis.scheduler.step_budget import idle_step_budget_s, mean_step_s
 
 # A waiting prefill, as a plain tuple because the scheduler builds hundreds per step:
 # (deadline_s: when its first token is due, priority: 0 is most important,
@@ -94,7 +94,7 @@ def budgeted_prefill_rate(
     if config.role == "prefill" or math.isinf(tightest_tpot_s):
         step_s = idle_step_budget_s(config)
     else:
-        step_s = min((1.0 - config.tpot_margin) * tightest_tpot_s, config.max_step_s)
+        step_s = mean_step_s(tightest_tpot_s, config)
     limit = config.max_num_batched_tokens
     tokens = max_prefill_tokens(model, decode_features, 0, step_s, limit)
     if tokens <= 0:

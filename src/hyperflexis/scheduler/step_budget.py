@@ -15,6 +15,14 @@ def step_gap_bound_s(tightest_tpot_s: float, config: SchedulerConfig) -> float:
     return min(config.max_gap_factor * tightest_tpot_s, config.max_step_s)
 
 
+def mean_step_s(tightest_tpot_s: float, config: SchedulerConfig) -> float:
+    """The mean step the decodes' cumulative deadlines allow back to back: one TPOT of the
+    tightest decode less the planning margin (`tpot_margin`: deadlines are planned that much
+    early), within `max_step_s`. Not the gap bound, which caps one step, not their mean. What the
+    budgeted prefill rate and the scaler's decode capacity both plan with."""
+    return min((1.0 - config.tpot_margin) * tightest_tpot_s, config.max_step_s)
+
+
 def step_budget_s(
     earliest_deadline_s: float, tightest_tpot_s: float, now: float, config: SchedulerConfig
 ) -> float:

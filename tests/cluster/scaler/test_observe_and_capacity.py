@@ -19,6 +19,7 @@ from hyperflexis.cluster.snapshot import PendingPrefill
 from hyperflexis.perf import StepFeatures, make_cost_model
 from hyperflexis.scheduler.config import SchedulerConfig
 from hyperflexis.scheduler.feasibility import budgeted_prefill_rate
+from hyperflexis.scheduler.step_budget import mean_step_s
 from tests.cluster.scaler.helpers import INTERACTIVE, STANDARD, Finished, snapshot
 
 
@@ -154,6 +155,18 @@ def test_prefill_capacity_is_the_rate_the_scheduler_plans() -> None:
     assert model.load_instances(mixed, 30_000.0, 6_000.0) > 1.05 * raw.load_instances(
         raw_mixed, 30_000.0, 6_000.0
     )
+
+
+def test_decode_capacity_steps_at_the_mean_step_the_scheduler_plans() -> None:
+    # Decodes' deadlines are planned `tpot_margin` early, so their steps average one TPOT less
+    # the margin: the scaler's decode batch must fit that step, not the whole TPOT.
+    # Short contexts and loose limits: the step binds, not the KV cache or the batch limits.
+    limits = {"max_num_seqs": 4096, "max_num_batched_tokens": 8192}
+    model, raw = _capacity_model(**limits), _capacity_model(tpot_margin=0.0, **limits)
+    planned = model.capacity("decode", 100, 100, 0.04)
+    whole = raw.capacity("decode", 100, 100, 0.04)
+    assert planned.decode_step_s <= mean_step_s(0.04, model.scheduler_config) < whole.decode_step_s
+    assert planned.decode_tokens_s < whole.decode_tokens_s
 
 
 def test_mixed_load_shares_steps_between_decodes_and_prefill() -> None:

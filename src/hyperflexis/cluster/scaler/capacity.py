@@ -5,7 +5,8 @@ rule the dispatcher reads too): the largest chunk that fits its step bound (a pr
 instance's target step time; a mixed instance's tightest TPOT less `tpot_margin`), over that
 step's predicted time, less `prefill_rate_margin`. Sizing pools for a faster rate than the
 scheduler plans would leave it judging late work the scaler counts as on time.
-Decode: tokens/s at the largest batch whose step fits the tightest TPOT served, bounded by the KV
+Decode: tokens/s at the largest batch whose step fits the scheduler's mean step next to the
+tightest TPOT served (`mean_step_s`: that TPOT less `tpot_margin`), bounded by the KV
 cache at the observed mean context and by the scheduler's batch limits; found by bisection on
 `predict`, so any monotone latency model works.
 
@@ -27,6 +28,7 @@ from dataclasses import dataclass, replace
 from hyperflexis.perf.base import StepCostModel, StepFeatures
 from hyperflexis.scheduler.config import Role, SchedulerConfig
 from hyperflexis.scheduler.feasibility import budgeted_prefill_rate
+from hyperflexis.scheduler.step_budget import mean_step_s
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,7 +102,7 @@ class CapacityModel:
             )
         if role != "prefill":
             decode_tokens_s, batch, decode_step_s = self._decode(
-                config, min(tpot_s, config.max_step_s), mean_decode_context_tokens
+                config, mean_step_s(tpot_s, config), mean_decode_context_tokens
             )
         return InstanceCapacity(
             role,
@@ -108,7 +110,7 @@ class CapacityModel:
             decode_tokens_s,
             batch,
             decode_step_s,
-            step_budget_s=min(tpot_s, config.max_step_s),
+            step_budget_s=mean_step_s(tpot_s, config),
             tightest_tpot_s=tpot_s,
             decode_context_tokens=mean_decode_context_tokens,
         )
