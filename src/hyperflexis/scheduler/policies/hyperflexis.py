@@ -94,7 +94,7 @@ class HyperFlexisScheduler(Scheduler):
             self._fill_prefill(feasible, features, budget_s, output)
             # Late work gets only capacity no feasible request needs: it may not stretch the
             # step past what the next feasible request (as tight as any waiting) could wait for.
-            late_budget_s = min(budget_s, self.config.max_gap_factor * waiting_tpot_s)
+            late_budget_s = min(budget_s, step_gap_bound_s(waiting_tpot_s, self.config))
             late = [r for r in late if not r.is_finished]
             self._fill_prefill(late, features, late_budget_s, output)
             decodes.features = features
