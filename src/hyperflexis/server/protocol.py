@@ -8,7 +8,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
 from hyperflexis.core.sampling import SamplingParams
 from hyperflexis.server.errors import bad_request, from_value_error
@@ -82,7 +82,7 @@ class GenerationJob:
 
 
 def parse_completion(body: object, headers: Mapping[str, str]) -> GenerationJob:
-    request = _validate(CompletionRequest, body)
+    request = validate_body(CompletionRequest, body)
     _refuse(request, COMPLETION_REFUSED)
     prompts = _prompts(request.prompt)
     max_tokens = request.max_tokens
@@ -100,7 +100,7 @@ def parse_completion(body: object, headers: Mapping[str, str]) -> GenerationJob:
 
 
 def parse_chat(body: object, headers: Mapping[str, str]) -> GenerationJob:
-    request = _validate(ChatCompletionRequest, body)
+    request = validate_body(ChatCompletionRequest, body)
     _refuse(request, CHAT_REFUSED)
     chat = ChatInput(
         parse_messages(request.messages),
@@ -124,7 +124,8 @@ def parse_chat(body: object, headers: Mapping[str, str]) -> GenerationJob:
     )
 
 
-def _validate(model: type[CompletionRequest] | type[ChatCompletionRequest], body: object) -> Any:
+def validate_body(model: type[BaseModel], body: object) -> Any:
+    """`body` as `model`, or a 400 naming the first offending parameter as OpenAI does."""
     if not isinstance(body, dict):
         raise bad_request("the request body must be a JSON object")
     try:

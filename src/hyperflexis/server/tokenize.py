@@ -7,11 +7,11 @@ import json
 from typing import Any
 
 from fastapi import Request
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict
 
 from hyperflexis.server.core import ServingCore
 from hyperflexis.server.errors import bad_request
-from hyperflexis.server.protocol import ChatInput, param_name, parse_messages
+from hyperflexis.server.protocol import ChatInput, parse_messages, validate_body
 
 
 class TokenizeRequest(BaseModel):
@@ -44,7 +44,7 @@ async def json_body(request: Request) -> object:
 
 
 def tokenize(core: ServingCore, body: object) -> dict[str, Any]:
-    request = _validate(TokenizeRequest, body)
+    request = validate_body(TokenizeRequest, body)
     core.check_model(request.model)
     if (request.prompt is None) == (request.messages is None):
         raise bad_request("give exactly one of 'prompt' and 'messages'", "prompt")
@@ -70,18 +70,7 @@ def tokenize(core: ServingCore, body: object) -> dict[str, Any]:
 
 
 def detokenize(core: ServingCore, body: object) -> dict[str, Any]:
-    request = _validate(DetokenizeRequest, body)
+    request = validate_body(DetokenizeRequest, body)
     core.check_model(request.model)
     core.check_token_ids(request.tokens, "tokens")
     return {"prompt": core.tokenizer.decode(request.tokens)}
-
-
-def _validate(model: type[BaseModel], body: object) -> Any:
-    if not isinstance(body, dict):
-        raise bad_request("the request body must be a JSON object")
-    try:
-        return model.model_validate(body)
-    except ValidationError as exc:
-        error = exc.errors()[0]
-        param = param_name(error["loc"])
-        raise bad_request(f"invalid {param!r}: {error['msg']}", param) from None
