@@ -8,10 +8,15 @@ from collections.abc import Iterator
 import pytest
 
 from hyperflexis.transfer.shm import SEGMENT_PREFIX, SHM_DIR
+from hyperflexis.transfer.weights import WEIGHT_SEGMENT_PREFIX
 
 
 def _segments() -> set[str]:
-    return {path.name for path in SHM_DIR.glob(f"{SEGMENT_PREFIX}*")}
+    return {
+        path.name
+        for prefix in (SEGMENT_PREFIX, WEIGHT_SEGMENT_PREFIX)
+        for path in SHM_DIR.glob(f"{prefix}*")
+    }
 
 
 @pytest.fixture(autouse=True)

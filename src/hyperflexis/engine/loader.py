@@ -54,11 +54,7 @@ def load_model(
     torch_device = torch.device(device)
     files = _weight_files(folder)
 
-    model = CausalLM(config, device="meta")  # no random init: every weight is loaded
-    model.to(torch_dtype)
-    model.to_empty(device=torch_device)
-    model.tie_weights()
-    model.inv_freq = model.inv_freq.to(torch_device)
+    model = empty_model(config, torch_dtype, torch_device)
     expected = dict(model.named_parameters())  # tied weights appear once, by their first name
     loaded: set[str] = set()
     for file in files:
@@ -82,6 +78,17 @@ def load_model(
     model.fuse_projections()
     model.eval()
     return config, model
+
+
+def empty_model(config: ModelConfig, dtype: torch.dtype, device: torch.device) -> CausalLM:
+    """The model with its weights allocated but not set (tied, not yet fused): the one skeleton
+    every weight source fills, so each yields the same model."""
+    model = CausalLM(config, device="meta")  # no random init: every weight is loaded
+    model.to(dtype)
+    model.to_empty(device=device)
+    model.tie_weights()
+    model.inv_freq = model.inv_freq.to(device)
+    return model
 
 
 def _weight_files(folder: Path) -> list[Path]:

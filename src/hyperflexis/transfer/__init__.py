@@ -1,11 +1,14 @@
 """Moving KV blocks between instances: transports behind one interface (`base.KVTransport`), in
 one registry (`KV_TRANSPORTS`). `shm` is the same-host default, `torch-dist` runs over a
 persistent gloo (CPU) or NCCL (CUDA) group per link, `nixl` over UCX when `nixl-cu12` is
-installed."""
+installed.
+
+Weights for a new instance come from a registry of sources (`weights.WEIGHT_SOURCES`): `peer` (a
+running instance's /dev/shm segment) and `disk` (safetensors), through `weights.load_weights`."""
 
 from __future__ import annotations
 
-from hyperflexis.transfer import nixl, shm, torch_dist
+from hyperflexis.transfer import nixl, shm, torch_dist, weights
 from hyperflexis.transfer.base import (
     KV_TRANSPORTS,
     KVTransport,
@@ -35,6 +38,7 @@ __all__ = [
     "nixl",
     "shm",
     "torch_dist",
+    "weights",
 ]
 
 

@@ -79,7 +79,7 @@ def unlink_orphaned_segments(directory: Path = SHM_DIR) -> list[Path]:
     return removed
 
 
-def _tensor_over(memory: mmap.mmap) -> torch.Tensor:
+def tensor_over(memory: mmap.mmap) -> torch.Tensor:
     with warnings.catch_warnings():
         # A read-only mapping: torch warns that the buffer is not writable. Nothing writes to a
         # peer's views (a write would fault, which is the point of mapping it read-only).
@@ -88,7 +88,7 @@ def _tensor_over(memory: mmap.mmap) -> torch.Tensor:
 
 
 def _map_layers(memory: mmap.mmap, handle: ShmHandle, layout: PoolLayout) -> _Mapping:
-    base = _tensor_over(memory)
+    base = tensor_over(memory)
     layer_bytes = layout.num_blocks * layout.bytes_per_layer_block
 
     def view(offset: int) -> torch.Tensor:
