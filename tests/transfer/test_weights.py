@@ -124,6 +124,10 @@ def test_a_layout_mismatch_is_refused(server_model_dir: Path, published: Publish
     bad = dataclasses.replace(manifest, tensors=(renamed, *manifest.tensors[1:]))
     with pytest.raises(WeightSourceError, match="tensors differ"):
         load_weights(server_model_dir, "float32", "cpu", [PeerSource(bad)])
+    past_end = dataclasses.replace(manifest.tensors[0], offset=manifest.num_bytes)
+    beyond = dataclasses.replace(manifest, tensors=(past_end, *manifest.tensors[1:]))
+    with pytest.raises(WeightSourceError, match="outside the peer's segment"):
+        load_weights(server_model_dir, "float32", "cpu", [PeerSource(beyond)])
     with pytest.raises(WeightSourceError, match="expected bfloat16"):
         load_weights(server_model_dir, "bfloat16", "cpu", [PeerSource(manifest)])
 

@@ -300,6 +300,9 @@ def _check_layout(manifest: WeightManifest, params: dict[str, torch.nn.Parameter
                 f"peer tensor {name!r} is {entry.dtype}{list(entry.shape)}, "
                 f"expected {_dtype_name(param.dtype)}{list(param.shape)}"
             )
+        size = param.numel() * param.element_size()
+        if entry.num_bytes != size or not 0 <= entry.offset <= manifest.num_bytes - size:
+            raise WeightSourceError(f"peer tensor {name!r} lies outside the peer's segment")
 
 
 def _copy_tensors(
