@@ -9,12 +9,14 @@ import multiprocessing.connection
 import os
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
 
 from hyperflexis import LLM, SamplingParams
 from hyperflexis.engine.model import CausalLM
+from hyperflexis.transfer import weights as weights_module
 from hyperflexis.transfer.weights import (
     WEIGHT_SOURCES,
     DiskSource,
@@ -144,8 +146,8 @@ def publish_from_disk(folder: Path, conn: multiprocessing.connection.Connection)
 
 
 @pytest.mark.slow
-def test_loads_from_another_process_and_falls_back_once_it_is_killed(
-    server_model_dir: Path, disk_model: CausalLM
+def test_loads_from_another_process_and_falls_back_when_it_dies_mid_copy(
+    server_model_dir: Path, disk_model: CausalLM, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     context = multiprocessing.get_context("spawn")
     conn, child = context.Pipe()
@@ -160,8 +162,19 @@ def test_loads_from_another_process_and_falls_back_once_it_is_killed(
         assert loaded.source == "peer"
         assert_same_model(loaded.model, disk_model)
 
-        process.kill()
-        process.join(PROCESS_TIMEOUT_S)
+        real_copy = weights_module._copy_tensors
+
+        def copy_then_lose_the_publisher(*args: Any) -> None:
+            real_copy(*args)
+            process.kill()  # the publisher dies while the copy is in flight
+            process.join(PROCESS_TIMEOUT_S)
+
+        monkeypatch.setattr(weights_module, "_copy_tensors", copy_then_lose_the_publisher)
+        loaded = load_peer_first(server_model_dir, manifest)
+        assert loaded.source == "disk" and "exited" in loaded.failures[0]
+        assert_same_model(loaded.model, disk_model)
+        monkeypatch.undo()
+
         assert Path(manifest.path).exists()  # a killed publisher cannot unlink
         loaded = load_peer_first(server_model_dir, manifest)
         assert loaded.source == "disk" and "exited" in loaded.failures[0]
