@@ -25,7 +25,7 @@ from pathlib import Path
 
 from safetensors.torch import save_file
 
-from hyperflexis.engine.default_model import _random_weights
+from hyperflexis.engine.default_model import random_weights
 from hyperflexis.transfer.weights import (
     DiskSource,
     PeerSource,
@@ -56,7 +56,7 @@ def write_checkpoint(folder: Path, num_layers: int, hidden: int) -> int:
         "torch_dtype": "float32",
     }
     (folder / "config.json").write_text(json.dumps(config), encoding="utf-8")
-    weights = _random_weights(config, seed=0)
+    weights = random_weights(config, seed=0)
     num_bytes = sum(t.numel() * t.element_size() for t in weights.values())
     path = folder / "model.safetensors"
     save_file(weights, str(path), {"format": "pt"})

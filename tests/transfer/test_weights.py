@@ -45,7 +45,7 @@ def published(disk_model: CausalLM) -> Iterator[PublishedWeights]:
     weights.close()
 
 
-def weights_of(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+def weights_of(model: CausalLM) -> dict[str, torch.Tensor]:
     """Every tensor the forward pass reads: parameters, fused projections and rope frequencies."""
     tensors = {name: p.detach() for name, p in model.named_parameters()}
     for name, module in model.named_modules():
@@ -57,7 +57,7 @@ def weights_of(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     return tensors
 
 
-def assert_same_model(got: torch.nn.Module, want: torch.nn.Module) -> None:
+def assert_same_model(got: CausalLM, want: CausalLM) -> None:
     got_tensors, want_tensors = weights_of(got), weights_of(want)
     assert got_tensors.keys() == want_tensors.keys()
     for name, tensor in want_tensors.items():

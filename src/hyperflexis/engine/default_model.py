@@ -148,7 +148,7 @@ def write_default_model(folder: Path, seed: int) -> None:
     )
     from safetensors.torch import save_file  # torch only when the model is first created
 
-    save_file(_random_weights(config, seed), str(folder / "model.safetensors"), {"format": "pt"})
+    save_file(random_weights(config, seed), str(folder / "model.safetensors"), {"format": "pt"})
 
 
 def _train_tokenizer() -> HFTokenizer:
@@ -166,7 +166,9 @@ def _train_tokenizer() -> HFTokenizer:
     return tokenizer
 
 
-def _random_weights(config: dict[str, Any], seed: int) -> dict[str, torch.Tensor]:
+def random_weights(config: dict[str, Any], seed: int) -> dict[str, torch.Tensor]:
+    """Seeded random Llama weights for `config` (a config.json dict); also what the weight-loading
+    benchmark writes at a larger shape."""
     import torch
 
     generator = torch.Generator().manual_seed(seed)
