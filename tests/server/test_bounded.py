@@ -1,7 +1,8 @@
 """Bounded work per request, in process (the HTTP app over a `ServingCore` with the stand-ins
-of test_core): a body over the limit is 413 before it is all read, a slow tokenisation does not
-hold up /health, an internal error is a 500 in OpenAI's shape, and /metrics closes only when
-asked to. The live server's side (flags, /debug and the key) is in test_api."""
+of test_core): a body over the limit is 413 before it is all read, a text far over the context
+is refused before it is all tokenised, a slow tokenisation does not hold up /health, an
+internal error is a 500 in OpenAI's shape, and /metrics closes only when asked to. The live
+server's side (flags, /debug and the key) is in test_api."""
 
 from __future__ import annotations
 
@@ -11,12 +12,15 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
+import pytest
 
 from hyperflexis.core.slo import SLOClasses
 from hyperflexis.server.access import Access
 from hyperflexis.server.app import create_app
-from hyperflexis.server.core import ServingCore
-from tests.server.test_core import FakeDispatcher, FakePool, FakeTokenizer
+from hyperflexis.server.core import PREFIX_CHARS_PER_TOKEN, ServingCore
+from hyperflexis.server.errors import APIError
+from hyperflexis.server.protocol import parse_completion
+from tests.server.test_core import MAX_CONTEXT, FakeDispatcher, FakePool, FakeTokenizer
 
 MAX_REQUEST_BYTES = 1000
 WAIT_S = 10.0  # a bound on waiting for a thread, never a sleep
@@ -142,3 +146,27 @@ def test_metrics_are_open_unless_the_flag_closes_them() -> None:
     assert asyncio.run(run(Access(classes, "sk-test"))) == [200, 200, 401]
     closed = Access(classes, "sk-test", metrics_require_key=True)
     assert asyncio.run(run(closed)) == [401, 200, 401]
+
+
+class RecordingTokenizer(FakeTokenizer):
+    def __init__(self) -> None:
+        self.num_chars_encoded: list[int] = []
+
+    def encode(self, text: str, add_special_tokens: bool = True) -> list[int]:
+        self.num_chars_encoded.append(len(text))
+        return super().encode(text, add_special_tokens)
+
+
+def test_a_text_far_over_the_context_is_refused_from_a_prefix() -> None:
+    tokenizer = RecordingTokenizer()
+    core, _ = _app(tokenizer)
+    huge = "a " * 100_000  # 100k tokens for the stand-in tokenizer; the context is 64
+    with pytest.raises(APIError) as info:
+        core.submit(parse_completion({"prompt": huge}, {}), None, 0.0)
+    error = info.value
+    assert (error.status, error.code, error.param) == (400, "context_length_exceeded", "prompt")
+    assert tokenizer.num_chars_encoded == [PREFIX_CHARS_PER_TOKEN * MAX_CONTEXT]
+    # Long in characters but short in tokens: the prefix proves nothing, the whole is served.
+    long_word = "x" * 5000
+    (stream,) = core.submit(parse_completion({"prompt": long_word}, {}), None, 0.0)
+    assert stream.num_prompt_tokens == 1
