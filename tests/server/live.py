@@ -19,6 +19,7 @@ from typing import Any
 
 import httpx
 
+from hyperflexis.backends.worker import PROCESS_NAME_PREFIX
 from tests.server.scrape import value
 
 READY = re.compile(r"HyperFlexis serving on (http://\S+)")
@@ -31,12 +32,13 @@ class LiveServer:
     url: str
     stderr_path: Path
     lines: list[str] = field(default_factory=list)
+    headers: dict[str, str] = field(default_factory=dict)  # the key, when it has --api-key
 
     def client(self, timeout_s: float = 60.0) -> httpx.Client:
         return httpx.Client(base_url=self.url, timeout=timeout_s)
 
     def instances(self) -> list[dict[str, object]]:
-        response = httpx.get(f"{self.url}/debug/instances", timeout=10)
+        response = httpx.get(f"{self.url}/debug/instances", headers=self.headers, timeout=10)
         response.raise_for_status()
         rows: list[dict[str, object]] = response.json()
         return rows
@@ -45,7 +47,7 @@ class LiveServer:
         return self.stderr_path.read_text(errors="replace")
 
     def stats(self) -> dict[str, Any]:
-        response = httpx.get(f"{self.url}/debug/stats", timeout=10)
+        response = httpx.get(f"{self.url}/debug/stats", headers=self.headers, timeout=10)
         response.raise_for_status()
         stats: dict[str, Any] = response.json()
         return stats
@@ -54,11 +56,25 @@ class LiveServer:
         """The sum of the `/metrics` samples called `name` with (at least) `labels`; 0 if none."""
         return value(httpx.get(f"{self.url}/metrics", timeout=10).text, name, **labels)
 
+    def instance_pids(self) -> dict[str, int]:
+        """Each live instance process's PID by instance id, from the server's process tree
+        (the API shows no PIDs; an instance names itself `hf:<id>` in /proc/PID/comm)."""
+        found = {}
+        for pid in descendants(self.process.pid):
+            try:
+                name = Path(f"/proc/{pid}/comm").read_text().strip()
+            except OSError:
+                continue
+            if name.startswith(PROCESS_NAME_PREFIX) and is_running(pid):
+                found[name.removeprefix(PROCESS_NAME_PREFIX)] = pid
+        return found
+
     @contextlib.contextmanager
     def frozen(self) -> Iterator[None]:
         """Every instance process stopped (SIGSTOP) for the block: no engine takes a step, so
         nothing the engines do can race the test; the server process itself keeps running."""
-        pids = [int(str(row["pid"])) for row in self.instances() if row["alive"]]
+        by_id = self.instance_pids()
+        pids = [by_id[str(row["instance_id"])] for row in self.instances() if row["alive"]]
         for pid in pids:
             os.kill(pid, signal.SIGSTOP)
         try:
@@ -114,12 +130,19 @@ def start_server(
         seen.append(line)
         match = READY.search(line)
         if match:
-            return LiveServer(process, match.group(1), stderr_path, seen)
+            return LiveServer(process, match.group(1), stderr_path, seen, _auth(args))
     stop_server(process)
     raise RuntimeError(
         f"server did not become ready; stdout: {''.join(seen)!r}; "
         f"stderr: {stderr_path.read_text(errors='replace')[-3000:]}"
     )
+
+
+def _auth(args: Sequence[str]) -> dict[str, str]:
+    """The header that carries the server's `--api-key`, if it has one."""
+    if "--api-key" not in args:
+        return {}
+    return {"Authorization": f"Bearer {args[list(args).index('--api-key') + 1]}"}
 
 
 def stop_server(process: subprocess.Popen[str], timeout_s: float = 30.0) -> int:

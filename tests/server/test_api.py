@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import http.client
 import json
 import os
 import signal
@@ -27,6 +28,7 @@ API_KEY = "sk-test"
 BATCH_KEY = "sk-batch"  # may ask for no more than the batch class
 ADMIN_KEY = "sk-admin"  # may ask for any class, "instant" included
 AUTH = {"Authorization": f"Bearer {API_KEY}"}
+MAX_REQUEST_BYTES = 100_000
 
 SLO_CONFIG = f"""
 default = "standard"
@@ -78,6 +80,8 @@ def server(
             "--api-key",
             API_KEY,
             "--admission-control",
+            "--max-request-bytes",
+            str(MAX_REQUEST_BYTES),
         ],
         tmp,
     )
@@ -117,7 +121,7 @@ def _wait_idle(server: LiveServer, timeout_s: float = 20.0) -> list[dict[str, An
             and r["num_free_blocks"] == r["num_blocks"]
             for r in rows
         )
-        stats = httpx.get(f"{server.url}/debug/stats", timeout=10).json()
+        stats = server.stats()
         if idle and stats["num_open_requests"] == 0:
             return rows
         if time.monotonic() > deadline:
@@ -249,6 +253,10 @@ BAD_REQUESTS = [
     (COMPLETIONS, {"prompt": "hi", "ttft_ms": -5}, {}, "ttft_ms"),
     (COMPLETIONS, {"prompt": "hi"}, {"x-slo-tpot-ms": "fast"}, "x-slo-tpot-ms"),
     (COMPLETIONS, {"prompt": "hi"}, {"x-priority": "1.5"}, "x-priority"),
+    (COMPLETIONS, {"prompt": "hi", "priority": -1}, {}, "priority"),
+    (COMPLETIONS, {"prompt": "hi"}, {"x-priority": "3"}, "priority"),  # above every class
+    (COMPLETIONS, {"prompt": "hi", "tpot_ms": 1e12}, {}, "tpot_ms"),
+    (COMPLETIONS, {"prompt": "hi"}, {"x-slo-ttft-ms": "0"}, "x-slo-ttft-ms"),
     (CHAT, {"max_tokens": 4}, {}, "messages"),
     (CHAT, {"messages": [{"content": "hi"}]}, {}, "messages[0].role"),
     (CHAT, {"messages": [{"role": "robot", "content": "hi"}]}, {}, "messages"),
@@ -454,6 +462,36 @@ def test_metrics_and_overhead(server: LiveServer) -> None:
     assert 0 < overhead["p50"] <= overhead["p90"] <= overhead["p99"]
 
 
+def test_debug_needs_the_key_and_shows_no_pids(server: LiveServer) -> None:
+    for path in ("/debug/instances", "/debug/stats"):
+        response = httpx.get(f"{server.url}{path}", timeout=10)
+        assert response.status_code == 401, path
+        assert response.json()["error"]["code"] == "invalid_api_key"
+    rows = server.instances()  # with the key
+    assert len(rows) == 2 and not [row for row in rows if "pid" in row]
+    assert set(server.instance_pids()) == {row["instance_id"] for row in rows}
+    metrics = httpx.get(f"{server.url}/metrics", timeout=10)  # open, as vLLM's
+    assert metrics.status_code == 200 and "vllm:num_requests_running" in metrics.text
+
+
+def test_a_body_over_the_limit_is_413_before_it_is_sent(server: LiveServer) -> None:
+    """Only the headers go out, declaring a 1 GB body: the server answers without it."""
+    url = urlsplit(server.url)
+    head = (
+        f"POST {COMPLETIONS} HTTP/1.1\r\nHost: {url.netloc}\r\n"
+        f"Authorization: Bearer {API_KEY}\r\nContent-Type: application/json\r\n"
+        f"Content-Length: {10**9}\r\n\r\n"
+    )
+    with socket.create_connection((url.hostname, url.port), timeout=10) as sock:
+        sock.sendall(head.encode())
+        response = http.client.HTTPResponse(sock)
+        response.begin()
+        error = json.loads(response.read())["error"]
+    assert response.status == 413
+    assert set(error) == {"message", "type", "param", "code"}
+    assert error["code"] == "request_too_large" and str(MAX_REQUEST_BYTES) in error["message"]
+
+
 def test_instance_crash_mid_stream_ends_it_with_an_error_event(server: LiveServer) -> None:
     """Last in the module: it leaves the server with one instance."""
     _wait_idle(server)
@@ -464,7 +502,7 @@ def test_instance_crash_mid_stream_ends_it_with_an_error_event(server: LiveServe
         events = (line for line in response.iter_lines() if line)
         assert next(events).startswith("data: {")
         (busy,) = [r for r in server.instances() if r["num_running"]]
-        os.kill(int(busy["pid"]), signal.SIGKILL)
+        os.kill(server.instance_pids()[str(busy["instance_id"])], signal.SIGKILL)
         rest = list(events)
     assert rest[-1] == "data: [DONE]"
     error = json.loads(rest[-2].removeprefix("data: "))["error"]

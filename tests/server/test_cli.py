@@ -14,6 +14,8 @@ import pytest
     [
         (["--instances", "0"], "'instances'"),
         (["--max-queued", "0"], "'max_queued'"),
+        (["--max-request-bytes", "0"], "'max_request_bytes'"),
+        (["--metrics-require-key"], "'metrics_require_key': needs an 'api_key'"),
         (["--tpot-margin", "1"], "invalid --tpot-margin 1.0: must be in [0, 1)"),
         (["--prefill-rate-margin", "-0.1"], "invalid --prefill-rate-margin -0.1"),
         (["--model", "/nonexistent/model"], "'--model'"),

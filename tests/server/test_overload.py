@@ -140,7 +140,7 @@ def test_interactive_is_served_first_under_overload(server: LiveServer) -> None:
 
 def test_sigterm_stops_every_process(server: LiveServer) -> None:
     children = descendants(server.process.pid)
-    instance_pids = {row["pid"] for row in server.instances()}
+    instance_pids = set(server.instance_pids().values())
     assert instance_pids <= children and len(instance_pids) == 1
     server.process.send_signal(signal.SIGTERM)
     assert server.process.wait(30) == 0, server.stderr()

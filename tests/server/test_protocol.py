@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import pytest
@@ -123,8 +124,27 @@ def test_keys_are_required_and_bound_what_a_client_may_ask() -> None:
     assert (clamped.class_name, clamped.priority) == ("batch", 2)
     assert (clamped.ttft_s, clamped.tpot_s) == (10.0, 0.3)
     assert access.resolve(greedy, gold).priority == 0
-    modest = access.resolve(SLORequest("batch", priority=5, ttft_ms=60_000), gold)
-    assert (modest.class_name, modest.priority, modest.ttft_s) == ("batch", 5, 60.0)
+    modest = access.resolve(SLORequest("batch", priority=2, ttft_ms=60_000), gold)
+    assert (modest.class_name, modest.priority, modest.ttft_s) == ("batch", 2, 60.0)
+
+
+def test_priority_and_slo_targets_are_range_checked() -> None:
+    access = Access(CLASSES)  # priorities 0 (interactive) to 2 (batch)
+    for priority in (-1, 3):
+        error = _error(access.resolve, SLORequest(priority=priority), None)
+        assert (error.status, error.param) == (400, "priority") and "[0, 2]" in error.message
+    for field in ("ttft_ms", "tpot_ms"):
+        for bad in (0, -5, 1e12, math.inf):
+            error = _error(parse_completion, {"prompt": "x", field: bad}, {})
+            assert (error.status, error.param) == (400, field), (field, bad)
+    for header in ("x-slo-ttft-ms", "x-slo-tpot-ms"):
+        assert _error(parse_completion, {"prompt": "x"}, {header: "1e12"}).param == header
+
+
+def test_keys_are_compared_in_full() -> None:
+    access = Access(CLASSES, api_key="sk-server")
+    for wrong in ("sk-serve", "sk-server-", "sk-gol", "sk-golden", "SK-SERVER"):
+        assert _error(access.bound_class, {"authorization": f"Bearer {wrong}"}).status == 401
 
 
 def test_response_shapes() -> None:

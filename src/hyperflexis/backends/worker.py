@@ -7,11 +7,13 @@ spin). When the server goes away its end of the pipe closes and the loop exits.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import sys
 import time
 from multiprocessing.connection import Connection
+from pathlib import Path
 
 from hyperflexis.backends.messages import (
     AbortRequest,
@@ -32,12 +34,14 @@ from hyperflexis.perf.online import OnlineCorrection
 # An engine with requests that ran an empty step (nothing fits now) waits this long for a
 # command before trying again, instead of spinning.
 STALLED_WAIT_S = 0.005
+PROCESS_NAME_PREFIX = "hf:"  # an instance process's name (/proc/PID/comm) is this + its id
 
 
 def run_instance(spec: InstanceSpec, commands: Connection, reports: Connection) -> None:
     """Process entry point (spawned): build the engine, say ready, loop until told to stop."""
     # Ctrl-C in a terminal reaches the whole process group; the server stops us in order.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    _name_process(spec.instance_id)
     try:
         engine, _, cost_model = build_engine(spec)
     except Exception as exc:  # report any start-up failure instead of dying silently
@@ -58,6 +62,13 @@ def run_instance(spec: InstanceSpec, commands: Connection, reports: Connection) 
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(0)
+
+
+def _name_process(instance_id: str) -> None:
+    """Show the instance in `ps`/`top` (and to tests walking /proc) as `hf:<instance id>`; the
+    kernel keeps 15 bytes. Linux only; elsewhere the name stays python's."""
+    with contextlib.suppress(OSError):
+        Path("/proc/self/comm").write_text(f"{PROCESS_NAME_PREFIX}{instance_id}"[:15])
 
 
 class InstanceLoop:

@@ -11,8 +11,7 @@ import httpx
 
 def served_model_id(base_url: str, api_key: str | None = None, timeout_s: float = 10.0) -> str:
     """The first model id `GET /v1/models` lists (the name requests must use)."""
-    headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
-    response = httpx.get(f"{_root(base_url)}/v1/models", headers=headers, timeout=timeout_s)
+    response = httpx.get(f"{_root(base_url)}/v1/models", headers=_auth(api_key), timeout=timeout_s)
     response.raise_for_status()
     data = response.json().get("data") or []
     if not data or "id" not in data[0]:
@@ -20,11 +19,15 @@ def served_model_id(base_url: str, api_key: str | None = None, timeout_s: float 
     return str(data[0]["id"])
 
 
-def server_overhead_ms(base_url: str, timeout_s: float = 10.0) -> dict[str, Any]:
+def server_overhead_ms(
+    base_url: str, api_key: str | None = None, timeout_s: float = 10.0
+) -> dict[str, Any]:
     """A HyperFlexis server's own time per request before an instance gets it (HTTP parsing,
     tokenisation, SLO resolution, dispatch): `count`, `p50`, `p90`, `p99` in ms over its
-    recent requests, from `GET /debug/stats`."""
-    response = httpx.get(f"{_root(base_url)}/debug/stats", timeout=timeout_s)
+    recent requests, from `GET /debug/stats` (which needs the key of a keyed server)."""
+    response = httpx.get(
+        f"{_root(base_url)}/debug/stats", headers=_auth(api_key), timeout=timeout_s
+    )
     response.raise_for_status()
     stats = response.json().get("server_overhead_ms")
     if not isinstance(stats, dict):
@@ -32,10 +35,14 @@ def server_overhead_ms(base_url: str, timeout_s: float = 10.0) -> dict[str, Any]
     return stats
 
 
-def correction_factor(base_url: str, timeout_s: float = 10.0) -> float | None:
+def correction_factor(
+    base_url: str, api_key: str | None = None, timeout_s: float = 10.0
+) -> float | None:
     """A HyperFlexis server's measured/predicted step time, the mean of its live instances'
     online corrections (`GET /debug/instances`); None when no live instance has one."""
-    response = httpx.get(f"{_root(base_url)}/debug/instances", timeout=timeout_s)
+    response = httpx.get(
+        f"{_root(base_url)}/debug/instances", headers=_auth(api_key), timeout=timeout_s
+    )
     response.raise_for_status()
     factors = [
         float(row["correction_factor"])
@@ -43,6 +50,10 @@ def correction_factor(base_url: str, timeout_s: float = 10.0) -> float | None:
         if row.get("alive") and row.get("correction_factor") is not None
     ]
     return sum(factors) / len(factors) if factors else None
+
+
+def _auth(api_key: str | None) -> dict[str, str]:
+    return {"Authorization": f"Bearer {api_key}"} if api_key else {}
 
 
 def _root(base_url: str) -> str:

@@ -15,7 +15,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     from hyperflexis.cluster import dispatcher_names
     from hyperflexis.commands.scheduler_flags import add_scheduler_arguments
     from hyperflexis.scheduler import policy_names
-    from hyperflexis.server.config import DEFAULT_HOST, DEFAULT_PORT
+    from hyperflexis.server.config import DEFAULT_HOST, DEFAULT_MAX_REQUEST_BYTES, DEFAULT_PORT
 
     parser.add_argument(
         "model_tag", nargs="?", default=None, metavar="MODEL", help="checkpoint folder (as --model)"
@@ -48,6 +48,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--api-key",
         default=None,
         help="require 'Authorization: Bearer KEY' (this key or one from the SLO file's api_keys)",
+    )
+    parser.add_argument(
+        "--metrics-require-key",
+        action="store_true",
+        help="/metrics needs the API key too (default: open, as vLLM's, for Prometheus)",
+    )
+    parser.add_argument(
+        "--max-request-bytes",
+        type=int,
+        default=DEFAULT_MAX_REQUEST_BYTES,
+        help="answer 413 to a request body larger than this (default: 8 MiB)",
     )
     parser.add_argument(
         "--max-queued",
@@ -125,6 +136,8 @@ def run(args: argparse.Namespace) -> int:
         host=args.host,
         port=args.port,
         api_key=args.api_key,
+        metrics_require_key=args.metrics_require_key,
+        max_request_bytes=args.max_request_bytes,
         max_queued=args.max_queued,
         dtype=args.dtype,
         device=args.device,

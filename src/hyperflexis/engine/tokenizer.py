@@ -80,7 +80,10 @@ class Tokenizer:
     def encode(self, text: str, add_special_tokens: bool = True) -> list[int]:
         if add_special_tokens and self.add_bos_token is False:
             add_special_tokens = False  # the config overrides a post-processor that adds BOS
-        ids: list[int] = self._backend.encode(text, add_special_tokens=add_special_tokens).ids
+        # encode_batch releases the GIL (encode does not): a long prompt tokenised in the
+        # server's worker thread then leaves its event loop free.
+        (encoding,) = self._backend.encode_batch([text], add_special_tokens=add_special_tokens)
+        ids: list[int] = encoding.ids
         if (
             add_special_tokens
             and self.add_bos_token

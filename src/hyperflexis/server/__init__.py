@@ -5,9 +5,10 @@ package loads neither torch nor FastAPI; the modules that need them import them.
 
 Endpoints: `POST /v1/completions`, `POST /v1/chat/completions` (streaming or not), `GET
 /v1/models`, `GET /health`, `GET /metrics` (Prometheus text), `GET /debug/instances` (per
-instance: pid, running, waiting, KV blocks, dispatched), `GET /debug/stats` (open requests,
-server overhead quantiles). With `--api-key`, the `/v1` routes need `Authorization: Bearer KEY`;
-health, metrics and debug stay open for monitoring.
+instance: running, waiting, KV blocks, dispatched), `GET /debug/stats` (open requests,
+server overhead quantiles). With `--api-key`, the `/v1` routes and `/debug/*` need
+`Authorization: Bearer KEY`; health stays open, and metrics too unless `--metrics-require-key`.
+A body over `--max-request-bytes` is refused with 413.
 
 Per-request SLO: body fields `slo_class`, `priority`, `ttft_ms`, `tpot_ms`, or the headers
 `x-slo-class`, `x-priority`, `x-slo-ttft-ms`, `x-slo-tpot-ms` (the body wins). Every response

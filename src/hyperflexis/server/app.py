@@ -64,13 +64,11 @@ def create_app(core: ServingCore) -> FastAPI:
 
     @app.post("/tokenize")
     async def tokenize_route(request: Request) -> dict[str, Any]:
-        core.access.bound_class(request.headers)
-        return tokenize.tokenize(core, await tokenize.json_body(request))
+        return await tokenize.tokenize_route(core, request)
 
     @app.post("/detokenize")
     async def detokenize_route(request: Request) -> dict[str, Any]:
-        core.access.bound_class(request.headers)
-        return tokenize.detokenize(core, await tokenize.json_body(request))
+        return await tokenize.detokenize_route(core, request)
 
     @app.get("/version")
     async def version() -> dict[str, str]:
@@ -91,18 +89,20 @@ def create_app(core: ServingCore) -> FastAPI:
 
     @app.get("/metrics")
     async def metrics(request: Request) -> Response:
+        core.access.check_metrics(request.headers)
         body, content_type = core.metrics.render(core.num_queued, request.headers.get("accept"))
         return Response(body, media_type=content_type)
 
     @app.get("/debug/instances")
-    async def debug_instances() -> list[dict[str, Any]]:
+    async def debug_instances(request: Request) -> list[dict[str, Any]]:
+        # No PIDs: a client has no business signalling processes (tests walk /proc instead).
+        core.access.bound_class(request.headers)
         rows = []
         for handle in core.pool.handles.values():
             snapshot = handle.snapshot
             rows.append(
                 {
                     "instance_id": handle.instance_id,
-                    "pid": None if handle.ready is None else handle.ready.pid,
                     "alive": handle.alive,
                     "num_dispatched": handle.num_dispatched,
                     "num_running": None if snapshot is None else snapshot.num_running,
@@ -117,7 +117,8 @@ def create_app(core: ServingCore) -> FastAPI:
         return rows
 
     @app.get("/debug/stats")
-    async def debug_stats() -> dict[str, Any]:
+    async def debug_stats(request: Request) -> dict[str, Any]:
+        core.access.bound_class(request.headers)
         return {
             "num_open_requests": len(core.streams),
             "num_queued": core.num_queued,

@@ -9,6 +9,7 @@ from hyperflexis.scheduler.config import SchedulerConfig
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8000
+DEFAULT_MAX_REQUEST_BYTES = 8 * 2**20  # a 128k-token prompt as token ids is ~1 MiB of JSON
 
 
 @dataclass(frozen=True, slots=True)
@@ -21,6 +22,8 @@ class ServerConfig:
     host: str = DEFAULT_HOST
     port: int = DEFAULT_PORT  # 0: any free port (the readiness line says which)
     api_key: str | None = None  # None: no authentication
+    metrics_require_key: bool = False  # /metrics needs the key too (it is open by default)
+    max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES  # 413 for a larger body
     max_queued: int | None = None  # 503 beyond this many requests without a first token
     dtype: str = "auto"  # vLLM's auto: float32 on the CPU, the checkpoint's dtype on a GPU
     device: str = "cpu"  # every instance on it; "cuda" spreads nothing by itself
@@ -48,6 +51,12 @@ class ServerConfig:
             raise ValueError(f"invalid 'port': must be in [0, 65535], got {self.port}")
         if self.max_queued is not None and self.max_queued < 1:
             raise ValueError(f"invalid 'max_queued': must be >= 1, got {self.max_queued}")
+        if self.max_request_bytes < 1:
+            raise ValueError(
+                f"invalid 'max_request_bytes': must be >= 1, got {self.max_request_bytes}"
+            )
+        if self.metrics_require_key and self.api_key is None:
+            raise ValueError("invalid 'metrics_require_key': needs an 'api_key'")
         if self.api_key is not None and not self.api_key:
             raise ValueError("invalid 'api_key': must not be empty")
         if self.num_threads < 1:

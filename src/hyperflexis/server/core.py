@@ -19,10 +19,16 @@ from hyperflexis.core.sampling import SamplingParams
 from hyperflexis.core.slo import SLO, SLOClass
 from hyperflexis.engine.tokenizer import Tokenizer
 from hyperflexis.server.access import Access
+from hyperflexis.server.config import DEFAULT_MAX_REQUEST_BYTES
 from hyperflexis.server.cost_model import SharedCorrection
 from hyperflexis.server.errors import APIError, bad_request, overloaded
 from hyperflexis.server.metrics import ServerMetrics
 from hyperflexis.server.protocol import ChatInput, GenerationJob, Prompt
+
+# A text over this many characters per context token is checked on a prefix of that many first
+# (English has about 4; a prompt that fits with more is rare and only pays one extra prefix pass).
+PREFIX_CHARS_PER_TOKEN = 16
+PREFIX_MARGIN = 64  # tokens a cut text may gain at its cut; far more than a cut word can
 
 # Put in a stream's queue when its client disconnects: the consumer stops and aborts.
 DISCONNECTED = OutputDelta("", [], "", "abort", error="client disconnected")
@@ -45,6 +51,14 @@ class RequestStream:
     prompt_token_ids: list[int] = field(default_factory=list)
 
 
+@dataclass(frozen=True, slots=True)
+class Plan:
+    """A request validated and tokenised, not yet dispatched."""
+
+    slo: SLO
+    prompts: list[tuple[list[int], SamplingParams]]  # token ids and sampling, per prompt
+
+
 class ServingCore:
     """Tokenise, dispatch, track; everything a route handler needs besides formatting."""
 
@@ -59,6 +73,7 @@ class ServingCore:
         model_aliases: tuple[str, ...] = (),
         model_root: str | None = None,
         max_queued: int | None = None,
+        max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES,
         shared_correction: SharedCorrection | None = None,
     ) -> None:
         self.pool = pool
@@ -69,6 +84,7 @@ class ServingCore:
         self.model_aliases = frozenset((model_name, *model_aliases))  # names requests may use
         self.model_root = model_root or model_name  # the checkpoint /v1/models names as root
         self.max_queued = max_queued  # None: no bound on requests without a first token
+        self.max_request_bytes = max_request_bytes  # 413 for a body over it
         self.shared_correction = shared_correction
         self.metrics = ServerMetrics(model_name, access.slo_classes, pool.max_context_len)
         self.streams: dict[str, RequestStream] = {}
@@ -82,25 +98,37 @@ class ServingCore:
     def submit(
         self, job: GenerationJob, bound: SLOClass | None, arrival_s: float
     ) -> list[RequestStream]:
-        """Validate, tokenise and dispatch every prompt's `n` samples, each as its own request
-        (so dispatcher and scheduler see the work they are; sample i is seeded seed + i). The
-        streams share one queue, in choice order. Raises `APIError` (4xx, or 503 when turned
-        away, after aborting the samples already sent)."""
+        """`plan` then `start`, for callers already off the event loop's critical path."""
+        return self.start(job, self.plan(job, bound), arrival_s)
+
+    def plan(self, job: GenerationJob, bound: SLOClass | None) -> Plan:
+        """Validate and tokenise every prompt, checking each one's length as soon as it is
+        tokenised. Touches no shared state, so the server runs it in a worker thread and a big
+        prompt cannot stall the event loop. Raises `APIError` 4xx."""
         self.check_model(job.model)
         slo = self.access.resolve(job.slo, bound)
         inputs: list[Prompt | None] = list(job.prompts) or [None]  # None: the chat
-        prompts = [self._tokenize(job, p) for p in inputs]
-        plans = []
-        for token_ids, param in prompts:
+        prompts = []
+        for prompt in inputs:
+            token_ids, param = self._tokenize(job, prompt)
             max_tokens = self._check_length(job, len(token_ids), param)
-            plans.append((token_ids, job.sampling_params(max_tokens)))
+            prompts.append((token_ids, job.sampling_params(max_tokens)))
+        return Plan(slo, prompts)
+
+    def start(self, job: GenerationJob, plan: Plan, arrival_s: float) -> list[RequestStream]:
+        """Dispatch every prompt's `n` samples, each as its own request (so dispatcher and
+        scheduler see the work they are; sample i is seeded seed + i). The streams share one
+        queue, in choice order. Raises 503 when turned away, after aborting the samples
+        already sent."""
         queue: asyncio.Queue[OutputDelta] = asyncio.Queue()
         streams: list[RequestStream] = []
         try:
-            for prompt_index, (token_ids, params) in enumerate(plans):
+            for prompt_index, (token_ids, params) in enumerate(plan.prompts):
                 for sample in range(params.n):
                     sample_params = params.for_sample(sample) if params.n > 1 else params
-                    stream = self._dispatch(job, token_ids, sample_params, slo, arrival_s, queue)
+                    stream = self._dispatch(
+                        job, token_ids, sample_params, plan.slo, arrival_s, queue
+                    )
                     stream.prompt_index = prompt_index
                     streams.append(stream)
         except APIError:
@@ -180,10 +208,31 @@ class ServingCore:
             assert job.chat is not None
             return self.encode_chat(job.chat, job.add_special_tokens), "messages"
         if prompt.text is not None:
+            self._check_text_length(prompt.text, job.add_special_tokens)
             return self.tokenizer.encode(prompt.text, job.add_special_tokens), "prompt"
         token_ids = prompt.token_ids or []
+        self._check_length(job, len(token_ids), "prompt")  # before walking a huge list
         self.check_token_ids(token_ids, "prompt")
         return token_ids, "prompt"
+
+    def _check_text_length(self, text: str, add_special_tokens: bool) -> None:
+        """400 for a text far longer than the context, from a bounded prefix of it, before the
+        whole text is tokenised (megabytes take seconds). Cutting the text changes only its last
+        pre-token's tokens, so the prefix has at most a few more than the whole: PREFIX_MARGIN
+        more than the context proves the whole cannot fit."""
+        max_context = self.pool.max_context_len
+        num_chars = PREFIX_CHARS_PER_TOKEN * max_context
+        if len(text) <= num_chars:
+            return
+        num_prefix_tokens = len(self.tokenizer.encode(text[:num_chars], add_special_tokens))
+        if num_prefix_tokens > max_context + PREFIX_MARGIN:
+            raise bad_request(
+                f"This model's maximum context length is {max_context} tokens. However, your "
+                f"prompt has more than {num_prefix_tokens - PREFIX_MARGIN} tokens in its first "
+                f"{num_chars} characters alone. Please reduce the length of the prompt.",
+                "prompt",
+                "context_length_exceeded",
+            )
 
     def _check_length(self, job: GenerationJob, num_prompt_tokens: int, param: str) -> int:
         """The request's max_tokens; 400 when the prompt (plus an explicit max_tokens) does not

@@ -65,3 +65,12 @@ def overloaded(message: str) -> APIError:
         code="overloaded",
         headers={"Retry-After": str(RETRY_AFTER_S)},
     )
+
+
+def too_large(max_bytes: int) -> APIError:
+    """413: the body is over `--max-request-bytes` (refused before it is all read)."""
+    return APIError(
+        413,
+        f"the request body is over the server's limit of {max_bytes} bytes",
+        code="request_too_large",
+    )

@@ -21,8 +21,10 @@ from fastapi import Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
 from hyperflexis.backends.messages import OutputDelta
+from hyperflexis.core.slo import SLOClass
 from hyperflexis.server import responses
-from hyperflexis.server.core import DISCONNECTED, RequestStream, ServingCore
+from hyperflexis.server.body import loads, read_body
+from hyperflexis.server.core import DISCONNECTED, Plan, RequestStream, ServingCore
 from hyperflexis.server.errors import APIError, bad_request, overloaded
 from hyperflexis.server.protocol import GenerationJob
 
@@ -58,13 +60,11 @@ async def generate(core: ServingCore, request: Request, parse: Parser) -> Respon
     start = time.perf_counter()
     arrival_s = time.monotonic()
     bound = core.access.bound_class(request.headers)
-    raw = await request.body()
-    try:
-        body = json.loads(raw)
-    except ValueError as exc:  # JSONDecodeError and bad UTF-8 alike
-        raise bad_request(f"malformed JSON body: {exc}") from None
-    job = parse(body, request.headers)
-    streams = core.submit(job, bound, arrival_s)
+    raw = await read_body(request, core.max_request_bytes)
+    # JSON, validation and tokenisation in a worker thread: a big body cannot stall /health
+    # or the other clients' streams; only dispatch (shared state) runs on the event loop.
+    job, plan = await asyncio.to_thread(_plan, core, parse, raw, request.headers, bound)
+    streams = core.start(job, plan, arrival_s)
     overhead_s = time.perf_counter() - start
     core.metrics.observe_overhead(overhead_s)
     headers = {
@@ -92,6 +92,17 @@ async def generate(core: ServingCore, request: Request, parse: Parser) -> Respon
             watcher.cancel()
             for stream in streams:
                 core.abort(stream)  # no-op once finished
+
+
+def _plan(
+    core: ServingCore,
+    parse: Parser,
+    raw: bytes,
+    headers: Mapping[str, str],
+    bound: SLOClass | None,
+) -> tuple[GenerationJob, Plan]:
+    job = parse(loads(raw), headers)
+    return job, core.plan(job, bound)
 
 
 def _choices(core: ServingCore, job: GenerationJob, streams: list[RequestStream]) -> list[_Choice]:

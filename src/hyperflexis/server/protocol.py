@@ -22,6 +22,7 @@ from hyperflexis.server.request_models import (
 
 JobKind = Literal["completion", "chat"]
 OPENAI_COMPLETION_MAX_TOKENS = 16  # OpenAI's default for /v1/completions, also when null
+MAX_SLO_MS = 86_400_000  # a TTFT or TPOT target beyond a day is a client's mistake, not a goal
 
 
 @dataclass(frozen=True, slots=True)
@@ -322,8 +323,8 @@ def _ms(value: float | None, name: str, headers: Mapping[str, str], header: str)
         value = _header(headers, header, float, "a number")
     if value is None:
         return None
-    if not math.isfinite(value) or value <= 0:
-        raise bad_request(f"{param!r} must be a number > 0 (milliseconds)", param)
+    if not math.isfinite(value) or not 0 < value <= MAX_SLO_MS:
+        raise bad_request(f"{param!r} must be a number in (0, {MAX_SLO_MS}] (milliseconds)", param)
     return float(value)
 
 

@@ -89,11 +89,12 @@ def serve(config: ServerConfig) -> int:
             pool,
             dispatcher,
             tokenizer,
-            Access(slo_classes, config.api_key),
+            Access(slo_classes, config.api_key, metrics_require_key=config.metrics_require_key),
             names[0],
             model_aliases=(*names[1:], str(model_path)),
             model_root=str(model_path),
             max_queued=config.max_queued,
+            max_request_bytes=config.max_request_bytes,
             shared_correction=shared,
         )
         asyncio.run(_serve_http(config, core, create_app(core)))

@@ -3,12 +3,13 @@ client counts tokens with it). Bodies are checked as strictly as the generation 
 
 from __future__ import annotations
 
-import json
+import asyncio
 from typing import Any
 
 from fastapi import Request
 from pydantic import BaseModel, ConfigDict
 
+from hyperflexis.server.body import loads, read_body
 from hyperflexis.server.core import ServingCore
 from hyperflexis.server.errors import bad_request
 from hyperflexis.server.protocol import ChatInput, parse_messages, validate_body
@@ -36,11 +37,17 @@ class DetokenizeRequest(BaseModel):
     tokens: list[int]
 
 
-async def json_body(request: Request) -> object:
-    try:
-        return json.loads(await request.body())
-    except ValueError as exc:
-        raise bad_request(f"malformed JSON body: {exc}") from None
+async def tokenize_route(core: ServingCore, request: Request) -> dict[str, Any]:
+    """/tokenize, its parsing and tokenisation in a worker thread (see `generation`)."""
+    core.access.bound_class(request.headers)
+    raw = await read_body(request, core.max_request_bytes)
+    return await asyncio.to_thread(lambda: tokenize(core, loads(raw)))
+
+
+async def detokenize_route(core: ServingCore, request: Request) -> dict[str, Any]:
+    core.access.bound_class(request.headers)
+    raw = await read_body(request, core.max_request_bytes)
+    return await asyncio.to_thread(lambda: detokenize(core, loads(raw)))
 
 
 def tokenize(core: ServingCore, body: object) -> dict[str, Any]:
