@@ -8,6 +8,7 @@ spin). When the server goes away its end of the pipe closes and the loop exits.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 import signal
 import sys
@@ -193,22 +194,14 @@ class InstanceLoop:
             self._sent[output.request_id] = sent
             return delta
         del self._sent[output.request_id]
-        return OutputDelta(
-            request_id=delta.request_id,
-            token_ids=delta.token_ids,
-            text=delta.text,
-            finish_reason=delta.finish_reason,
+        return dataclasses.replace(
+            delta,
             stop_reason=completion.stop_reason,
-            num_prompt_tokens=delta.num_prompt_tokens,
-            num_output_tokens=delta.num_output_tokens,
-            inter_token_latency_s=gap_s,
             queue_s=metrics.queue_s,
             ttft_s=metrics.ttft_s,
             tpot_s=metrics.tpot_s,
             attained=output.attained,
             num_preemptions=metrics.num_preemptions,
-            logprobs=delta.logprobs,
-            prompt_logprobs=delta.prompt_logprobs,
         )
 
     def _publish(self, deltas: list[OutputDelta], stepped: bool) -> bool:

@@ -68,11 +68,12 @@ def _unlink(path: Path) -> None:
     path.unlink(missing_ok=True)
 
 
-def unlink_orphaned_segments(directory: Path = SHM_DIR) -> list[Path]:
-    """Remove the segments of owners that no longer run; returns what was removed."""
+def unlink_orphaned_segments(directory: Path = SHM_DIR, prefix: str = SEGMENT_PREFIX) -> list[Path]:
+    """Remove the segments named `prefix<pid>-...` (KV pools by default, weights with
+    `weights.WEIGHT_SEGMENT_PREFIX`) whose owners no longer run; returns what was removed."""
     removed = []
-    for path in directory.glob(f"{SEGMENT_PREFIX}*"):
-        pid_text = path.name.removeprefix(SEGMENT_PREFIX).split("-", 1)[0]
+    for path in directory.glob(f"{prefix}*"):
+        pid_text = path.name.removeprefix(prefix).split("-", 1)[0]
         if pid_text.isdigit() and not process_alive(int(pid_text)):
             path.unlink(missing_ok=True)
             removed.append(path)

@@ -32,7 +32,7 @@ from hyperflexis.engine.config import ModelConfig
 from hyperflexis.engine.loader import empty_model, load_model, parse_dtype
 from hyperflexis.engine.model import CausalLM
 from hyperflexis.transfer.base import process_alive
-from hyperflexis.transfer.shm import SHM_DIR, tensor_over
+from hyperflexis.transfer.shm import SHM_DIR, tensor_over, unlink_orphaned_segments
 
 logger = logging.getLogger(__name__)
 
@@ -211,13 +211,7 @@ def load_weights(
 
 def unlink_orphaned_weight_segments(directory: Path = SHM_DIR) -> list[Path]:
     """Remove the weight segments of publishers that no longer run; returns what was removed."""
-    removed = []
-    for path in directory.glob(f"{WEIGHT_SEGMENT_PREFIX}*"):
-        pid_text = path.name.removeprefix(WEIGHT_SEGMENT_PREFIX).split("-", 1)[0]
-        if pid_text.isdigit() and not process_alive(int(pid_text)):
-            path.unlink(missing_ok=True)
-            removed.append(path)
-    return removed
+    return unlink_orphaned_segments(directory, WEIGHT_SEGMENT_PREFIX)
 
 
 def _dtype_name(dtype: torch.dtype) -> str:
