@@ -9,6 +9,8 @@ from hyperflexis.cluster.snapshot import LoadSnapshot
 from hyperflexis.core.outputs import Logprob
 from hyperflexis.core.sampling import SamplingParams
 from hyperflexis.core.slo import SLO
+from hyperflexis.scheduler.config import Role
+from hyperflexis.transfer.base import PoolDescriptor
 
 # -- server -> instance -----------------------------------------------------------------------
 
@@ -32,11 +34,48 @@ class AbortRequest:
 
 
 @dataclass(frozen=True, slots=True)
+class KVSource:
+    """Where a handed-off request's prompt KV lies: blocks pinned under a lease on a peer."""
+
+    instance_id: str  # the instance that holds the blocks (P)
+    pool: PoolDescriptor  # its registered KV pool, from its `InstanceReady`
+    block_ids: tuple[int, ...]  # the request's blocks in that pool, in token order
+    num_tokens: int  # tokens whose KV the blocks hold
+
+
+@dataclass(frozen=True, slots=True)
+class ResumeRequest:
+    """Continue a request here: its prompt plus the output the client already has (DESIGN.md §10).
+
+    The one resume path: a P/D hand-off and a migration carry `kv` and the instance pulls it
+    first (blocks allocated, not decoding); recovery carries none, and the instance recomputes
+    the prompt and the output so far. A failed or timed-out pull falls back to that recompute.
+    Times are durations, never another process's clock reading."""
+
+    request_id: str
+    prompt_token_ids: list[int]
+    output_token_ids: list[int]  # already emitted, in order (at least one after a prefill)
+    sampling_params: SamplingParams
+    slo: SLO  # unchanged: deadlines stay those of the original arrival
+    age_s: float  # seconds since the server received the request, when this was sent
+    ttft_s: float | None  # its first token's latency, when one was emitted
+    num_text_chars_sent: int  # output text the client already has (stop-string hold-back aside)
+    kv: KVSource | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ReleaseKV:
+    """The blocks this instance holds under lease for `request_id` may be freed."""
+
+    request_id: str
+
+
+@dataclass(frozen=True, slots=True)
 class Shutdown:
     """Stop the loop and exit."""
 
 
-Command = AddRequest | AbortRequest | Shutdown
+Command = AddRequest | ResumeRequest | AbortRequest | ReleaseKV | Shutdown
 
 # -- instance -> server -----------------------------------------------------------------------
 
@@ -50,6 +89,8 @@ class InstanceReady:
     max_context_len: int  # most tokens (prompt + output) one request can hold
     vocab_size: int  # the model's: valid token ids are below it
     snapshot: LoadSnapshot  # the empty instance
+    role: Role = "mixed"
+    kv_pool: PoolDescriptor | None = None  # its KV pool as registered with its transport
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,6 +124,29 @@ class OutputDelta:
 
 
 @dataclass(frozen=True, slots=True)
+class KVReady:
+    """A prefill instance finished a prompt and pins its blocks under a lease for a decode peer."""
+
+    request_id: str
+    block_ids: tuple[int, ...]
+    num_tokens: int
+    lease_s: float  # the blocks are freed this long after the report unless released sooner
+    queue_s: float  # arrival to first scheduled, on P
+    ttft_s: float  # arrival to first token, on P
+
+
+@dataclass(frozen=True, slots=True)
+class HandoffDone:
+    """A decode instance finished pulling a request's KV, or gave up and recomputes instead."""
+
+    request_id: str
+    ok: bool  # False: the pull failed or timed out; the request is being recomputed here
+    transfer_s: float
+    num_bytes: int
+    error: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class StepReport:
     """Published after every step, and after commands that changed an idle instance."""
 
@@ -93,6 +157,9 @@ class StepReport:
     num_rejections: int = 0  # late requests its scheduler rejected, since it started
     step_execute_s: float = 0.0  # the model runner's time in this step; 0 when none ran
     correction_factor: float = 1.0  # the instance latency model's measured/predicted ratio
+    kv_ready: list[KVReady] = field(default_factory=list)  # prefills handed to the controller
+    handoffs: list[HandoffDone] = field(default_factory=list)  # pulls that ended this step
+    leases_expired: list[str] = field(default_factory=list)  # requests whose pinned KV was freed
 
 
 @dataclass(frozen=True, slots=True)

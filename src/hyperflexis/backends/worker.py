@@ -124,7 +124,8 @@ class InstanceLoop:
                 command: Command = commands.recv()
                 if isinstance(command, Shutdown):
                     return None
-                deltas += self._apply(command)
+                if isinstance(command, AddRequest | AbortRequest):
+                    deltas += self._apply(command)
                 changed = True
                 ready = commands.poll(0)
         except (EOFError, OSError):

@@ -49,6 +49,8 @@ class InstanceSpec:
     tokenizer: str | None = None  # tokenizer folder; None: the model's
     max_model_len: int | None = None  # a context shorter than the model's; None: the model's
     gpu_memory_utilization: float | None = None  # share of the GPU; None: half of what is free
+    kv_transport: str = "shm"  # KV transport its pool registers with (P/D); see transfer/
+    kv_transfer_timeout_s: float = 10.0  # a pull slower than this is abandoned for a recompute
 
 
 class BuiltEngine(NamedTuple):

@@ -63,6 +63,8 @@ class SchedulerConfig:
         "hyperflexis: plan prefill this fraction below the predicted rate, for arrivals that "
         "will go ahead of the queue",
     )
+    # prefill role: a finished prompt's KV stays pinned this long for its decode peer to pull
+    kv_lease_s: float = 30.0
 
     def __post_init__(self) -> None:
         if self.role not in ROLES:
@@ -72,7 +74,7 @@ class SchedulerConfig:
                 raise InvalidSchedulerField(name, "must be >= 1")
         if self.max_prefill_chunk is not None and self.max_prefill_chunk < 1:
             raise InvalidSchedulerField("max_prefill_chunk", "must be >= 1 or None")
-        for name in ("max_gap_factor", "max_step_s", "target_step_s"):
+        for name in ("max_gap_factor", "max_step_s", "target_step_s", "kv_lease_s"):
             if not getattr(self, name) > 0:
                 raise InvalidSchedulerField(name, "must be > 0")
         for name in ("tpot_margin", "prefill_rate_margin"):
