@@ -15,6 +15,7 @@ DEFAULT_SLO = SLO(ttft_s=3600.0, tpot_s=3600.0, priority=1, class_name="default"
 class RequestStatus(enum.Enum):
     WAITING = "waiting"  # queued; has tokens whose KV is not computed
     RUNNING = "running"  # holds KV blocks and is scheduled step by step
+    RECEIVING = "receiving"  # holds KV blocks its prompt's KV is being copied into from a peer
     FINISHED = "finished"  # ended; see finish_reason
 
 

@@ -149,7 +149,12 @@ class SimInstance:
         self._snapshot = None
         self.num_steps += 1
         sampled = {c.request_id: DUMMY_TOKEN_ID for c in output.chunks if c.sample}
-        return self.scheduler.update(output, sampled, now)
+        finished = self.scheduler.update(output, sampled, now)
+        # The simulator models the hand-off by its transfer time, not by the prefill instance's
+        # lease: a prefilled request's blocks are freed at once.
+        for lease in self.scheduler.leases.take_new():
+            self.scheduler.release_lease(lease.request_id)
+        return finished
 
     def finish_window(self, now: float) -> None:
         """The fast-forward window ends at `now`: write all its tokens."""
