@@ -20,6 +20,10 @@ from hyperflexis.scheduler.leases import LeaseTable
 from hyperflexis.scheduler.output import ScheduledChunk, SchedulerOutput
 
 
+class NoRoomForKV(ValueError):
+    """A hand-off's KV cannot be held now: too few free blocks (the caller may recompute)."""
+
+
 class Scheduler(ABC):
     """Decides, each step, which tokens of which requests run. Subclasses are policies."""
 
@@ -92,7 +96,7 @@ class Scheduler(ABC):
             )
         num_blocks = self.kv.blocks_for(num_kv_tokens)
         if not self.kv.can_allocate(num_blocks):
-            raise ValueError(
+            raise NoRoomForKV(
                 f"no room for the KV: {num_blocks} blocks, {self.kv.num_free_blocks} free"
             )
         table = list(self.kv.allocate(request.request_id, num_kv_tokens))

@@ -72,18 +72,20 @@ class KVBlockManager:
         self._free.extend(table)
         return len(table)
 
-    def pin(self, request_id: str) -> list[int]:
+    def pin(self, request_id: str, key: str | None = None) -> list[int]:
         """Keep a request's blocks after it ends: they leave its table (so `free` no longer
-        returns them) until `unpin`. Returns them."""
-        if request_id in self._pinned:
-            raise RuntimeError(f"{request_id}: blocks already pinned")
+        returns them) and stay under `key` (default: the request id) until `unpin(key)`.
+        Returns them."""
+        key = request_id if key is None else key
+        if key in self._pinned:
+            raise RuntimeError(f"{key}: blocks already pinned")
         table = self._tables.pop(request_id, [])
-        self._pinned[request_id] = table
+        self._pinned[key] = table
         return table
 
-    def unpin(self, request_id: str) -> int:
-        """Return a pinned request's blocks to the pool; returns how many (0: none pinned)."""
-        table = self._pinned.pop(request_id, None)
+    def unpin(self, key: str) -> int:
+        """Return pinned blocks to the pool; returns how many (0: none pinned under `key`)."""
+        table = self._pinned.pop(key, None)
         if table is None:
             return 0
         self._free.extend(table)
