@@ -75,6 +75,7 @@ class KVHandoffs:
         self._pulls: dict[str, _Pull] = {}
         self._orphans: dict[str, Transfer] = {}  # pinned-blocks key -> its unfinished transfer
         self._keys = itertools.count()
+        self._freed = False  # set-aside blocks went back to the pool since `take_freed`
 
     # -- decode side ------------------------------------------------------------------------
 
@@ -162,6 +163,12 @@ class KVHandoffs:
             if done:
                 del self._orphans[key]
                 self.engine.scheduler.kv.unpin(key)
+                self._freed = True
+
+    def take_freed(self) -> bool:
+        """Whether set-aside blocks were freed since the last call (the load changed)."""
+        freed, self._freed = self._freed, False
+        return freed
 
     # -- prefill side -----------------------------------------------------------------------
 
