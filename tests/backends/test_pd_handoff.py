@@ -24,6 +24,7 @@ from hyperflexis.perf.registry import make_cost_model
 from hyperflexis.scheduler import SchedulerConfig
 from hyperflexis.scheduler.config import Role
 from hyperflexis.transfer.faulty import SLOW_READ_S
+from hyperflexis.transfer.shm import SEGMENT_PREFIX, SHM_DIR
 from tests.backends.pd_relay import SLO_, Relay, Relayed
 
 PROMPT = [(11 * i + 5) % 200 + 3 for i in range(37)]
@@ -84,6 +85,9 @@ def relay(request: pytest.FixtureRequest, server_model_dir: Path) -> Iterator[Re
         yield Relay(pool)
     finally:
         pool.stop(timeout_s=10.0)
+    pids = {h.process.pid for h in pool.handles.values()}
+    left = [f for f in SHM_DIR.glob(f"{SEGMENT_PREFIX}*") if int(f.name.split("-")[2]) in pids]
+    assert not left, f"KV pools left in /dev/shm: {left}"
 
 
 def cases(reference: LLMEngine) -> list[SamplingParams]:
