@@ -47,7 +47,7 @@ class Cluster:
         self.roles: dict[str, Role] = {}
         self.draining: set[str] = set()
 
-    def snapshots(self, ids: Sequence[str]) -> list[LoadSnapshot]:
+    def snapshots(self, ids: Sequence[str], now: float) -> list[LoadSnapshot]:
         return [
             snap(i, role=self.roles[i], num_free_blocks=self.free[i], draining=i in self.draining)
             for i in ids

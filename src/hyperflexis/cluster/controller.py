@@ -29,6 +29,7 @@ from hyperflexis.cluster.controller_events import (
     Fail,
     FirstToken,
     HandOff,
+    InstanceStarting,
     InstanceUp,
     LeaseExpired,
     Park,
@@ -49,7 +50,7 @@ from hyperflexis.cluster.snapshot import LoadSnapshot
 from hyperflexis.scheduler.config import Role
 
 Links = Mapping[str, frozenset[str]]  # prefill id -> the decode ids it may hand KV to
-SnapshotFn = Callable[[Sequence[str]], Sequence[LoadSnapshot]]  # ids -> their snapshots, now
+SnapshotFn = Callable[[Sequence[str], float], Sequence[LoadSnapshot]]  # (ids, now) -> snapshots
 
 
 @dataclass(slots=True)
@@ -88,7 +89,7 @@ class Controller:
         self._snapshots = snapshots
         self.link_table = link_table
         self.links: Links = link_table.links() if link_table is not None else (links or {})
-        self.instances: dict[str, InstanceRecord] = {}  # in the order they first came up
+        self.instances: dict[str, InstanceRecord] = {}  # in the order they started
         self.requests: dict[str, Placement] = {}
         self.parked: list[str] = []  # request ids, in the order they were parked
         self.num_parked = 0  # hand-offs ever parked
@@ -122,6 +123,12 @@ class Controller:
             return []
         if isinstance(event, LeaseExpired):
             return self._lease_expired(event.request_id)
+        if isinstance(event, InstanceStarting):
+            record = self.instances.setdefault(
+                event.instance_id, InstanceRecord(event.instance_id, event.role)
+            )
+            record.role, record.up = event.role, False
+            return []
         if isinstance(event, InstanceUp):
             return self._instance_up(now, event.instance_id, event.role)
         return self._instance_down(now, event.instance_id)
@@ -137,7 +144,7 @@ class Controller:
 
     def _route(self, now: float, request: DispatchRequest) -> tuple[str | None, str]:
         allowed = [r.instance_id for r in self.instances.values() if r.up and r.role != "decode"]
-        snapshots = self._snapshots(allowed)
+        snapshots = self._snapshots(allowed, now)
         decision = self.dispatcher.choose(request, snapshots, now)
         if decision.instance_id is not None:
             self._check_choice(decision.instance_id, allowed, snapshots)
@@ -160,7 +167,7 @@ class Controller:
         prefill_id = placement.prefill_id
         assert prefill_id is not None
         allowed = [r.instance_id for r in self.instances.values() if r.up and r.role == "decode"]
-        snapshots = self._snapshots(allowed) if allowed else []
+        snapshots = self._snapshots(allowed, now) if allowed else []
         decision = self.dispatcher.choose_decode(
             placement.request, prefill_id, snapshots, self.links, now
         )
@@ -256,9 +263,7 @@ class Controller:
             placement = self.requests[request_id]
             placement.stage = "prefilling"
             effect = self._hand_off(now, request_id, placement)
-            if isinstance(effect, Park):
-                self.num_parked -= 1  # still the same parked hand-off
-            else:
+            if not isinstance(effect, Park):  # (parked again, and counted again)
                 effects.append(effect)
         return effects
 

@@ -14,6 +14,14 @@ from hyperflexis.scheduler.config import Role
 
 
 @dataclass(frozen=True, slots=True)
+class InstanceStarting:
+    """A new instance is starting (no traffic yet); instances rank in the order they start."""
+
+    instance_id: str
+    role: Role
+
+
+@dataclass(frozen=True, slots=True)
 class InstanceUp:
     """An instance is ready (or flipped to `role`) and takes traffic for its role."""
 
@@ -80,7 +88,8 @@ class RequestAborted:
 
 
 Event = (
-    InstanceUp
+    InstanceStarting
+    | InstanceUp
     | InstanceDown
     | RequestArrived
     | FirstToken
