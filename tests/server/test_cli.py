@@ -29,6 +29,7 @@ import pytest
         (["--links", "pairs"], "'--links': only for P/D"),
         (["--kv-transport", "shm"], "'--kv-transport': only for P/D"),
         (["--prefill", "1", "--decode", "1", "--links", "ring"], "invalid 'links' 'ring'"),
+        (["--prefill", "1", "--decode", "1", "--kv-lease-s", "0"], "kv_lease_s"),
     ],
 )
 def test_bad_settings_exit_2_with_the_setting_named(

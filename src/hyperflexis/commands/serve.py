@@ -44,6 +44,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="P/D: KV transport of every link: shm (default), torch-dist, nixl (when installed)",
     )
     parser.add_argument(
+        "--kv-lease-s",
+        type=float,
+        default=30.0,
+        help="P/D: a prefill instance frees a finished prompt's KV this long after it is ready "
+        "unless its decode instance released it sooner (default: 30)",
+    )
+    parser.add_argument(
         "--links",
         default=None,
         help="P/D: which decode instances each prefill instance hands to: all (default), "
@@ -185,7 +192,9 @@ def run(args: argparse.Namespace) -> int:
         kv_cache_bytes=args.kv_cache_bytes,
         profile_path=args.profile,
         # Not a scheduler knob (simulate results echo the knobs, whose keys stay fixed).
-        scheduler=dataclasses.replace(scheduler_config(args), max_num_seqs=args.max_num_seqs),
+        scheduler=dataclasses.replace(
+            scheduler_config(args), max_num_seqs=args.max_num_seqs, kv_lease_s=args.kv_lease_s
+        ),
         num_threads=args.threads,
         seed=args.seed,
         served_model_names=tuple(args.served_model_name or ()),
