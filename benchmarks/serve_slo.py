@@ -4,9 +4,9 @@ vLLM-style fcfs with round-robin dispatch, same machine, same run, same requests
 Two servers (2 instances of the built-in tiny model each) run side by side; with `--deployment
 pd`, three: hyperflexis and distserve (FCFS P/D, no chunking) each on 1 prefill + 1 decode
 instance, against fcfs on 2 collocated ones (the ratio is hyperflexis P/D over fcfs). At every
-rate of the sweep, the first requests of the Azure conversation trace (lengths scaled to the tiny model),
-time-scaled to the rate for `--duration-s` seconds of arrivals, are replayed open loop through
-the OpenAI API against one server, then the other, with the `hyperflexis bench` client.
+rate of the sweep, the first requests of the Azure conversation trace (lengths scaled to the tiny
+model), time-scaled to the rate for `--duration-s` seconds of arrivals, are replayed open loop
+through the OpenAI API against one server, then the next, with the `hyperflexis bench` client.
 Reported: attainment per rate, goodput@90 (the highest rate keeping 90% attainment,
 interpolated) of each and their ratio (target >= 1.5x), and the server's own overhead per
 request (HTTP parsing, tokenisation, SLO resolution, dispatch; target p50 <= 2 ms) as the
@@ -164,9 +164,9 @@ def scaled_classes(factor: float) -> SLOClasses:
 def run_sweep(
     args: argparse.Namespace, urls: dict[str, str], model: str, classes: SLOClasses
 ) -> dict[str, list[dict[str, Any]]]:
-    """Per system, one row per rate and repeat. The systems take turns at each rate, in order
-    then in reverse order (ABBA, ABCCBA), so a slow spell of a shared machine hits both alike; repeats
-    walk the rates again with the turns swapped."""
+    """Per system, one row per rate and repeat. The systems take turns at each rate, in order,
+    then in reverse order at the next (ABBA), so a slow spell of a shared machine hits all
+    alike; repeats walk the rates again with the turns swapped."""
     mix = parse_slo_mix(args.slo_mix, classes)
     sweep: dict[str, list[dict[str, Any]]] = {name: [] for name in urls}
     for repeat in range(args.repeats):
