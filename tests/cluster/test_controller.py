@@ -22,6 +22,7 @@ from hyperflexis.cluster.controller_events import (
     FirstToken,
     HandOff,
     InstanceDown,
+    InstanceStarting,
     InstanceUp,
     LeaseExpired,
     Park,
@@ -261,3 +262,21 @@ def test_a_dispatcher_choosing_what_it_may_not_is_an_error() -> None:
     careless.decode_id = "d1"
     with pytest.raises(RuntimeError, match="cannot take"):
         ctl.handle(0.3, PrefillDone("b", "p0"))
+
+
+def test_instances_rank_in_the_order_they_started_not_came_up() -> None:
+    cluster = Cluster()
+    asked: list[list[str]] = []
+
+    def snapshots(ids: Sequence[str], now: float) -> list[LoadSnapshot]:
+        asked.append(list(ids))
+        return cluster.snapshots(ids, now)
+
+    ctl = Controller(make_dispatcher("least-loaded", LinearCost(), CONFIG), snapshots)
+    for instance_id in ("m0", "m1"):
+        cluster.roles[instance_id], cluster.free[instance_id] = "mixed", 10
+        ctl.handle(0.0, InstanceStarting(instance_id, "mixed"))
+    ctl.handle(1.0, InstanceUp("m1", "mixed"))
+    ctl.handle(2.0, InstanceUp("m0", "mixed"))
+    ctl.handle(3.0, RequestArrived(req("a")))
+    assert asked == [["m0", "m1"]]

@@ -93,10 +93,10 @@ class LiveServer:
 
 def wait_idle(server: LiveServer, timeout_s: float = 20.0) -> list[dict[str, Any]]:
     """Poll until no request runs or waits, the server holds none open and every KV block is
-    free on every instance; returns the instance rows."""
+    free on every live instance; returns the live instances' rows."""
     deadline = time.monotonic() + timeout_s
     while True:
-        rows = server.instances()
+        rows = [r for r in server.instances() if r["alive"]]
         idle = all(
             r["num_running"] == 0
             and r["num_waiting"] == 0

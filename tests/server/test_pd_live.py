@@ -13,7 +13,10 @@ and every wait is bounded.
 from __future__ import annotations
 
 import contextlib
+import os
+import signal
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -219,3 +222,45 @@ def test_failed_transfers_give_the_same_tokens_by_recompute(
             wait_idle(faulty)
     assert faulty.metric("hyperflexis:kv_handoff_failures_total") == failures + 2 * len(PROMPTS)
     assert faulty.metric("hyperflexis:kv_handoff_recomputes_total") >= 2 * len(PROMPTS)
+
+
+@pytest.fixture(scope="module")
+def two_prefills(
+    tmp_path_factory: pytest.TempPathFactory, server_model_dir: Path, fixed_profile: Path
+) -> Iterator[LiveServer]:
+    args = ("--prefill", "2", "--decode", "1", "--links", "all")
+    with _server(tmp_path_factory, server_model_dir, fixed_profile, *args) as live:
+        yield live
+
+
+def test_a_prefill_instance_dying_before_the_first_token_sends_the_request_again(
+    two_prefills: LiveServer, collocated: LiveServer
+) -> None:
+    server = two_prefills
+    want = _complete(collocated, PROMPTS[1], False, temperature=0.0)
+    before = {r["instance_id"]: r["num_dispatched"] for r in server.instances()}
+    pids = server.instance_pids()
+    for pid in pids.values():  # no engine moves: the request waits on its prefill instance
+        os.kill(pid, signal.SIGSTOP)
+    try:
+        with ThreadPoolExecutor(1) as pool:
+            pending = pool.submit(_complete, server, PROMPTS[1], False, temperature=0.0)
+            wait_until(lambda: server.stats()["num_open_requests"] == 1, "it dispatched")
+            after = {r["instance_id"]: r["num_dispatched"] for r in server.instances()}
+            (chosen,) = [i for i in after if after[i] > before[i]]
+            assert chosen.startswith("prefill-")
+            os.kill(pids[chosen], signal.SIGKILL)
+            wait_until(
+                lambda: not {r["instance_id"]: r for r in server.instances()}[chosen]["alive"],
+                "the server to see it die",
+            )
+            for instance_id, pid in pids.items():
+                if instance_id != chosen:
+                    os.kill(pid, signal.SIGCONT)
+            assert pending.result(timeout=60) == want  # from the start, on the other one
+    finally:
+        for pid in pids.values():
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGCONT)
+    wait_idle(server)
+    assert server.metric("hyperflexis:instances", role="prefill") == 1
