@@ -115,16 +115,17 @@ def test_no_instance_rejects() -> None:
 
 
 def test_parked_until_a_decode_instance_comes_up_in_parking_order() -> None:
-    ctl, cluster = make([("p0", "prefill")])
+    ctl, cluster = make([("p0", "prefill"), ("d0", "decode")])
+    cluster.draining.add("d0")  # up, but it takes nothing new
     for rid in ("a", "b"):
         ctl.handle(0.0, RequestArrived(req(rid)))
         assert ctl.handle(0.1, PrefillDone(rid, "p0")) == [Park(rid, "p0")]
     assert ctl.parked == ["a", "b"] and ctl.parked_on("p0") and ctl.num_parked == 2
-    ctl.handle(0.15, LeaseExpired("b"))  # b's KV is gone: D must recompute it
-    cluster.roles["d0"], cluster.free["d0"] = "decode", 1000
-    assert ctl.handle(0.2, InstanceUp("d0", "decode")) == [
-        HandOff("a", "p0", "d0"),
-        HandOff("b", "p0", "d0", with_kv=False),
+    assert ctl.handle(0.15, LeaseExpired("b")) == []  # b's KV is gone: D must recompute it
+    cluster.roles["d1"], cluster.free["d1"] = "decode", 1000
+    assert ctl.handle(0.2, InstanceUp("d1", "decode")) == [
+        HandOff("a", "p0", "d1"),
+        HandOff("b", "p0", "d1", with_kv=False),
     ]
     assert ctl.parked == [] and not ctl.parked_on("p0")
     assert ctl.requests["b"].stage == "recomputing" and ctl.num_recomputes == 1
@@ -280,3 +281,13 @@ def test_instances_rank_in_the_order_they_started_not_came_up() -> None:
     ctl.handle(2.0, InstanceUp("m0", "mixed"))
     ctl.handle(3.0, RequestArrived(req("a")))
     assert asked == [["m0", "m1"]]
+
+
+def test_a_parked_request_fails_at_lease_expiry_when_no_decode_instance_is_up() -> None:
+    ctl, _ = make([("p0", "prefill"), ("d0", "decode")])
+    ctl.handle(0.0, InstanceDown("d0"))
+    ctl.handle(0.0, RequestArrived(req("a")))
+    assert ctl.handle(0.1, PrefillDone("a", "p0")) == [Park("a", "p0")]
+    (effect,) = ctl.handle(30.1, LeaseExpired("a"))
+    assert isinstance(effect, Fail) and "lease" in effect.reason
+    assert ctl.requests == {} and ctl.parked == []

@@ -204,8 +204,19 @@ class Controller:
 
     def _lease_expired(self, request_id: str) -> list[Effect]:
         placement = self.requests.get(request_id)
-        if placement is not None:
-            placement.kv_held = False  # a parked one recomputes; a pull under way fails
+        if placement is None:
+            return []
+        placement.kv_held = False  # a parked one recomputes; a pull under way fails
+        if placement.stage == "parked" and not any(
+            r.up and r.role == "decode" for r in self.instances.values()
+        ):
+            # No decode instance at all, for as long as the lease: end it rather than hold
+            # its client forever (a driver that brings decode instances up keeps them parked).
+            self.parked.remove(request_id)
+            del self.requests[request_id]
+            return [
+                Fail(request_id, "no decode instance took the request before its KV lease ran out")
+            ]
         return []
 
     def _ended(self, request_id: str) -> list[Effect]:

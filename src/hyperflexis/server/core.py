@@ -96,7 +96,9 @@ class ServingCore:
         for handle in pool.live():
             self.metrics.observe_instance(handle)
         # Routing and the P/D hand-off: the cluster controller, driven on the wall clock.
-        self.handoff = HandoffDriver(pool, dispatcher, self.metrics, self._moved, link_policy)
+        self.handoff = HandoffDriver(
+            pool, dispatcher, self.metrics, self._moved, self._fail, link_policy
+        )
 
     # -- requests in ------------------------------------------------------------------------
 
@@ -316,11 +318,19 @@ class ServingCore:
         now = time.monotonic()
         self.handoff.on_exit(handle, now)  # sends again what had no first token there
         for stream in [s for s in self.streams.values() if s.instance_id == handle.instance_id]:
-            delta = OutputDelta(stream.request_id, [], "", "error", error=message)
-            self.metrics.on_finished(stream.instance_id, stream.slo, delta, now - stream.arrival_s)
-            self._close(stream)
-            stream.queue.put_nowait(delta)
+            self._fail(stream.request_id, message, now)
         self.metrics.remove_instance(handle.instance_id)
+
+    def _fail(self, request_id: str, message: str, now: float | None = None) -> None:
+        """End a request's stream with an error (its instance died, or nowhere can go on)."""
+        stream = self.streams.get(request_id)
+        if stream is None:
+            return
+        now = time.monotonic() if now is None else now
+        delta = OutputDelta(stream.request_id, [], "", "error", error=message)
+        self.metrics.on_finished(stream.instance_id, stream.slo, delta, now - stream.arrival_s)
+        self._close(stream)
+        stream.queue.put_nowait(delta)
 
     def _moved(self, request_id: str, instance_id: str) -> None:
         """The request now runs on `instance_id` (handed off, or sent again)."""

@@ -32,6 +32,7 @@ from hyperflexis.cluster.controller_events import (
     Abort,
     Effect,
     Event,
+    Fail,
     FirstToken,
     HandOff,
     InstanceDown,
@@ -57,6 +58,7 @@ from hyperflexis.scheduler.config import Role
 from hyperflexis.server.metrics import ServerMetrics
 
 Moved = Callable[[str, str], None]  # (request id, the instance it runs on now)
+Failed = Callable[[str, str], None]  # (request id, why): end its stream with an error
 
 
 @dataclass(slots=True)
@@ -81,11 +83,12 @@ class HandoffDriver:
         dispatcher: Dispatcher,
         metrics: ServerMetrics,
         moved: Moved,
+        failed: Failed,
         link_policy: LinkPolicy = "all",
     ) -> None:
         self.pool = pool
         self.metrics = metrics
-        self._moved = moved
+        self._moved, self._failed = moved, failed
         self.controller = Controller(dispatcher, self._snapshots, link_table=LinkTable(link_policy))
         self.progress: dict[str, Progress] = {}
         self.effects: list[Effect] = []  # every effect so far, in order (tests compare them)
@@ -140,7 +143,7 @@ class HandoffDriver:
             ended = TransferEnded(handoff.request_id, handoff.ok)
             self._execute(now, self._handle(now, ended))
         for request_id in report.leases_expired:
-            self._handle(now, LeaseExpired(request_id))
+            self._execute(now, self._handle(now, LeaseExpired(request_id)))
 
     def abort(self, request_id: str, now: float) -> None:
         """The client went away: stop the request in every stage, free its KV on both sides."""
@@ -184,8 +187,11 @@ class HandoffDriver:
                 self._send(effect.instance_id, AbortRequest(effect.request_id))
             elif isinstance(effect, Redispatch) and effect.instance_id is not None:
                 self._redispatch(effect.request_id, effect.instance_id)
-            # Park waits for a decode instance; Fail and a Redispatch to nowhere end the
-            # request's stream in the core (it still points at the dead instance).
+            elif isinstance(effect, Fail):
+                self.progress.pop(effect.request_id, None)
+                self._failed(effect.request_id, effect.reason)
+            # Park waits for a decode instance; a Redispatch to nowhere ends the request's
+            # stream in the core's `on_exit` (it still points at the dead instance).
 
     def _hand_off(self, effect: HandOff, now: float) -> None:
         progress = self.progress[effect.request_id]
