@@ -21,7 +21,15 @@ import httpx
 import openai
 import pytest
 
-from tests.server.live import LiveServer, start_server, stop_server, wait_until
+from tests.server.live import (
+    LiveServer,
+    read_until,
+    send_raw,
+    start_server,
+    stop_server,
+    wait_idle,
+    wait_until,
+)
 from tests.server.scrape import has, value
 
 API_KEY = "sk-test"
@@ -111,22 +119,7 @@ def _post(server: LiveServer, path: str, body: Any, headers: dict[str, str] | No
 
 
 def _wait_idle(server: LiveServer, timeout_s: float = 20.0) -> list[dict[str, Any]]:
-    """Poll until no request runs or waits and every KV block is free; returns the rows."""
-    deadline = time.monotonic() + timeout_s
-    while True:
-        rows = server.instances()
-        idle = all(
-            r["num_running"] == 0
-            and r["num_waiting"] == 0
-            and r["num_free_blocks"] == r["num_blocks"]
-            for r in rows
-        )
-        stats = server.stats()
-        if idle and stats["num_open_requests"] == 0:
-            return rows
-        if time.monotonic() > deadline:
-            pytest.fail(f"requests still held after {timeout_s} s: {rows} {stats}")
-        time.sleep(0.05)
+    return wait_idle(server, timeout_s)
 
 
 # -- the openai client ------------------------------------------------------------------------
@@ -354,27 +347,11 @@ ABORTED = {"slo_class": "standard", "cause": "aborted"}
 
 
 def _send_raw(server: LiveServer, body: dict[str, Any]) -> socket.socket:
-    """Send one completion request on a connection of its own; closing the socket is the
-    client going away, at a moment the test chooses."""
-    url = urlsplit(server.url)
-    assert url.hostname is not None and url.port is not None
-    payload = json.dumps(body).encode()
-    head = (
-        f"POST {COMPLETIONS} HTTP/1.1\r\nHost: {url.netloc}\r\n"
-        f"Authorization: Bearer {API_KEY}\r\nContent-Type: application/json\r\n"
-        f"Content-Length: {len(payload)}\r\n\r\n"
-    )
-    sock = socket.create_connection((url.hostname, url.port), timeout=30)
-    sock.sendall(head.encode() + payload)
-    return sock
+    return send_raw(server, COMPLETIONS, body)
 
 
 def _read_until(sock: socket.socket, marker: bytes) -> None:
-    received = b""
-    while marker not in received:
-        chunk = sock.recv(4096)
-        assert chunk, f"the connection closed before {marker!r}: {received[-500:]!r}"
-        received += chunk
+    read_until(sock, marker)
 
 
 def _disconnect_while_frozen(server: LiveServer, sock: socket.socket) -> None:

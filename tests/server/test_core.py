@@ -37,6 +37,7 @@ class FakeHandle:
     correction_factor: float = 1.0
     snapshot: LoadSnapshot | None = None
     num_preemptions: int = 0
+    ready: Any = None  # an InstanceReady; the role comes from the snapshot
 
     def send(self, command: Any) -> None:
         self.sent.append(command)
@@ -194,16 +195,26 @@ def test_abort_tells_the_instance_once() -> None:
     assert core.num_queued == 0 and not core.streams
 
 
-def test_a_dead_instance_fails_its_requests() -> None:
+def test_a_dead_instance_fails_its_streaming_requests_and_sends_the_others_again() -> None:
     core, pool, dispatcher = _core()
     (on_a,) = core.submit(parse_completion({"prompt": "x"}, {}), None, 0.0)
+    (not_started,) = core.submit(parse_completion({"prompt": "y"}, {}), None, 0.0)
+    first = OutputDelta(on_a.request_id, [7], "7")
+    core.on_report(pool.handles["a"], StepReport("a", _snapshot("a"), [first]))  # type: ignore[arg-type]
+    on_a.queue.get_nowait()
     dispatcher.answer = "b"
     (on_b,) = core.submit(parse_completion({"prompt": "x"}, {}), None, 0.0)
     pool.handles["a"].alive = False
     core.on_exit(pool.handles["a"])  # type: ignore[arg-type]
     failed = on_a.queue.get_nowait()
     assert failed.finish_reason == "error" and "instance a" in (failed.error or "")
-    assert on_b.queue.empty() and list(core.streams) == [on_b.request_id]
+    # No first token yet: dispatched again, from the start, to a live instance.
+    assert not_started.instance_id == "b" and not_started.queue.empty()
+    again = pool.handles["b"].sent[-1]
+    assert isinstance(again, AddRequest) and again.request_id == not_started.request_id
+    assert again.prompt_token_ids == [1]
+    assert on_b.queue.empty()
+    assert sorted(core.streams) == sorted([on_b.request_id, not_started.request_id])
     text = core.metrics.render(0)[0].decode()
     assert value(text, "hyperflexis:requests_missed_total", cause="error") == 1
     assert not has(text, "vllm:num_requests_running", engine="a")  # its gauges are gone

@@ -103,6 +103,7 @@ def create_app(core: ServingCore) -> FastAPI:
             rows.append(
                 {
                     "instance_id": handle.instance_id,
+                    **core.handoff.describe(handle.instance_id),  # role, P/D links
                     "alive": handle.alive,
                     "num_dispatched": handle.num_dispatched,
                     "num_running": None if snapshot is None else snapshot.num_running,

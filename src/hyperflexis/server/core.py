@@ -13,8 +13,9 @@ import uuid
 from dataclasses import dataclass, field
 
 from hyperflexis.backends.local import InstanceHandle, InstancePool
-from hyperflexis.backends.messages import AbortRequest, AddRequest, OutputDelta, StepReport
+from hyperflexis.backends.messages import AddRequest, OutputDelta, StepReport
 from hyperflexis.cluster.dispatcher import Dispatcher, DispatchRequest
+from hyperflexis.cluster.links import LinkPolicy
 from hyperflexis.core.sampling import SamplingParams
 from hyperflexis.core.slo import SLO, SLOClass
 from hyperflexis.engine.tokenizer import Tokenizer
@@ -22,6 +23,7 @@ from hyperflexis.server.access import Access
 from hyperflexis.server.config import DEFAULT_MAX_REQUEST_BYTES
 from hyperflexis.server.cost_model import SharedCorrection
 from hyperflexis.server.errors import APIError, bad_request, overloaded
+from hyperflexis.server.handoff import HandoffDriver
 from hyperflexis.server.metrics import ServerMetrics
 from hyperflexis.server.protocol import ChatInput, GenerationJob, Prompt
 
@@ -75,6 +77,7 @@ class ServingCore:
         max_queued: int | None = None,
         max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES,
         shared_correction: SharedCorrection | None = None,
+        link_policy: LinkPolicy = "all",
     ) -> None:
         self.pool = pool
         self.dispatcher = dispatcher
@@ -92,6 +95,10 @@ class ServingCore:
         self.vocab_size = pool.vocab_size  # the model's, which may exceed the tokenizer's
         for handle in pool.live():
             self.metrics.observe_instance(handle)
+        # Routing and the P/D hand-off: the cluster controller, driven on the wall clock.
+        self.handoff = HandoffDriver(
+            pool, dispatcher, self.metrics, self._moved, self._fail, link_policy
+        )
 
     # -- requests in ------------------------------------------------------------------------
 
@@ -184,15 +191,12 @@ class ServingCore:
             raise overloaded(f"server busy: {self.num_queued} requests already queued")
         prefix = "cmpl" if job.kind == "completion" else "chatcmpl"
         request_id = f"{prefix}-{uuid.uuid4().hex}"
-        decision = self.dispatcher.choose(
-            DispatchRequest(request_id, len(token_ids), params.max_tokens, slo, arrival_s),
-            self.pool.snapshots(),
-            time.monotonic(),
-        )
-        if decision.instance_id is None:
+        request = DispatchRequest(request_id, len(token_ids), params.max_tokens, slo, arrival_s)
+        instance_id, reason = self.handoff.route(request, token_ids, params, time.monotonic())
+        if instance_id is None:
             self.metrics.on_rejected(slo.class_name, "dispatch")
-            raise overloaded(f"no instance can meet this request's SLO now ({decision.reason})")
-        handle = self.pool.get(decision.instance_id)
+            raise overloaded(f"no instance can meet this request's SLO now ({reason})")
+        handle = self.pool.get(instance_id)
         stream = RequestStream(
             request_id, handle.instance_id, slo, len(token_ids), arrival_s, queue=queue
         )
@@ -266,9 +270,7 @@ class ServingCore:
             return
         self._close(stream)
         self.metrics.on_aborted(stream.instance_id, stream.slo.class_name)
-        handle = self.pool.handles.get(stream.instance_id)
-        if handle is not None and handle.alive:
-            handle.send(AbortRequest(stream.request_id))
+        self.handoff.abort(stream.request_id, time.monotonic())  # wherever it is, both sides
 
     def _close(self, stream: RequestStream) -> None:
         stream.finished = True
@@ -303,7 +305,9 @@ class ServingCore:
             if delta.finished:
                 metrics.on_finished(stream.instance_id, stream.slo, delta, now - stream.arrival_s)
                 self._close(stream)
+            self.handoff.on_delta(delta, now)
             stream.queue.put_nowait(delta)
+        self.handoff.on_report(handle, report, now)  # P/D: KV ready, pulls ended, leases
         if self.shared_correction is not None:
             live = self.pool.live()
             self.shared_correction.factor = sum(h.correction_factor for h in live) / len(live)
@@ -312,12 +316,27 @@ class ServingCore:
         """An instance process died: fail every request it held."""
         message = f"instance {handle.instance_id} stopped unexpectedly"
         now = time.monotonic()
+        self.handoff.on_exit(handle, now)  # sends again what had no first token there
         for stream in [s for s in self.streams.values() if s.instance_id == handle.instance_id]:
-            delta = OutputDelta(stream.request_id, [], "", "error", error=message)
-            self.metrics.on_finished(stream.instance_id, stream.slo, delta, now - stream.arrival_s)
-            self._close(stream)
-            stream.queue.put_nowait(delta)
+            self._fail(stream.request_id, message, now)
         self.metrics.remove_instance(handle.instance_id)
+
+    def _fail(self, request_id: str, message: str, now: float | None = None) -> None:
+        """End a request's stream with an error (its instance died, or nowhere can go on)."""
+        stream = self.streams.get(request_id)
+        if stream is None:
+            return
+        now = time.monotonic() if now is None else now
+        delta = OutputDelta(stream.request_id, [], "", "error", error=message)
+        self.metrics.on_finished(stream.instance_id, stream.slo, delta, now - stream.arrival_s)
+        self._close(stream)
+        stream.queue.put_nowait(delta)
+
+    def _moved(self, request_id: str, instance_id: str) -> None:
+        """The request now runs on `instance_id` (handed off, or sent again)."""
+        stream = self.streams.get(request_id)
+        if stream is not None:
+            stream.instance_id = instance_id
 
     def fail_all(self, message: str) -> None:
         """The server is stopping: end every open request."""

@@ -15,7 +15,7 @@ decode and inter-token times are the instance's durations, carried by `OutputDel
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 
 from prometheus_client import CollectorRegistry
 from prometheus_client.exposition import choose_encoder
@@ -125,6 +125,26 @@ class ServerMetrics:
             return 1000.0 * samples[min(len(samples) - 1, int(q * len(samples)))]
 
         return {"count": len(samples), "p50": at(0.5), "p90": at(0.9), "p99": at(0.99)}
+
+    # -- P/D hand-offs ----------------------------------------------------------------------
+
+    def on_transfer(self, seconds: float, num_bytes: int, ok: bool) -> None:
+        """A decode instance's KV pull ended; a failed one is recomputed."""
+        families = self.families
+        families.kv_transfer_s.observe(seconds)
+        if ok:
+            families.kv_transfer_bytes.observe(num_bytes)
+        else:
+            families.handoff_failures.inc()
+            families.recomputes.inc()
+
+    def on_recompute(self) -> None:
+        """A hand-off sent without KV (it was lost first): the decode instance recomputes."""
+        self.families.recomputes.inc()
+
+    def set_instances_by_role(self, counts: Mapping[str, int]) -> None:
+        for role, gauge in self.families.instances_by_role.items():
+            gauge.set(counts.get(role, 0))
 
     # -- instances --------------------------------------------------------------------------
 

@@ -55,7 +55,7 @@ class SimInstance:
         self.num_fast_forward_steps = 0
 
     @property
-    def role(self) -> str:
+    def role(self) -> Role:
         return self.scheduler.config.role
 
     @property
