@@ -29,8 +29,6 @@ from hyperflexis.workloads.spec import Workload
 # SLO-aware dispatcher, DistServe with DistServe's, and the load-blind baselines round-robin.
 NATURAL_DISPATCHERS = {"hyperflexis": "hyperflexis", "distserve": "distserve"}
 DEFAULT_DISPATCHER = "round-robin"
-# DistServe never chunks a prompt, so its step budget must hold the longest prompt whole.
-DISTSERVE_MIN_BATCHED_TOKENS = 16384
 
 
 def natural_dispatcher(policy: str) -> str:
@@ -47,8 +45,9 @@ class SimSetup:
     policy: str = "hyperflexis"  # scheduling policy of every instance
     dispatch: str | None = None  # dispatcher; None: the policy's natural one
     profile_path: str | None = None  # a `hyperflexis profile` JSON instead of the roofline
-    # Every instance's scheduler; the deployment sets each one's role (and DistServe's budget
-    # grows to hold the longest prompt). Its admission control also applies to the dispatcher.
+    # Every instance's scheduler; the deployment sets each one's role (and a DistServe budget
+    # below the longest prompt grows to hold it: `distserve_budget`). Its admission control also
+    # applies to the dispatcher.
     scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
     memory_fraction: float = 0.9  # of HBM for weights + KV, as vLLM's gpu_memory_utilization
     block_size: int = 16  # tokens per KV block
@@ -84,6 +83,14 @@ class SimSetup:
         }
 
 
+def distserve_budget(budget: int, workload: Workload) -> int:
+    """DistServe's step token budget for `workload`: `budget`, or the least that holds its
+    longest prompt whole (plus the first token a decode instance receives it with) where
+    `budget` is smaller. DistServe never chunks a prompt."""
+    longest = max((spec.prompt_len for spec in workload), default=0)
+    return max(budget, longest + 1)
+
+
 def cost_model_for(setup: SimSetup) -> StepCostModel:
     if setup.profile_path is not None:
         return make_cost_model("profiled", path=setup.profile_path)
@@ -114,8 +121,7 @@ def build_parts(setup: SimSetup, workload: Workload) -> SimParts:
         raise ValueError(f"model {model.name!r} does not fit on {hardware.name!r}")
     budget = setup.scheduler.max_num_batched_tokens
     if setup.policy == "distserve":
-        longest = max((spec.prompt_len for spec in workload), default=0)
-        budget = max(budget, DISTSERVE_MIN_BATCHED_TOKENS, longest + 1)
+        budget = distserve_budget(budget, workload)
     entry_role: Role = "prefill" if setup.deployment.is_disaggregated else "mixed"
     config = dataclasses.replace(setup.scheduler, role=entry_role, max_num_batched_tokens=budget)
     transfer = KVTransferModel.between(hardware, model)
@@ -169,6 +175,9 @@ def simulate(
     summary["cost_usd"] = result.instance_seconds / 3600 * hardware.price_per_hour * accelerators
     summary["sim_wall_s"] = wall_s
     summary["config"] = setup.echo()
+    # The budget the instances ran with (DistServe's may have grown to its longest prompt).
+    budget = simulator.factory.scheduler_config.max_num_batched_tokens
+    summary["config"]["max_num_batched_tokens"] = budget
     return summary
 
 

@@ -13,9 +13,6 @@ from hyperflexis.scheduler.output import SchedulerOutput
 from hyperflexis.scheduler.policies.fcfs import FCFSScheduler
 from hyperflexis.scheduler.registry import register_policy
 
-# Sarathi-Serve's published default chunk for 7-8B models on one GPU.
-SARATHI_CHUNK_TOKENS = 512
-
 
 @register_policy
 class PriorityScheduler(FCFSScheduler):
@@ -49,7 +46,9 @@ class EDFScheduler(FCFSScheduler):
 @register_policy
 class SarathiScheduler(FCFSScheduler):
     """Sarathi-Serve: decodes first, then ongoing and new prefills in arrival order, under a
-    fixed token budget per step (the chunk size) so decodes are never stalled by a long prompt."""
+    fixed token budget per step (the chunk size) so decodes are never stalled by a long prompt.
+    The chunk is the step's token budget (`max_num_batched_tokens`; Sarathi-Serve's published
+    default for 7-8B models is 512), or `max_prefill_chunk` where that is set."""
 
     name = "sarathi"
 
@@ -59,7 +58,7 @@ class SarathiScheduler(FCFSScheduler):
         kv: KVBlockManager,
         cost_model: StepCostModel | None = None,
     ) -> None:
-        chunk = config.max_prefill_chunk or SARATHI_CHUNK_TOKENS
+        chunk = config.max_prefill_chunk or config.max_num_batched_tokens
         config = dataclasses.replace(
             config, max_num_batched_tokens=chunk, max_prefill_chunk=chunk, chunked_prefill=True
         )
@@ -76,7 +75,9 @@ class SarathiScheduler(FCFSScheduler):
 @register_policy
 class DistServeScheduler(FCFSScheduler):
     """DistServe's instance policy for P/D deployments: FCFS with whole prompts (no chunking);
-    prefill instances batch whole prompts up to the token budget, decode instances batch decodes."""
+    prefill instances batch whole prompts up to the token budget, decode instances batch decodes.
+    The budget must hold the longest prompt whole (`Scheduler.add_request` refuses one that it
+    does not)."""
 
     name = "distserve"
 
