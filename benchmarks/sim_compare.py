@@ -1,5 +1,6 @@
 """Issue 4's comparison, made fair (issue 18): SLO attainment against offered rate for
-hyperflexis and the baselines (fcfs, priority, edf, sarathi, distserve), on a multi-SLO mix of
+hyperflexis and the baselines (fcfs, priority, edf, edf-drop, sarathi, distserve), and
+hyperflexis with each of its parts off in turn (the ablation rows), on a multi-SLO mix of
 the Azure LLM 2023 conversation trace, Llama-3.1-8B on H100 (analytic roofline), collocated (4
 instances) and P/D (2P + 2D).
 
@@ -37,8 +38,16 @@ from hyperflexis.sim import Deployment, SimSetup, natural_dispatcher
 
 TRACE = Path(__file__).resolve().parents[2] / "shared" / "traces" / "azure_llm_2023_conv.csv"
 SLO_MIX = DEFAULT_SLO_MIX
-BASELINES = ("fcfs", "priority", "edf", "sarathi", "distserve")
+BASELINES = ("fcfs", "priority", "edf", "edf-drop", "sarathi", "distserve")
 OURS = "hyperflexis"
+# hyperflexis with one part off (scheduler/policies/hyperflexis_ablation.py); SLO-aware dispatch
+# is off by dispatching least-loaded instead.
+ABLATIONS = {
+    "hyperflexis-no-budget": ("hyperflexis-no-budget", None),
+    "hyperflexis-no-prioritise": ("hyperflexis-no-prioritise", None),
+    "hyperflexis-no-shed": ("hyperflexis-no-shed", None),
+    "hyperflexis-no-dispatch": ("hyperflexis", "least-loaded"),
+}
 VLLM = "vllm-default"
 UNTUNED_BUDGET = 2048
 DEPLOYMENTS = {
@@ -56,6 +65,9 @@ def rows(deployment: str, tuned_path: Path) -> dict[str, tuple[SimSetup, str]]:
     tuned = load_tuned(tuned_path, TRACE.stem, deployment)
     where = DEPLOYMENTS[deployment]
     out = {OURS: (SimSetup(deployment=where, policy=OURS), "defaults, hyperflexis dispatch")}
+    for row, (policy, dispatch) in ABLATIONS.items():
+        ablated = SimSetup(deployment=where, policy=policy, dispatch=dispatch)
+        out[row] = (ablated, f"ablation: {policy}, {ablated.dispatcher_name} dispatch")
     for policy in BASELINES:
         setting = tuned.get(policy)
         note = "tuned"
@@ -118,10 +130,14 @@ def _report(
     lines = [f"== {name} =="]
     lines += [f"  {row}: {note}" for row, note in notes.items()]
     lines.append("attainment by rate")
-    lines.append(f"{'rate':>6} " + " ".join(f"{p:>12}" for p in names))
+    widths = [max(6, len(p)) for p in names]
+    header = " ".join(f"{p:>{w}}" for p, w in zip(names, widths, strict=True))
+    lines.append(f"{'rate':>6} {header}")
     by_key = {(r["row"], r["rate"]): r for r in runs}
     for rate in sorted({r["rate"] for r in runs}):
-        cells = " ".join(f"{by_key[(p, rate)]['attainment']:>12.3f}" for p in names)
+        cells = " ".join(
+            f"{by_key[(p, rate)]['attainment']:>{w}.3f}" for p, w in zip(names, widths, strict=True)
+        )
         lines.append(f"{rate:>6g} {cells}")
     goodput, ratios = analysis["goodput_at_90"], analysis["goodput_ratio_by_row"]
     lines.append("goodput@90 (req/s) and hyperflexis's ratio to each:")

@@ -1,7 +1,7 @@
 """Tune every baseline policy over its own knobs before it is compared (issue 18, item 1).
 
 For each deployment of the comparison (collocated-4, pd-2p2d) and each baseline (fcfs,
-priority, edf, sarathi, distserve), a coordinate-descent search
+priority, edf, edf-drop, sarathi, distserve), a coordinate-descent search
 (`hyperflexis.bench.tuning`) over the step token budget (512 to 8,192; DistServe, which does not
 chunk, from the trace's longest prompt up), the dispatcher (round-robin, least-loaded; DistServe
 also its own static P/D pairing) and `max_num_seqs` (128, 256, 512) keeps the setting with the
@@ -41,7 +41,7 @@ from hyperflexis.bench.tuning import (
 from hyperflexis.sim import Deployment, SimSetup, natural_dispatcher
 
 TRACE = Path(__file__).resolve().parents[2] / "shared" / "traces" / "azure_llm_2023_conv.csv"
-BASELINES = ("fcfs", "priority", "edf", "sarathi", "distserve")
+BASELINES = ("fcfs", "priority", "edf", "edf-drop", "sarathi", "distserve")
 DEPLOYMENTS = {
     "collocated-4": Deployment(num_mixed=4),
     "pd-2p2d": Deployment(num_prefill=2, num_decode=2),

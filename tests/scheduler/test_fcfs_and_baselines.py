@@ -11,7 +11,7 @@ from tests.scheduler.helpers import make, request, run_until_done, step
 
 def test_registry_lists_every_policy_and_rejects_unknown() -> None:
     assert set(policy_names()) >= {"fcfs", "priority", "edf", "sarathi", "distserve", "hyperflexis"}
-    with pytest.raises(ValueError, match="known: distserve, edf, fcfs"):
+    with pytest.raises(ValueError, match="known: distserve, edf, edf-drop, fcfs"):
         policy_class("lifo")
 
 

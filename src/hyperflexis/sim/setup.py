@@ -25,14 +25,16 @@ from hyperflexis.sim.deployment import Deployment, KVTransferModel
 from hyperflexis.sim.simulator import ClusterSimulator, ProgressCallback
 from hyperflexis.workloads.spec import Workload
 
-# Each policy's natural dispatcher when none is named: the SLO-aware scheduler with the
-# SLO-aware dispatcher, DistServe with DistServe's, and the load-blind baselines round-robin.
+# Each policy's natural dispatcher when none is named: the SLO-aware scheduler (and its
+# ablations, `hyperflexis-no-...`) with the SLO-aware dispatcher, DistServe with DistServe's, and
+# the load-blind baselines round-robin.
 NATURAL_DISPATCHERS = {"hyperflexis": "hyperflexis", "distserve": "distserve"}
 DEFAULT_DISPATCHER = "round-robin"
 
 
 def natural_dispatcher(policy: str) -> str:
-    return NATURAL_DISPATCHERS.get(policy, DEFAULT_DISPATCHER)
+    family = "hyperflexis" if policy.startswith("hyperflexis-") else policy
+    return NATURAL_DISPATCHERS.get(family, DEFAULT_DISPATCHER)
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,12 +1,13 @@
 """Baseline policies people run today, on the same scheduler state so comparisons are like for
-like: vLLM's priority policy, EDF, Sarathi-Serve and DistServe."""
+like: vLLM's priority policy, EDF, EDF that drops hopeless requests, Sarathi-Serve and
+DistServe."""
 
 from __future__ import annotations
 
 import dataclasses
 
 from hyperflexis.core.request import Request
-from hyperflexis.perf.base import StepCostModel
+from hyperflexis.perf.base import StepCostModel, StepFeatures
 from hyperflexis.scheduler.config import SchedulerConfig
 from hyperflexis.scheduler.kv_blocks import KVBlockManager
 from hyperflexis.scheduler.output import SchedulerOutput
@@ -88,3 +89,35 @@ class DistServeScheduler(FCFSScheduler):
         cost_model: StepCostModel | None = None,
     ) -> None:
         super().__init__(dataclasses.replace(config, chunked_prefill=False), kv, cost_model)
+
+
+@register_policy
+class EDFDropScheduler(EDFScheduler):
+    """EDF that sheds: each step first drops (rejects) every waiting request whose first token
+    can no longer be on time, because now plus its predicted prefill time, its whole remaining
+    prompt alone in a step, is past its TTFT deadline; then schedules the rest as `edf`. A
+    shedding baseline beside hyperflexis, which sheds too; it needs the latency model."""
+
+    name = "edf-drop"
+    needs_cost_model = True
+
+    def schedule(self, now: float) -> SchedulerOutput:
+        dropped = SchedulerOutput()
+        for request in self.hopeless(now):
+            self._reject(request, dropped, now)
+        output = super().schedule(now)
+        output.rejected_ids[:0] = dropped.rejected_ids
+        return output
+
+    def hopeless(self, now: float) -> list[Request]:
+        """Waiting requests before their first token that cannot get it by its deadline."""
+        model = self.cost_model
+        assert model is not None  # checked in Scheduler.__init__
+        hopeless = []
+        for r in self.waiting:
+            if r.first_token_s is not None:
+                continue
+            alone = StepFeatures().with_prefill(r.num_uncomputed_tokens, r.num_computed_tokens)
+            if now + model.predict(alone) > r.ttft_deadline_s:
+                hopeless.append(r)
+        return hopeless
