@@ -15,7 +15,8 @@ baseline falls to 50%; mean end-to-end latency there; per-class attainment, reje
 preemptions.
 
     .venv/bin/python benchmarks/sim_compare.py [--num-requests 3000] [--jobs 2]
-        [--tuned docs/sim_compare/tuned_baselines.json] [--out docs/sim_compare/results.json]
+        [--step-noise CV] [--profile-error BIAS] [--tuned docs/sim_compare/tuned_baselines.json]
+        [--out docs/sim_compare/results.json]
 """
 
 from __future__ import annotations
@@ -194,6 +195,14 @@ def main() -> int:
     parser.add_argument("--jobs", type=int, default=2)
     parser.add_argument("--admission-control", action="store_true")
     parser.add_argument("--deployments", default=",".join(DEPLOYMENTS))
+    parser.add_argument(
+        "--step-noise",
+        type=float,
+        default=0.0,
+        metavar="CV",
+        help="step time noise (simulate's --step-noise; seeded by --seed)",
+    )
+    parser.add_argument("--profile-error", type=float, default=0.0, metavar="BIAS")
     parser.add_argument("--tuned", type=Path, default=Path("docs/sim_compare/tuned_baselines.json"))
     parser.add_argument("--out", type=Path, default=Path("docs/sim_compare/results.json"))
     args = parser.parse_args()
@@ -201,8 +210,12 @@ def main() -> int:
     names = [n for n in args.deployments.split(",") if n]
     table = {name: rows(name, args.tuned) for name in names}
     tasks = []
+    noise = {"step_noise_cv": args.step_noise, "profile_error": args.profile_error}
     for name in names:
         for row, (setup, _) in table[name].items():
+            setup = dataclasses.replace(
+                setup, step_noise_cv=args.step_noise, profile_error=args.profile_error
+            )
             if args.admission_control:
                 config = dataclasses.replace(setup.scheduler, admission_control=True)
                 setup = dataclasses.replace(setup, scheduler=config)
@@ -217,6 +230,7 @@ def main() -> int:
         "num_requests": args.num_requests,
         "slo_mix": SLO_MIX,
         "seed": args.seed,
+        **noise,
         "wall_s": wall_s,
     }
     for name in names:

@@ -11,7 +11,7 @@ requests time-scaled to each rate (a short replay: see docs/results.md on what t
 The chosen settings go to `--out`, which `sim_compare.py` reads.
 
     .venv/bin/python benchmarks/tune_baselines.py [--num-requests 2000] [--jobs 2]
-        [--out docs/sim_compare/tuned_baselines.json]
+        [--step-noise CV] [--profile-error BIAS] [--out docs/sim_compare/tuned_baselines.json]
 """
 
 from __future__ import annotations
@@ -82,7 +82,11 @@ class Evaluator:
         self.num_runs = 0
 
     def setup(self, deployment: str, setting: BaselineSetting) -> SimSetup:
-        return setting.sim_setup(DEPLOYMENTS[deployment])
+        return setting.sim_setup(
+            DEPLOYMENTS[deployment],
+            step_noise_cv=self.args.step_noise,
+            profile_error=self.args.profile_error,
+        )
 
     def __call__(self, points: Sequence[Point]) -> list[float]:
         seeds = self.args.seeds
@@ -121,6 +125,8 @@ def main() -> int:
     )
     parser.add_argument("--deployments", default=",".join(DEPLOYMENTS))
     parser.add_argument("--policies", default=",".join(BASELINES))
+    parser.add_argument("--step-noise", type=float, default=0.0, help="step time CV (simulate's)")
+    parser.add_argument("--profile-error", type=float, default=0.0, help="step time bias")
     parser.add_argument("--out", type=Path, default=Path("docs/sim_compare/tuned_baselines.json"))
     args = parser.parse_args()
     names = [n for n in args.deployments.split(",") if n]
@@ -141,6 +147,8 @@ def main() -> int:
         "seeds": args.seeds,
         "rates": {name: RATES[name] for name in names},
         "space": dataclasses.asdict(space),
+        "step_noise_cv": args.step_noise,
+        "profile_error": args.profile_error,
         "wall_s": wall_s,
         "num_runs": evaluate.num_runs,
     }

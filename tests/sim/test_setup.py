@@ -37,6 +37,9 @@ def test_echo_keeps_its_keys_and_values() -> None:
         "memory_fraction": 0.9,
         "block_size": 16,
         "fast_forward": True,
+        "step_noise_cv": 0.0,
+        "profile_error": 0.0,
+        "noise_seed": 0,
     }
 
 

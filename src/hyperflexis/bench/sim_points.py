@@ -4,6 +4,7 @@ runs many; each process reads a trace once."""
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 from dataclasses import dataclass
 from pathlib import Path
@@ -56,6 +57,8 @@ def longest_prompt(trace: str, num_requests: int) -> int:
 
 
 def run_point(point: TracePoint) -> dict[str, Any]:
-    """The run's summary as `simulate` returns it, with the rate and seed."""
-    summary = simulate(point.setup, SLOClasses(), point_workload(point))
+    """The run's summary as `simulate` returns it, with the rate and seed (the step noise's
+    seed too)."""
+    setup = dataclasses.replace(point.setup, noise_seed=point.seed)
+    summary = simulate(setup, SLOClasses(), point_workload(point))
     return {"rate": point.rate_rps, "seed": point.seed, **summary}

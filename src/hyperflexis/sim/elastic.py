@@ -55,6 +55,7 @@ from hyperflexis.sim.hooks import ClusterHooks
 from hyperflexis.sim.lifecycle import Flip, Lifecycle, Stop
 from hyperflexis.sim.result import SimResult
 from hyperflexis.sim.simulator import ClusterSimulator, ProgressCallback
+from hyperflexis.sim.step_noise import EXACT_STEPS, StepNoise
 from hyperflexis.workloads.spec import Workload
 
 
@@ -95,6 +96,7 @@ class ElasticSimulator(ClusterHooks):
         link_fanout: int = 2,
         fast_forward: bool = True,
         record_steps: bool = False,
+        step_noise: StepNoise = EXACT_STEPS,
     ) -> None:
         """As `ClusterSimulator`, plus the scaler, its pool bounds (the deployment's roles:
         `mixed`, or `prefill` and `decode`), the cost meter (price per instance-hour) and the
@@ -115,6 +117,7 @@ class ElasticSimulator(ClusterHooks):
             record_steps=record_steps,
             reuse_snapshots=False,
             hooks=self,
+            step_noise=step_noise,
         )
         _check_pools(deployment, pools)
         self.scaler = scaler

@@ -23,6 +23,7 @@ from hyperflexis.perf import (
 from hyperflexis.scheduler import Role, SchedulerConfig, policy_class
 from hyperflexis.sim.deployment import Deployment, KVTransferModel
 from hyperflexis.sim.simulator import ClusterSimulator, ProgressCallback
+from hyperflexis.sim.step_noise import StepNoise
 from hyperflexis.workloads.spec import Workload
 
 # Each policy's natural dispatcher when none is named: the SLO-aware scheduler (and its
@@ -54,13 +55,24 @@ class SimSetup:
     memory_fraction: float = 0.9  # of HBM for weights + KV, as vLLM's gpu_memory_utilization
     block_size: int = 16  # tokens per KV block
     fast_forward: bool = True  # advance decode-only stretches in one go (same results)
+    # Steps that vary (`sim.step_noise`): each step charged its prediction x (1 + profile_error)
+    # x lognormal noise of this CV, seeded by `noise_seed`; the schedulers plan with the
+    # prediction. Both 0: every step takes exactly its prediction.
+    step_noise_cv: float = 0.0
+    profile_error: float = 0.0
+    noise_seed: int = 0
 
     def __post_init__(self) -> None:
+        StepNoise(self.step_noise_cv, self.profile_error, self.noise_seed)  # checks them
         if self.scheduler.role != "mixed":
             raise ValueError(
                 f"invalid 'scheduler.role' {self.scheduler.role!r}: the deployment sets each "
                 "instance's role"
             )
+
+    @property
+    def step_noise(self) -> StepNoise:
+        return StepNoise(self.step_noise_cv, self.profile_error, self.noise_seed)
 
     @property
     def dispatcher_name(self) -> str:
@@ -82,6 +94,9 @@ class SimSetup:
             "memory_fraction": self.memory_fraction,
             "block_size": self.block_size,
             "fast_forward": self.fast_forward,
+            "step_noise_cv": self.step_noise_cv,
+            "profile_error": self.profile_error,
+            "noise_seed": self.noise_seed,
         }
 
 
@@ -155,6 +170,7 @@ def make_simulator(
         parts.transfer,
         fast_forward=setup.fast_forward,
         record_steps=record_steps,
+        step_noise=setup.step_noise,
     )
 
 
