@@ -98,11 +98,10 @@ class ElasticSimulator(ClusterHooks):
         record_steps: bool = False,
         step_noise: StepNoise = EXACT_STEPS,
     ) -> None:
-        """As `ClusterSimulator`, plus the scaler, its pool bounds (the deployment's roles:
-        `mixed`, or `prefill` and `decode`), the cost meter (price per instance-hour) and the
-        link policy. The deployment is the initial cluster; its `links` are replaced by a
-        `LinkTable` of `link_policy` over its instances."""
-        # Fresh snapshots for every reader, as this simulator has always taken them.
+        """As `ClusterSimulator` (fresh snapshots for every reader), plus the scaler, its pool
+        bounds (the deployment's roles: `mixed`, or `prefill` and `decode`), the cost meter (per
+        instance-hour) and the link policy. The deployment is the initial cluster; its `links`
+        are replaced by a `LinkTable` of `link_policy` over its instances."""
         self.cluster = ClusterSimulator(
             deployment,
             policy,

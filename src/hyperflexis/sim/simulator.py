@@ -74,9 +74,8 @@ class ClusterSimulator:
     ) -> None:
         """`scheduler_config` is every instance's, with `role` set per instance. `kv_transfer`
         is required for P/D deployments. `hooks` is a driver's seam (`sim.hooks`); the driver
-        builds any instance it adds with `self.factory`, on the same settings.
-        `reuse_snapshots` is `SimInstance`'s. `step_noise`: what each step is charged against
-        its prediction (`sim.step_noise`; default: exactly the prediction)."""
+        builds any instance it adds with `self.factory`, on the same settings. `reuse_snapshots`
+        is `SimInstance`'s; `step_noise` what each step is charged (`sim.step_noise`)."""
         if deployment.is_disaggregated and kv_transfer is None:
             raise ValueError("invalid parameter 'kv_transfer': a P/D deployment needs one")
         self.deployment = deployment
