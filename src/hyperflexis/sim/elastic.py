@@ -119,9 +119,7 @@ class ElasticSimulator(ClusterHooks):
             step_noise=step_noise,
         )
         _check_pools(deployment, pools)
-        self.scaler = scaler
-        self.pools = dict(pools)
-        self.cost_meter = cost_meter
+        self.scaler, self.pools, self.cost_meter = scaler, dict(pools), cost_meter
         self.times = times or ElasticTimes()
         context = scaler.context
         self._startup = StartupModel(context.hardware, context.model, context.init_s)
