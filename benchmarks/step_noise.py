@@ -9,7 +9,9 @@ are a mix of prefill, mixed and decode-only batches. For every step it records t
 and the fitted model's prediction for the batch, both as the engine's online correction sees it
 (the whole cycle, from one step's start to the next's) and for the forward pass alone. Prints the
 ratio measured / predicted: its mean (1 + bias: `simulate --profile-error`) and its coefficient
-of variation around that mean (`simulate --step-noise`), overall and per kind of batch.
+of variation around that mean (`simulate --step-noise`), overall and per kind of batch; and the
+spread left around the same linear model refitted on the measured steps themselves (the noise a
+perfect profile would still see; the rest is the profile's misfit).
 
     .venv/bin/python benchmarks/step_noise.py [--seconds 60] [--rate 15] [--grid quick]
 """
@@ -28,6 +30,7 @@ from hyperflexis.core import SamplingParams, SLOClasses
 from hyperflexis.engine.factory import InstanceSpec, build_engine
 from hyperflexis.perf import StepCostModel, make_cost_model
 from hyperflexis.perf.base import StepFeatures
+from hyperflexis.perf.profiled import ProfileSample, fit
 from hyperflexis.scheduler import SchedulerConfig, SchedulerOutput
 
 CLASSES = ("interactive", "standard", "standard", "batch")  # roughly the 3:5:2 mix
@@ -55,17 +58,22 @@ def _kind(features: StepFeatures) -> str:
 
 
 class Recorder:
-    """Each observed step's (kind, cycle ratio, forward-pass ratio)."""
+    """Each observed step's (kind, cycle ratio, forward-pass ratio), and the step itself as a
+    profile sample (its cycle time) for the refit."""
 
     def __init__(self, model: StepCostModel) -> None:
         self.model = model
         self.steps: list[tuple[str, float, float]] = []
+        self.samples: list[ProfileSample] = []
         self.execute_s = 0.0  # the latest step's forward pass, set after each step
 
     def observe(self, batch: SchedulerOutput, cycle_s: float) -> None:
         features = batch.features()
         predicted = self.model.predict(features)
         self.steps.append((_kind(features), cycle_s / predicted, self.execute_s / predicted))
+        prefills = [(c.num_tokens, c.start_pos) for c in batch.chunks if not c.is_decode]
+        decodes = [c.start_pos for c in batch.chunks if c.is_decode]
+        self.samples.append(ProfileSample(prefills, decodes, cycle_s))
 
 
 def run_stream(args: argparse.Namespace, model: StepCostModel) -> Recorder:
@@ -132,6 +140,12 @@ def report(recorder: Recorder) -> None:
         mine = [c for k, c, _ in steps if k == kind]
         if len(mine) >= 10:
             print(f"  {kind:>12} ({len(mine):4d} steps), cycle: {_summary(mine)}")
+    # The same linear model fitted on these very steps: what remains is the spread a perfect
+    # profile would still see (step noise), the rest of the above is the profile's misfit.
+    samples = recorder.samples[WARMUP_STEPS:]
+    refit, _ = fit(samples)
+    residual = [s.step_s / refit.predict(s.features) for s in samples]
+    print(f"  refitted on these steps: {_summary(residual)}")
     cycles = [c for _, c, _ in steps]
     mean = statistics.fmean(cycles)
     print(
