@@ -38,6 +38,20 @@ def test_trace_run_writes_results_and_repeats_byte_for_byte(tmp_path: Path) -> N
     assert all('"sim_wall_s"' in line for line in differing)
 
 
+def test_step_noise_is_echoed_seeded_and_changes_the_run(tmp_path: Path) -> None:
+    exact = _run(tmp_path, *SYNTHETIC, "--seed", "4", name="exact.json")
+    noisy = ["--step-noise", "0.3", "--profile-error", "0.2", "--seed", "4"]
+    first = _run(tmp_path, *SYNTHETIC, *noisy, name="a.json")
+    again = _run(tmp_path, *SYNTHETIC, *noisy, name="b.json")
+    config = first["config"]
+    assert config["step_noise_cv"] == 0.3 and config["profile_error"] == 0.2  # type: ignore[index]
+    assert config["noise_seed"] == 4  # type: ignore[index]
+    first.pop("sim_wall_s")
+    again.pop("sim_wall_s")
+    assert first == again
+    assert first["duration_s"] != exact["duration_s"]
+
+
 def test_pd_synthetic_run(tmp_path: Path) -> None:
     doc = _run(tmp_path, *SYNTHETIC, "--prefill", "1", "--decode", "2", "--policy", "distserve")
     assert doc["num_requests"] == 40
@@ -92,6 +106,8 @@ def test_sweep_writes_table_plot_and_goodput(
         (["--slo-mix", "vip:1"], "unknown SLO class"),
         (["--max-num-batched-tokens", "0"], "invalid --max-num-batched-tokens 0: must be >= 1"),
         (["--tpot-margin", "1"], "invalid --tpot-margin 1.0: must be in [0, 1)"),
+        (["--step-noise", "-0.1"], "invalid step noise CV -0.1"),
+        (["--profile-error", "-1"], "invalid profile error -1.0"),
     ],
 )
 def test_bad_input_exits_2(

@@ -55,6 +55,22 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--profile", default=None, help="profiled latency model JSON (default: analytic roofline)"
     )
     cluster.add_argument(
+        "--step-noise",
+        type=float,
+        default=0.0,
+        metavar="CV",
+        help="charge each step its predicted time x seeded lognormal noise of this coefficient "
+        "of variation (seed: --seed); schedulers still plan with the prediction (default: 0)",
+    )
+    cluster.add_argument(
+        "--profile-error",
+        type=float,
+        default=0.0,
+        metavar="BIAS",
+        help="charge each step (1 + BIAS) x its predicted time: a latency model off by a fixed "
+        "factor (default: 0)",
+    )
+    cluster.add_argument(
         "--no-fast-forward",
         action="store_true",
         help="simulate every decode step one by one (slower; same results)",
@@ -161,6 +177,9 @@ def _setup(args: argparse.Namespace) -> Any:
         profile_path=args.profile,
         scheduler=scheduler,
         fast_forward=not args.no_fast_forward,
+        step_noise_cv=args.step_noise,
+        profile_error=args.profile_error,
+        noise_seed=args.seed,
     )
 
 
