@@ -34,6 +34,11 @@ SUMMARY_KEYS = {
     "e2e_s",
     "goodput_rps",
     "instance_seconds",
+    "num_attained_per_token",
+    "attainment_per_token",
+    "attainment_per_token_by_class",
+    "max_itl_s",
+    "goodput_per_token_rps",
 }
 
 
@@ -137,6 +142,7 @@ def test_summarize_counts_attainment_and_goodput() -> None:
         "num_rejected": 1,
         "num_missed_ttft": 0,
         "num_missed_tpot": 0,
+        "num_attained_per_token": 0,
     }
     # interactive misses 0.7 and 0.9 on TTFT; none is slow per token.
     assert summary["counts_by_class"]["interactive"]["num_missed_ttft"] == 2

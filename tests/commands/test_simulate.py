@@ -35,7 +35,9 @@ def test_trace_run_writes_results_and_repeats_byte_for_byte(tmp_path: Path) -> N
     _run(tmp_path, *args, name="b.json")
     texts = [(tmp_path / n).read_text().splitlines() for n in ("a.json", "b.json")]
     differing = [a for a, b in zip(*texts, strict=True) if a != b]
-    assert all('"sim_wall_s"' in line for line in differing)
+    assert all('"sim_wall_s"' in line or '"records"' in line for line in differing)
+    records = [(tmp_path / f"{n}.requests.jsonl").read_text() for n in ("a", "b")]
+    assert records[0] == records[1] and len(records[0].splitlines()) == 150
 
 
 def test_pd_synthetic_run(tmp_path: Path) -> None:

@@ -14,8 +14,15 @@ import math
 from pathlib import Path
 from typing import Any
 
+from hyperflexis.bench.metrics import goodput_at
 from hyperflexis.commands import simulate_scaler
-from hyperflexis.commands.simulate_report import one_line, progress, sweep_table, write_json
+from hyperflexis.commands.simulate_report import (
+    one_line,
+    progress,
+    sweep_table,
+    write_json,
+    write_records,
+)
 
 HELP = "Simulate a cluster on a virtual clock and report SLO attainment."
 
@@ -76,6 +83,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     sweep.add_argument("--sweep-rates", default=None, help="comma-separated rates (requests/s)")
     sweep.add_argument("--plot", default=None, help="sweep plot PNG (default: next to --out)")
     parser.add_argument("--out", required=True, help="results JSON to write")
+    parser.add_argument(
+        "--no-records",
+        action="store_true",
+        help="write no per-request records (default: OUT.requests.jsonl, or one per sweep run "
+        "under OUT.requests/, for `hyperflexis report`)",
+    )
     simulate_scaler.add_arguments(parser)  # --scaler and its options
 
 
@@ -91,8 +104,9 @@ def run(args: argparse.Namespace) -> int:
     if args.scaler is not None:  # an elastic run (commands/simulate_scaler.py)
         return simulate_scaler.run(args, setup, classes, workloads)
     out = Path(args.out)
+    records = None if args.no_records else out
     if args.policies is None and args.sweep_rates is None:
-        doc = _single_run(setup, classes, workloads, args.rate)
+        doc = _single_run(setup, classes, workloads, args.rate, records)
         write_json(out, doc)
         print(one_line(doc))
     else:
@@ -103,7 +117,7 @@ def run(args: argparse.Namespace) -> int:
                 raise ValueError("a sweep needs --sweep-rates (or --rate)")
             rates = [_positive(args.rate, "--rate")]
         plot = Path(args.plot) if args.plot else out.with_suffix(".png")
-        doc = _sweep(setup, classes, workloads, policies, rates, args.dispatch, plot)
+        doc = _sweep(setup, classes, workloads, policies, rates, args.dispatch, plot, records)
         write_json(out, doc)
         print(f"wrote {plot}")
     print(f"wrote {out}")
@@ -215,12 +229,16 @@ class _WorkloadMaker:
 # -- runs -------------------------------------------------------------------------------------
 
 
-def _single_run(setup: Any, classes: Any, workloads: _WorkloadMaker, rate: float | None) -> Any:
-    from hyperflexis.sim import simulate
+def _single_run(
+    setup: Any, classes: Any, workloads: _WorkloadMaker, rate: float | None, out: Path | None
+) -> Any:
+    from hyperflexis.sim import simulate_with_records
 
     workload = workloads.make(rate)
     with progress(len(workload), "simulating") as on_progress:
-        doc = simulate(setup, classes, workload, on_progress)
+        doc, rows = simulate_with_records(setup, classes, workload, on_progress)
+    if out is not None:
+        doc["records"] = write_records(out, out.with_suffix(".requests.jsonl"), rows)
     doc["rate_rps"] = rate
     doc["seed"] = workloads.seed
     return doc
@@ -234,10 +252,10 @@ def _sweep(
     rates: list[float],
     dispatch: str | None,
     plot: Path,
+    out: Path | None,
 ) -> dict[str, Any]:
-    from hyperflexis.bench.metrics import goodput_at
     from hyperflexis.bench.plots import plot_attainment_vs_rate
-    from hyperflexis.sim import simulate
+    from hyperflexis.sim import simulate_with_records
     from hyperflexis.sim.setup import with_policy
 
     runs: list[dict[str, Any]] = []
@@ -245,20 +263,27 @@ def _sweep(
     with progress(len(policies) * len(rates), "runs") as on_progress:
         for policy in policies:
             for rate in rates:
-                result = simulate(with_policy(setup, policy, dispatch), classes, by_rate[rate])
+                policy_setup = with_policy(setup, policy, dispatch)
+                result, rows = simulate_with_records(policy_setup, classes, by_rate[rate])
+                if out is not None:
+                    path = out.with_suffix(".requests") / f"{policy}-{rate:g}.jsonl"
+                    result["records"] = write_records(out, path, rows)
                 runs.append({"policy": policy, "rate": rate, **result})
                 on_progress(1)
-    series = {
-        policy: [(run["rate"], run["attainment"]) for run in runs if run["policy"] == policy]
-        for policy in policies
-    }
-    goodput = {policy: goodput_at(points, GOODPUT_TARGET) for policy, points in series.items()}
+    doc: dict[str, Any] = {"runs": runs}
+    series: dict[str, list[tuple[float, float]]] = {}
     print(sweep_table(runs))
-    for policy, value in goodput.items():
-        print(f"goodput@{GOODPUT_TARGET:.0%} {policy}: {value:.3g} req/s")
+    for key, view in (("attainment", ""), ("attainment_per_token", "_per_token")):
+        doc[f"goodput_at_90{view}"] = goodput = {}
+        label = ", per-token" if view else ""
+        for policy in policies:
+            points = [(run["rate"], run[key]) for run in runs if run["policy"] == policy]
+            series[policy + label] = points
+            goodput[policy] = goodput_at(points, GOODPUT_TARGET)
+            print(f"goodput@{GOODPUT_TARGET:.0%}{label} {policy}: {goodput[policy]:.3g} req/s")
     title = f"{setup.model} on {setup.hardware}, {_deployment_name(setup)}"
     plot_attainment_vs_rate(series, plot, title=title)
-    return {"runs": runs, "goodput_at_90": goodput}
+    return doc
 
 
 def _deployment_name(setup: Any) -> str:
