@@ -29,7 +29,14 @@ from hyperflexis.bench.seeds import EVALUATION_SEEDS
 from hyperflexis.core import SLOClasses
 from hyperflexis.scheduler import SchedulerConfig
 from hyperflexis.sim import Deployment, SimSetup, simulate
-from hyperflexis.workloads import build_workload, parse_slo_mix, read_azure_trace
+from hyperflexis.workloads import (
+    MIN_STEADY_DURATION_S,
+    Workload,
+    build_workload,
+    parse_slo_mix,
+    read_azure_trace,
+    steady_workload,
+)
 
 TRACE = Path(__file__).resolve().parents[2] / "shared" / "traces" / "azure_llm_2023_conv.csv"
 SLO_MIX = "interactive:3,standard:5,batch:2"  # DESIGN.md §4's mix, its default classes
@@ -45,13 +52,10 @@ RATES = {
 }
 
 
-def _one(task: tuple[str, str, float, int, int, bool]) -> dict[str, Any]:
-    deployment_name, policy, rate, num_requests, seed, admission_control = task
+def _one(task: tuple[str, str, float, int, int, bool, float | None]) -> dict[str, Any]:
+    deployment_name, policy, rate, num_requests, seed, admission_control, duration_s = task
     classes = SLOClasses()
-    trace = read_azure_trace(TRACE, max_requests=num_requests)
-    workload = build_workload(
-        seed=seed, slo_mix=parse_slo_mix(SLO_MIX, classes), trace=trace, rate_rps=rate
-    )
+    workload = _workload(classes, rate, num_requests, seed, duration_s)
     setup = SimSetup(
         deployment=DEPLOYMENTS[deployment_name],
         policy=policy,
@@ -59,6 +63,22 @@ def _one(task: tuple[str, str, float, int, int, bool]) -> dict[str, Any]:
     )
     result = simulate(setup, classes, workload)
     return {"deployment": deployment_name, "policy": policy, "rate": rate, **result}
+
+
+def _workload(
+    classes: SLOClasses, rate: float, num_requests: int, seed: int, duration_s: float | None
+) -> Workload:
+    """The first `num_requests` of the trace at `rate`; with `duration_s`, steady state:
+    `duration_s` of arrivals at every rate, the trace extended and looped
+    (`workloads.steady_workload`)."""
+    mix = parse_slo_mix(SLO_MIX, classes)
+    if duration_s is None:
+        trace = read_azure_trace(TRACE, max_requests=num_requests)
+        return build_workload(seed=seed, slo_mix=mix, trace=trace, rate_rps=rate)
+    trace = read_azure_trace(TRACE)
+    return steady_workload(
+        seed=seed, slo_mix=mix, rate_rps=rate, duration_s=duration_s, trace=trace
+    )
 
 
 def _analyse(runs: list[dict[str, Any]]) -> dict[str, Any]:
@@ -175,13 +195,20 @@ def main() -> int:
     )
     parser.add_argument("--jobs", type=int, default=2)
     parser.add_argument("--admission-control", action="store_true")
+    parser.add_argument(
+        "--duration",
+        type=float,
+        default=None,
+        help=f"steady state: every rate replays this many seconds of arrivals (at least "
+        f"{MIN_STEADY_DURATION_S:g}; default: the first --num-requests, a short replay)",
+    )
     parser.add_argument("--deployments", default=",".join(DEPLOYMENTS))
     parser.add_argument("--out", type=Path, default=Path("docs/sim_compare/results.json"))
     args = parser.parse_args()
 
     names = [n for n in args.deployments.split(",") if n]
     tasks = [
-        (name, policy, rate, args.num_requests, args.seed, args.admission_control)
+        (name, policy, rate, args.num_requests, args.seed, args.admission_control, args.duration)
         for name in names
         for policy in POLICIES
         for rate in RATES[name]
@@ -191,6 +218,7 @@ def main() -> int:
         runs = list(pool.map(_one, tasks))
     wall_s = time.perf_counter() - started
     doc: dict[str, Any] = {"num_requests": args.num_requests, "slo_mix": SLO_MIX, "wall_s": wall_s}
+    doc["steady_duration_s"] = args.duration
     for name in names:
         mine = [r for r in runs if r["deployment"] == name]
         analysis = _analyse(mine)

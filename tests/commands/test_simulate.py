@@ -121,3 +121,14 @@ def test_profiled_latency_model(tmp_path: Path) -> None:
     profiled = _run(tmp_path, *SYNTHETIC, "--profile", str(profile), name="p.json")
     assert profiled["config"]["latency_model"] == "profiled"  # type: ignore[index]
     assert profiled["attainment"] < analytic["attainment"]  # type: ignore[operator]
+
+
+def test_a_steady_sweep_offers_the_same_duration_at_every_rate(tmp_path: Path) -> None:
+    args = ["--prompt-lens", "200", "--output-lens", "20", "--duration", "5", "--no-records"]
+    doc = _run(tmp_path, *args, "--sweep-rates", "4,8")
+    runs = doc["runs"]
+    assert [r["num_requests"] for r in runs] == [21, 41]  # type: ignore[index]
+    assert doc["steady_duration_s"] == 5.0
+    assert not (tmp_path / "out.requests").exists()
+    both = ["--num-requests", "3", "--duration", "5", "--rate", "1", "--out", str(tmp_path / "x")]
+    assert main(["simulate", *both]) == 2  # synthetic arrivals: one or the other

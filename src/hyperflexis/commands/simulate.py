@@ -78,6 +78,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     load.add_argument("--slo-mix", default=DEFAULT_SLO_MIX, help=f"(default: {DEFAULT_SLO_MIX})")
     load.add_argument("--slo-classes", default=None, help="SLO classes file (TOML/YAML/JSON)")
     load.add_argument("--seed", type=int, default=0, help="workload seed (default: 0)")
+    load.add_argument(
+        "--duration",
+        type=float,
+        default=None,
+        help="steady state: every rate offers SECONDS of arrivals (ceil(rate x SECONDS) + 1 "
+        "requests; a trace, or its first --num-requests rows, is extended and then looped)",
+    )
     sweep = parser.add_argument_group("sweep")
     sweep.add_argument("--policies", default=None, help="comma-separated policies to compare")
     sweep.add_argument("--sweep-rates", default=None, help="comma-separated rates (requests/s)")
@@ -187,8 +194,11 @@ class _WorkloadMaker:
         self.mix = mix
         self.seed = args.seed
         self.num_requests = args.num_requests
+        self.duration_s = args.duration
         if self.num_requests is not None and self.num_requests < 1:
             raise ValueError(f"invalid --num-requests {self.num_requests}: must be >= 1")
+        if self.duration_s is not None:
+            _positive(self.duration_s, "--duration")
         if args.rate is not None:
             _positive(args.rate, "--rate")
         self.trace = None
@@ -197,7 +207,9 @@ class _WorkloadMaker:
             if self.trace.num_requests == 0:
                 raise ValueError(f"trace {args.trace} has no requests")
             return
-        if self.num_requests is None:
+        if self.duration_s is not None and self.num_requests is not None:
+            raise ValueError("synthetic arrivals take --num-requests or --duration, not both")
+        if self.num_requests is None and self.duration_s is None:
             raise ValueError("give --trace FILE, or --num-requests N with synthetic arrivals")
         params: dict[str, float] = {"rate_rps": 1.0}  # replaced by the run's rate
         if args.burstiness is not None:
@@ -207,22 +219,29 @@ class _WorkloadMaker:
         self.output_lens = parse_lengths(args.output_lens)
 
     def make(self, rate_rps: float | None) -> Any:
-        from hyperflexis.workloads import build_workload
+        from hyperflexis.workloads import build_workload, steady_workload
 
-        if self.trace is not None:
-            return build_workload(
-                seed=self.seed, slo_mix=self.mix, trace=self.trace, rate_rps=rate_rps
-            )
+        source: dict[str, Any] = {"trace": self.trace}
+        if self.trace is None:
+            if rate_rps is None:
+                raise ValueError("synthetic arrivals need --rate (or --sweep-rates)")
+            source = {
+                "arrival": self.arrival,
+                "prompt_lens": self.prompt_lens,
+                "output_lens": self.output_lens,
+            }
+        if self.duration_s is None:
+            if self.trace is None:
+                source["num_requests"] = self.num_requests
+            return build_workload(seed=self.seed, slo_mix=self.mix, rate_rps=rate_rps, **source)
         if rate_rps is None:
-            raise ValueError("synthetic arrivals need --rate (or --sweep-rates)")
-        return build_workload(
+            raise ValueError("--duration needs --rate (or --sweep-rates)")
+        return steady_workload(
             seed=self.seed,
             slo_mix=self.mix,
-            arrival=self.arrival,
-            prompt_lens=self.prompt_lens,
-            output_lens=self.output_lens,
-            num_requests=self.num_requests,
             rate_rps=rate_rps,
+            duration_s=self.duration_s,
+            **source,
         )
 
 
@@ -241,6 +260,7 @@ def _single_run(
         doc["records"] = write_records(out, out.with_suffix(".requests.jsonl"), rows)
     doc["rate_rps"] = rate
     doc["seed"] = workloads.seed
+    doc["steady_duration_s"] = workloads.duration_s
     return doc
 
 
@@ -270,7 +290,7 @@ def _sweep(
                     result["records"] = write_records(out, path, rows)
                 runs.append({"policy": policy, "rate": rate, **result})
                 on_progress(1)
-    doc: dict[str, Any] = {"runs": runs}
+    doc: dict[str, Any] = {"runs": runs, "steady_duration_s": workloads.duration_s}
     series: dict[str, list[tuple[float, float]]] = {}
     print(sweep_table(runs))
     for key, view in (("attainment", ""), ("attainment_per_token", "_per_token")):
