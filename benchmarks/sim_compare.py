@@ -29,6 +29,7 @@ from hyperflexis.bench.seeds import EVALUATION_SEEDS
 from hyperflexis.core import SLOClasses
 from hyperflexis.scheduler import SchedulerConfig
 from hyperflexis.sim import Deployment, SimSetup, simulate
+from hyperflexis.sim.bound import steady_goodput_bound
 from hyperflexis.workloads import (
     MIN_STEADY_DURATION_S,
     Workload,
@@ -223,6 +224,15 @@ def main() -> int:
         mine = [r for r in runs if r["deployment"] == name]
         analysis = _analyse(mine)
         print(_report(name, mine, analysis))
+        # The fluid bound on goodput@90 beside the sweep (hyperflexis.sim.bound).
+        bound = steady_goodput_bound(
+            SimSetup(deployment=DEPLOYMENTS[name]),
+            SLOClasses(),
+            lambda rate: _workload(SLOClasses(), rate, args.num_requests, args.seed, args.duration),
+            max(RATES[name]),
+        )
+        analysis["goodput_bound_at_90"] = bound.echo()
+        print(f"fluid bound on goodput@90: {bound.rate_rps:.1f} req/s")
         plot = args.out.with_name(f"{name}.png")
         plot_attainment_vs_rate(
             analysis["series"], plot, title=f"Llama-3.1-8B on H100, {name}, Azure conv 3:5:2"

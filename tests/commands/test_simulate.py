@@ -129,6 +129,7 @@ def test_a_steady_sweep_offers_the_same_duration_at_every_rate(tmp_path: Path) -
     runs = doc["runs"]
     assert [r["num_requests"] for r in runs] == [21, 41]  # type: ignore[index]
     assert doc["steady_duration_s"] == 5.0
+    assert doc["goodput_bound_at_90"]["rate_rps"] > 0  # type: ignore[index]
     assert not (tmp_path / "out.requests").exists()
     both = ["--num-requests", "3", "--duration", "5", "--rate", "1", "--out", str(tmp_path / "x")]
     assert main(["simulate", *both]) == 2  # synthetic arrivals: one or the other

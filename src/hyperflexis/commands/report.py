@@ -101,5 +101,8 @@ def report_sweep(results: Path, doc: dict[str, Any], plot: Path) -> list[str]:
         stored_key = "goodput_at_90" + ("_per_token" if view else "")
         if stored_key in doc and differences({"g": doc[stored_key]}, {"g": goodput}):
             mismatches.append(stored_key)
+    if "goodput_bound_at_90" in doc:
+        bound = doc["goodput_bound_at_90"]["rate_rps"]
+        print(f"fluid bound on goodput@{GOODPUT_TARGET:.0%} (from the results): {bound:.3g} req/s")
     plot_attainment_vs_rate(series, plot, title=str(results))
     return mismatches

@@ -276,6 +276,7 @@ def _sweep(
 ) -> dict[str, Any]:
     from hyperflexis.bench.plots import plot_attainment_vs_rate
     from hyperflexis.sim import simulate_with_records
+    from hyperflexis.sim.bound import steady_goodput_bound
     from hyperflexis.sim.setup import with_policy
 
     runs: list[dict[str, Any]] = []
@@ -301,6 +302,11 @@ def _sweep(
             series[policy + label] = points
             goodput[policy] = goodput_at(points, GOODPUT_TARGET)
             print(f"goodput@{GOODPUT_TARGET:.0%}{label} {policy}: {goodput[policy]:.3g} req/s")
+    # The fluid bound on goodput@90 (sim/bound.py), beside every sweep; a short replay can pass
+    # it (its backlog drains after the last arrival), a steady-state one cannot.
+    bound = steady_goodput_bound(setup, classes, workloads.make, rates[-1])
+    doc["goodput_bound_at_90"] = bound.echo()
+    print(f"fluid bound on goodput@{GOODPUT_TARGET:.0%}: {bound.rate_rps:.3g} req/s")
     title = f"{setup.model} on {setup.hardware}, {_deployment_name(setup)}"
     plot_attainment_vs_rate(series, plot, title=title)
     return doc
