@@ -102,3 +102,14 @@ def test_a_live_bench_record_file_recomputes_to_its_summary(
     code, text = _report(out, capsys)
     assert code == 0, text
     assert "standard" in text
+
+
+def test_results_without_records_are_an_error(tmp_path: Path) -> None:
+    assert main(["report", str(tmp_path / "missing.json")]) == 2
+    bare = tmp_path / "bare.json"
+    bare.write_text(json.dumps({"num_requests": 1}))
+    assert main(["report", str(bare)]) == 2
+    broken = tmp_path / "broken.json"
+    broken.write_text(json.dumps({"records": "rows.jsonl"}))
+    (tmp_path / "rows.jsonl").write_text('{"request_id": "a"}\n')
+    assert main(["report", str(broken)]) == 2
