@@ -33,9 +33,12 @@ from typing import Any
 from hyperflexis.bench.metrics import attainment_at, goodput_at, rate_where_falls_to
 from hyperflexis.bench.plots import plot_attainment_vs_rate
 from hyperflexis.bench.seeds import EVALUATION_SEEDS
-from hyperflexis.bench.sim_points import DEFAULT_SLO_MIX, TracePoint, run_point
+from hyperflexis.bench.sim_points import DEFAULT_SLO_MIX, TracePoint, point_workload, run_point
 from hyperflexis.bench.tuning import BaselineSetting, load_tuned, vllm_default
+from hyperflexis.core import SLOClasses
 from hyperflexis.sim import Deployment, SimSetup, natural_dispatcher
+from hyperflexis.sim.bound import steady_goodput_bound
+from hyperflexis.workloads import MIN_STEADY_DURATION_S
 
 TRACE = Path(__file__).resolve().parents[2] / "shared" / "traces" / "azure_llm_2023_conv.csv"
 SLO_MIX = DEFAULT_SLO_MIX
@@ -177,6 +180,10 @@ def _report(
     return "\n".join(lines)
 
 
+def _point(args: argparse.Namespace, rate: float, setup: SimSetup) -> TracePoint:
+    return TracePoint(str(TRACE), args.num_requests, args.seed, rate, setup, SLO_MIX, args.duration)
+
+
 def _one(task: tuple[str, str, TracePoint]) -> dict[str, Any]:
     deployment, row, point = task
     return {"deployment": deployment, "row": row, "policy": point.setup.policy, **run_point(point)}
@@ -194,6 +201,13 @@ def main() -> int:
     )
     parser.add_argument("--jobs", type=int, default=2)
     parser.add_argument("--admission-control", action="store_true")
+    parser.add_argument(
+        "--duration",
+        type=float,
+        default=None,
+        help=f"steady state: every rate replays this many seconds of arrivals (at least "
+        f"{MIN_STEADY_DURATION_S:g}; default: the first --num-requests, a short replay)",
+    )
     parser.add_argument("--deployments", default=",".join(DEPLOYMENTS))
     parser.add_argument(
         "--step-noise",
@@ -220,7 +234,7 @@ def main() -> int:
                 config = dataclasses.replace(setup.scheduler, admission_control=True)
                 setup = dataclasses.replace(setup, scheduler=config)
             for rate in RATES[name]:
-                point = TracePoint(str(TRACE), args.num_requests, args.seed, rate, setup, SLO_MIX)
+                point = _point(args, rate, setup)
                 tasks.append((name, row, point))
     started = time.perf_counter()
     with ProcessPoolExecutor(max_workers=args.jobs) as pool:
@@ -230,6 +244,7 @@ def main() -> int:
         "num_requests": args.num_requests,
         "slo_mix": SLO_MIX,
         "seed": args.seed,
+        "steady_duration_s": args.duration,
         **noise,
         "wall_s": wall_s,
     }
@@ -238,6 +253,15 @@ def main() -> int:
         notes = {row: note for row, (_, note) in table[name].items()}
         analysis = _analyse(mine, list(notes))
         print(_report(name, mine, analysis, notes))
+        # The fluid bound on goodput@90 beside the sweep (hyperflexis.sim.bound).
+        bound = steady_goodput_bound(
+            SimSetup(deployment=DEPLOYMENTS[name]),
+            SLOClasses(),
+            lambda rate: point_workload(_point(args, rate, SimSetup())),
+            max(RATES[name]),
+        )
+        analysis["goodput_bound_at_90"] = bound.echo()
+        print(f"fluid bound on goodput@90: {bound.rate_rps:.1f} req/s")
         plot = args.out.with_name(f"{name}.png")
         plot_attainment_vs_rate(
             analysis["series"], plot, title=f"Llama-3.1-8B on H100, {name}, Azure conv 3:5:2"

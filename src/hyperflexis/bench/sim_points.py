@@ -12,7 +12,13 @@ from typing import Any
 
 from hyperflexis.core.slo import SLOClasses
 from hyperflexis.sim.setup import SimSetup, simulate
-from hyperflexis.workloads import Trace, build_workload, parse_slo_mix, read_azure_trace
+from hyperflexis.workloads import (
+    Trace,
+    build_workload,
+    parse_slo_mix,
+    read_azure_trace,
+    steady_workload,
+)
 from hyperflexis.workloads.spec import Workload
 
 DEFAULT_SLO_MIX = "interactive:3,standard:5,batch:2"  # DESIGN.md §4's mix of the default classes
@@ -28,21 +34,28 @@ class TracePoint:
     rate_rps: float
     setup: SimSetup
     slo_mix: str = DEFAULT_SLO_MIX
+    # Steady state: this many seconds of arrivals at every rate, the whole trace extended and
+    # looped (`workloads.steady_workload`); None: the first `num_requests`, a short replay.
+    duration_s: float | None = None
 
 
 @functools.lru_cache(maxsize=4)
-def _trace(path: str, num_requests: int) -> Trace:
+def _trace(path: str, num_requests: int | None) -> Trace:
     return read_azure_trace(Path(path), max_requests=num_requests)
 
 
 def point_workload(point: TracePoint) -> Workload:
-    classes = SLOClasses()
-    return build_workload(
-        seed=point.seed,
-        slo_mix=parse_slo_mix(point.slo_mix, classes),
-        trace=_trace(point.trace, point.num_requests),
-        rate_rps=point.rate_rps,
-    )
+    mix = parse_slo_mix(point.slo_mix, SLOClasses())
+    if point.duration_s is not None:
+        return steady_workload(
+            seed=point.seed,
+            slo_mix=mix,
+            rate_rps=point.rate_rps,
+            duration_s=point.duration_s,
+            trace=_trace(point.trace, None),
+        )
+    trace = _trace(point.trace, point.num_requests)
+    return build_workload(seed=point.seed, slo_mix=mix, trace=trace, rate_rps=point.rate_rps)
 
 
 def longest_prompt(trace: str, num_requests: int) -> int:

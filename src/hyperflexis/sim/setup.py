@@ -8,6 +8,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
+from hyperflexis.bench.records import simulated_row
 from hyperflexis.cluster import Dispatcher, make_dispatcher
 from hyperflexis.cluster.dispatch_hyperflexis import HyperFlexisDispatcher
 from hyperflexis.core.slo import SLOClasses
@@ -181,6 +182,17 @@ def simulate(
     on_progress: ProgressCallback | None = None,
 ) -> dict[str, Any]:
     """Run `workload` on `setup`; the results as `hyperflexis simulate` writes them."""
+    return simulate_with_records(setup, slo_classes, workload, on_progress)[0]
+
+
+def simulate_with_records(
+    setup: SimSetup,
+    slo_classes: SLOClasses,
+    workload: Workload,
+    on_progress: ProgressCallback | None = None,
+) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """As `simulate`, plus one `bench.records` row per offered request, in workload order
+    (`hyperflexis report` recomputes the summary from them)."""
     if not workload:
         raise ValueError("invalid workload: it has no requests")
     simulator = make_simulator(setup, slo_classes, workload)
@@ -196,7 +208,13 @@ def simulate(
     # The budget the instances ran with (DistServe's may have grown to its longest prompt).
     budget = simulator.factory.scheduler_config.max_num_batched_tokens
     summary["config"]["max_num_batched_tokens"] = budget
-    return summary
+    by_id = {r.request_id: r for r in result.records}
+    rows = []
+    for spec in workload:
+        route = result.routes.get(spec.request_id, ())
+        record = dataclasses.replace(by_id[spec.request_id], instance=route[0] if route else None)
+        rows.append(simulated_row(record, spec, route))
+    return summary, rows
 
 
 def with_policy(setup: SimSetup, policy: str, dispatch: str | None) -> SimSetup:
