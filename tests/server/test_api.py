@@ -418,6 +418,8 @@ def test_metrics_and_overhead(server: LiveServer) -> None:
         # The server's own time is measured, and it is a part of the request's time as the
         # client saw it (how small it is, is measured by benchmarks/serve_slo.py).
         assert 0 < float(response.headers["x-hyperflexis-server-overhead-ms"]) < elapsed_ms
+        instances = {r["instance_id"] for r in server.instances()}
+        assert response.headers["x-hyperflexis-instance"] in instances  # where it was sent
     metrics = httpx.get(f"{server.url}/metrics", timeout=10)
     assert metrics.headers["content-type"].startswith("text/plain")
     text = metrics.text

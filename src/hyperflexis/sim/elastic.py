@@ -54,6 +54,7 @@ from hyperflexis.sim.hooks import ClusterHooks
 from hyperflexis.sim.lifecycle import Flip, Lifecycle, Stop
 from hyperflexis.sim.result import SimResult
 from hyperflexis.sim.simulator import ClusterSimulator, ProgressCallback
+from hyperflexis.sim.step_noise import EXACT_STEPS, StepNoise
 from hyperflexis.workloads.spec import Workload
 
 
@@ -94,12 +95,12 @@ class ElasticSimulator(ClusterHooks):
         link_fanout: int = 2,
         fast_forward: bool = True,
         record_steps: bool = False,
+        step_noise: StepNoise = EXACT_STEPS,
     ) -> None:
-        """As `ClusterSimulator`, plus the scaler, its pool bounds (the deployment's roles:
-        `mixed`, or `prefill` and `decode`), the cost meter (price per instance-hour) and the
-        link policy. The deployment is the initial cluster; its `links` are replaced by a
-        `LinkTable` of `link_policy` over its instances."""
-        # Fresh snapshots for every reader, as this simulator has always taken them.
+        """As `ClusterSimulator` (fresh snapshots for every reader), plus the scaler, its pool
+        bounds (the deployment's roles: `mixed`, or `prefill` and `decode`), the cost meter (per
+        instance-hour) and the link policy. The deployment is the initial cluster; its `links`
+        are replaced by a `LinkTable` of `link_policy` over its instances."""
         self.cluster = ClusterSimulator(
             deployment,
             policy,
@@ -114,11 +115,10 @@ class ElasticSimulator(ClusterHooks):
             record_steps=record_steps,
             reuse_snapshots=False,
             hooks=self,
+            step_noise=step_noise,
         )
         _check_pools(deployment, pools)
-        self.scaler = scaler
-        self.pools = dict(pools)
-        self.cost_meter = cost_meter
+        self.scaler, self.pools, self.cost_meter = scaler, dict(pools), cost_meter
         self.times = times or ElasticTimes()
         context = scaler.context
         self._startup = StartupModel(context.hardware, context.model, context.init_s)

@@ -61,6 +61,7 @@ from hyperflexis.sim.events import (
 from hyperflexis.sim.hooks import ClusterHooks
 from hyperflexis.sim.instance import InstanceFactory, SimInstance
 from hyperflexis.sim.result import SimResult
+from hyperflexis.sim.step_noise import EXACT_STEPS, StepNoise
 from hyperflexis.workloads.spec import RequestSpec, Workload
 
 ProgressCallback = Callable[[int], None]  # called with the number of requests just offered
@@ -85,11 +86,12 @@ class ClusterSimulator:
         record_steps: bool = False,
         reuse_snapshots: bool = True,
         hooks: ClusterHooks | None = None,
+        step_noise: StepNoise = EXACT_STEPS,
     ) -> None:
         """`scheduler_config` is every instance's, with `role` set per instance. `kv_transfer`
         is required for P/D deployments. `hooks` is a driver's seam (`sim.hooks`); the driver
-        builds any instance it adds with `self.factory`, on the same settings.
-        `reuse_snapshots` is `SimInstance`'s."""
+        builds any instance it adds with `self.factory`, on the same settings. `reuse_snapshots`
+        is `SimInstance`'s; `step_noise` what each step is charged (`sim.step_noise`)."""
         if deployment.is_disaggregated and kv_transfer is None:
             raise ValueError("invalid parameter 'kv_transfer': a P/D deployment needs one")
         self.deployment = deployment
@@ -107,6 +109,7 @@ class ClusterSimulator:
             fast_forward=fast_forward,
             record_steps=record_steps,
             reuse_snapshots=reuse_snapshots,
+            step_noise=step_noise,
         )
         self.instances: list[SimInstance] = []
         self._index: dict[str, int] = {}
