@@ -93,10 +93,11 @@ def _complete(server: LiveServer, prompt: str, stream: bool, **params: Any) -> d
         (choice,) = done.choices
         return {
             "text": choice.text,
+            "tokens": None if choice.logprobs is None else choice.logprobs.tokens,
             "finish_reason": choice.finish_reason,
             "usage": (usage.prompt_tokens, usage.completion_tokens),
         }
-    text, finish, usage_seen = "", None, None
+    text, finish, usage_seen, tokens = "", None, None, None
     chunks = client.completions.create(
         model=model, stream=True, stream_options={"include_usage": True}, **body
     )
@@ -104,14 +105,16 @@ def _complete(server: LiveServer, prompt: str, stream: bool, **params: Any) -> d
         for choice in chunk.choices:
             text += choice.text
             finish = choice.finish_reason or finish
+            if choice.logprobs is not None and choice.logprobs.tokens is not None:
+                tokens = (tokens or []) + choice.logprobs.tokens
         if chunk.usage is not None:
             usage_seen = (chunk.usage.prompt_tokens, chunk.usage.completion_tokens)
-    return {"text": text, "finish_reason": finish, "usage": usage_seen}
+    return {"text": text, "tokens": tokens, "finish_reason": finish, "usage": usage_seen}
 
 
-CASES = [
-    pytest.param({"temperature": 0.0}, id="greedy"),
-    pytest.param({"temperature": 0.9, "seed": 7}, id="seeded"),
+CASES = [  # with logprobs=1 the responses list every token: equal token for token
+    pytest.param({"temperature": 0.0, "logprobs": 1}, id="greedy"),
+    pytest.param({"temperature": 0.9, "seed": 7, "logprobs": 1}, id="seeded"),
     pytest.param({"temperature": 0.0, "stop": [" the"]}, id="greedy-stop"),
     pytest.param({"temperature": 0.0, "max_tokens": 1}, id="one-token"),
 ]
@@ -125,6 +128,8 @@ def test_pd_output_equals_collocated_output(
     for prompt in PROMPTS:
         want = _complete(collocated, prompt, stream, **params)
         got = _complete(pd, prompt, stream, **params)
+        if "logprobs" in params:
+            assert want["tokens"] and len(want["tokens"]) == want["usage"][1]
         assert got == want, prompt
         wait_idle(pd)
     wait_idle(collocated)
@@ -215,7 +220,7 @@ def test_failed_transfers_give_the_same_tokens_by_recompute(
 ) -> None:
     failures = faulty.metric("hyperflexis:kv_handoff_failures_total")
     for prompt in PROMPTS:
-        for params in ({"temperature": 0.0}, {"temperature": 0.9, "seed": 3}):
+        for params in ({"temperature": 0.0, "logprobs": 1}, {"temperature": 0.9, "seed": 3}):
             assert _complete(faulty, prompt, stream, **params) == _complete(
                 collocated, prompt, stream, **params
             )
