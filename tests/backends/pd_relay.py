@@ -137,6 +137,7 @@ class Relay:
             ttft_s=ready.ttft_s,
             num_text_chars_sent=len(relayed.text),
             kv=source,
+            queue_s=ready.queue_s,
         )
 
     def wait_until(self, what: str, check: object, timeout_s: float = TIMEOUT_S) -> None:

@@ -130,7 +130,11 @@ def test_pd_ends_as_collocated(relay: Relay, reference: LLMEngine) -> None:
             continue
         assert relayed.ready is not None and relayed.handoff is not None
         assert relayed.num_p_deltas == 1 and relayed.deltas[0].finish_reason is None
-        assert relayed.ready.num_tokens == len(PROMPT) and 0 < relayed.ready.lease_s <= 30
+        ready = relayed.ready
+        assert ready.num_tokens == len(PROMPT) and 0 < ready.lease_s <= 30
+        # The request's times are P's, carried as durations.
+        assert relayed.last.ttft_s == pytest.approx(ready.ttft_s, abs=1e-6)
+        assert relayed.last.queue_s == pytest.approx(ready.queue_s, abs=1e-6)
         handoff = relayed.handoff
         if transport in ("shm", "torch-dist"):
             assert handoff.ok and handoff.error is None and handoff.num_bytes > 0

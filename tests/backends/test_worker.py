@@ -9,6 +9,7 @@ from collections.abc import Iterator
 from multiprocessing import Pipe
 from multiprocessing.connection import Connection
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
@@ -23,6 +24,8 @@ from hyperflexis.backends.worker import InstanceLoop
 from hyperflexis.core.sampling import SamplingParams
 from hyperflexis.core.slo import SLO
 from hyperflexis.engine.factory import InstanceSpec, build_engine
+from hyperflexis.scheduler import KVBlockManager
+from hyperflexis.scheduler.leases import LeaseTable
 
 SLO_ = SLO(ttft_s=60.0, tpot_s=10.0)
 TIMEOUT_S = 60.0
@@ -123,8 +126,15 @@ def test_an_invalid_request_fails_alone(harness: Harness) -> None:
 
 
 class _IdleEngine:
+    """No requests, no leases: all the loop asks of an idle engine."""
+
+    scheduler = SimpleNamespace(leases=LeaseTable(KVBlockManager(1, 1), 1.0))
+
     def has_unfinished(self) -> bool:
         return False
+
+    def expire_leases(self) -> list[str]:
+        return []
 
 
 def test_the_loop_ends_when_the_server_closes_its_pipe() -> None:

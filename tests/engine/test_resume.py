@@ -44,7 +44,8 @@ def build(role: Role, policy: str = "hyperflexis") -> LLMEngine:
 
 @pytest.fixture(scope="module")
 def engines() -> Iterator[dict[Role, LLMEngine]]:
-    built = {role: build(role) for role in ("mixed", "prefill", "decode")}
+    roles: tuple[Role, ...] = ("mixed", "prefill", "decode")
+    built = {role: build(role) for role in roles}
     yield built
     for engine in built.values():
         kv = engine.scheduler.kv

@@ -26,7 +26,7 @@ def test_a_prefilled_prompt_keeps_its_blocks_until_released(policy: str) -> None
     scheduler, req = prefilled(policy)
     [lease] = scheduler.leases.take_new()
     assert (lease.request_id, lease.num_tokens, len(lease.block_ids)) == ("p", 40, 3)
-    assert lease.expires_s == pytest.approx(req.finish_s + 30.0)
+    assert req.finish_s is not None and lease.expires_s == pytest.approx(req.finish_s + 30.0)
     assert scheduler.leases.take_new() == []  # reported once
     assert scheduler.kv.num_free_blocks == scheduler.kv.num_blocks - 3
     assert not scheduler.has_unfinished()  # the lease is not work to step

@@ -7,12 +7,20 @@ import time
 
 import pytest
 
-from hyperflexis.transfer import TransferError, TransferTimeoutError, create_kv_transport
+from hyperflexis.engine.kv_cache import KVCache
+from hyperflexis.transfer import (
+    KVTransport,
+    PoolDescriptor,
+    TransferError,
+    TransferTimeoutError,
+    create_kv_transport,
+)
 from hyperflexis.transfer.faulty import SLOW_READ_S
 from tests.transfer.pools import FLOAT32, assert_blocks_equal, build_cache, fill
 
 
-def _pair(name: str):  # type: ignore[no-untyped-def]
+def _pair(name: str) -> tuple[KVTransport, KVTransport, PoolDescriptor, KVCache, KVCache]:
+    """An owner with a filled pool and a reader with its own, both over `name`."""
     owner, reader = create_kv_transport(name), create_kv_transport(name)
     source = build_cache(owner, FLOAT32)
     fill(source, seed=3)

@@ -91,6 +91,7 @@ class KVHandoffs:
             command.slo,
             age_s=command.age_s,
             ttft_s=command.ttft_s,
+            queue_s=command.queue_s,
             kv_tokens=0 if kv is None else kv.num_tokens,
         )
         if kv is None:

@@ -61,6 +61,7 @@ class ResumeRequest:
     ttft_s: float | None  # its first token's latency, when one was emitted
     num_text_chars_sent: int  # output text the client already has (stop-string hold-back aside)
     kv: KVSource | None = None
+    queue_s: float | None = None  # arrival to first scheduled where it began (KVReady.queue_s)
 
 
 @dataclass(frozen=True, slots=True)

@@ -130,8 +130,8 @@ class InstanceLoop:
             stepped = self.engine.has_unfinished()
             if stepped:
                 deltas += self._step()
-            news = bool(deltas or changed or expired or self._handoffs or self._kv_ready)
-            news = news or bool(handoffs.take_freed())
+            freed = handoffs.take_freed()  # blocks a pull had set aside went back: load changed
+            news = bool(deltas or changed or expired or self._handoffs or self._kv_ready or freed)
             if not (news or (stepped and not self._stalled)):
                 continue  # nothing new to tell: idle, or a step that could schedule nothing
             if not self._publish(deltas, stepped, expired):
