@@ -214,6 +214,7 @@ class HandoffDriver:
             ttft_s=None if ready is None else ready.ttft_s,
             num_text_chars_sent=progress.num_text_chars,
             kv=kv,
+            queue_s=None if ready is None else ready.queue_s,
         )
         self._moved(effect.request_id, effect.decode_id)
         self._send(effect.decode_id, resume)
