@@ -58,7 +58,6 @@ def test_a_sweep_recomputes_every_run_and_both_goodputs(
     doc = json.loads(out.read_text())
     assert set(doc["goodput_at_90_per_token"]) == {"hyperflexis", "fcfs"}
     for run in doc["runs"]:
-        assert run["attainment_per_token"] <= run["attainment"]
         assert (tmp_path / run["records"]).is_file()
     code, text = _report(out, capsys)
     assert code == 0, text

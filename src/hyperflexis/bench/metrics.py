@@ -3,7 +3,7 @@
 The simulator and the live load client both produce `RequestRecord`s, so their numbers mean the
 same thing. A request is attained when it completed and met its TTFT and its mean TPOT; rejected,
 aborted and failed requests count as offered and not attained (DESIGN.md §2). Beside it, every
-summary judges the stricter per-token view (`core.slo.token_lateness_s`: token i due by arrival +
+summary judges the per-token view (`core.slo.token_lateness_s`: token i due by arrival +
 TTFT SLO + i x TPOT SLO) as `*_per_token` keys. Summaries are plain
 dicts of floats, ints and None with classes in sorted order, so the same records give the same
 JSON byte for byte, in whatever order the records came.

@@ -34,9 +34,10 @@ def token_lateness_s(
     time_s: float, index: int, arrival_s: float, ttft_slo_s: float, tpot_slo_s: float
 ) -> float:
     """How late output token `index` (0 is the first) came under per-token deadlines: token i is
-    due by arrival + TTFT SLO + i x TPOT SLO, so <= 0 means on time. The stricter TPOT view beside
-    `mean_tpot_s`: a stream that stalls and then catches up meets its mean but not its deadlines
-    (a request attains under this view when its largest lateness is <= 0)."""
+    due by arrival + TTFT SLO + i x TPOT SLO, so <= 0 means on time. The TPOT view beside
+    `mean_tpot_s` (a request attains under it when its largest lateness is <= 0): a stream that
+    stalls and then catches up meets its mean but not its deadlines, while a first token well
+    inside its TTFT target carries its slack into the deadlines of the tokens after it."""
     return time_s - (arrival_s + ttft_slo_s + index * tpot_slo_s)
 
 
