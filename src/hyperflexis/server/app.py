@@ -5,10 +5,13 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
+from fastapi.routing import APIRoute
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from hyperflexis import __version__
@@ -21,19 +24,43 @@ from hyperflexis.server.protocol import parse_chat, parse_completion
 logger = logging.getLogger(__name__)
 
 
+def internal_error(exc: Exception) -> JSONResponse:
+    """A bug, not the client's fault: log it, answer in OpenAI's shape, keep serving."""
+    logger.error("internal error while serving a request", exc_info=exc)
+    error = APIError(500, f"internal error: {type(exc).__name__}", type="server_error")
+    return JSONResponse(error.body(), status_code=500)
+
+
+class _GuardedRoute(APIRoute):
+    """Turns a route's unexpected exception into the 500 above inside the route. Starlette's
+    catch-all handler would answer too, but then re-raise, and uvicorn drops the connection:
+    the client's next request on it would fail."""
+
+    def get_route_handler(self) -> Callable[[Request], Awaitable[Response]]:
+        handler = super().get_route_handler()
+
+        async def guarded(request: Request) -> Response:
+            try:
+                return await handler(request)
+            except (APIError, StarletteHTTPException, RequestValidationError):
+                raise  # answered by the handlers below
+            except Exception as exc:
+                return internal_error(exc)
+
+        return guarded
+
+
 def create_app(core: ServingCore) -> FastAPI:
     app = FastAPI(title="HyperFlexis", docs_url=None, redoc_url=None, openapi_url=None)
+    app.router.route_class = _GuardedRoute
 
     @app.exception_handler(APIError)
     async def api_error(_: Request, exc: APIError) -> JSONResponse:
         return JSONResponse(exc.body(), status_code=exc.status, headers=exc.headers)
 
     @app.exception_handler(Exception)
-    async def internal_error(_: Request, exc: Exception) -> JSONResponse:
-        # A bug, not the client's fault: log it, answer in OpenAI's shape, keep serving.
-        logger.exception("internal error while serving a request")
-        error = APIError(500, f"internal error: {type(exc).__name__}", type="server_error")
-        return JSONResponse(error.body(), status_code=500)
+    async def unexpected(_: Request, exc: Exception) -> JSONResponse:
+        return internal_error(exc)  # outside a route (middleware); the connection then closes
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
