@@ -37,6 +37,7 @@ class FakeHandle:
     correction_factor: float = 1.0
     snapshot: LoadSnapshot | None = None
     num_preemptions: int = 0
+    num_restarts: int = 0
 
     def send(self, command: Any) -> None:
         self.sent.append(command)
@@ -200,7 +201,8 @@ def test_a_dead_instance_fails_its_requests() -> None:
     dispatcher.answer = "b"
     (on_b,) = core.submit(parse_completion({"prompt": "x"}, {}), None, 0.0)
     pool.handles["a"].alive = False
-    core.on_exit(pool.handles["a"])  # type: ignore[arg-type]
+    core.fail([on_a], "instance a failed")
+    core.metrics.remove_instance("a")
     failed = on_a.queue.get_nowait()
     assert failed.finish_reason == "error" and "instance a" in (failed.error or "")
     assert on_b.queue.empty() and list(core.streams) == [on_b.request_id]

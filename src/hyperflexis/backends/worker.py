@@ -16,6 +16,7 @@ import time
 from multiprocessing.connection import Connection
 from pathlib import Path
 
+from hyperflexis.backends.heartbeat import ReportSender, start_heartbeat
 from hyperflexis.backends.messages import (
     AbortRequest,
     AddRequest,
@@ -48,7 +49,8 @@ def run_instance(spec: InstanceSpec, commands: Connection, reports: Connection) 
     except Exception as exc:  # report any start-up failure instead of dying silently
         _send_quietly(reports, InstanceFailed(spec.instance_id, f"{type(exc).__name__}: {exc}"))
         return
-    loop = InstanceLoop(spec.instance_id, engine, cost_model, reports)
+    sender = ReportSender(reports)  # the loop and the heartbeat thread share the pipe
+    loop = InstanceLoop(spec.instance_id, engine, cost_model, sender)
     ready = InstanceReady(
         spec.instance_id,
         os.getpid(),
@@ -56,7 +58,8 @@ def run_instance(spec: InstanceSpec, commands: Connection, reports: Connection) 
         engine.runner.config.vocab_size,
         take_snapshot(spec.instance_id, engine.scheduler, time.monotonic()),
     )
-    if _send_quietly(reports, ready):
+    if sender.send(ready):
+        start_heartbeat(sender, spec.instance_id)
         loop.run(commands)
     # Nothing is left to clean up, and interpreter teardown with torch loaded takes seconds on
     # a busy host: leave at once so a shutdown is quick.
@@ -80,12 +83,12 @@ class InstanceLoop:
         instance_id: str,
         engine: LLMEngine,
         cost_model: OnlineCorrection | None,
-        reports: Connection,
+        reports: Connection | ReportSender,
     ) -> None:
         self.instance_id = instance_id
         self.engine = engine
         self.cost_model = cost_model
-        self.reports = reports
+        self.reports = reports if isinstance(reports, ReportSender) else ReportSender(reports)
         # Per live request: output tokens and text characters already sent to the server, and
         # when the latest sent token was produced.
         self._sent: dict[str, tuple[int, int, float | None]] = {}
@@ -216,7 +219,7 @@ class InstanceLoop:
             step_execute_s=self.engine.last_step.execute_s if stepped else 0.0,
             correction_factor=1.0 if self.cost_model is None else self.cost_model.factor,
         )
-        return _send_quietly(self.reports, report)
+        return self.reports.send(report)
 
 
 def _send_quietly(reports: Connection, message: object) -> bool:

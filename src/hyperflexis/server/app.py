@@ -5,7 +5,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable, Coroutine
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -19,6 +19,7 @@ from hyperflexis.server import tokenize
 from hyperflexis.server.core import ServingCore
 from hyperflexis.server.errors import APIError
 from hyperflexis.server.generation import generate
+from hyperflexis.server.health import health_report
 from hyperflexis.server.protocol import parse_chat, parse_completion
 
 logger = logging.getLogger(__name__)
@@ -36,7 +37,7 @@ class _GuardedRoute(APIRoute):
     catch-all handler would answer too, but then re-raise, and uvicorn drops the connection:
     the client's next request on it would fail."""
 
-    def get_route_handler(self) -> Callable[[Request], Awaitable[Response]]:
+    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
         handler = super().get_route_handler()
 
         async def guarded(request: Request) -> Response:
@@ -104,15 +105,14 @@ def create_app(core: ServingCore) -> FastAPI:
     @app.api_route("/ping", methods=["GET", "POST"])
     async def ping() -> Response:
         # vLLM's (SageMaker's) liveness probe: 200 while an instance serves, like /health.
-        return Response(status_code=200 if core.pool.live() else 503)
+        return Response(status_code=health_report(core)[0])
 
     @app.get("/health")
     async def health() -> JSONResponse:
-        live = core.pool.live()
-        status = 200 if live else 503
-        return JSONResponse(
-            {"status": "ok" if live else "down", "num_instances": len(live)}, status_code=status
-        )
+        # 200 while it serves ("ok", or "degraded" with capacity missing); 503 when down or
+        # draining: what a load balancer acts on (server/health.py).
+        status, body = health_report(core)
+        return JSONResponse(body, status_code=status)
 
     @app.get("/metrics")
     async def metrics(request: Request) -> Response:
@@ -131,6 +131,7 @@ def create_app(core: ServingCore) -> FastAPI:
                 {
                     "instance_id": handle.instance_id,
                     "alive": handle.alive,
+                    "num_restarts": handle.num_restarts,
                     "num_dispatched": handle.num_dispatched,
                     "num_running": None if snapshot is None else snapshot.num_running,
                     "num_waiting": None if snapshot is None else snapshot.num_waiting,

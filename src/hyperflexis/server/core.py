@@ -8,6 +8,7 @@ come back on the event loop and are routed to each request's `RequestStream`.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -21,7 +22,7 @@ from hyperflexis.engine.tokenizer import Tokenizer
 from hyperflexis.server.access import Access
 from hyperflexis.server.config import DEFAULT_MAX_REQUEST_BYTES
 from hyperflexis.server.cost_model import SharedCorrection
-from hyperflexis.server.errors import APIError, bad_request, overloaded
+from hyperflexis.server.errors import APIError, bad_request, overloaded, shutting_down
 from hyperflexis.server.metrics import ServerMetrics
 from hyperflexis.server.protocol import ChatInput, GenerationJob, Prompt
 
@@ -49,6 +50,11 @@ class RequestStream:
     finished: bool = False  # the instance is done with it (or it was aborted)
     prompt_index: int = 0  # which of the request's prompts it samples
     prompt_token_ids: list[int] = field(default_factory=list)
+    # What recovery needs to continue it elsewhere (server/recovery.py):
+    params: SamplingParams | None = None
+    output_token_ids: list[int] = field(default_factory=list)  # delivered to its queue so far
+    num_text_chars: int = 0  # output text delivered so far
+    ttft_s: float | None = None  # arrival to its first token, at the server
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,7 +79,9 @@ class ServingCore:
         model_aliases: tuple[str, ...] = (),
         model_root: str | None = None,
         max_queued: int | None = None,
+        max_queued_per_instance: int | None = None,
         max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES,
+        request_timeout_s: float | None = None,
         shared_correction: SharedCorrection | None = None,
     ) -> None:
         self.pool = pool
@@ -83,8 +91,11 @@ class ServingCore:
         self.model_name = model_name  # the id /v1/models lists
         self.model_aliases = frozenset((model_name, *model_aliases))  # names requests may use
         self.model_root = model_root or model_name  # the checkpoint /v1/models names as root
-        self.max_queued = max_queued  # None: no bound on requests without a first token
+        self.max_queued = max_queued  # requests without a first token; None: derived
+        self.max_queued_per_instance = max_queued_per_instance  # the derived bound, per live one
         self.max_request_bytes = max_request_bytes  # 413 for a body over it
+        self.request_timeout_s = request_timeout_s  # 503 past it; None: no bound
+        self.draining = False  # SIGTERM: admit nothing new (503), let the open requests finish
         self.shared_correction = shared_correction
         self.metrics = ServerMetrics(model_name, access.slo_classes, pool.max_context_len)
         self.streams: dict[str, RequestStream] = {}
@@ -120,6 +131,8 @@ class ServingCore:
         scheduler see the work they are; sample i is seeded seed + i). The streams share one
         queue, in choice order. Raises 503 when turned away, after aborting the samples
         already sent."""
+        if self.draining:
+            raise shutting_down()
         queue: asyncio.Queue[OutputDelta] = asyncio.Queue()
         streams: list[RequestStream] = []
         try:
@@ -179,7 +192,7 @@ class ServingCore:
         arrival_s: float,
         queue: asyncio.Queue[OutputDelta],
     ) -> RequestStream:
-        if self.max_queued is not None and self.num_queued >= self.max_queued:
+        if self.num_queued >= self.queue_bound():
             self.metrics.on_rejected(slo.class_name, "queue")
             raise overloaded(f"server busy: {self.num_queued} requests already queued")
         prefix = "cmpl" if job.kind == "completion" else "chatcmpl"
@@ -189,6 +202,9 @@ class ServingCore:
             self.pool.snapshots(),
             time.monotonic(),
         )
+        if decision.instance_id is None and not self.pool.live():
+            self.metrics.on_rejected(slo.class_name, "dispatch")
+            raise overloaded("no instance is serving now (failed ones restart)", "unavailable")
         if decision.instance_id is None:
             self.metrics.on_rejected(slo.class_name, "dispatch")
             raise overloaded(f"no instance can meet this request's SLO now ({decision.reason})")
@@ -197,11 +213,21 @@ class ServingCore:
             request_id, handle.instance_id, slo, len(token_ids), arrival_s, queue=queue
         )
         stream.prompt_token_ids = token_ids
+        stream.params = params
         self.streams[request_id] = stream
         self.num_queued += 1
         handle.num_dispatched += 1
         handle.send(AddRequest(request_id, token_ids, params, slo, arrival_s))
         return stream
+
+    def queue_bound(self) -> float:
+        """Most requests that may wait for a first token: `--max-queued`, else a batch's worth
+        per live instance (at least one instance's, so a restart does not refuse everything)."""
+        if self.max_queued is not None:
+            return self.max_queued
+        if self.max_queued_per_instance is None:
+            return float("inf")
+        return self.max_queued_per_instance * max(1, len(self.pool.live()))
 
     def _tokenize(self, job: GenerationJob, prompt: Prompt | None) -> tuple[list[int], str]:
         if prompt is None:
@@ -285,10 +311,11 @@ class ServingCore:
         metrics.observe_instance(handle)
         for delta in report.deltas:
             stream = self.streams.get(delta.request_id)
-            if stream is None:
-                continue  # aborted meanwhile
+            if stream is None or stream.instance_id != handle.instance_id:
+                continue  # aborted meanwhile, or moved off a failed instance
             if delta.token_ids and not stream.has_first_token:
                 stream.has_first_token = True
+                stream.ttft_s = now - stream.arrival_s
                 self.num_queued -= 1
                 metrics.on_first_token(
                     stream.instance_id,
@@ -296,6 +323,8 @@ class ServingCore:
                     now - stream.arrival_s,
                     stream.num_prompt_tokens,
                 )
+            stream.output_token_ids += delta.token_ids
+            stream.num_text_chars += len(delta.text)
             if delta.token_ids:
                 metrics.on_tokens(
                     stream.instance_id, len(delta.token_ids), delta.inter_token_latency_s
@@ -308,19 +337,23 @@ class ServingCore:
             live = self.pool.live()
             self.shared_correction.factor = sum(h.correction_factor for h in live) / len(live)
 
-    def on_exit(self, handle: InstanceHandle) -> None:
-        """An instance process died: fail every request it held."""
-        message = f"instance {handle.instance_id} stopped unexpectedly"
+    def fail(self, streams: list[RequestStream], message: str, status: int = 500) -> None:
+        """End `streams` with an error now (a timeout, a lost instance, shutdown): the client
+        gets `status` before any output, an error event and [DONE] after. Each one's instance,
+        if it still serves, frees its KV."""
         now = time.monotonic()
-        for stream in [s for s in self.streams.values() if s.instance_id == handle.instance_id]:
+        for stream in streams:
+            if stream.finished:
+                continue
             delta = OutputDelta(stream.request_id, [], "", "error", error=message)
+            delta = dataclasses.replace(delta, error_status=status)
             self.metrics.on_finished(stream.instance_id, stream.slo, delta, now - stream.arrival_s)
             self._close(stream)
+            handle = self.pool.handles.get(stream.instance_id)
+            if handle is not None and handle.alive:
+                handle.send(AbortRequest(stream.request_id))
             stream.queue.put_nowait(delta)
-        self.metrics.remove_instance(handle.instance_id)
 
     def fail_all(self, message: str) -> None:
         """The server is stopping: end every open request."""
-        for stream in list(self.streams.values()):
-            self._close(stream)
-            stream.queue.put_nowait(OutputDelta(stream.request_id, [], "", "error", error=message))
+        self.fail(list(self.streams.values()), message, 503)
