@@ -79,6 +79,8 @@ def server(
             str(slo_path),
             "--api-key",
             API_KEY,
+            "--instance-timeout-s",
+            "600",  # frozen() stops instances: they must not be failed meanwhile
             "--admission-control",
             "--max-request-bytes",
             str(MAX_REQUEST_BYTES),
