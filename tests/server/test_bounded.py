@@ -17,8 +17,9 @@ import pytest
 from hyperflexis.core.slo import SLOClasses
 from hyperflexis.server.access import Access
 from hyperflexis.server.app import create_app
-from hyperflexis.server.core import PREFIX_CHARS_PER_TOKEN, ServingCore
+from hyperflexis.server.core import ServingCore
 from hyperflexis.server.errors import APIError
+from hyperflexis.server.limits import PREFIX_CHARS_PER_TOKEN
 from hyperflexis.server.protocol import parse_completion
 from tests.server.test_core import MAX_CONTEXT, FakeDispatcher, FakePool, FakeTokenizer
 

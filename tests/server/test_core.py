@@ -237,3 +237,11 @@ def test_a_rejected_sample_aborts_those_already_sent() -> None:
     assert _error(core, {"prompt": "x", "n": 3}).status == 503
     aborts = [c for c in pool.handles["a"].sent if isinstance(c, AbortRequest)]
     assert len(aborts) == 2 and not core.streams and core.num_queued == 0
+
+
+def test_more_samples_than_one_request_may_start_is_a_400() -> None:
+    core, pool, _ = _core()
+    for body in ({"prompt": "x", "n": 129}, {"prompt": ["x"] * 65, "n": 2}):
+        error = _error(core, body)
+        assert error.status == 400 and "at most 128 samples" in error.message
+    assert not core.streams and not pool.handles["a"].sent

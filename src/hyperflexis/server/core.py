@@ -19,17 +19,13 @@ from hyperflexis.cluster.dispatcher import Dispatcher, DispatchRequest
 from hyperflexis.core.sampling import SamplingParams
 from hyperflexis.core.slo import SLO, SLOClass
 from hyperflexis.engine.tokenizer import Tokenizer
+from hyperflexis.server import limits
 from hyperflexis.server.access import Access
 from hyperflexis.server.config import DEFAULT_MAX_REQUEST_BYTES
 from hyperflexis.server.cost_model import SharedCorrection
 from hyperflexis.server.errors import APIError, bad_request, overloaded, shutting_down
 from hyperflexis.server.metrics import ServerMetrics
 from hyperflexis.server.protocol import ChatInput, GenerationJob, Prompt
-
-# A text over this many characters per context token is checked on a prefix of that many first
-# (English has about 4; a prompt that fits with more is rare and only pays one extra prefix pass).
-PREFIX_CHARS_PER_TOKEN = 16
-PREFIX_MARGIN = 64  # tokens a cut text may gain at its cut; far more than a cut word can
 
 # Put in a stream's queue when its client disconnects: the consumer stops and aborts.
 DISCONNECTED = OutputDelta("", [], "", "abort", error="client disconnected")
@@ -119,10 +115,11 @@ class ServingCore:
         self.check_model(job.model)
         slo = self.access.resolve(job.slo, bound)
         inputs: list[Prompt | None] = list(job.prompts) or [None]  # None: the chat
+        limits.check_num_samples(job, len(inputs))
         prompts = []
         for prompt in inputs:
             token_ids, param = self._tokenize(job, prompt)
-            max_tokens = self._check_length(job, len(token_ids), param)
+            max_tokens = limits.check_length(job, len(token_ids), param, self.pool.max_context_len)
             prompts.append((token_ids, job.sampling_params(max_tokens)))
         return Plan(slo, prompts)
 
@@ -234,57 +231,14 @@ class ServingCore:
             assert job.chat is not None
             return self.encode_chat(job.chat, job.add_special_tokens), "messages"
         if prompt.text is not None:
-            self._check_text_length(prompt.text, job.add_special_tokens)
+            limits.check_text_length(
+                self.tokenizer, prompt.text, job.add_special_tokens, self.pool.max_context_len
+            )
             return self.tokenizer.encode(prompt.text, job.add_special_tokens), "prompt"
         token_ids = prompt.token_ids or []
-        self._check_length(job, len(token_ids), "prompt")  # before walking a huge list
+        limits.check_length(job, len(token_ids), "prompt", self.pool.max_context_len)  # first
         self.check_token_ids(token_ids, "prompt")
         return token_ids, "prompt"
-
-    def _check_text_length(self, text: str, add_special_tokens: bool) -> None:
-        """400 for a text far longer than the context, from a bounded prefix of it, before the
-        whole text is tokenised (megabytes take seconds). Cutting the text changes only its last
-        pre-token's tokens, so the prefix has at most a few more than the whole: PREFIX_MARGIN
-        more than the context proves the whole cannot fit."""
-        max_context = self.pool.max_context_len
-        num_chars = PREFIX_CHARS_PER_TOKEN * max_context
-        if len(text) <= num_chars:
-            return
-        num_prefix_tokens = len(self.tokenizer.encode(text[:num_chars], add_special_tokens))
-        if num_prefix_tokens > max_context + PREFIX_MARGIN:
-            raise bad_request(
-                f"This model's maximum context length is {max_context} tokens. However, your "
-                f"prompt has more than {num_prefix_tokens - PREFIX_MARGIN} tokens in its first "
-                f"{num_chars} characters alone. Please reduce the length of the prompt.",
-                "prompt",
-                "context_length_exceeded",
-            )
-
-    def _check_length(self, job: GenerationJob, num_prompt_tokens: int, param: str) -> int:
-        """The request's max_tokens; 400 when the prompt (plus an explicit max_tokens) does not
-        fit the context."""
-        max_context = self.pool.max_context_len
-        room = max_context - num_prompt_tokens
-        if room < 1:
-            raise bad_request(
-                f"This model's maximum context length is {max_context} tokens. However, your "
-                f"prompt has {num_prompt_tokens} tokens, which leaves no room for the completion. "
-                "Please reduce the length of the prompt.",
-                param,
-                "context_length_exceeded",
-            )
-        if job.max_tokens is None:
-            return room
-        if job.max_tokens > room:
-            raise bad_request(
-                f"This model's maximum context length is {max_context} tokens. However, you "
-                f"requested {num_prompt_tokens + job.max_tokens} tokens ({num_prompt_tokens} in "
-                f"the prompt, {job.max_tokens} for the completion). Please reduce the length of "
-                "the prompt or the completion.",
-                "max_tokens",
-                "context_length_exceeded",
-            )
-        return job.max_tokens
 
     def abort(self, stream: RequestStream) -> None:
         """The client went away: stop the request in its instance (frees its KV next loop)."""
