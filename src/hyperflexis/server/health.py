@@ -102,7 +102,14 @@ class Supervisor:
         was_ready = handle.ready is not None
         self.pool.kill(handle)  # before its requests move: it can never answer again
         recovered = recover(self.core, instance_id, reason)
-        self.core.metrics.remove_instance(instance_id)
+        metrics = self.core.metrics
+        outcomes = {
+            "redispatched": recovered.num_redispatched,
+            "resumed": recovered.num_resumed,
+            "failed": recovered.num_failed,
+        }
+        metrics.on_instance_failed(instance_id, outcomes)
+        metrics.remove_instance(instance_id)
         logger.warning(
             "instance %s failed (%s): %d requests dispatched again, %d resumed, %d ended with "
             "an error",
@@ -123,6 +130,7 @@ class Supervisor:
             return
         self.failed_at.setdefault(instance_id, now)
         self.pool.replace(instance_id)
+        metrics.on_instance_restarted(instance_id)
         logger.warning("instance %s: starting a replacement (weights from disk)", instance_id)
 
     def on_ready(self, handle: InstanceHandle) -> None:
