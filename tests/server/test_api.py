@@ -21,6 +21,7 @@ import httpx
 import openai
 import pytest
 
+from hyperflexis.server.recovery import RESUME_SUPPORTED
 from tests.server.live import LiveServer, start_server, stop_server, wait_until
 from tests.server.scrape import has, value
 
@@ -137,7 +138,8 @@ def _wait_idle(server: LiveServer, timeout_s: float = 20.0) -> list[dict[str, An
 def test_models_and_health(server: LiveServer, model_id: str, server_model_dir: Path) -> None:
     assert model_id == server_model_dir.name
     health = httpx.get(f"{server.url}/health", timeout=10).json()
-    assert health == {"status": "ok", "num_instances": 2}
+    assert (health["status"], health["num_instances"], health["num_configured"]) == ("ok", 2, 2)
+    assert [row["state"] for row in health["instances"]] == ["ready", "ready"]
 
 
 def test_sync_completion_and_stream_agree(server: LiveServer, model_id: str) -> None:
@@ -495,7 +497,9 @@ def test_a_body_over_the_limit_is_413_before_it_is_sent(server: LiveServer) -> N
 
 
 def test_instance_crash_mid_stream_ends_it_with_an_error_event(server: LiveServer) -> None:
-    """Last in the module: it leaves the server with one instance."""
+    """An instance killed mid-stream: the stream goes on elsewhere once the engine resumes, and
+    until then ends with an error event and [DONE]; /health is degraded until the instance is
+    replaced (tests/server/reliability/ covers faults in depth)."""
     _wait_idle(server)
     with (
         httpx.Client(base_url=server.url, headers=AUTH, timeout=60) as client,
@@ -505,11 +509,17 @@ def test_instance_crash_mid_stream_ends_it_with_an_error_event(server: LiveServe
         assert next(events).startswith("data: {")
         (busy,) = [r for r in server.instances() if r["num_running"]]
         os.kill(server.instance_pids()[str(busy["instance_id"])], signal.SIGKILL)
+        health = httpx.get(f"{server.url}/health", timeout=10).json()
         rest = list(events)
     assert rest[-1] == "data: [DONE]"
-    error = json.loads(rest[-2].removeprefix("data: "))["error"]
-    assert error["type"] == "server_error" and busy["instance_id"] in error["message"]
-    health = httpx.get(f"{server.url}/health", timeout=10).json()
-    assert health == {"status": "ok", "num_instances": 1}
+    if not RESUME_SUPPORTED:
+        error = json.loads(rest[-2].removeprefix("data: "))["error"]
+        assert error["type"] == "server_error" and busy["instance_id"] in error["message"]
+    assert health["status"] in ("ok", "degraded")  # "ok" only if it was already replaced
+    wait_until(
+        lambda: httpx.get(f"{server.url}/health", timeout=10).json()["status"] == "ok",
+        "the instance to be replaced",
+        timeout_s=60,
+    )
     response = _post(server, COMPLETIONS, {"prompt": "still here", "max_tokens": 2})
     assert response.status_code == 200

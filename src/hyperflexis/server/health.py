@@ -79,19 +79,13 @@ class Supervisor:
 
     def check(self, now: float) -> list[str]:
         """Fail every live instance silent for longer than the timeout; their ids."""
-        silent = [
-            h
-            for h in self.pool.live()
-            if now - h.last_heard_s > self.instance_timeout_s and not self.core.draining
-        ]
+        silent = [h for h in self.pool.live() if now - h.last_heard_s > self.instance_timeout_s]
         for handle in silent:
             self.fail(handle, f"silent for {now - handle.last_heard_s:.1f} s")
         return [h.instance_id for h in silent]
 
     def on_exit(self, handle: InstanceHandle) -> None:
         """Its report pipe closed: it exited, crashed, or failed to start."""
-        if self.core.draining:
-            return  # stopping anyway
         code = handle.process.exitcode
         self.fail(handle, "exited" if code is None else f"exited with code {code}")
 
@@ -120,6 +114,8 @@ class Supervisor:
             recovered.num_failed,
         )
         now = time.monotonic()
+        if self.core.draining:
+            return  # the server is stopping: its requests are recovered, it is not replaced
         if not self.budget.take(instance_id, now):
             logger.error(
                 "instance %s is not restarted: %d restarts within %.0f s already",
