@@ -9,10 +9,11 @@ best completed requests per second; the soak's open-loop Poisson rate is `--load
 A request is *lost* when it gets no well-formed answer (a connection error, or a stream that ends
 without [DONE]); an explicit error (a 503, or an error event and [DONE]) is counted apart. A
 request *attains* when it completes with TTFT <= `--ttft-ms` and mean TPOT <= `--tpot-ms`. A
-fault window runs from the injection until /health is "ok" again (disconnects and large bodies:
-`--window-s` after them). Printed: requests lost (target 0), explicit errors, attainment and p99
-latency inside and outside fault windows, time to recover full capacity after each fault, and
-whether the server ended quiescent (no request open, every KV block free).
+fault window runs from the injection until /health is "ok" again (at least `--window-s`); a
+request is inside one when it ran during it. Printed: requests lost (target 0), explicit
+errors, attainment and p99 latency inside and outside fault windows, time to recover full
+capacity after each fault, and whether the server ended quiescent (no request open, every KV
+block free).
 
     nice .venv/bin/python benchmarks/soak.py [--minutes 10] [--fault-every-s 60] [--out soak.json]
 """
@@ -44,6 +45,7 @@ LARGE_BODY_BYTES = 7 * 2**20  # under the default 8 MiB limit: parsed and checke
 @dataclass
 class Result:
     sent_s: float  # since the soak began
+    end_s: float = 0.0  # when it ended, on the same clock
     ok: bool = False  # completed
     explicit_error: bool = False  # a 503 or an error event and [DONE]
     ttft_s: float | None = None
@@ -115,6 +117,12 @@ async def one_request(client: httpx.AsyncClient, soak: Soak, body: dict[str, Any
     return result
 
 
+async def timed_request(client: httpx.AsyncClient, soak: Soak, body: dict[str, Any]) -> Result:
+    result = await one_request(client, soak, body)
+    result.end_s = soak.now()
+    return result
+
+
 async def calibrate(url: str, seconds: float, max_tokens: int) -> float:
     """Best completed requests per second over closed-loop concurrency 2, 4, 8, 16."""
     best = 0.0
@@ -153,15 +161,16 @@ def instance_pids(server_pid: int) -> dict[str, int]:
     return found
 
 
-async def wait_healthy(client: httpx.AsyncClient, timeout_s: float = 120.0) -> bool:
+async def wait_health(client: httpx.AsyncClient, ok: bool, timeout_s: float = 120.0) -> bool:
+    """Wait until /health is "ok" (or, with `ok` False, until it is not)."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         try:
-            if (await client.get("/health")).json()["status"] == "ok":
+            if ((await client.get("/health")).json()["status"] == "ok") == ok:
                 return True
         except (httpx.HTTPError, ValueError, KeyError):
             pass
-        await asyncio.sleep(0.1)
+        await asyncio.sleep(0.05)
     return False
 
 
@@ -172,14 +181,14 @@ async def inject(kind: str, client: httpx.AsyncClient, soak: Soak, server_pid: i
         pids = instance_pids(server_pid)
         victim = rng.choice(sorted(pids))
         os.kill(pids[victim], signal.SIGKILL if kind == "sigkill" else signal.SIGSTOP)
-        await asyncio.sleep(0.5)  # /health changes once the server notices
+        await wait_health(client, ok=False, timeout_s=30)  # once the server notices
     elif kind == "disconnects":
         await asyncio.gather(*(_disconnect(client, rng, soak.max_tokens) for _ in range(50)))
     else:
         body = json.dumps({"prompt": "word " * (LARGE_BODY_BYTES // 5 - 20)}).encode()
         posts = [client.post("/v1/completions", content=body) for _ in range(4)]
         await asyncio.gather(*posts, return_exceptions=True)
-    if await wait_healthy(client):
+    if await wait_health(client, ok=True):
         fault.recovered_s = soak.now() - fault.at_s
     return fault
 
@@ -209,9 +218,8 @@ async def run_soak(
                 kind = FAULTS[len(fault_tasks) % len(FAULTS)]
                 fault_tasks.append(asyncio.create_task(inject(kind, client, soak, server_pid)))
                 next_fault_s += args.fault_every_s
-            tasks.append(
-                asyncio.create_task(one_request(client, soak, _body(rng, soak.max_tokens)))
-            )
+            body = _body(rng, soak.max_tokens)
+            tasks.append(asyncio.create_task(timed_request(client, soak, body)))
             await asyncio.sleep(rng.expovariate(rate))
         soak.results = list(await asyncio.gather(*tasks))
         soak.faults = list(await asyncio.gather(*fault_tasks))
@@ -225,8 +233,8 @@ def summarize(soak: Soak, args: argparse.Namespace) -> dict[str, Any]:
     ]
     windows = [(a, max(b, a + args.window_s)) for a, b in windows]
 
-    def in_window(r: Result) -> bool:
-        return any(a <= r.sent_s <= b for a, b in windows)
+    def in_window(r: Result) -> bool:  # it ran during one
+        return any(r.sent_s <= b and r.end_s >= a for a, b in windows)
 
     def part(results: list[Result]) -> dict[str, Any]:
         done = [r for r in results if r.ok and r.ttft_s is not None and r.e2e_s is not None]
