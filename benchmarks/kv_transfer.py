@@ -9,24 +9,40 @@ own pool with the blocking `read` (start, then wait on completion). The ceiling 
 (`--scattered`: random blocks on both sides, one run per block). Target: shm >= 80% of the
 ceiling from 64 blocks up.
 
+`--parts split`: the time split of one P/D request on real engines (the built-in model, or
+`--model`), per prompt length: P's prefill step (prompt and first token), the pull of its leased
+blocks into D's pool over the transport, and D's first decode step; against the collocated
+baseline, one engine's prefill step plus its first decode step (the second token's latency);
+ratio = P/D / collocated, the median of the per-run ratios.
+Both engines live in this process, each pool registered with its own transport.
+
     nice .venv/bin/python benchmarks/kv_transfer.py [--transports shm,torch-dist,nixl]
         [--shapes llama-3.1-8b,default] [--max-blocks 512] [--repeats 10] [--scattered]
+        [--parts bandwidth,split] [--prompt-lens 16,64,256,1024] [--model DIR]
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import multiprocessing
 import multiprocessing.connection
 import random
+import statistics
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 
+from hyperflexis.core.sampling import SamplingParams
 from hyperflexis.engine.config import ModelConfig
+from hyperflexis.engine.factory import InstanceSpec, build_engine
 from hyperflexis.engine.kv_cache import KVCache, kv_cache_bytes
+from hyperflexis.engine.loop import LLMEngine
+from hyperflexis.engine.resume import Resume
+from hyperflexis.scheduler import SchedulerConfig
+from hyperflexis.scheduler.config import Role
 from hyperflexis.transfer import KVTransport, PoolDescriptor, create_kv_transport
 from hyperflexis.transfer.nixl import load_nixl
 
@@ -153,6 +169,83 @@ def measure(
             owner.join(TIMEOUT_S)
 
 
+# -- the time split of one P/D request -------------------------------------------------------
+
+SPLIT_KV_BYTES = 256 << 20
+GREEDY_TWO = SamplingParams(temperature=0.0, max_tokens=2, ignore_eos=True)
+
+
+def split_engine(role: Role, transport: KVTransport | None, model: str | None) -> LLMEngine:
+    config = SchedulerConfig(role=role, max_num_batched_tokens=16384)  # a prompt in one step
+    spec = InstanceSpec(role, model, "fcfs", config, kv_cache_bytes=SPLIT_KV_BYTES)
+    storage = None if transport is None else transport.allocate
+    built = build_engine(spec, kv_storage=storage)
+    if transport is not None:
+        transport.register(built.runner.kv_cache)
+    return built.engine
+
+
+def split_once(
+    engines: tuple[LLMEngine, LLMEngine, LLMEngine],
+    transports: tuple[KVTransport, KVTransport],
+    prompt: list[int],
+    request_id: str,
+) -> tuple[float, float, float, float, int]:
+    """(prefill s, transfer s, first decode s, collocated second-token s, blocks)."""
+    prefill, decode, mixed = engines
+    owner, reader = transports
+    prefill.add_request(prompt, GREEDY_TWO, request_id=request_id)
+    prefill_s = timed_s(prefill.step)
+    [lease] = prefill.scheduler.leases.take_new()
+    resume = Resume(request_id, prompt, [5], GREEDY_TWO, age_s=prefill_s, ttft_s=prefill_s)
+    blocks = decode.resume(dataclasses.replace(resume, kv_tokens=lease.num_tokens))
+    peer = owner.describe()
+    transfer_s = timed_s(lambda: reader.read(peer, lease.block_ids, blocks, TIMEOUT_S))
+    decode.kv_arrived(request_id)
+    decode_s = timed_s(decode.step)
+    prefill.release_lease(request_id)
+    mixed.add_request(prompt, GREEDY_TWO, request_id=request_id)
+    collocated_s = timed_s(mixed.step) + timed_s(mixed.step)
+    for engine in engines:
+        assert not engine.has_unfinished(), "the request did not finish in two tokens"
+    return prefill_s, transfer_s, decode_s, collocated_s, len(lease.block_ids)
+
+
+def time_split(name: str, args: argparse.Namespace) -> None:
+    owner, reader = create_kv_transport(name), create_kv_transport(name)
+    try:
+        engines = (
+            split_engine("prefill", owner, args.model),
+            split_engine("decode", reader, args.model),
+            split_engine("mixed", None, args.model),
+        )
+        print(f"\n{name}: one P/D request, median of {args.repeats} (ms)")
+        print(
+            f"{'prompt':>6} {'blocks':>6} {'MiB':>6} {'prefill':>8} {'transfer':>8} "
+            f"{'decode':>7} {'P/D':>7} {'colloc':>7} ratio"
+        )
+        bytes_per_block = owner.describe().layout.bytes_per_block
+        for length in map(int, args.prompt_lens.split(",")):
+            prompt = [3 + (7 * i) % 200 for i in range(length)]
+            split_once(engines, (owner, reader), prompt, f"warm-{length}")
+            runs = [
+                split_once(engines, (owner, reader), prompt, f"r{length}-{i}")
+                for i in range(args.repeats)
+            ]
+            # Medians: the machine is shared, and a sum of per-part minima would flatter P/D.
+            pre, xfer, dec, col = (statistics.median(r[i] for r in runs) * 1e3 for i in range(4))
+            pd = statistics.median(sum(r[:3]) for r in runs) * 1e3
+            ratio = statistics.median(sum(r[:3]) / r[3] for r in runs)
+            blocks = runs[0][4]
+            print(
+                f"{length:>6} {blocks:>6} {blocks * bytes_per_block / 2**20:>6.2f} {pre:>8.2f} "
+                f"{xfer:>8.3f} {dec:>7.2f} {pd:>7.2f} {col:>7.2f} {ratio:>5.2f}"
+            )
+    finally:
+        reader.close()
+        owner.close()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--transports", default="shm,torch-dist,nixl")
@@ -160,6 +253,9 @@ def main() -> None:
     parser.add_argument("--max-blocks", type=int, default=512)
     parser.add_argument("--repeats", type=int, default=10)
     parser.add_argument("--scattered", action="store_true", help="random block lists")
+    parser.add_argument("--parts", default="bandwidth,split")
+    parser.add_argument("--prompt-lens", default="16,64,256,1024")
+    parser.add_argument("--model", default=None, help="checkpoint folder (default: built-in)")
     args = parser.parse_args()
     # One intra-op thread for reads and ceiling alike: on a shared machine a parallel copy waits
     # for its slowest OpenMP thread to be scheduled, which made both figures swing tenfold.
@@ -168,7 +264,8 @@ def main() -> None:
     if "nixl" in transports and load_nixl() is None:
         print("nixl: not installed (pip install --no-deps nixl-cu12), skipped")
         transports.remove("nixl")
-    for shape_name in args.shapes.split(","):
+    parts = args.parts.split(",")
+    for shape_name in args.shapes.split(",") if "bandwidth" in parts else []:
         shape = SHAPES[shape_name]
         block_mib = shape.bytes_per_block() / 2**20
         lists = "scattered" if args.scattered else "contiguous"
@@ -182,6 +279,9 @@ def main() -> None:
                     f"{name:<11} {num:>6} {mib:>7.1f} {gb / read_s:>7.2f} "
                     f"{gb / ceiling_s:>10.2f} {ceiling_s / read_s:>5.2f}"
                 )
+
+    for name in transports if "split" in parts else []:
+        time_split(name, args)
 
 
 if __name__ == "__main__":

@@ -1,10 +1,12 @@
 """Live multi-SLO serving: `hyperflexis serve` with the hyperflexis policy and dispatcher against
 vLLM-style fcfs with round-robin dispatch, same machine, same run, same requests.
 
-Two servers (2 instances of the built-in tiny model each) run side by side. At every rate of the
-sweep, the first requests of the Azure conversation trace (lengths scaled to the tiny model),
-time-scaled to the rate for `--duration-s` seconds of arrivals, are replayed open loop through
-the OpenAI API against one server, then the other, with the `hyperflexis bench` client.
+Two servers (2 instances of the built-in tiny model each) run side by side; with `--deployment
+pd`, three: hyperflexis and distserve (FCFS P/D, no chunking) each on 1 prefill + 1 decode
+instance, against fcfs on 2 collocated ones (the ratio is hyperflexis P/D over fcfs). At every
+rate of the sweep, the first requests of the Azure conversation trace (lengths scaled to the tiny
+model), time-scaled to the rate for `--duration-s` seconds of arrivals, are replayed open loop
+through the OpenAI API against one server, then the next, with the `hyperflexis bench` client.
 Reported: attainment per rate, goodput@90 (the highest rate keeping 90% attainment,
 interpolated) of each and their ratio (target >= 1.5x), and the server's own overhead per
 request (HTTP parsing, tokenisation, SLO resolution, dispatch; target p50 <= 2 ms) as the
@@ -16,7 +18,8 @@ machine's measured decode step: a short calibration first sends 8 requests at on
 server and takes their median TPOT as the loaded step time (`calibrate`). On a machine shared with
 other jobs that figure swings with their load; `--class-scale` fixes the scale instead.
 
-    .venv/bin/python benchmarks/serve_slo.py [--rates 24,32,40,48,56,64,72] [--duration-s 15]
+    .venv/bin/python benchmarks/serve_slo.py [--deployment collocated|pd]
+        [--rates 24,32,40,48,56,64,72] [--duration-s 15]
         [--repeats 1] [--class-scale S] [--tpot-margin 0.05]
         [--trace ../shared/traces/azure_llm_2023_conv.csv] [--out results.json]
 """
@@ -53,11 +56,22 @@ from hyperflexis.workloads import (
 DEFAULT_TRACE = Path(__file__).resolve().parents[1] / ".." / "shared" / "traces"
 DEFAULT_TRACE = DEFAULT_TRACE / "azure_llm_2023_conv.csv"
 REFERENCE_STEP_S = 0.0125  # the loaded decode step the default classes were made for
-SYSTEMS = {  # name -> (policy, dispatch)
-    "fcfs+round-robin": ("fcfs", "round-robin"),
-    "hyperflexis": ("hyperflexis", "hyperflexis"),
+COLLOCATED = ["--instances", "2"]
+PD = ["--prefill", "1", "--decode", "1"]  # the same two instances, disaggregated
+# --deployment -> system name -> (policy, dispatch, instances); the first is the baseline, the
+# last is ours.
+DEPLOYMENTS: dict[str, dict[str, tuple[str, str, list[str]]]] = {
+    "collocated": {
+        "fcfs+round-robin": ("fcfs", "round-robin", COLLOCATED),
+        "hyperflexis": ("hyperflexis", "hyperflexis", COLLOCATED),
+    },
+    "pd": {
+        "fcfs+round-robin": ("fcfs", "round-robin", COLLOCATED),
+        "distserve-pd": ("distserve", "distserve", PD),
+        "hyperflexis-pd": ("hyperflexis", "hyperflexis", PD),
+    },
 }
-BASELINE, OURS = SYSTEMS
+BASELINE = "fcfs+round-robin"
 NUM_INSTANCES = 2
 
 
@@ -65,12 +79,13 @@ def main() -> int:
     args = _parse_args()
     exit_on_sigterm()
     started = time.perf_counter()
+    systems = DEPLOYMENTS[args.deployment]
     with contextlib.ExitStack() as stack:
         servers = {
             name: stack.enter_context(
-                ServerProcess(_server_args(policy, dispatch, args.tpot_margin))
+                ServerProcess(_server_args(policy, dispatch, instances, args.tpot_margin))
             )
-            for name, (policy, dispatch) in SYSTEMS.items()
+            for name, (policy, dispatch, instances) in systems.items()
         }
         urls = {name: server.url for name, server in servers.items()}
         model = served_model_id(urls[BASELINE])
@@ -90,12 +105,11 @@ def main() -> int:
     return 0
 
 
-def _server_args(policy: str, dispatch: str, tpot_margin: float) -> list[str]:
+def _server_args(policy: str, dispatch: str, instances: list[str], tpot_margin: float) -> list[str]:
     return [
         "--tpot-margin",
         str(tpot_margin),
-        "--instances",
-        str(NUM_INSTANCES),
+        *instances,
         "--threads",
         "1",
         "--policy",
@@ -150,9 +164,9 @@ def scaled_classes(factor: float) -> SLOClasses:
 def run_sweep(
     args: argparse.Namespace, urls: dict[str, str], model: str, classes: SLOClasses
 ) -> dict[str, list[dict[str, Any]]]:
-    """Per system, one row per rate and repeat. The systems take turns at each rate, first one
-    then the other first (ABBA), so a slow spell of a shared machine hits both alike; repeats
-    walk the rates again with the turns swapped."""
+    """Per system, one row per rate and repeat. The systems take turns at each rate, in order,
+    then in reverse order at the next (ABBA), so a slow spell of a shared machine hits all
+    alike; repeats walk the rates again with the turns swapped."""
     mix = parse_slo_mix(args.slo_mix, classes)
     sweep: dict[str, list[dict[str, Any]]] = {name: [] for name in urls}
     for repeat in range(args.repeats):
@@ -162,7 +176,7 @@ def run_sweep(
             for name in order:
                 run = run_benchmark(workload, classes, _config(urls[name], model))
                 row = _row(run, rate, repeat)
-                if name == OURS:  # how much slower than its profile it ran
+                if name == list(urls)[-1]:  # ours: how much slower than its profile it ran
                     row["correction_factor"] = correction_factor(urls[name])
                 sweep[name].append(row)
                 print(
@@ -229,9 +243,10 @@ def _result(
 ) -> dict[str, Any]:
     means = {name: mean_by_rate(rows) for name, rows in sweep.items()}
     goodput = {name: goodput_at(points, 0.9) for name, points in means.items()}
-    baseline = goodput[BASELINE]
+    baseline, ours = goodput[BASELINE], goodput[list(sweep)[-1]]
     return {
         "command": " ".join(sys.argv),
+        "deployment": args.deployment,
         "num_instances": NUM_INSTANCES,
         "arrivals_s_per_rate": args.duration_s,
         "length_scale": args.length_scale,
@@ -242,7 +257,7 @@ def _result(
         },
         "sweep": sweep,
         "goodput_at_90_rps": goodput,
-        "goodput_ratio": goodput[OURS] / baseline if baseline > 0 else None,
+        "goodput_ratio": ours / baseline if baseline > 0 else None,
         "attainment_by_rate": {name: dict(points) for name, points in means.items()},
         # Less sensitive to one noisy point than goodput@90: the sweep's mean attainment.
         "mean_attainment": {
@@ -323,6 +338,13 @@ def _ms(seconds: float | None) -> float | None:
 def _parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--trace", type=Path, default=DEFAULT_TRACE)
+    parser.add_argument(
+        "--deployment",
+        choices=list(DEPLOYMENTS),
+        default="collocated",
+        help="collocated: hyperflexis against fcfs, 2 instances each; pd: hyperflexis and "
+        "distserve on 1 prefill + 1 decode instance against fcfs on 2 collocated ones",
+    )
     parser.add_argument(
         "--rates",
         type=lambda s: [float(x) for x in s.split(",")],

@@ -18,6 +18,7 @@ COMMANDS: dict[str, str] = {
     "simulate": "Simulate a cluster on a virtual clock and report SLO attainment.",
     "serve": "Serve an OpenAI-compatible API over a multi-instance cluster.",
     "bench": "Load-test an OpenAI-compatible server with multi-SLO traffic.",
+    "report": "Recompute a run's summary from its per-request records; per-class tables and plots.",
 }
 
 

@@ -34,6 +34,11 @@ SUMMARY_KEYS = {
     "e2e_s",
     "goodput_rps",
     "instance_seconds",
+    "num_attained_per_token",
+    "attainment_per_token",
+    "attainment_per_token_by_class",
+    "max_itl_s",
+    "goodput_per_token_rps",
 }
 
 
@@ -137,6 +142,7 @@ def test_summarize_counts_attainment_and_goodput() -> None:
         "num_rejected": 1,
         "num_missed_ttft": 0,
         "num_missed_tpot": 0,
+        "num_attained_per_token": 0,
     }
     # interactive misses 0.7 and 0.9 on TTFT; none is slow per token.
     assert summary["counts_by_class"]["interactive"]["num_missed_ttft"] == 2
@@ -298,3 +304,20 @@ def test_request_its_metrics_and_its_record_agree_on_mean_tpot_to_the_finish() -
     assert metrics.tpot_s == pytest.approx(expected)
     assert record_from_request(request).tpot_s == pytest.approx(expected)
     assert not request.attained and not record_from_request(request).attained  # 0.2 > 0.1
+
+
+def test_a_stall_that_catches_up_meets_mean_tpot_but_not_per_token_deadlines() -> None:
+    # TTFT 0.5 s, TPOT 50 ms: token 1 is due at 0.55 s and comes at 0.58 s, the other nine a
+    # millisecond apart, so the mean TPOT (48.9 ms) is within target and one token is late.
+    request = Request("s", [1, 2], SamplingParams(max_tokens=11), SLO(0.5, 0.05))
+    for t in (0.1, 0.58, *(0.58 + 0.001 * k for k in range(1, 10))):
+        request.append_token(7, t)
+    request.finish(FinishReason.LENGTH, 0.589)
+    record = record_from_request(request)
+    assert record.attained and not record.attained_per_token
+    assert record.max_token_lateness_s == pytest.approx(0.03)
+    assert record.max_itl_s == pytest.approx(0.48)
+    assert record.finish_reason == "length"
+    summary = summarize([record], duration_s=1.0)
+    assert (summary["attainment"], summary["attainment_per_token"]) == (1.0, 0.0)
+    assert (summary["goodput_rps"], summary["goodput_per_token_rps"]) == (1.0, 0.0)

@@ -35,7 +35,23 @@ def test_trace_run_writes_results_and_repeats_byte_for_byte(tmp_path: Path) -> N
     _run(tmp_path, *args, name="b.json")
     texts = [(tmp_path / n).read_text().splitlines() for n in ("a.json", "b.json")]
     differing = [a for a, b in zip(*texts, strict=True) if a != b]
-    assert all('"sim_wall_s"' in line for line in differing)
+    assert all('"sim_wall_s"' in line or '"records"' in line for line in differing)
+    records = [(tmp_path / f"{n}.requests.jsonl").read_text() for n in ("a", "b")]
+    assert records[0] == records[1] and len(records[0].splitlines()) == 150
+
+
+def test_step_noise_is_echoed_seeded_and_changes_the_run(tmp_path: Path) -> None:
+    exact = _run(tmp_path, *SYNTHETIC, "--seed", "4", name="exact.json")
+    noisy = ["--step-noise", "0.3", "--profile-error", "0.2", "--seed", "4"]
+    first = _run(tmp_path, *SYNTHETIC, *noisy, name="a.json")
+    again = _run(tmp_path, *SYNTHETIC, *noisy, name="b.json")
+    config = first["config"]
+    assert config["step_noise_cv"] == 0.3 and config["profile_error"] == 0.2  # type: ignore[index]
+    assert config["noise_seed"] == 4  # type: ignore[index]
+    first.pop("sim_wall_s")
+    again.pop("sim_wall_s")
+    assert first == again
+    assert first["duration_s"] != exact["duration_s"]
 
 
 def test_pd_synthetic_run(tmp_path: Path) -> None:
@@ -92,6 +108,8 @@ def test_sweep_writes_table_plot_and_goodput(
         (["--slo-mix", "vip:1"], "unknown SLO class"),
         (["--max-num-batched-tokens", "0"], "invalid --max-num-batched-tokens 0: must be >= 1"),
         (["--tpot-margin", "1"], "invalid --tpot-margin 1.0: must be in [0, 1)"),
+        (["--step-noise", "-0.1"], "invalid step noise CV -0.1"),
+        (["--profile-error", "-1"], "invalid profile error -1.0"),
     ],
 )
 def test_bad_input_exits_2(
@@ -119,3 +137,15 @@ def test_profiled_latency_model(tmp_path: Path) -> None:
     profiled = _run(tmp_path, *SYNTHETIC, "--profile", str(profile), name="p.json")
     assert profiled["config"]["latency_model"] == "profiled"  # type: ignore[index]
     assert profiled["attainment"] < analytic["attainment"]  # type: ignore[operator]
+
+
+def test_a_steady_sweep_offers_the_same_duration_at_every_rate(tmp_path: Path) -> None:
+    args = ["--prompt-lens", "200", "--output-lens", "20", "--duration", "5", "--no-records"]
+    doc = _run(tmp_path, *args, "--sweep-rates", "4,8")
+    runs = doc["runs"]
+    assert [r["num_requests"] for r in runs] == [21, 41]  # type: ignore[index]
+    assert doc["steady_duration_s"] == 5.0
+    assert doc["goodput_bound_at_90"]["rate_rps"] > 0  # type: ignore[index]
+    assert not (tmp_path / "out.requests").exists()
+    both = ["--num-requests", "3", "--duration", "5", "--rate", "1", "--out", str(tmp_path / "x")]
+    assert main(["simulate", *both]) == 2  # synthetic arrivals: one or the other

@@ -91,3 +91,24 @@ def test_monotone_in_every_feature(
     value = getattr(grown, field)
     setattr(grown, field, value + (int(increment) if isinstance(value, int) else increment))
     assert model.predict(grown) >= model.predict(base)
+
+
+@given(
+    prefill=st.integers(0, 4096),
+    ctx=st.integers(0, 8192),
+    decodes=st.integers(0, 256),
+    decode_ctx=st.integers(0, 4096),
+    model=st.sampled_from(["llama-3.1-8b", "llama-3.1-70b"]),
+)
+@settings(max_examples=60, deadline=None)
+def test_roofline_parts_are_what_predict_takes_the_max_of(
+    prefill: int, ctx: int, decodes: int, decode_ctx: int, model: str
+) -> None:
+    cost = AnalyticCostModel(hardware_spec("h100"), model_spec(model))
+    features = StepFeatures()
+    if prefill:
+        features.add_prefill(prefill, ctx)
+    for _ in range(decodes):
+        features.add_decode(decode_ctx)
+    compute_s, memory_s, other_s = cost.roofline_parts(features)
+    assert cost.predict(features) == pytest.approx(max(compute_s, memory_s) + other_s, rel=1e-12)

@@ -11,7 +11,7 @@ from tests.scheduler.helpers import make, request, run_until_done, step
 
 def test_registry_lists_every_policy_and_rejects_unknown() -> None:
     assert set(policy_names()) >= {"fcfs", "priority", "edf", "sarathi", "distserve", "hyperflexis"}
-    with pytest.raises(ValueError, match="known: distserve, edf, fcfs"):
+    with pytest.raises(ValueError, match="known: distserve, edf, edf-drop, fcfs"):
         policy_class("lifo")
 
 
@@ -76,6 +76,28 @@ def test_distserve_runs_whole_prompts() -> None:
     assert [(c.request_id, c.num_tokens) for c in output.chunks] == [("a", 600)]
     with pytest.raises(ValueError, match="chunked prefill is off"):
         scheduler.add_request(request("c", 1500))
+
+
+@pytest.mark.parametrize("budget", [256, 512, 1024])
+def test_sarathi_chunk_follows_the_token_budget(budget: int) -> None:
+    scheduler = make("sarathi", max_num_batched_tokens=budget)
+    scheduler.add_request(request("d", 10, output_len=20))
+    scheduler.add_request(request("long", 5000))
+    now, _ = step(scheduler, 0.0)  # d's prompt, then long's first chunk fills the budget
+    output = scheduler.schedule(now)
+    assert [(c.request_id, c.num_tokens) for c in output.chunks] == [("d", 1), ("long", budget - 1)]
+    assert scheduler.max_decodes_per_step() == budget
+
+
+@pytest.mark.parametrize(("budget", "batched"), [(1300, ["a", "b"]), (2000, ["a", "b", "c"])])
+def test_distserve_batches_whole_prompts_up_to_the_token_budget(
+    budget: int, batched: list[str]
+) -> None:
+    scheduler = make("distserve", max_num_batched_tokens=budget)
+    for name in ("a", "b", "c"):
+        scheduler.add_request(request(name, 600))
+    output = scheduler.schedule(0.0)
+    assert [(c.request_id, c.num_tokens) for c in output.chunks] == [(n, 600) for n in batched]
 
 
 def test_config_errors_name_the_field() -> None:

@@ -163,6 +163,10 @@ def test_prefill_role_finishes_after_first_token() -> None:
     finished = run_until_done(scheduler, [request("p", 100, output_len=10)])
     assert [r.finish_reason for r in finished] == [FinishReason.PREFILLED]
     assert finished[0].num_output_tokens == 1
+    # Its prompt's KV stays pinned for the decode peer until released (tests/scheduler/
+    # test_handoff.py has the lease's other paths).
+    assert scheduler.kv.num_free_blocks == scheduler.kv.num_blocks - 7
+    assert scheduler.release_lease("p")
     assert scheduler.kv.num_free_blocks == scheduler.kv.num_blocks
 
 

@@ -4,10 +4,12 @@ instance processes, so a test decides when the engines may move on instead of ra
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import queue
 import re
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -16,6 +18,7 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import httpx
 
@@ -70,11 +73,13 @@ class LiveServer:
         return found
 
     @contextlib.contextmanager
-    def frozen(self) -> Iterator[None]:
-        """Every instance process stopped (SIGSTOP) for the block: no engine takes a step, so
-        nothing the engines do can race the test; the server process itself keeps running."""
+    def frozen(self, instance_ids: Sequence[str] | None = None) -> Iterator[None]:
+        """Every instance process (or those of `instance_ids`) stopped (SIGSTOP) for the block:
+        no engine takes a step, so nothing the engines do can race the test; the server process
+        itself keeps running."""
         by_id = self.instance_pids()
-        pids = [by_id[str(row["instance_id"])] for row in self.instances() if row["alive"]]
+        ids = [str(r["instance_id"]) for r in self.instances() if r["alive"]]
+        pids = [by_id[i] for i in ids if instance_ids is None or i in instance_ids]
         for pid in pids:
             os.kill(pid, signal.SIGSTOP)
         try:
@@ -84,6 +89,50 @@ class LiveServer:
         finally:
             for pid in pids:
                 os.kill(pid, signal.SIGCONT)
+
+
+def wait_idle(server: LiveServer, timeout_s: float = 20.0) -> list[dict[str, Any]]:
+    """Poll until no request runs or waits, the server holds none open and every KV block is
+    free on every live instance; returns the live instances' rows."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        rows = [r for r in server.instances() if r["alive"]]
+        idle = all(
+            r["num_running"] == 0
+            and r["num_waiting"] == 0
+            and r["num_free_blocks"] == r["num_blocks"]
+            for r in rows
+        )
+        stats = server.stats()
+        if idle and stats["num_open_requests"] == 0:
+            return rows
+        if time.monotonic() > deadline:
+            raise AssertionError(f"requests still held after {timeout_s} s: {rows} {stats}")
+        time.sleep(0.05)
+
+
+def send_raw(server: LiveServer, path: str, body: dict[str, Any]) -> socket.socket:
+    """Send one request on a connection of its own; closing the socket is the client going
+    away, at a moment the test chooses."""
+    url = urlsplit(server.url)
+    assert url.hostname is not None and url.port is not None
+    payload = json.dumps(body).encode()
+    auth = "".join(f"{k}: {v}\r\n" for k, v in server.headers.items())
+    head = (
+        f"POST {path} HTTP/1.1\r\nHost: {url.netloc}\r\n{auth}"
+        f"Content-Type: application/json\r\nContent-Length: {len(payload)}\r\n\r\n"
+    )
+    sock = socket.create_connection((url.hostname, url.port), timeout=30)
+    sock.sendall(head.encode() + payload)
+    return sock
+
+
+def read_until(sock: socket.socket, marker: bytes) -> None:
+    received = b""
+    while marker not in received:
+        chunk = sock.recv(4096)
+        assert chunk, f"the connection closed before {marker!r}: {received[-500:]!r}"
+        received += chunk
 
 
 def wait_until(condition: Callable[[], bool], what: str, timeout_s: float = 30.0) -> None:

@@ -23,6 +23,13 @@ import pytest
         (["/models/a", "--model", "/models/b"], "the model is given twice"),
         (["--chat-template", "no-such-file"], "'--chat-template'"),
         (["--max-num-seqs", "0"], "'max_num_seqs'"),
+        (["--prefill", "1"], "P/D needs both"),
+        (["--prefill", "0", "--decode", "1"], "at least one of each"),
+        (["--instances", "2", "--prefill", "1", "--decode", "1"], "give either --instances"),
+        (["--links", "pairs"], "'--links': only for P/D"),
+        (["--kv-transport", "shm"], "'--kv-transport': only for P/D"),
+        (["--prefill", "1", "--decode", "1", "--links", "ring"], "invalid 'links' 'ring'"),
+        (["--prefill", "1", "--decode", "1", "--kv-lease-s", "0"], "kv_lease_s"),
     ],
 )
 def test_bad_settings_exit_2_with_the_setting_named(

@@ -17,3 +17,21 @@ def test_it_holds_the_scheduler_config() -> None:
 def test_instances_run_both_phases() -> None:
     with pytest.raises(ValueError, match=r"scheduler\.role"):
         ServerConfig(scheduler=SchedulerConfig(role="prefill"))
+
+
+def test_p_d_instances_get_their_roles_in_order() -> None:
+    config = ServerConfig(num_prefill=1, num_decode=2, link_policy="pairs")
+    assert config.is_disaggregated
+    assert config.instance_roles() == [
+        ("prefill-0", "prefill"),
+        ("decode-0", "decode"),
+        ("decode-1", "decode"),
+    ]
+    assert ServerConfig(num_instances=2).instance_roles() == [
+        ("instance-0", "mixed"),
+        ("instance-1", "mixed"),
+    ]
+    with pytest.raises(ValueError, match="at least one of each"):
+        ServerConfig(num_prefill=2)
+    with pytest.raises(ValueError, match="'kv_transport'"):
+        ServerConfig(num_prefill=1, num_decode=1, kv_transport="")

@@ -9,7 +9,13 @@ from typing import Any
 
 import pytest
 
-from hyperflexis.backends.messages import AbortRequest, AddRequest, OutputDelta, StepReport
+from hyperflexis.backends.messages import (
+    AbortRequest,
+    AddRequest,
+    OutputDelta,
+    ResumeRequest,
+    StepReport,
+)
 from hyperflexis.cluster import DispatchDecision, DispatchRequest, LoadSnapshot
 from hyperflexis.core.slo import SLOClasses
 from hyperflexis.perf import StepFeatures
@@ -37,6 +43,7 @@ class FakeHandle:
     correction_factor: float = 1.0
     snapshot: LoadSnapshot | None = None
     num_preemptions: int = 0
+    ready: Any = None  # an InstanceReady; the role comes from the snapshot
     num_restarts: int = 0
 
     def send(self, command: Any) -> None:
@@ -195,19 +202,30 @@ def test_abort_tells_the_instance_once() -> None:
     assert core.num_queued == 0 and not core.streams
 
 
-def test_a_dead_instance_fails_its_requests() -> None:
+def test_a_dead_instance_resumes_its_streaming_requests_and_sends_the_others_again() -> None:
     core, pool, dispatcher = _core()
     (on_a,) = core.submit(parse_completion({"prompt": "x"}, {}), None, 0.0)
+    (not_started,) = core.submit(parse_completion({"prompt": "y"}, {}), None, 0.0)
+    first = OutputDelta(on_a.request_id, [7], "7")
+    core.on_report(pool.handles["a"], StepReport("a", _snapshot("a"), [first]))  # type: ignore[arg-type]
+    on_a.queue.get_nowait()
     dispatcher.answer = "b"
     (on_b,) = core.submit(parse_completion({"prompt": "x"}, {}), None, 0.0)
     pool.handles["a"].alive = False
-    core.fail([on_a], "instance a failed")
-    core.metrics.remove_instance("a")
-    failed = on_a.queue.get_nowait()
-    assert failed.finish_reason == "error" and "instance a" in (failed.error or "")
-    assert on_b.queue.empty() and list(core.streams) == [on_b.request_id]
+    core.on_exit(pool.handles["a"])  # type: ignore[arg-type]
+    # Streamed: continues on b from what the client has (the one resume path, no KV).
+    assert on_a.instance_id == "b" and on_a.queue.empty()
+    resume = next(c for c in pool.handles["b"].sent if isinstance(c, ResumeRequest))
+    assert resume.request_id == on_a.request_id and resume.kv is None
+    assert (resume.output_token_ids, resume.num_text_chars_sent) == ([7], 1)
+    # No first token yet: dispatched again, from the start, to a live instance.
+    assert not_started.instance_id == "b" and not_started.queue.empty()
+    again = pool.handles["b"].sent[-1]
+    assert isinstance(again, AddRequest) and again.request_id == not_started.request_id
+    assert again.prompt_token_ids == [1]
+    assert on_b.queue.empty()
+    assert sorted(core.streams) == sorted([r.request_id for r in (on_a, on_b, not_started)])
     text = core.metrics.render(0)[0].decode()
-    assert value(text, "hyperflexis:requests_missed_total", cause="error") == 1
     assert not has(text, "vllm:num_requests_running", engine="a")  # its gauges are gone
     assert has(text, "vllm:num_requests_running", engine="b")
 

@@ -1,16 +1,21 @@
-"""Recovery and failure detection in process, with the stand-ins of test_core: a failed
-instance's requests are dispatched again, resumed or ended; stale reports of a failed instance
-are ignored; silence past the timeout fails an instance; the restart budget stops a crash loop;
-/health's status for each state."""
+"""Recovery and failure detection in process, with the stand-ins of test_core (the controller's
+own cases are in tests/cluster): a failed instance's requests resume or end; stale reports of a
+failed instance are ignored; a timeout ends a request; silence past the timeout fails an
+instance; the restart budget stops a crash loop; /health's status for each state."""
 
 from __future__ import annotations
 
 from typing import Any
 
-from hyperflexis.backends.messages import AddRequest, OutputDelta, ResumeRequest, StepReport
+from hyperflexis.backends.messages import (
+    AbortRequest,
+    AddRequest,
+    OutputDelta,
+    ResumeRequest,
+    StepReport,
+)
 from hyperflexis.server.health import RestartBudget, Supervisor, health_report
 from hyperflexis.server.protocol import parse_completion
-from hyperflexis.server.recovery import recover
 from tests.server.scrape import has, value
 from tests.server.test_core import FakeHandle, FakePool, _core, _snapshot
 
@@ -23,26 +28,12 @@ def _streamed(core: Any, pool: FakePool, text: str = "ab") -> Any:
     return stream
 
 
-def test_a_request_that_streamed_nothing_is_dispatched_again() -> None:
-    core, pool, dispatcher = _core()
-    (stream,) = core.submit(parse_completion({"prompt": "x y"}, {}), None, 0.0)
-    pool.handles["a"].alive = False
-    dispatcher.answer = "b"
-    done = recover(core, "a", "exited")
-    assert (done.num_redispatched, done.num_resumed, done.num_failed) == (1, 0, 0)
-    (sent,) = pool.handles["b"].sent
-    assert isinstance(sent, AddRequest) and sent.request_id == stream.request_id
-    assert sent.prompt_token_ids == [1, 1] and stream.instance_id == "b"
-    assert core.num_queued == 1 and stream.queue.empty()
-
-
-def test_a_streamed_request_resumes_with_what_the_client_has() -> None:
+def test_a_resumed_request_ignores_what_its_old_instance_still_sends() -> None:
     core, pool, dispatcher = _core()
     stream = _streamed(core, pool)
     pool.handles["a"].alive = False
-    dispatcher.answer = None  # no instance meets the SLO now: the live one takes it anyway
-    done = recover(core, "a", "silent", can_resume=True)
-    assert done.num_resumed == 1
+    dispatcher.answer = "b"
+    core.on_exit(pool.handles["a"], "silent")
     (sent,) = pool.handles["b"].sent
     assert isinstance(sent, ResumeRequest) and sent.kv is None
     assert (sent.output_token_ids, sent.num_text_chars_sent) == ([7, 8], 2)
@@ -50,21 +41,33 @@ def test_a_streamed_request_resumes_with_what_the_client_has() -> None:
     # A report the failed instance sent before it was cut off changes nothing.
     late = OutputDelta(stream.request_id, [9], "c", num_output_tokens=3)
     core.on_report(pool.handles["a"], StepReport("a", _snapshot("a"), [late]))
-    assert stream.queue.empty() and stream.output_token_ids == [7, 8]
+    assert stream.queue.empty() and stream.instance_id == "b"
 
 
-def test_without_resume_or_an_instance_the_request_ends_with_an_error() -> None:
-    core, pool, _ = _core()
+def test_with_no_instance_left_requests_end_with_an_error() -> None:
+    core, pool, dispatcher = _core()
     streamed = _streamed(core, pool)
     (waiting,) = core.submit(parse_completion({"prompt": "x"}, {}), None, 0.0)
     for handle in pool.handles.values():
         handle.alive = False
-    done = recover(core, "a", "exited", can_resume=False)
-    assert done.num_failed == 2 and not core.streams and core.num_queued == 0
+    dispatcher.answer = None
+    core.on_exit(pool.handles["a"], "exited")
+    assert not core.streams and core.num_queued == 0
     ended = streamed.queue.get_nowait()
     assert ended.finish_reason == "error" and ended.error_status == 500
     refused = waiting.queue.get_nowait()
-    assert refused.error_status == 503 and "no other instance" in (refused.error or "")
+    assert refused.error_status == 503 and "instance a failed (exited)" in (refused.error or "")
+
+
+def test_a_timeout_ends_the_request_with_a_503_and_frees_it_on_its_instance() -> None:
+    core, pool, _ = _core()
+    (stream,) = core.submit(parse_completion({"prompt": "x"}, {}), None, 0.0)
+    core.fail([stream], "timed out", 503)
+    core.fail([stream], "timed out", 503)  # once only
+    delta = stream.queue.get_nowait()
+    assert (delta.finish_reason, delta.error_status) == ("error", 503) and stream.queue.empty()
+    assert [type(c) for c in pool.handles["a"].sent] == [AddRequest, AbortRequest]
+    assert not core.streams and core.num_queued == 0
 
 
 class _Process:

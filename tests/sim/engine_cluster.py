@@ -310,6 +310,8 @@ class _Driver:
                 continue
             reason = output.outputs[0].finish_reason
             if reason == "prefilled":
+                # As the simulator does: the prompt's KV is freed at once (no lease modelled).
+                engine.engine.release_lease(output.request_id)
                 self._hand_off(engine, output)
                 continue
             metrics = output.metrics

@@ -8,8 +8,6 @@ import pytest
 from hyperflexis.bench.metrics import RequestRecord
 from hyperflexis.cluster.dispatcher import DispatchRequest
 from hyperflexis.cluster.links import LinkTable
-from hyperflexis.core.request import Request
-from hyperflexis.core.sampling import SamplingParams
 from hyperflexis.scheduler.config import Role
 from hyperflexis.sim import Deployment
 from hyperflexis.sim.hooks import ClusterHooks
@@ -26,10 +24,6 @@ def _pd(published: list[dict[str, frozenset[str]]] | None = None) -> Lifecycle:
     table = LinkTable.build(["prefill-0"], ["decode-0", "decode-1"], policy="all")
     on_links = None if published is None else (lambda links: published.append(dict(links)))
     return Lifecycle(ids, table, role_switch_s=1.0, stop_s=2.0, on_links=on_links)
-
-
-def _request(request_id: str = "r") -> Request:
-    return Request(request_id, [0] * 4, SamplingParams(max_tokens=2), arrival_s=0.0)
 
 
 def test_a_draining_decode_instance_leaves_the_links_at_once_and_stops_when_idle() -> None:
@@ -56,7 +50,7 @@ def test_a_draining_decode_instance_leaves_the_links_at_once_and_stops_when_idle
 def test_a_prefill_instance_keeps_its_links_until_drained_then_flips() -> None:
     life = _pd()
     life.drain("prefill-0", "flip", 1.0)
-    assert life.can_hand_off("prefill-0")  # its own prefills still hand off
+    assert life.links == {"prefill-0": frozenset({"decode-0", "decode-1"})}  # it still hands off
     assert life.finish_drain("prefill-0", idle=True, now=2.0) == Flip("prefill-0", "decode", 3.0)
     assert life.links == {}
     assert life.lives["prefill-0"].state == "starting"
@@ -65,20 +59,17 @@ def test_a_prefill_instance_keeps_its_links_until_drained_then_flips() -> None:
     assert "prefill-0" in life.link_table.decode_ids
 
 
-def test_a_parked_hand_off_holds_its_prefill_instance_until_released() -> None:
+def test_a_prefill_instance_holding_a_parked_hand_off_is_not_drained() -> None:
     life = _pd()
     life.drain("decode-0", "stop", 0.0)
     life.drain("decode-1", "stop", 0.0)
-    assert not life.can_hand_off("prefill-0")  # no active linked decode instance
-    request = _request()
-    life.park("prefill-0", request)
+    assert life.links == {"prefill-0": frozenset()}  # no active linked decode instance
     life.drain("prefill-0", "stop", 1.0)
-    assert life.finish_drain("prefill-0", idle=True, now=1.0) is None  # it holds the KV
+    # Its driver says it is not idle while the controller holds a parked hand-off on it.
+    assert life.finish_drain("prefill-0", idle=False, now=1.0) is None
     life.start("decode-2", "decode", 1.0, "weights from disk")
     life.ready("decode-2", 4.0)
-    assert life.can_hand_off("prefill-0")
-    assert life.unpark() == [("prefill-0", request)]
-    assert life.num_parked == 1 and life.parked == []
+    assert life.links == {"prefill-0": frozenset({"decode-2"})}
     assert life.finish_drain("prefill-0", idle=True, now=4.0) == Stop("prefill-0", 6.0)
 
 
@@ -104,9 +95,9 @@ class _Counting(ClusterHooks):
     def request_ended(self, record: RequestRecord) -> None:
         self.ended.append(record.request_id)
 
-    def prefill_done(self, prefill_index: int, request: Request, now: float) -> bool:
+    def handed_off(self, request_id: str, prefill_id: str, decode_id: str, now: float) -> None:
+        assert (prefill_id, decode_id) == ("prefill-0", "decode-0")
         self.num_prefilled += 1
-        return False  # hand off at once, as the fixed cluster does
 
 
 def test_the_seam_reports_every_request_once_and_leaves_the_run_unchanged() -> None:

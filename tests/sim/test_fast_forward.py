@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import itertools
+
 from hyperflexis.core import SLO, Request, SamplingParams
+from hyperflexis.core.slo import token_lateness_s
 from hyperflexis.perf import StepCostModel, make_cost_model
 from hyperflexis.scheduler import KVBlockManager, Scheduler, SchedulerConfig, make_scheduler
 from hyperflexis.sim.fast_forward import plan_window
@@ -89,3 +92,26 @@ def test_apply_mid_window_holds_the_step_in_flight() -> None:
     assert [len(scheduler.kv.block_table(r.request_id)) for r in scheduler.running] == [2, 2]
     assert window.cut_after_step_in_flight(0.035)
     assert window.num_steps == 4
+
+
+def test_apply_keeps_the_largest_gap_and_per_token_lateness_of_each_step() -> None:
+    # Steps grow with the context (1 ms a step + 1 ms per 100 context tokens), applied in two
+    # pieces: the worst gap and lateness are those of the single steps, not of the pieces.
+    model = make_cost_model("fixed", coefficients=(0.001, 0.0, 0.0, 0.0, 1e-5))
+    scheduler = _decoding("fcfs", num_blocks=64, max_tokens=30, tpot_s=0.0011, model=model)
+    before = {r.request_id: (r.last_token_s, r.num_output_tokens) for r in scheduler.running}
+    window = plan_window(scheduler, model, 0.5)
+    assert window is not None
+    window.apply(scheduler, window.ends_s[4])
+    window.apply(scheduler, window.end_s)
+    for request in scheduler.running:
+        last_s, first_index = before[request.request_id]
+        assert last_s is not None
+        times = [last_s, *window.ends_s]
+        gaps = [b - a for a, b in itertools.pairwise(times)]
+        lateness = [
+            token_lateness_s(t, first_index + j, 0.0, 10.0, 0.0011)
+            for j, t in enumerate(window.ends_s)
+        ]
+        assert request.max_itl_s == max(gaps)
+        assert request.max_token_lateness_s == max(lateness)

@@ -9,7 +9,7 @@ import pytest
 
 from hyperflexis.scheduler import SchedulerConfig
 from hyperflexis.sim import Deployment, SimSetup
-from hyperflexis.sim.setup import DISTSERVE_MIN_BATCHED_TOKENS, build_parts
+from hyperflexis.sim.setup import build_parts
 from hyperflexis.workloads import RequestSpec
 
 from .helpers import workload
@@ -37,6 +37,9 @@ def test_echo_keeps_its_keys_and_values() -> None:
         "memory_fraction": 0.9,
         "block_size": 16,
         "fast_forward": True,
+        "step_noise_cv": 0.0,
+        "profile_error": 0.0,
+        "noise_seed": 0,
     }
 
 
@@ -47,12 +50,14 @@ def test_the_instances_get_the_setups_scheduler_config() -> None:
     assert parts.dispatcher.admission_control
 
 
-def test_distserve_budget_holds_the_longest_prompt() -> None:
+def test_distserve_follows_the_budget_and_grows_it_only_to_hold_the_longest_prompt() -> None:
     long_prompt = [RequestSpec("r0", 0.0, 20000, 10, "standard")]
     parts = build_parts(SimSetup(policy="distserve"), long_prompt)
     assert parts.config.max_num_batched_tokens == 20001
-    parts = build_parts(SimSetup(policy="distserve"), workload(5))
-    assert parts.config.max_num_batched_tokens == DISTSERVE_MIN_BATCHED_TOKENS
+    for budget in (2048, 8192):
+        config = SchedulerConfig(max_num_batched_tokens=budget)
+        setup = SimSetup(policy="distserve", scheduler=config)
+        assert build_parts(setup, workload(5)).config.max_num_batched_tokens == budget
 
 
 def test_the_role_is_the_deployments() -> None:

@@ -131,7 +131,7 @@ def test_fast_forward_matches_stepping_one_by_one(
     for record in fast.records:
         other = by_id[record.request_id]
         assert record.status == other.status
-        for name in ("ttft_s", "tpot_s", "e2e_s"):
+        for name in ("ttft_s", "tpot_s", "e2e_s", "max_itl_s", "max_token_lateness_s"):
             a, b = getattr(record, name), getattr(other, name)
             assert (a is None and b is None) or math.isclose(a, b, rel_tol=1e-6), name
     assert fast.summary() == stepped.summary() | {

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import multiprocessing
 import os
 import queue
@@ -33,6 +34,7 @@ from hyperflexis.backends.messages import (
 from hyperflexis.backends.worker import run_instance
 from hyperflexis.cluster.snapshot import LoadSnapshot
 from hyperflexis.engine.factory import InstanceSpec
+from hyperflexis.scheduler.config import Role
 
 ReportHandler = Callable[["InstanceHandle", StepReport], None]
 ExitHandler = Callable[["InstanceHandle"], None]
@@ -73,6 +75,20 @@ class InstanceHandle:
                 self.commands.send(command)
             except (BrokenPipeError, EOFError, OSError):
                 return  # the instance is gone; its report pipe tells the server
+
+
+def specs_for_roles(base: InstanceSpec, roles: Sequence[tuple[str, Role]]) -> list[InstanceSpec]:
+    """One spec per (instance id, role): `base`'s settings with its scheduler in that role and
+    seed `base.seed + i` for the i-th instance."""
+    return [
+        dataclasses.replace(
+            base,
+            instance_id=instance_id,
+            scheduler_config=dataclasses.replace(base.scheduler_config, role=role),
+            seed=base.seed + i,
+        )
+        for i, (instance_id, role) in enumerate(roles)
+    ]
 
 
 class InstancePool:

@@ -1,8 +1,9 @@
 """One instance process: its engine loop, driven by commands from the server's pipe.
 
-The loop reads like the brief: drain commands, step while there is work, publish what the step
-produced together with a fresh load snapshot, and block on the command pipe when idle (no busy
-spin). When the server goes away its end of the pipe closes and the loop exits.
+The loop reads like the brief: drain commands, advance the P/D hand-offs (`kv_handoff`), step
+while there is work, publish what the step produced together with a fresh load snapshot, and
+block on the command pipe when idle (no busy spin; only as long as no lease is due and no pull
+is to poll). When the server goes away its end of the pipe closes and the loop exits.
 """
 
 from __future__ import annotations
@@ -17,13 +18,18 @@ from multiprocessing.connection import Connection
 from pathlib import Path
 
 from hyperflexis.backends.heartbeat import ReportSender, start_heartbeat
+from hyperflexis.backends.kv_handoff import PREFILLED, KVHandoffs, open_transport
 from hyperflexis.backends.messages import (
     AbortRequest,
     AddRequest,
     Command,
+    HandoffDone,
     InstanceFailed,
     InstanceReady,
+    KVReady,
     OutputDelta,
+    ReleaseKV,
+    ResumeRequest,
     Shutdown,
     StepReport,
 )
@@ -44,23 +50,34 @@ def run_instance(spec: InstanceSpec, commands: Connection, reports: Connection) 
     # Ctrl-C in a terminal reaches the whole process group; the server stops us in order.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     _name_process(spec.instance_id)
+    transport = None
     try:
-        engine, _, cost_model = build_engine(spec)
+        transport = open_transport(spec)
+        storage = None if transport is None else transport.allocate
+        engine, runner, cost_model = build_engine(spec, kv_storage=storage)
+        handoffs = KVHandoffs(engine, spec.kv_transfer_timeout_s, transport, runner.kv_cache)
     except Exception as exc:  # report any start-up failure instead of dying silently
+        if transport is not None:
+            transport.close()
         _send_quietly(reports, InstanceFailed(spec.instance_id, f"{type(exc).__name__}: {exc}"))
         return
     sender = ReportSender(reports)  # the loop and the heartbeat thread share the pipe
-    loop = InstanceLoop(spec.instance_id, engine, cost_model, sender)
+    loop = InstanceLoop(spec.instance_id, engine, cost_model, sender, handoffs)
     ready = InstanceReady(
         spec.instance_id,
         os.getpid(),
         engine.max_context_len,
         engine.runner.config.vocab_size,
         take_snapshot(spec.instance_id, engine.scheduler, time.monotonic()),
+        role=spec.scheduler_config.role,
+        kv_pool=handoffs.pool,
     )
-    if sender.send(ready):
-        start_heartbeat(sender, spec.instance_id)
-        loop.run(commands)
+    try:
+        if sender.send(ready):
+            start_heartbeat(sender, spec.instance_id)
+            loop.run(commands)
+    finally:
+        handoffs.close()  # unlinks a /dev/shm pool: os._exit below skips finalizers
     # Nothing is left to clean up, and interpreter teardown with torch loaded takes seconds on
     # a busy host: leave at once so a shutdown is quick.
     sys.stdout.flush()
@@ -84,31 +101,43 @@ class InstanceLoop:
         engine: LLMEngine,
         cost_model: OnlineCorrection | None,
         reports: Connection | ReportSender,
+        handoffs: KVHandoffs | None = None,
     ) -> None:
         self.instance_id = instance_id
         self.engine = engine
         self.cost_model = cost_model
         self.reports = reports if isinstance(reports, ReportSender) else ReportSender(reports)
-        # Per live request: output tokens and text characters already sent to the server, and
-        # when the latest sent token was produced.
+        # A loop around an engine alone has no pool: hand-offs sent to it recompute.
+        self.handoffs = KVHandoffs(engine, timeout_s=10.0) if handoffs is None else handoffs
+        # Per live request: output tokens and text characters already sent to the server (for
+        # a resumed one, what the client had before), and when the latest sent token was made.
         self._sent: dict[str, tuple[int, int, float | None]] = {}
         self._stalled = False  # the last step had work but could schedule nothing
+        self._handoffs: list[HandoffDone] = []  # ended since the last report
+        self._kv_ready: list[KVReady] = []
 
     def run(self, commands: Connection) -> None:
         """Until `Shutdown`, the server closing its end, or the server becoming unreachable."""
+        handoffs = self.handoffs
         while True:
             busy = self.engine.has_unfinished()
-            timeout = None if not busy else (STALLED_WAIT_S if self._stalled else 0.0)
+            timeout = (
+                handoffs.wake_in_s() if not busy else (STALLED_WAIT_S if self._stalled else 0.0)
+            )
             drained = self._drain(commands, timeout)
             if drained is None:
                 return
             deltas, changed = drained
+            self._handoffs += handoffs.poll()
+            expired = self.engine.expire_leases()
             stepped = self.engine.has_unfinished()
             if stepped:
                 deltas += self._step()
-            if not (deltas or changed or (stepped and not self._stalled)):
+            news = bool(deltas or changed or expired or self._handoffs or self._kv_ready)
+            news = news or bool(handoffs.take_freed())
+            if not (news or (stepped and not self._stalled)):
                 continue  # nothing new to tell: idle, or a step that could schedule nothing
-            if not self._publish(deltas, stepped):
+            if not self._publish(deltas, stepped, expired):
                 return
 
     # -- commands ---------------------------------------------------------------------------
@@ -127,19 +156,25 @@ class InstanceLoop:
                 command: Command = commands.recv()
                 if isinstance(command, Shutdown):
                     return None
-                if isinstance(command, AddRequest | AbortRequest):
-                    deltas += self._apply(command)
+                deltas += self._apply(command)
                 changed = True
                 ready = commands.poll(0)
         except (EOFError, OSError):
             return None  # the server is gone
         return deltas, changed
 
-    def _apply(self, command: AddRequest | AbortRequest) -> list[OutputDelta]:
+    def _apply(self, command: Command) -> list[OutputDelta]:
         if isinstance(command, AbortRequest):
-            if self._sent.pop(command.request_id, None) is not None:
-                self.engine.abort(command.request_id)
+            self._sent.pop(command.request_id, None)
+            self.handoffs.abort(command.request_id)
+            self.engine.abort(command.request_id)  # a lease under its id goes too
             return []
+        if isinstance(command, ReleaseKV):
+            self.engine.release_lease(command.request_id)
+            return []
+        if isinstance(command, ResumeRequest):
+            return self._resume(command)
+        assert isinstance(command, AddRequest)
         try:
             self.engine.add_request(
                 command.prompt_token_ids,
@@ -155,6 +190,17 @@ class InstanceLoop:
         self._sent[command.request_id] = (0, 0, None)
         return []
 
+    def _resume(self, command: ResumeRequest) -> list[OutputDelta]:
+        try:
+            self._handoffs += self.handoffs.resume(command)
+        except ValueError as exc:
+            return [
+                OutputDelta(command.request_id, [], "", "error", error=str(exc), error_status=400)
+            ]
+        sent = (len(command.output_token_ids), command.num_text_chars_sent, None)
+        self._sent[command.request_id] = sent
+        return []
+
     # -- the step ---------------------------------------------------------------------------
 
     def _step(self) -> list[OutputDelta]:
@@ -163,12 +209,14 @@ class InstanceLoop:
         except Exception as exc:  # fail the requests, keep the instance serving
             return self._fail_all(f"engine step failed: {type(exc).__name__}: {exc}")
         self._stalled = not outputs and self.engine.last_step.num_tokens == 0
+        self._kv_ready += self.handoffs.kv_ready(outputs)
         return [self._delta(output) for output in outputs if output.request_id in self._sent]
 
     def _fail_all(self, message: str) -> list[OutputDelta]:
         deltas = []
         for request_id in list(self._sent):
             self._sent.pop(request_id)
+            self.handoffs.abort(request_id)
             self.engine.abort(request_id)
             deltas.append(OutputDelta(request_id, [], "", "error", error=message))
         return deltas
@@ -198,6 +246,9 @@ class InstanceLoop:
             self._sent[output.request_id] = sent
             return delta
         del self._sent[output.request_id]
+        if completion.finish_reason == PREFILLED:
+            # Its stream goes on from a decode instance (the step's KVReady says where from).
+            return dataclasses.replace(delta, finish_reason=None)
         return dataclasses.replace(
             delta,
             stop_reason=completion.stop_reason,
@@ -208,7 +259,7 @@ class InstanceLoop:
             num_preemptions=metrics.num_preemptions,
         )
 
-    def _publish(self, deltas: list[OutputDelta], stepped: bool) -> bool:
+    def _publish(self, deltas: list[OutputDelta], stepped: bool, expired: list[str]) -> bool:
         scheduler = self.engine.scheduler
         report = StepReport(
             instance_id=self.instance_id,
@@ -218,7 +269,11 @@ class InstanceLoop:
             num_rejections=scheduler.num_rejections,
             step_execute_s=self.engine.last_step.execute_s if stepped else 0.0,
             correction_factor=1.0 if self.cost_model is None else self.cost_model.factor,
+            kv_ready=self._kv_ready,
+            handoffs=self._handoffs,
+            leases_expired=expired,
         )
+        self._kv_ready, self._handoffs = [], []
         return self.reports.send(report)
 
 

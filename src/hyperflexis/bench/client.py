@@ -32,6 +32,7 @@ ENDPOINTS: tuple[Endpoint, ...] = ("completions", "chat")
 _PATHS: dict[Endpoint, str] = {"completions": "/v1/completions", "chat": "/v1/chat/completions"}
 # A HyperFlexis server's own time on the request before an instance got it; others lack it.
 OVERHEAD_HEADER = "x-hyperflexis-server-overhead-ms"
+INSTANCE_HEADER = "x-hyperflexis-instance"  # the instance a HyperFlexis server sent it to
 
 
 @dataclass(frozen=True, slots=True)
@@ -217,6 +218,7 @@ class _Sender:
         async with self._client.stream("POST", path, json=body, headers=headers) as response:
             stream.http_status = response.status_code
             stream.server_overhead_ms = float_or_none(response.headers.get(OVERHEAD_HEADER))
+            stream.instance = response.headers.get(INSTANCE_HEADER)
             if response.status_code != 200:
                 await response.aread()
                 stream.http_error(response)
@@ -249,6 +251,7 @@ def _number(value: float) -> str:
 
 __all__ = [
     "ENDPOINTS",
+    "INSTANCE_HEADER",
     "OVERHEAD_HEADER",
     "BenchRun",
     "ClientConfig",

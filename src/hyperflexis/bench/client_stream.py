@@ -16,7 +16,7 @@ from typing import Any
 import httpx
 
 from hyperflexis.bench.metrics import RecordStatus, RequestRecord
-from hyperflexis.core.slo import SLOClasses
+from hyperflexis.core.slo import SLOClasses, token_lateness_s
 from hyperflexis.workloads.spec import RequestSpec
 
 REJECTED_STATUS = 503  # admission control said no (with Retry-After)
@@ -56,6 +56,7 @@ class ResponseStream:
         self.http_status: int | None = None
         self.retry_after_s: float | None = None
         self.server_overhead_ms: float | None = None
+        self.instance: str | None = None  # a HyperFlexis server's `INSTANCE_HEADER`, when sent
 
     def feed(self, line: str) -> bool:
         """Take one SSE line; False at `data: [DONE]` or an error event (the stream is over)."""
@@ -123,6 +124,12 @@ class ResponseStream:
         first = self.chunk_times_s[0] if self.chunk_times_s else None
         finish = self.finish_s if self.finish_s is not None else self._clock()
         slo = classes[spec.slo_class]
+        gaps = [b - a for a, b in itertools.pairwise(self.chunk_times_s)]
+        # Chunk i's first token has index >= i, so judging chunk i as token i is never lenient.
+        lateness = [
+            token_lateness_s(t, i, self.sent_s, slo.ttft_s, slo.tpot_s)
+            for i, t in enumerate(self.chunk_times_s)
+        ]
         record = RequestRecord(
             request_id=spec.request_id,
             slo_class=slo.name,
@@ -135,7 +142,11 @@ class ResponseStream:
             num_prompt_tokens=self.usage_prompt_tokens or prompt_tokens,
             num_output_tokens=num_output if status == "completed" else len(self.chunk_times_s),
             status=status,
-            inter_token_latencies_s=[b - a for a, b in itertools.pairwise(self.chunk_times_s)],
+            inter_token_latencies_s=gaps,
+            instance=self.instance,
+            max_itl_s=max(gaps, default=None),
+            max_token_lateness_s=max(lateness, default=None),
+            finish_reason=self.finish_reason if status == "completed" else _reason(status),
         )
         return RequestResult(
             spec=spec,
@@ -181,6 +192,11 @@ def _error_message(text: str) -> str:
             return str(error.get("message", error))[:200]
         return str(error)[:200]
     return str(data)[:200]
+
+
+def _reason(status: RecordStatus) -> str:
+    """Why a request that did not complete ended, in the engine's finish-reason words."""
+    return {"rejected": "rejected", "aborted": "abort"}.get(status, "error")
 
 
 def _int_or_none(value: Any) -> int | None:

@@ -2,7 +2,9 @@
 
 The simulator and the live load client both produce `RequestRecord`s, so their numbers mean the
 same thing. A request is attained when it completed and met its TTFT and its mean TPOT; rejected,
-aborted and failed requests count as offered and not attained (DESIGN.md §2). Summaries are plain
+aborted and failed requests count as offered and not attained (DESIGN.md §2). Beside it, every
+summary judges the stricter per-token view (`core.slo.token_lateness_s`: token i due by arrival +
+TTFT SLO + i x TPOT SLO) as `*_per_token` keys. Summaries are plain
 dicts of floats, ints and None with classes in sorted order, so the same records give the same
 JSON byte for byte, in whatever order the records came.
 """
@@ -54,6 +56,12 @@ class RequestRecord:
     # Gaps between streamed chunks, for ITL plots (stored as a tuple); TPOT comes from the first
     # token and the finish instead, since a chunk may carry several tokens.
     inter_token_latencies_s: Sequence[float] | None = None
+    instance: str | None = None  # the instance it was first sent to; None if never dispatched
+    max_itl_s: float | None = None  # largest gap between two output tokens (chunks, live)
+    # Largest `core.slo.token_lateness_s` of its output tokens (<= 0: all on time); a live
+    # client counts a chunk as one token, which can only make it later. None without output.
+    max_token_lateness_s: float | None = None
+    finish_reason: str | None = None  # "stop"/"length", or why it ended ("rejected", "abort", ...)
 
     def __post_init__(self) -> None:
         if self.status not in STATUSES:
@@ -91,6 +99,12 @@ class RequestRecord:
                 f"invalid RequestRecord {self.request_id!r}: a completed request needs "
                 "first_token_s, finish_s and num_output_tokens >= 1"
             )
+        if self.max_itl_s is not None and not (_finite(self.max_itl_s) and self.max_itl_s >= 0):
+            raise ValueError(f"invalid RequestRecord field 'max_itl_s': {self.max_itl_s!r}")
+        if self.max_token_lateness_s is not None and not _finite(self.max_token_lateness_s):
+            raise ValueError(
+                f"invalid RequestRecord field 'max_token_lateness_s': {self.max_token_lateness_s!r}"
+            )
         if self.inter_token_latencies_s is not None:
             itls = tuple(float(x) for x in self.inter_token_latencies_s)
             if any(not math.isfinite(x) or x < 0 for x in itls):
@@ -100,6 +114,12 @@ class RequestRecord:
     @property
     def ttft_s(self) -> float | None:
         return None if self.first_token_s is None else self.first_token_s - self.arrival_s
+
+    @property
+    def attained_per_token(self) -> bool:
+        """Completed with every output token by its per-token deadline."""
+        lateness = self.max_token_lateness_s
+        return self.status == "completed" and lateness is not None and lateness <= 0
 
     @property
     def tpot_s(self) -> float | None:
@@ -141,6 +161,9 @@ def record_from_request(request: Request) -> RequestRecord:
         num_prompt_tokens=request.num_prompt_tokens,
         num_output_tokens=request.num_output_tokens,
         status=_STATUS_OF_REASON[reason],
+        max_itl_s=request.max_itl_s,
+        max_token_lateness_s=request.max_token_lateness_s,
+        finish_reason=reason.value,
     )
 
 
@@ -154,8 +177,11 @@ def summarize(
     (class -> `num_requests`, `num_attained`, `num_completed`, `num_rejected`, and
     `num_missed_ttft` / `num_missed_tpot`: completed over that target), `ttft_s`, `tpot_s`,
     `e2e_s` (each `p50`, `p90`, `p99`, `mean` over the completed requests that have the value;
-    all None without data; percentiles interpolate linearly), `goodput_rps` (attained requests
-    per second of `duration_s`) and `instance_seconds` (the cost, passed through).
+    all None without data; percentiles interpolate linearly), `max_itl_s` (the same over each
+    request's largest gap), `goodput_rps` (attained requests per second of `duration_s`) and
+    `instance_seconds` (the cost, passed through). Under per-token deadlines:
+    `num_attained_per_token`, `attainment_per_token`, `attainment_per_token_by_class`,
+    `goodput_per_token_rps` (and `num_attained_per_token` per class).
     """
     if not _finite(duration_s) or duration_s <= 0:
         raise ValueError(f"invalid parameter 'duration_s': expected > 0, got {duration_s!r}")
@@ -177,11 +203,18 @@ def summarize(
         "num_rejected": counts["num_rejected"],
         "attainment": _fraction(counts),
         "attainment_by_class": {name: _fraction(c) for name, c in by_class.items()},
+        "num_attained_per_token": counts["num_attained_per_token"],
+        "attainment_per_token": _fraction(counts, "num_attained_per_token"),
+        "attainment_per_token_by_class": {
+            name: _fraction(c, "num_attained_per_token") for name, c in by_class.items()
+        },
         "counts_by_class": by_class,
         "ttft_s": latency_stats(r.ttft_s for r in completed),
         "tpot_s": latency_stats(r.tpot_s for r in completed),
         "e2e_s": latency_stats(r.e2e_s for r in completed),
+        "max_itl_s": latency_stats(r.max_itl_s for r in completed),
         "goodput_rps": counts["num_attained"] / float(duration_s),
+        "goodput_per_token_rps": counts["num_attained_per_token"] / float(duration_s),
         "instance_seconds": float(instance_seconds),
     }
 
@@ -269,6 +302,7 @@ def _counts(records: Sequence[RequestRecord]) -> dict[str, int]:
     return {
         "num_requests": len(records),
         "num_attained": sum(r.attained for r in records),
+        "num_attained_per_token": sum(r.attained_per_token for r in records),
         "num_completed": sum(r.status == "completed" for r in records),
         "num_rejected": sum(r.status == "rejected" for r in records),
         # Completed requests over each target (one over both counts in both): which SLO a
@@ -288,8 +322,8 @@ def _over_tpot(record: RequestRecord) -> bool:
     return tpot is not None and tpot > record.tpot_slo_s
 
 
-def _fraction(counts: dict[str, int]) -> float:
-    return counts["num_attained"] / counts["num_requests"] if counts["num_requests"] else 0.0
+def _fraction(counts: dict[str, int], key: str = "num_attained") -> float:
+    return counts[key] / counts["num_requests"] if counts["num_requests"] else 0.0
 
 
 def _check_unique(records: Sequence[RequestRecord]) -> None:

@@ -9,7 +9,6 @@ request with 0 (and an error text) for those that did not complete.
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -18,7 +17,9 @@ from typing import Any
 import numpy as np
 
 from hyperflexis.bench.client import BenchRun, RequestResult
-from hyperflexis.bench.metrics import RequestRecord, latency_stats, summarize
+from hyperflexis.bench.metrics import latency_stats, summarize
+from hyperflexis.bench.recompute import latency_by_class
+from hyperflexis.bench.records import record_row, write_rows
 
 VLLM_LATENCY_METRICS = ("ttft", "tpot", "itl", "e2el")  # vLLM's names; ms in its keys
 
@@ -75,63 +76,32 @@ def vllm_metrics(results: Sequence[RequestResult], duration_s: float) -> dict[st
     return metrics
 
 
-def latency_by_class(records: Sequence[RequestRecord]) -> dict[str, dict[str, Any]]:
-    """Per SLO class (sorted): attainment and the TTFT, TPOT and E2E stats of its completed
-    requests, in seconds (`bench.metrics.latency_stats`)."""
-    table: dict[str, dict[str, Any]] = {}
-    for name in sorted({r.slo_class for r in records}):
-        mine = [r for r in records if r.slo_class == name]
-        done = [r for r in mine if r.status == "completed"]
-        table[name] = {
-            "num_requests": len(mine),
-            "attainment": sum(r.attained for r in mine) / len(mine),
-            "ttft_s": latency_stats(r.ttft_s for r in done),
-            "tpot_s": latency_stats(r.tpot_s for r in done),
-            "e2e_s": latency_stats(r.e2e_s for r in done),
-        }
-    return table
-
-
 def request_row(result: RequestResult) -> dict[str, Any]:
-    """One JSON-lines record: the request, its SLO, timings (s, on the run's clock) and outcome."""
-    record = result.record
-    return {
-        "request_id": record.request_id,
-        "slo_class": record.slo_class,
-        "priority": record.priority,
-        "ttft_slo_s": record.ttft_slo_s,
-        "tpot_slo_s": record.tpot_slo_s,
-        "scheduled_s": result.spec.arrival_s,
-        "sent_s": record.arrival_s,
-        "first_token_s": record.first_token_s,
-        "finish_s": record.finish_s,
-        "ttft_s": record.ttft_s,
-        "tpot_s": record.tpot_s,
-        "e2e_s": record.e2e_s,
-        "status": record.status,
-        "attained": record.attained,
-        "prompt_len": result.spec.prompt_len,
-        "prompt_tokens": result.prompt_tokens,
-        "output_len": result.spec.output_len,
-        "output_tokens": record.num_output_tokens,
-        "itls_s": list(record.inter_token_latencies_s or ()),
-        "http_status": result.http_status,
-        "retry_after_s": result.retry_after_s,
-        "server_overhead_ms": result.server_overhead_ms,
-        "error": result.error,
-    }
+    """One JSON-lines record (`bench.records`): the record, then what the client asked and saw."""
+    row = record_row(result.record)
+    row.update(
+        scheduled_s=result.spec.arrival_s,
+        prompt_len=result.spec.prompt_len,
+        output_len=result.spec.output_len,
+        http_status=result.http_status,
+        retry_after_s=result.retry_after_s,
+        server_overhead_ms=result.server_overhead_ms,
+        error=result.error,
+    )
+    row["itls_s"] = row["itls_s"] or []
+    return row
 
 
 def write_jsonl(results: Iterable[RequestResult], path: str | Path) -> None:
-    lines = (json.dumps(request_row(r), sort_keys=True) for r in results)
-    Path(path).write_text("".join(line + "\n" for line in lines))
+    write_rows((request_row(r) for r in results), path)
 
 
 def class_table(summary: dict[str, Any]) -> str:
-    """A text table per SLO class: attainment, TTFT p50/p90, TPOT p50, E2E p50 (ms)."""
+    """A text table per SLO class: attainment under mean TPOT and under per-token deadlines,
+    rejections, TTFT p50/p90, TPOT p50, E2E p50 (ms)."""
     header = (
-        f"{'class':<12} {'reqs':>5} {'attained':>9} {'rejected':>8} {'TTFT p50':>9} "
-        f"{'TTFT p90':>9} {'TPOT p50':>9} {'E2E p50':>9}"
+        f"{'class':<12} {'reqs':>5} {'attained':>9} {'per-token':>9} {'rejected':>8} "
+        f"{'TTFT p50':>9} {'TTFT p90':>9} {'TPOT p50':>9} {'E2E p50':>9}"
     )
     lines = [header, "-" * len(header)]
     by_class = summary["latency_by_class"]
@@ -139,19 +109,24 @@ def class_table(summary: dict[str, Any]) -> str:
     for name, row in by_class.items():
         lines.append(
             f"{name:<12} {row['num_requests']:>5} {row['attainment']:>8.0%} "
-            f"{counts[name]['num_rejected']:>8} {_ms(row['ttft_s']['p50']):>9} "
-            f"{_ms(row['ttft_s']['p90']):>9} {_ms(row['tpot_s']['p50']):>9} "
-            f"{_ms(row['e2e_s']['p50']):>9}"
+            f"{row['attainment_per_token']:>8.0%} {counts[name]['num_rejected']:>8} "
+            f"{_latencies(row)}"
         )
     lines.append("-" * len(header))
     lines.append(
         f"{'all':<12} {summary['num_requests']:>5} {summary['attainment']:>8.0%} "
-        f"{summary['num_rejected']:>8} {_ms(summary['ttft_s']['p50']):>9} "
-        f"{_ms(summary['ttft_s']['p90']):>9} {_ms(summary['tpot_s']['p50']):>9} "
-        f"{_ms(summary['e2e_s']['p50']):>9}"
+        f"{summary['attainment_per_token']:>8.0%} {summary['num_rejected']:>8} "
+        f"{_latencies(summary)}"
     )
     lines.append("(latencies in ms over completed requests)")
     return "\n".join(lines)
+
+
+def _latencies(row: dict[str, Any]) -> str:
+    return (
+        f"{_ms(row['ttft_s']['p50']):>9} {_ms(row['ttft_s']['p90']):>9} "
+        f"{_ms(row['tpot_s']['p50']):>9} {_ms(row['e2e_s']['p50']):>9}"
+    )
 
 
 def _ms_stats(name: str, samples_s: list[float]) -> dict[str, float]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -107,6 +108,8 @@ def run(args: argparse.Namespace) -> int:
     instance_seconds = (args.instances or 0) * run_result.duration_s
     summary = bench_summary(run_result, instance_seconds)
     summary.update(_run_info(args, len(workload)))
+    if args.jsonl is not None:  # where `hyperflexis report` finds them
+        summary["records"] = os.path.relpath(args.jsonl, args.out.parent)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(summary, indent=1) + "\n")
     if args.jsonl is not None:
@@ -122,7 +125,8 @@ def run(args: argparse.Namespace) -> int:
     if not args.quiet:
         print(class_table(summary))
         print(
-            f"attainment {summary['attainment']:.1%}, goodput {summary['goodput_rps']:.2f} req/s, "
+            f"attainment {summary['attainment']:.1%} (per-token deadlines "
+            f"{summary['attainment_per_token']:.1%}), goodput {summary['goodput_rps']:.2f} req/s, "
             f"{summary['completed']}/{summary['num_requests']} completed, "
             f"{summary['num_rejected']} rejected, {summary['num_failed']} failed "
             f"in {summary['duration']:.1f} s -> {args.out}",

@@ -6,6 +6,7 @@ import argparse
 import dataclasses
 import sys
 from pathlib import Path
+from typing import Any
 
 HELP = "Serve an OpenAI-compatible API over a multi-instance cluster."
 
@@ -26,7 +27,34 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--version", action="version", version=__version__)
     _add_vllm_arguments(parser)
     parser.add_argument(
-        "--instances", type=int, default=2, help="instance processes (model replicas)"
+        "--instances",
+        type=int,
+        default=None,
+        help="collocated instance processes (model replicas) (default: 2)",
+    )
+    parser.add_argument(
+        "--prefill", type=int, default=None, help="P/D: prefill instances (with --decode)"
+    )
+    parser.add_argument(
+        "--decode", type=int, default=None, help="P/D: decode instances (with --prefill)"
+    )
+    parser.add_argument(
+        "--kv-transport",
+        default=None,
+        help="P/D: KV transport of every link: shm (default), torch-dist, nixl (when installed)",
+    )
+    parser.add_argument(
+        "--kv-lease-s",
+        type=float,
+        default=30.0,
+        help="P/D: a prefill instance frees a finished prompt's KV this long after it is ready "
+        "unless its decode instance released it sooner (default: 30)",
+    )
+    parser.add_argument(
+        "--links",
+        default=None,
+        help="P/D: which decode instances each prefill instance hands to: all (default), "
+        "balanced (fan-out 2) or pairs",
     )
     parser.add_argument(
         "--policy", default="hyperflexis", choices=policy_names(), help="instance scheduler"
@@ -154,6 +182,26 @@ def _model(args: argparse.Namespace) -> str | None:
     return args.model_tag if args.model_tag is not None else args.model
 
 
+def _deployment(args: argparse.Namespace) -> dict[str, Any]:
+    """Collocated (`--instances`) or P/D (`--prefill`, `--decode` and their link settings)."""
+    pd = args.prefill is not None or args.decode is not None
+    if pd and args.instances is not None:
+        raise ValueError("invalid '--instances': give either --instances or --prefill and --decode")
+    if not pd:
+        for flag, value in (("--kv-transport", args.kv_transport), ("--links", args.links)):
+            if value is not None:
+                raise ValueError(f"invalid '{flag}': only for P/D (--prefill and --decode)")
+        return {"num_instances": 2 if args.instances is None else args.instances}
+    if args.prefill is None or args.decode is None:
+        raise ValueError("invalid '--prefill'/'--decode': P/D needs both")
+    return {
+        "num_prefill": args.prefill,
+        "num_decode": args.decode,
+        "kv_transport": args.kv_transport or "shm",
+        "link_policy": args.links or "all",
+    }
+
+
 def run(args: argparse.Namespace) -> int:
     from hyperflexis.commands.scheduler_flags import scheduler_config
     from hyperflexis.server.config import ServerConfig
@@ -161,7 +209,7 @@ def run(args: argparse.Namespace) -> int:
 
     config = ServerConfig(
         model=_model(args),
-        num_instances=args.instances,
+        **_deployment(args),
         policy=args.policy,
         dispatch=args.dispatch,
         slo_classes_path=args.slo_classes,
@@ -180,7 +228,9 @@ def run(args: argparse.Namespace) -> int:
         kv_cache_bytes=args.kv_cache_bytes,
         profile_path=args.profile,
         # Not a scheduler knob (simulate results echo the knobs, whose keys stay fixed).
-        scheduler=dataclasses.replace(scheduler_config(args), max_num_seqs=args.max_num_seqs),
+        scheduler=dataclasses.replace(
+            scheduler_config(args), max_num_seqs=args.max_num_seqs, kv_lease_s=args.kv_lease_s
+        ),
         num_threads=args.threads,
         seed=args.seed,
         served_model_names=tuple(args.served_model_name or ()),

@@ -14,8 +14,15 @@ import math
 from pathlib import Path
 from typing import Any
 
+from hyperflexis.bench.metrics import goodput_at
 from hyperflexis.commands import simulate_scaler
-from hyperflexis.commands.simulate_report import one_line, progress, sweep_table, write_json
+from hyperflexis.commands.simulate_report import (
+    one_line,
+    progress,
+    sweep_table,
+    write_json,
+    write_records,
+)
 
 HELP = "Simulate a cluster on a virtual clock and report SLO attainment."
 
@@ -55,6 +62,22 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--profile", default=None, help="profiled latency model JSON (default: analytic roofline)"
     )
     cluster.add_argument(
+        "--step-noise",
+        type=float,
+        default=0.0,
+        metavar="CV",
+        help="charge each step its predicted time x seeded lognormal noise of this coefficient "
+        "of variation (seed: --seed); schedulers still plan with the prediction (default: 0)",
+    )
+    cluster.add_argument(
+        "--profile-error",
+        type=float,
+        default=0.0,
+        metavar="BIAS",
+        help="charge each step (1 + BIAS) x its predicted time: a latency model off by a fixed "
+        "factor (default: 0)",
+    )
+    cluster.add_argument(
         "--no-fast-forward",
         action="store_true",
         help="simulate every decode step one by one (slower; same results)",
@@ -71,11 +94,24 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     load.add_argument("--slo-mix", default=DEFAULT_SLO_MIX, help=f"(default: {DEFAULT_SLO_MIX})")
     load.add_argument("--slo-classes", default=None, help="SLO classes file (TOML/YAML/JSON)")
     load.add_argument("--seed", type=int, default=0, help="workload seed (default: 0)")
+    load.add_argument(
+        "--duration",
+        type=float,
+        default=None,
+        help="steady state: every rate offers SECONDS of arrivals (ceil(rate x SECONDS) + 1 "
+        "requests; a trace, or its first --num-requests rows, is extended and then looped)",
+    )
     sweep = parser.add_argument_group("sweep")
     sweep.add_argument("--policies", default=None, help="comma-separated policies to compare")
     sweep.add_argument("--sweep-rates", default=None, help="comma-separated rates (requests/s)")
     sweep.add_argument("--plot", default=None, help="sweep plot PNG (default: next to --out)")
     parser.add_argument("--out", required=True, help="results JSON to write")
+    parser.add_argument(
+        "--no-records",
+        action="store_true",
+        help="write no per-request records (default: OUT.requests.jsonl, or one per sweep run "
+        "under OUT.requests/, for `hyperflexis report`)",
+    )
     simulate_scaler.add_arguments(parser)  # --scaler and its options
 
 
@@ -91,8 +127,9 @@ def run(args: argparse.Namespace) -> int:
     if args.scaler is not None:  # an elastic run (commands/simulate_scaler.py)
         return simulate_scaler.run(args, setup, classes, workloads)
     out = Path(args.out)
+    records = None if args.no_records else out
     if args.policies is None and args.sweep_rates is None:
-        doc = _single_run(setup, classes, workloads, args.rate)
+        doc = _single_run(setup, classes, workloads, args.rate, records)
         write_json(out, doc)
         print(one_line(doc))
     else:
@@ -103,7 +140,7 @@ def run(args: argparse.Namespace) -> int:
                 raise ValueError("a sweep needs --sweep-rates (or --rate)")
             rates = [_positive(args.rate, "--rate")]
         plot = Path(args.plot) if args.plot else out.with_suffix(".png")
-        doc = _sweep(setup, classes, workloads, policies, rates, args.dispatch, plot)
+        doc = _sweep(setup, classes, workloads, policies, rates, args.dispatch, plot, records)
         write_json(out, doc)
         print(f"wrote {plot}")
     print(f"wrote {out}")
@@ -161,6 +198,9 @@ def _setup(args: argparse.Namespace) -> Any:
         profile_path=args.profile,
         scheduler=scheduler,
         fast_forward=not args.no_fast_forward,
+        step_noise_cv=args.step_noise,
+        profile_error=args.profile_error,
+        noise_seed=args.seed,
     )
 
 
@@ -173,8 +213,11 @@ class _WorkloadMaker:
         self.mix = mix
         self.seed = args.seed
         self.num_requests = args.num_requests
+        self.duration_s = args.duration
         if self.num_requests is not None and self.num_requests < 1:
             raise ValueError(f"invalid --num-requests {self.num_requests}: must be >= 1")
+        if self.duration_s is not None:
+            _positive(self.duration_s, "--duration")
         if args.rate is not None:
             _positive(args.rate, "--rate")
         self.trace = None
@@ -183,7 +226,9 @@ class _WorkloadMaker:
             if self.trace.num_requests == 0:
                 raise ValueError(f"trace {args.trace} has no requests")
             return
-        if self.num_requests is None:
+        if self.duration_s is not None and self.num_requests is not None:
+            raise ValueError("synthetic arrivals take --num-requests or --duration, not both")
+        if self.num_requests is None and self.duration_s is None:
             raise ValueError("give --trace FILE, or --num-requests N with synthetic arrivals")
         params: dict[str, float] = {"rate_rps": 1.0}  # replaced by the run's rate
         if args.burstiness is not None:
@@ -193,36 +238,48 @@ class _WorkloadMaker:
         self.output_lens = parse_lengths(args.output_lens)
 
     def make(self, rate_rps: float | None) -> Any:
-        from hyperflexis.workloads import build_workload
+        from hyperflexis.workloads import build_workload, steady_workload
 
-        if self.trace is not None:
-            return build_workload(
-                seed=self.seed, slo_mix=self.mix, trace=self.trace, rate_rps=rate_rps
-            )
+        source: dict[str, Any] = {"trace": self.trace}
+        if self.trace is None:
+            if rate_rps is None:
+                raise ValueError("synthetic arrivals need --rate (or --sweep-rates)")
+            source = {
+                "arrival": self.arrival,
+                "prompt_lens": self.prompt_lens,
+                "output_lens": self.output_lens,
+            }
+        if self.duration_s is None:
+            if self.trace is None:
+                source["num_requests"] = self.num_requests
+            return build_workload(seed=self.seed, slo_mix=self.mix, rate_rps=rate_rps, **source)
         if rate_rps is None:
-            raise ValueError("synthetic arrivals need --rate (or --sweep-rates)")
-        return build_workload(
+            raise ValueError("--duration needs --rate (or --sweep-rates)")
+        return steady_workload(
             seed=self.seed,
             slo_mix=self.mix,
-            arrival=self.arrival,
-            prompt_lens=self.prompt_lens,
-            output_lens=self.output_lens,
-            num_requests=self.num_requests,
             rate_rps=rate_rps,
+            duration_s=self.duration_s,
+            **source,
         )
 
 
 # -- runs -------------------------------------------------------------------------------------
 
 
-def _single_run(setup: Any, classes: Any, workloads: _WorkloadMaker, rate: float | None) -> Any:
-    from hyperflexis.sim import simulate
+def _single_run(
+    setup: Any, classes: Any, workloads: _WorkloadMaker, rate: float | None, out: Path | None
+) -> Any:
+    from hyperflexis.sim import simulate_with_records
 
     workload = workloads.make(rate)
     with progress(len(workload), "simulating") as on_progress:
-        doc = simulate(setup, classes, workload, on_progress)
+        doc, rows = simulate_with_records(setup, classes, workload, on_progress)
+    if out is not None:
+        doc["records"] = write_records(out, out.with_suffix(".requests.jsonl"), rows)
     doc["rate_rps"] = rate
     doc["seed"] = workloads.seed
+    doc["steady_duration_s"] = workloads.duration_s
     return doc
 
 
@@ -234,10 +291,11 @@ def _sweep(
     rates: list[float],
     dispatch: str | None,
     plot: Path,
+    out: Path | None,
 ) -> dict[str, Any]:
-    from hyperflexis.bench.metrics import goodput_at
     from hyperflexis.bench.plots import plot_attainment_vs_rate
-    from hyperflexis.sim import simulate
+    from hyperflexis.sim import simulate_with_records
+    from hyperflexis.sim.bound import steady_goodput_bound
     from hyperflexis.sim.setup import with_policy
 
     runs: list[dict[str, Any]] = []
@@ -245,20 +303,32 @@ def _sweep(
     with progress(len(policies) * len(rates), "runs") as on_progress:
         for policy in policies:
             for rate in rates:
-                result = simulate(with_policy(setup, policy, dispatch), classes, by_rate[rate])
+                policy_setup = with_policy(setup, policy, dispatch)
+                result, rows = simulate_with_records(policy_setup, classes, by_rate[rate])
+                if out is not None:
+                    path = out.with_suffix(".requests") / f"{policy}-{rate:g}.jsonl"
+                    result["records"] = write_records(out, path, rows)
                 runs.append({"policy": policy, "rate": rate, **result})
                 on_progress(1)
-    series = {
-        policy: [(run["rate"], run["attainment"]) for run in runs if run["policy"] == policy]
-        for policy in policies
-    }
-    goodput = {policy: goodput_at(points, GOODPUT_TARGET) for policy, points in series.items()}
+    doc: dict[str, Any] = {"runs": runs, "steady_duration_s": workloads.duration_s}
+    series: dict[str, list[tuple[float, float]]] = {}
     print(sweep_table(runs))
-    for policy, value in goodput.items():
-        print(f"goodput@{GOODPUT_TARGET:.0%} {policy}: {value:.3g} req/s")
+    for key, view in (("attainment", ""), ("attainment_per_token", "_per_token")):
+        doc[f"goodput_at_90{view}"] = goodput = {}
+        label = ", per-token" if view else ""
+        for policy in policies:
+            points = [(run["rate"], run[key]) for run in runs if run["policy"] == policy]
+            series[policy + label] = points
+            goodput[policy] = goodput_at(points, GOODPUT_TARGET)
+            print(f"goodput@{GOODPUT_TARGET:.0%}{label} {policy}: {goodput[policy]:.3g} req/s")
+    # The fluid bound on goodput@90 (sim/bound.py), beside every sweep; a short replay can pass
+    # it (its backlog drains after the last arrival), a steady-state one cannot.
+    bound = steady_goodput_bound(setup, classes, workloads.make, rates[-1])
+    doc["goodput_bound_at_90"] = bound.echo()
+    print(f"fluid bound on goodput@{GOODPUT_TARGET:.0%}: {bound.rate_rps:.3g} req/s")
     title = f"{setup.model} on {setup.hardware}, {_deployment_name(setup)}"
     plot_attainment_vs_rate(series, plot, title=title)
-    return {"runs": runs, "goodput_at_90": goodput}
+    return doc
 
 
 def _deployment_name(setup: Any) -> str:

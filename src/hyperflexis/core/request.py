@@ -7,7 +7,7 @@ import itertools
 from dataclasses import dataclass, field
 
 from hyperflexis.core.sampling import SamplingParams
-from hyperflexis.core.slo import SLO, mean_tpot_s
+from hyperflexis.core.slo import SLO, mean_tpot_s, token_lateness_s
 
 DEFAULT_SLO = SLO(ttft_s=3600.0, tpot_s=3600.0, priority=1, class_name="default")
 
@@ -15,6 +15,7 @@ DEFAULT_SLO = SLO(ttft_s=3600.0, tpot_s=3600.0, priority=1, class_name="default"
 class RequestStatus(enum.Enum):
     WAITING = "waiting"  # queued; has tokens whose KV is not computed
     RUNNING = "running"  # holds KV blocks and is scheduled step by step
+    RECEIVING = "receiving"  # holds KV blocks its prompt's KV is being copied into from a peer
     FINISHED = "finished"  # ended; see finish_reason
 
 
@@ -50,6 +51,10 @@ class Request:
     last_token_s: float | None = None  # when its latest output token was produced
     finish_s: float | None = None
     num_preemptions: int = 0
+    max_itl_s: float | None = None  # largest gap between two output tokens; None before two
+    # Largest `core.slo.token_lateness_s` of its output tokens (<= 0: every token met its
+    # per-token deadline); None before the first token.
+    max_token_lateness_s: float | None = None
     # When the next token is due: the TTFT deadline before the first token, then the first
     # token's time plus k TPOTs for k output tokens. Cumulative, so a request that ran ahead banks
     # slack and its mean TPOT stays within target. Kept up to date by append_token(s) (the
@@ -99,16 +104,34 @@ class Request:
     def append_token(self, token_id: int, now: float) -> None:
         self.append_tokens(token_id, 1, now)
 
-    def append_tokens(self, token_id: int, count: int, now: float) -> None:
-        """Append `count` copies of `token_id`, all produced by `now` (the simulator's decode
-        fast-forward applies several steps at once)."""
+    def append_tokens(
+        self,
+        token_id: int,
+        count: int,
+        now: float,
+        spread: tuple[float, float] | None = None,
+    ) -> None:
+        """Append `count` copies of `token_id`, all produced by `now`. The simulator's decode
+        fast-forward applies several steps at once and passes `spread`: the largest gap and the
+        largest per-token lateness among these tokens as they came step by step."""
+        index = len(self.token_ids) - len(self.prompt_token_ids)  # the first new token's
+        if spread is None:
+            last_s = self.last_token_s
+            gap_s = now - last_s if last_s is not None else (0.0 if count > 1 else None)
+            slo = self.slo
+            lateness_s = token_lateness_s(now, index, self.arrival_s, slo.ttft_s, slo.tpot_s)
+        else:
+            gap_s, lateness_s = spread
+        if gap_s is not None and (self.max_itl_s is None or gap_s > self.max_itl_s):
+            self.max_itl_s = gap_s
+        if self.max_token_lateness_s is None or lateness_s > self.max_token_lateness_s:
+            self.max_token_lateness_s = lateness_s
         self.token_ids.extend(itertools.repeat(token_id, count))
         first = self.first_token_s
         if first is None:
             first = self.first_token_s = now
         self.last_token_s = now
-        num_output = len(self.token_ids) - len(self.prompt_token_ids)
-        self.next_token_deadline_s = first + num_output * self.slo.tpot_s
+        self.next_token_deadline_s = first + (index + count) * self.slo.tpot_s
 
     def check_stop(self) -> FinishReason | None:
         """The stop a newly appended token triggers, without detokenising (stop strings are the

@@ -30,6 +30,16 @@ def mean_tpot_s(
     return (finish_s - first_token_s) / (num_output_tokens - 1)
 
 
+def token_lateness_s(
+    time_s: float, index: int, arrival_s: float, ttft_slo_s: float, tpot_slo_s: float
+) -> float:
+    """How late output token `index` (0 is the first) came under per-token deadlines: token i is
+    due by arrival + TTFT SLO + i x TPOT SLO, so <= 0 means on time. The stricter TPOT view beside
+    `mean_tpot_s`: a stream that stalls and then catches up meets its mean but not its deadlines
+    (a request attains under this view when its largest lateness is <= 0)."""
+    return time_s - (arrival_s + ttft_slo_s + index * tpot_slo_s)
+
+
 @dataclass(frozen=True, slots=True)
 class SLO:
     """What one request was promised."""

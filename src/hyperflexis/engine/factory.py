@@ -27,6 +27,7 @@ from hyperflexis.scheduler import (
 
 if TYPE_CHECKING:
     from hyperflexis.engine import ModelRunner
+    from hyperflexis.engine.model_runner import KVStorage
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,9 +60,14 @@ class BuiltEngine(NamedTuple):
     cost_model: OnlineCorrection | None  # online-corrected; None when the policy needs none
 
 
-def build_engine(spec: InstanceSpec, clock: Callable[[], float] = time.monotonic) -> BuiltEngine:
+def build_engine(
+    spec: InstanceSpec,
+    clock: Callable[[], float] = time.monotonic,
+    kv_storage: KVStorage | None = None,
+) -> BuiltEngine:
     """The instance's engine, runner and online-corrected latency model. Each instance corrects
-    its own copy: instances on one host slow each other down unevenly."""
+    its own copy: instances on one host slow each other down unevenly. `kv_storage`: the KV
+    cache's memory (a KV transport's `allocate`); None: the runner's own."""
     needs_cost_model = policy_class(spec.policy).needs_cost_model  # unknown names fail first
     from hyperflexis.engine import IncrementalDetokenizer, ModelRunner
 
@@ -79,6 +85,7 @@ def build_engine(spec: InstanceSpec, clock: Callable[[], float] = time.monotonic
         tokenizer=spec.tokenizer,
         max_model_len=spec.max_model_len,
         gpu_memory_utilization=spec.gpu_memory_utilization,
+        kv_storage=kv_storage,
     )
     config = spec.scheduler_config
     if not config.chunked_prefill and config.max_num_batched_tokens < runner.max_model_len:

@@ -20,6 +20,7 @@ from hyperflexis.core.request import DEFAULT_SLO, FinishReason, Request
 from hyperflexis.core.sampling import SamplingParams
 from hyperflexis.core.slo import SLO
 from hyperflexis.engine.output_processor import DetokenizerFactory, OutputProcessor
+from hyperflexis.engine.resume import Resume, resumed_request
 from hyperflexis.scheduler.base import Scheduler
 from hyperflexis.scheduler.output import SchedulerOutput
 
@@ -114,6 +115,65 @@ class LLMEngine:
     ) -> str:
         """Validate and queue a request; returns its id. Generation is cut at the end of the
         context with finish reason "length"."""
+        token_ids, params = self._checked(prompt_token_ids, sampling_params)
+        if request_id is None:
+            request_id = uuid.uuid4().hex
+        elif request_id in self._outputs:
+            raise ValueError(f"duplicate request id {request_id!r}")
+        request = Request(
+            request_id=request_id,
+            prompt_token_ids=token_ids,
+            sampling_params=params,
+            slo=DEFAULT_SLO if slo is None else slo,
+            arrival_s=self.clock() if arrival_s is None else arrival_s,
+            eos_token_id=self._eos_token_id,
+        )
+        self.scheduler.add_request(request)
+        self._outputs.add(request, prompt)
+        return request_id
+
+    def resume(self, resume: Resume, prompt: str | None = None) -> list[int]:
+        """Continue a request begun elsewhere (DESIGN.md §10): its prompt plus the output its
+        client already has. `kv_tokens` 0: recompute both here; > 0: its first `kv_tokens`
+        tokens' KV is being copied into the returned local blocks, and it waits (not
+        scheduled) until `kv_arrived` or, on `kv_failed`, recomputes. Its deadlines, output
+        count, text, stop strings and max_tokens continue as if it had never moved."""
+        token_ids, params = self._checked(resume.prompt_token_ids, resume.sampling_params)
+        if resume.request_id in self._outputs:
+            raise ValueError(f"duplicate request id {resume.request_id!r}")
+        self._check_token_ids(resume.output_token_ids, "output_token_ids")
+        request = resumed_request(resume, token_ids, params, self.clock(), self._eos_token_id)
+        blocks: list[int] = []
+        if resume.kv_tokens > 0:
+            blocks = self.scheduler.add_receiving(request, resume.kv_tokens)
+        else:
+            self.scheduler.add_request(request)
+        self._outputs.add(request, prompt)
+        self._outputs.detokenize(request.request_id)  # the text the client has, and any hold
+        return blocks
+
+    def kv_arrived(self, request_id: str) -> bool:
+        """A resumed request's KV is in its blocks: it decodes from here. False when it is not
+        waiting for KV (aborted meanwhile)."""
+        return self.scheduler.kv_arrived(request_id)
+
+    def kv_failed(self, request_id: str) -> bool:
+        """A resumed request's KV will not come: it recomputes its prompt and output here."""
+        return self.scheduler.kv_failed(request_id)
+
+    def release_lease(self, request_id: str) -> bool:
+        """Prefill role: free the blocks a finished prompt holds for its decode peer."""
+        return self.scheduler.release_lease(request_id)
+
+    def expire_leases(self) -> list[str]:
+        """Free the leases that are due now; returns their request ids."""
+        return self.scheduler.expire_leases(self.clock())
+
+    def _checked(
+        self, prompt_token_ids: Sequence[int], sampling_params: SamplingParams | None
+    ) -> tuple[list[int], SamplingParams]:
+        """A request's prompt and sampling parameters, checked; max_tokens cut to the room the
+        context leaves."""
         params = SamplingParams() if sampling_params is None else sampling_params
         if not isinstance(params, SamplingParams):
             raise ValueError(
@@ -131,24 +191,10 @@ class LLMEngine:
                 f"invalid prompt: {len(token_ids)} tokens leave no room to generate in the KV "
                 f"cache of {self.max_context_len} tokens"
             )
-        if request_id is None:
-            request_id = uuid.uuid4().hex
-        elif request_id in self._outputs:
-            raise ValueError(f"duplicate request id {request_id!r}")
         room = self.max_context_len - len(token_ids)
         if params.max_tokens > room:
             params = dataclasses.replace(params, max_tokens=room)
-        request = Request(
-            request_id=request_id,
-            prompt_token_ids=token_ids,
-            sampling_params=params,
-            slo=DEFAULT_SLO if slo is None else slo,
-            arrival_s=self.clock() if arrival_s is None else arrival_s,
-            eos_token_id=self._eos_token_id,
-        )
-        self.scheduler.add_request(request)
-        self._outputs.add(request, prompt)
-        return request_id
+        return token_ids, params
 
     def receive(self, request: Request, prompt: str | None = None) -> None:
         """P/D, the decode side of a hand-off: take over a request whose prompt's KV was
@@ -163,7 +209,9 @@ class LLMEngine:
         self._outputs.add(request, prompt)
 
     def abort(self, request_id: str) -> RequestOutput | None:
-        """End a request now and free its KV; returns its final output, None if unknown."""
+        """End a request now and free its KV (a lease under its id too); returns its final
+        output, None if unknown."""
+        self.scheduler.release_lease(request_id)
         if request_id not in self._outputs:
             return None
         self.scheduler.abort_request(request_id, self.clock())

@@ -7,6 +7,7 @@ batch, computes logits for the rows that sample and picks their tokens.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,6 +18,7 @@ from hyperflexis.engine.attention import StepBatch
 from hyperflexis.engine.config import ModelConfig, resolve_dtype_name
 from hyperflexis.engine.default_model import default_model_path
 from hyperflexis.engine.kv_cache import KVCache, num_blocks_for_budget
+from hyperflexis.engine.kv_cache import kv_cache_bytes as pool_bytes
 from hyperflexis.engine.loader import load_model, parse_dtype
 from hyperflexis.engine.model import CausalLM
 from hyperflexis.engine.sampler import Sampler, compute_logprobs
@@ -28,6 +30,10 @@ GPU_KV_CACHE_FRACTION = 0.5  # of the memory free after loading, when no budget 
 # Of the room gpu_memory_utilization leaves after loading, what the KV cache leaves for a step's
 # activations and the allocator's slack (vLLM measures a profile run; this is a fixed share).
 ACTIVATION_RESERVE_FRACTION = 0.1
+
+
+# Flat zeroed uint8 memory of this many bytes on this device, for the KV cache to be views of.
+KVStorage = Callable[[int, torch.device], torch.Tensor]
 
 
 class ModelRunner:
@@ -45,10 +51,12 @@ class ModelRunner:
         tokenizer: str | Path | None = None,
         max_model_len: int | None = None,
         gpu_memory_utilization: float | None = None,
+        kv_storage: KVStorage | None = None,
     ) -> None:
         """`tokenizer`: a folder other than the model's; `max_model_len`: a context shorter
         than the model's; `gpu_memory_utilization`: the fraction of the device's memory this
-        replica may fill, KV cache included (CUDA only; vLLM's meaning)."""
+        replica may fill, KV cache included (CUDA only; vLLM's meaning); `kv_storage`: where
+        the KV cache's memory comes from (a KV transport's `allocate`, so peers can read it)."""
         if dtype != "auto":
             parse_dtype(dtype)  # validated before any loading
         _check_limits(block_size, kv_cache_bytes, max_model_len, gpu_memory_utilization, device)
@@ -77,7 +85,13 @@ class ModelRunner:
         if budget is None:
             budget = self._default_kv_bytes(gpu_memory_utilization)
         self.num_kv_blocks: int = num_blocks_for_budget(config, budget, block_size, self.dtype)
-        self.kv_cache = KVCache(config, self.num_kv_blocks, block_size, self.dtype, self.device)
+        storage = None
+        if kv_storage is not None:
+            num_bytes = pool_bytes(config, self.num_kv_blocks, block_size, self.dtype)
+            storage = kv_storage(num_bytes, self.device)
+        self.kv_cache = KVCache(
+            config, self.num_kv_blocks, block_size, self.dtype, self.device, storage
+        )
         # Its generator serves unseeded requests; min_tokens masks these EOS ids.
         self.sampler = Sampler(seed, self.eos_token_ids)
 

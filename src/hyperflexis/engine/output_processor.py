@@ -70,8 +70,10 @@ class OutputProcessor:
             detokenizer = self._make_detokenizer(prompt_ids)
         else:  # only then the keyword, so factories that always skip them still fit
             detokenizer = self._make_detokenizer(prompt_ids, skip_special_tokens=False)
+        # A resumed request's earlier tokens' logprobs stayed where they were computed (its
+        # client has them): empty entries keep the list aligned with the tokens.
         logprobs: list[dict[int, Logprob]] | None = (
-            None if request.sampling_params.logprobs is None else []
+            None if request.sampling_params.logprobs is None else [{}] * request.num_output_tokens
         )
         wants_prompt = request.sampling_params.prompt_logprobs is not None
         self._states[request.request_id] = _TextState(
@@ -128,7 +130,7 @@ class OutputProcessor:
                 continue  # a stop token or EOS is not part of the text unless asked for
             if _append(state, state.detokenizer.add_token(token_id)):
                 return True
-        return state.request.is_finished and _append(state, state.detokenizer.flush())
+        return _text_ended(request) and _append(state, state.detokenizer.flush())
 
     def output(self, request_id: str) -> RequestOutput:
         """The request's output now; a finished request's state is dropped afterwards."""
@@ -146,7 +148,7 @@ class OutputProcessor:
             outputs=[
                 CompletionOutput(
                     index=0,
-                    text=state.text if finished else _visible(state),
+                    text=state.text if _text_ended(request) else _visible(state),
                     token_ids=output_ids,
                     cumulative_logprob=_cumulative(logprobs, output_ids),
                     logprobs=logprobs,
@@ -192,6 +194,12 @@ def _append(state: _TextState, delta: str) -> bool:
     return True
 
 
+def _text_ended(request: Request) -> bool:
+    """Whether the request's text is complete: finished here, and not handed to a decode
+    instance where it goes on (a prefill's held-back text is not flushed)."""
+    return request.is_finished and request.finish_reason is not FinishReason.PREFILLED
+
+
 def _prompt_logprobs(state: _TextState) -> PromptLogprobs | None:
     if state.prompt_logprobs is None:
         return None
@@ -201,8 +209,8 @@ def _prompt_logprobs(state: _TextState) -> PromptLogprobs | None:
 
 
 def _cumulative(logprobs: list[dict[int, Logprob]] | None, token_ids: list[int]) -> float | None:
-    if logprobs is None:
-        return None
+    if logprobs is None or any(t not in e for e, t in zip(logprobs, token_ids, strict=False)):
+        return None  # none asked, or a resumed request's earlier ones are not here
     return sum(entry[t].logprob for entry, t in zip(logprobs, token_ids, strict=False))
 
 

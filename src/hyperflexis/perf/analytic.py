@@ -72,6 +72,21 @@ class AnalyticCostModel:
         roofline_s = compute_s if compute_s > memory_s else memory_s
         return roofline_s + self._fixed_s + num_tokens * self._allreduce_s_per_token
 
+    def roofline_parts(self, features: StepFeatures) -> tuple[float, float, float]:
+        """`predict`'s terms apart: compute time, memory time, and the time hidden behind
+        neither (overhead, all-reduces); `predict` is the larger of the first two plus the third
+        (a test holds them equal; `predict` keeps them inline, it is the simulator's hot path).
+        Each is additive over batches, so a fluid bound (`sim.bound`) can sum them."""
+        num_tokens = features.num_prefill_tokens + features.num_decodes
+        compute_s = (
+            num_tokens * self._compute_s_per_token
+            + (features.prefill_attn_tokens2 + features.decode_ctx_tokens) * self._attn_s_per_token2
+        )
+        # KV read by attention (prefill chunks also read their own new tokens) and written.
+        num_kv_tokens = features.prefill_ctx_tokens + features.decode_ctx_tokens + num_tokens
+        memory_s = self._weights_s + num_kv_tokens * self._kv_s_per_token
+        return compute_s, memory_s, self._fixed_s + num_tokens * self._allreduce_s_per_token
+
     def max_prefill_tokens(
         self, features_base: StepFeatures, ctx_before: int, budget_s: float, max_tokens: int
     ) -> int:

@@ -16,7 +16,12 @@ from hyperflexis.core.request import FinishReason, Request, RequestStatus
 from hyperflexis.perf.base import StepCostModel
 from hyperflexis.scheduler.config import SchedulerConfig
 from hyperflexis.scheduler.kv_blocks import KVBlockManager
+from hyperflexis.scheduler.leases import LeaseTable
 from hyperflexis.scheduler.output import ScheduledChunk, SchedulerOutput
+
+
+class NoRoomForKV(ValueError):
+    """A hand-off's KV cannot be held now: too few free blocks (the caller may recompute)."""
 
 
 class Scheduler(ABC):
@@ -36,9 +41,15 @@ class Scheduler(ABC):
         self.config = config
         self.kv = kv
         self.cost_model = cost_model
-        self.waiting: list[Request] = []  # no KV held (new, preempted, or KV still remote)
+        # To admit: new, preempted (no KV held), or resumed (KV computed elsewhere, possibly
+        # already copied into its blocks here).
+        self.waiting: list[Request] = []
         self.running: list[Request] = []  # hold KV blocks
         self.requests: dict[str, Request] = {}  # every unfinished request, by id
+        # P/D. Prefill role: finished prompts' blocks pinned for a decode peer. Decode side:
+        # requests whose KV a peer is copying into their blocks -> tokens it covers.
+        self.leases = LeaseTable(kv, config.kv_lease_s)
+        self.receiving: dict[str, int] = {}
         self.num_preemptions = 0
         self.num_rejections = 0
         # Rejected by schedule(), reported by the next update().
@@ -69,6 +80,64 @@ class Scheduler(ABC):
     def add_request(self, request: Request) -> None:
         """Queue a request. In the decode role a request arrives with its prompt's KV computed
         elsewhere (`num_computed_tokens > 0`); it gets blocks when admitted."""
+        self._check_new(request)
+        request.status = RequestStatus.WAITING
+        self.requests[request.request_id] = request
+        self.waiting.append(request)
+
+    def add_receiving(self, request: Request, num_kv_tokens: int) -> list[int]:
+        """P/D, the decode side: hold blocks for the first `num_kv_tokens` tokens of `request`,
+        whose KV a peer is about to copy in; it is not scheduled until `kv_arrived` (or
+        `kv_failed`). Returns the blocks, in token order. ValueError when they are not free."""
+        self._check_new(request)
+        if not 0 < num_kv_tokens < request.num_tokens:
+            raise ValueError(
+                f"invalid KV hand-off: {num_kv_tokens} tokens of a request of {request.num_tokens}"
+            )
+        num_blocks = self.kv.blocks_for(num_kv_tokens)
+        if not self.kv.can_allocate(num_blocks):
+            raise NoRoomForKV(
+                f"no room for the KV: {num_blocks} blocks, {self.kv.num_free_blocks} free"
+            )
+        table = list(self.kv.allocate(request.request_id, num_kv_tokens))
+        request.status = RequestStatus.RECEIVING
+        request.num_computed_tokens = 0
+        self.requests[request.request_id] = request
+        self.receiving[request.request_id] = num_kv_tokens
+        return table
+
+    def kv_arrived(self, request_id: str) -> bool:
+        """The peer's KV is in the request's blocks: it is queued to decode (its deadlines
+        unchanged). False when it is not receiving (aborted meanwhile)."""
+        num_kv_tokens = self.receiving.pop(request_id, None)
+        if num_kv_tokens is None:
+            return False
+        request = self.requests[request_id]
+        request.num_computed_tokens = num_kv_tokens
+        request.status = RequestStatus.WAITING
+        self.waiting.append(request)
+        return True
+
+    def kv_failed(self, request_id: str) -> bool:
+        """The copy failed: free the blocks and queue the request to recompute its prompt and
+        output here (deadlines unchanged). False when it is not receiving."""
+        if self.receiving.pop(request_id, None) is None:
+            return False
+        self.kv.free(request_id)
+        request = self.requests[request_id]
+        request.status = RequestStatus.WAITING
+        self.waiting.append(request)
+        return True
+
+    def release_lease(self, request_id: str) -> bool:
+        """Prefill role: the peer has the KV (or gave up on it): free the pinned blocks."""
+        return self.leases.release(request_id)
+
+    def expire_leases(self, now: float) -> list[str]:
+        """Free the leases due by `now`; returns their request ids."""
+        return self.leases.expire(now)
+
+    def _check_new(self, request: Request) -> None:
         if request.request_id in self.requests:
             raise ValueError(f"duplicate request id {request.request_id!r}")
         if not request.prompt_token_ids:
@@ -84,18 +153,17 @@ class Scheduler(ABC):
             )
         if (
             not self.config.chunked_prefill
-            and request.num_tokens > self.config.max_num_batched_tokens
+            and request.num_prompt_tokens > self.config.max_num_batched_tokens
         ):
             raise ValueError(
                 f"prompt of {request.num_prompt_tokens} tokens exceeds the step token budget "
                 f"({self.config.max_num_batched_tokens}) and chunked prefill is off"
             )
-        request.status = RequestStatus.WAITING
-        self.requests[request.request_id] = request
-        self.waiting.append(request)
 
     def abort_request(self, request_id: str, now: float) -> Request | None:
-        """End a request at once and free its KV; None if it is unknown or already finished."""
+        """End a request at once and free its KV (a lease under its id too); None if it is
+        unknown or already finished."""
+        self.leases.release(request_id)
         request = self.requests.get(request_id)
         if request is None:
             return None
@@ -129,6 +197,8 @@ class Scheduler(ABC):
             reason = request.check_stop()
             if reason is None and prefill_only:
                 reason = FinishReason.PREFILLED
+                # Its KV stays for the decode peer to pull, under a lease.
+                self.leases.grant(request.request_id, request.num_computed_tokens, now)
             if reason is not None:
                 self._finish(request, reason, now)
                 finished.append(request)
@@ -225,6 +295,8 @@ class Scheduler(ABC):
             self.running.remove(request)
         elif request.status is RequestStatus.WAITING:
             self.waiting.remove(request)
+        elif request.status is RequestStatus.RECEIVING:
+            del self.receiving[request.request_id]
         self.kv.free(request.request_id)
         del self.requests[request.request_id]
         request.finish(reason, now)

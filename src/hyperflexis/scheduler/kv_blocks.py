@@ -27,6 +27,9 @@ class KVBlockManager:
         self.block_size = block_size
         self._free: deque[int] = deque(range(num_blocks))
         self._tables: dict[str, list[int]] = {}
+        # Blocks kept after their request ended (a prefill's KV under lease for a decode peer),
+        # by request id, apart from the live tables so the id may be used again meanwhile.
+        self._pinned: dict[str, list[int]] = {}
 
     @property
     def num_free_blocks(self) -> int:
@@ -68,6 +71,28 @@ class KVBlockManager:
             return 0
         self._free.extend(table)
         return len(table)
+
+    def pin(self, request_id: str, key: str | None = None) -> list[int]:
+        """Keep a request's blocks after it ends: they leave its table (so `free` no longer
+        returns them) and stay under `key` (default: the request id) until `unpin(key)`.
+        Returns them."""
+        key = request_id if key is None else key
+        if key in self._pinned:
+            raise RuntimeError(f"{key}: blocks already pinned")
+        table = self._tables.pop(request_id, [])
+        self._pinned[key] = table
+        return table
+
+    def unpin(self, key: str) -> int:
+        """Return pinned blocks to the pool; returns how many (0: none pinned under `key`)."""
+        table = self._pinned.pop(key, None)
+        if table is None:
+            return 0
+        self._free.extend(table)
+        return len(table)
+
+    def pinned(self) -> list[str]:
+        return list(self._pinned)
 
     def block_table(self, request_id: str) -> list[int]:
         return self._tables.get(request_id, [])

@@ -13,7 +13,8 @@ A body over `--max-request-bytes` is refused with 413.
 Per-request SLO: body fields `slo_class`, `priority`, `ttft_ms`, `tpot_ms`, or the headers
 `x-slo-class`, `x-priority`, `x-slo-ttft-ms`, `x-slo-tpot-ms` (the body wins). Every response
 carries `x-slo-class` (the class applied) and `x-hyperflexis-server-overhead-ms` (the server's
-own time for the request: body, parsing, tokenisation, SLO, dispatch; excludes the engine).
+own time for the request: body, parsing, tokenisation, SLO, dispatch; excludes the engine) and
+`x-hyperflexis-instance` (the instance it was sent to).
 """
 
 from hyperflexis.server.config import ServerConfig

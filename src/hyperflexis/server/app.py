@@ -130,6 +130,7 @@ def create_app(core: ServingCore) -> FastAPI:
             rows.append(
                 {
                     "instance_id": handle.instance_id,
+                    **core.handoff.describe(handle.instance_id),  # role, P/D links
                     "alive": handle.alive,
                     "num_restarts": handle.num_restarts,
                     "num_dispatched": handle.num_dispatched,

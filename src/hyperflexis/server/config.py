@@ -5,7 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from hyperflexis.scheduler.config import SchedulerConfig
+from hyperflexis.cluster.links import LINK_POLICIES, LinkPolicy
+from hyperflexis.scheduler.config import Role, SchedulerConfig
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8000
@@ -19,7 +20,12 @@ MIN_INSTANCE_TIMEOUT_S = 1.0  # several heartbeats (backends/heartbeat.py beats 
 @dataclass(frozen=True, slots=True)
 class ServerConfig:
     model: str | None = None  # checkpoint folder; None: the built-in tiny model
-    num_instances: int = 2  # instance processes, each a full model replica
+    num_instances: int = 2  # collocated instance processes, each a full model replica
+    # P/D instead (DESIGN.md §10): this many prefill and decode instances; 0 and 0: collocated.
+    num_prefill: int = 0
+    num_decode: int = 0
+    kv_transport: str = "shm"  # P/D: the KV transport of every link (a transfer/ registry name)
+    link_policy: LinkPolicy = "all"  # P/D: which decode instances each prefill one hands to
     policy: str = "hyperflexis"  # instance scheduling policy
     dispatch: str = "hyperflexis"  # global dispatch policy
     slo_classes_path: Path | None = None  # SLO config file; None: the built-in classes
@@ -57,6 +63,17 @@ class ServerConfig:
     def __post_init__(self) -> None:
         if self.num_instances < 1:
             raise ValueError(f"invalid 'instances': must be >= 1, got {self.num_instances}")
+        if (self.num_prefill or self.num_decode) and min(self.num_prefill, self.num_decode) < 1:
+            raise ValueError(
+                "invalid 'prefill'/'decode': P/D needs at least one of each, got "
+                f"{self.num_prefill} prefill and {self.num_decode} decode"
+            )
+        if self.link_policy not in LINK_POLICIES:
+            raise ValueError(
+                f"invalid 'links' {self.link_policy!r}: known: {', '.join(LINK_POLICIES)}"
+            )
+        if not self.kv_transport:
+            raise ValueError("invalid 'kv_transport': must not be empty")
         if not 0 <= self.port <= 65535:
             raise ValueError(f"invalid 'port': must be in [0, 65535], got {self.port}")
         if self.max_queued is not None and self.max_queued < 1:
@@ -90,3 +107,18 @@ class ServerConfig:
             raise ValueError(
                 f"invalid 'scheduler.role' {self.scheduler.role!r}: every server instance is mixed"
             )
+
+    @property
+    def is_disaggregated(self) -> bool:
+        return self.num_prefill > 0
+
+    def instance_roles(self) -> list[tuple[str, Role]]:
+        """(instance id, role) of every instance: `instance-i` collocated, else `prefill-i`
+        then `decode-i`."""
+        if not self.is_disaggregated:
+            return [(f"instance-{i}", "mixed") for i in range(self.num_instances)]
+        prefill: list[tuple[str, Role]] = [
+            (f"prefill-{i}", "prefill") for i in range(self.num_prefill)
+        ]
+        decode: list[tuple[str, Role]] = [(f"decode-{i}", "decode") for i in range(self.num_decode)]
+        return prefill + decode

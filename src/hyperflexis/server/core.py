@@ -8,14 +8,14 @@ come back on the event loop and are routed to each request's `RequestStream`.
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import time
 import uuid
 from dataclasses import dataclass, field
 
 from hyperflexis.backends.local import InstanceHandle, InstancePool
-from hyperflexis.backends.messages import AbortRequest, AddRequest, OutputDelta, StepReport
+from hyperflexis.backends.messages import AddRequest, OutputDelta, StepReport
 from hyperflexis.cluster.dispatcher import Dispatcher, DispatchRequest
+from hyperflexis.cluster.links import LinkPolicy
 from hyperflexis.core.sampling import SamplingParams
 from hyperflexis.core.slo import SLO, SLOClass
 from hyperflexis.engine.tokenizer import Tokenizer
@@ -24,6 +24,7 @@ from hyperflexis.server.access import Access
 from hyperflexis.server.config import DEFAULT_MAX_REQUEST_BYTES
 from hyperflexis.server.cost_model import SharedCorrection
 from hyperflexis.server.errors import APIError, bad_request, overloaded, shutting_down
+from hyperflexis.server.handoff import HandoffDriver
 from hyperflexis.server.metrics import ServerMetrics
 from hyperflexis.server.protocol import ChatInput, GenerationJob, Prompt
 
@@ -46,11 +47,6 @@ class RequestStream:
     finished: bool = False  # the instance is done with it (or it was aborted)
     prompt_index: int = 0  # which of the request's prompts it samples
     prompt_token_ids: list[int] = field(default_factory=list)
-    # What recovery needs to continue it elsewhere (server/recovery.py):
-    params: SamplingParams | None = None
-    output_token_ids: list[int] = field(default_factory=list)  # delivered to its queue so far
-    num_text_chars: int = 0  # output text delivered so far
-    ttft_s: float | None = None  # arrival to its first token, at the server
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,6 +75,7 @@ class ServingCore:
         max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES,
         request_timeout_s: float | None = None,
         shared_correction: SharedCorrection | None = None,
+        link_policy: LinkPolicy = "all",
     ) -> None:
         self.pool = pool
         self.dispatcher = dispatcher
@@ -99,6 +96,10 @@ class ServingCore:
         self.vocab_size = pool.vocab_size  # the model's, which may exceed the tokenizer's
         for handle in pool.live():
             self.metrics.observe_instance(handle)
+        # Routing and the P/D hand-off: the cluster controller, driven on the wall clock.
+        self.handoff = HandoffDriver(
+            pool, dispatcher, self.metrics, self._moved, self._fail, link_policy
+        )
 
     # -- requests in ------------------------------------------------------------------------
 
@@ -119,7 +120,8 @@ class ServingCore:
         prompts = []
         for prompt in inputs:
             token_ids, param = self._tokenize(job, prompt)
-            max_tokens = limits.check_length(job, len(token_ids), param, self.pool.max_context_len)
+            max_context = self.pool.max_context_len
+            max_tokens = limits.check_length(job, len(token_ids), param, max_context)
             prompts.append((token_ids, job.sampling_params(max_tokens)))
         return Plan(slo, prompts)
 
@@ -194,23 +196,19 @@ class ServingCore:
             raise overloaded(f"server busy: {self.num_queued} requests already queued")
         prefix = "cmpl" if job.kind == "completion" else "chatcmpl"
         request_id = f"{prefix}-{uuid.uuid4().hex}"
-        decision = self.dispatcher.choose(
-            DispatchRequest(request_id, len(token_ids), params.max_tokens, slo, arrival_s),
-            self.pool.snapshots(),
-            time.monotonic(),
-        )
-        if decision.instance_id is None and not self.pool.live():
+        request = DispatchRequest(request_id, len(token_ids), params.max_tokens, slo, arrival_s)
+        instance_id, reason = self.handoff.route(request, token_ids, params, time.monotonic())
+        if instance_id is None and not self.pool.live():
             self.metrics.on_rejected(slo.class_name, "dispatch")
             raise overloaded("no instance is serving now (failed ones restart)", "unavailable")
-        if decision.instance_id is None:
+        if instance_id is None:
             self.metrics.on_rejected(slo.class_name, "dispatch")
-            raise overloaded(f"no instance can meet this request's SLO now ({decision.reason})")
-        handle = self.pool.get(decision.instance_id)
+            raise overloaded(f"no instance can meet this request's SLO now ({reason})")
+        handle = self.pool.get(instance_id)
         stream = RequestStream(
             request_id, handle.instance_id, slo, len(token_ids), arrival_s, queue=queue
         )
         stream.prompt_token_ids = token_ids
-        stream.params = params
         self.streams[request_id] = stream
         self.num_queued += 1
         handle.num_dispatched += 1
@@ -231,8 +229,9 @@ class ServingCore:
             assert job.chat is not None
             return self.encode_chat(job.chat, job.add_special_tokens), "messages"
         if prompt.text is not None:
+            max_context = self.pool.max_context_len
             limits.check_text_length(
-                self.tokenizer, prompt.text, job.add_special_tokens, self.pool.max_context_len
+                self.tokenizer, prompt.text, job.add_special_tokens, max_context
             )
             return self.tokenizer.encode(prompt.text, job.add_special_tokens), "prompt"
         token_ids = prompt.token_ids or []
@@ -246,9 +245,7 @@ class ServingCore:
             return
         self._close(stream)
         self.metrics.on_aborted(stream.instance_id, stream.slo.class_name)
-        handle = self.pool.handles.get(stream.instance_id)
-        if handle is not None and handle.alive:
-            handle.send(AbortRequest(stream.request_id))
+        self.handoff.abort(stream.request_id, time.monotonic())  # wherever it is, both sides
 
     def _close(self, stream: RequestStream) -> None:
         stream.finished = True
@@ -269,7 +266,6 @@ class ServingCore:
                 continue  # aborted meanwhile, or moved off a failed instance
             if delta.token_ids and not stream.has_first_token:
                 stream.has_first_token = True
-                stream.ttft_s = now - stream.arrival_s
                 self.num_queued -= 1
                 metrics.on_first_token(
                     stream.instance_id,
@@ -277,8 +273,6 @@ class ServingCore:
                     now - stream.arrival_s,
                     stream.num_prompt_tokens,
                 )
-            stream.output_token_ids += delta.token_ids
-            stream.num_text_chars += len(delta.text)
             if delta.token_ids:
                 metrics.on_tokens(
                     stream.instance_id, len(delta.token_ids), delta.inter_token_latency_s
@@ -286,28 +280,53 @@ class ServingCore:
             if delta.finished:
                 metrics.on_finished(stream.instance_id, stream.slo, delta, now - stream.arrival_s)
                 self._close(stream)
+            self.handoff.on_delta(delta, now)
             stream.queue.put_nowait(delta)
+        self.handoff.on_report(handle, report, now)  # P/D: KV ready, pulls ended, leases
         if self.shared_correction is not None:
             live = self.pool.live()
             self.shared_correction.factor = sum(h.correction_factor for h in live) / len(live)
 
+    def on_exit(self, handle: InstanceHandle, reason: str = "stopped unexpectedly") -> None:
+        """An instance process died (`server/health.py` kills a silent one first): what it
+        held without a first token is sent again, what had streamed resumes elsewhere; what
+        cannot go on ends with an error (503 before any output: nowhere could take it)."""
+        message = f"instance {handle.instance_id} failed ({reason})"
+        now = time.monotonic()
+        self.handoff.on_exit(handle, now)
+        for stream in [s for s in self.streams.values() if s.instance_id == handle.instance_id]:
+            self._fail(stream.request_id, message, now, 500 if stream.has_first_token else 503)
+        self.metrics.remove_instance(handle.instance_id)
+
     def fail(self, streams: list[RequestStream], message: str, status: int = 500) -> None:
-        """End `streams` with an error now (a timeout, a lost instance, shutdown): the client
-        gets `status` before any output, an error event and [DONE] after. Each one's instance,
-        if it still serves, frees its KV."""
+        """End `streams` with an error now (a timeout, shutdown): the client gets `status`
+        before any output, an error event and [DONE] after; their instances free their KV."""
         now = time.monotonic()
         for stream in streams:
-            if stream.finished:
-                continue
-            delta = OutputDelta(stream.request_id, [], "", "error", error=message)
-            delta = dataclasses.replace(delta, error_status=status)
-            self.metrics.on_finished(stream.instance_id, stream.slo, delta, now - stream.arrival_s)
-            self._close(stream)
-            handle = self.pool.handles.get(stream.instance_id)
-            if handle is not None and handle.alive:
-                handle.send(AbortRequest(stream.request_id))
-            stream.queue.put_nowait(delta)
+            if not stream.finished:
+                self._fail(stream.request_id, message, now, status)
+                self.handoff.abort(stream.request_id, now)  # wherever it is, both sides
+
+    def _fail(
+        self, request_id: str, message: str, now: float | None = None, status: int = 500
+    ) -> None:
+        """End a request's stream with an error (its instance died, nowhere can go on, or
+        `fail`): `status` is the HTTP status it gets before any output."""
+        stream = self.streams.get(request_id)
+        if stream is None:
+            return
+        now = time.monotonic() if now is None else now
+        delta = OutputDelta(stream.request_id, [], "", "error", error=message, error_status=status)
+        self.metrics.on_finished(stream.instance_id, stream.slo, delta, now - stream.arrival_s)
+        self._close(stream)
+        stream.queue.put_nowait(delta)
+
+    def _moved(self, request_id: str, instance_id: str) -> None:
+        """The request now runs on `instance_id` (handed off, or sent again)."""
+        stream = self.streams.get(request_id)
+        if stream is not None:
+            stream.instance_id = instance_id
 
     def fail_all(self, message: str) -> None:
-        """The server is stopping: end every open request."""
+        """The server is stopping: end every open request (503: retry elsewhere)."""
         self.fail(list(self.streams.values()), message, 503)

@@ -30,6 +30,7 @@ from hyperflexis.server.protocol import GenerationJob
 
 Parser = Callable[[object, Mapping[str, str]], GenerationJob]
 OVERHEAD_HEADER = "x-hyperflexis-server-overhead-ms"
+INSTANCE_HEADER = "x-hyperflexis-instance"  # where the dispatcher sent it (the first sample)
 CLIENT_CLOSED_REQUEST = 499  # nginx's status for a client that left; nobody reads it
 
 
@@ -71,6 +72,7 @@ async def generate(core: ServingCore, request: Request, parse: Parser) -> Respon
     headers = {
         OVERHEAD_HEADER: f"{overhead_s * 1000:.3f}",
         "x-slo-class": streams[0].slo.class_name,
+        INSTANCE_HEADER: streams[0].instance_id,
     }
     choices = _choices(core, job, streams)
     queue = streams[0].queue

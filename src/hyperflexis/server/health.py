@@ -5,7 +5,9 @@ loop reads the pipe) or when it has sent nothing, not even its heartbeat, for
 `--instance-timeout-s` (frozen: SIGSTOP, a hung driver). A silent one is SIGKILLed and its pipe
 dropped *before* its requests go elsewhere, so a frozen process that wakes cannot send duplicate
 tokens. Then, in this order: the dispatcher stops seeing it, its requests are recovered
-(`recovery`), its gauges leave /metrics, and a new process starts from the same spec (weights
+through the cluster controller (`ServingCore.on_exit`: those that streamed nothing are sent
+again, the others resume elsewhere through `ResumeRequest`, what cannot go on ends with an
+error), its gauges leave /metrics, and a new process starts from the same spec (weights
 from disk) if the restart budget allows. Every fault and recovery is logged.
 
 /health, for a load balancer: 200 while the server can serve, with `status` "ok" (every instance
@@ -27,7 +29,6 @@ from typing import Any
 from hyperflexis.backends.local import InstanceHandle
 from hyperflexis.server.config import DEFAULT_INSTANCE_TIMEOUT_S
 from hyperflexis.server.core import ServingCore
-from hyperflexis.server.recovery import recover
 
 logger = logging.getLogger("hyperflexis.server.health")
 
@@ -95,23 +96,23 @@ class Supervisor:
             return  # an old process of a replaced instance
         was_ready = handle.ready is not None
         self.pool.kill(handle)  # before its requests move: it can never answer again
-        recovered = recover(self.core, instance_id, reason)
+        held = [(s, s.has_first_token) for s in self.core.streams.values()]
+        held = [(s, started) for s, started in held if s.instance_id == instance_id]
+        self.core.on_exit(handle, reason)
+        outcomes = {"redispatched": 0, "resumed": 0, "failed": 0}
+        for stream, started in held:
+            outcome = "failed" if stream.finished else "resumed" if started else "redispatched"
+            outcomes[outcome] += 1
         metrics = self.core.metrics
-        outcomes = {
-            "redispatched": recovered.num_redispatched,
-            "resumed": recovered.num_resumed,
-            "failed": recovered.num_failed,
-        }
         metrics.on_instance_failed(instance_id, outcomes)
-        metrics.remove_instance(instance_id)
         logger.warning(
             "instance %s failed (%s): %d requests dispatched again, %d resumed, %d ended with "
             "an error",
             instance_id,
             reason if was_ready else f"while starting: {reason}",
-            recovered.num_redispatched,
-            recovered.num_resumed,
-            recovered.num_failed,
+            outcomes["redispatched"],
+            outcomes["resumed"],
+            outcomes["failed"],
         )
         now = time.monotonic()
         if self.core.draining:

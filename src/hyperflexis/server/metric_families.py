@@ -24,6 +24,11 @@ REQUEST_BUCKETS_S = (
     30.0, 60.0, 120.0, 240.0, 480.0, 960.0, 1920.0,
 )  # fmt: skip
 OVERHEAD_BUCKETS_S = (0.0001, 0.00025, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.1)
+KV_TRANSFER_BUCKETS_S = (
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+)  # fmt: skip
+KV_TRANSFER_BUCKETS_BYTES = tuple(float(2**k) for k in range(12, 36, 2))  # 4 KiB .. 32 GiB
+ROLES = ("mixed", "prefill", "decode")
 
 ENGINE_LABELS = ("model_name", "engine")
 CLASS_LABELS = ("model_name", "slo_class")
@@ -33,7 +38,7 @@ FINISHED_REASONS = ("stop", "length", "abort", "rejected", "error")
 # one, turned away, client went away, failed.
 MISS_CAUSES = ("ttft", "tpot", "rejected", "aborted", "error")
 REJECTED_WHERE = ("dispatch", "instance", "queue")  # no instance fits, late, server queue full
-# What became of a failed instance's open requests (server/recovery.py).
+# What became of a failed instance's open requests (server/health.py).
 RECOVERY_OUTCOMES = ("redispatched", "resumed", "failed")
 
 # Per instance, with vLLM's names. Key -> (name, help, buckets); None: token-count buckets up to
@@ -189,6 +194,7 @@ class Families:
         for key, (name, doc) in ALIASES.items():
             registry.register(Renamed(sources[key], name, doc))
         self._define_class_families(registry)
+        self._define_pd_families(registry)
         self.overhead = Histogram(
             "hyperflexis:server_overhead_seconds",
             "Server time per request before it reaches an instance: parsing, tokenisation, "
@@ -248,6 +254,43 @@ class Families:
             (*labels, "reason"),
             registry=registry,
         )
+
+    def _define_pd_families(self, registry: CollectorRegistry) -> None:
+        model = ("model_name",)
+        self.kv_transfer_s = Histogram(
+            "hyperflexis:kv_transfer_seconds",
+            "P/D: seconds a decode instance spent pulling a request's KV (ok or not).",
+            model,
+            buckets=KV_TRANSFER_BUCKETS_S,
+            registry=registry,
+        ).labels(self.model_name)
+        self.kv_transfer_bytes = Histogram(
+            "hyperflexis:kv_transfer_bytes",
+            "P/D: bytes of KV a decode instance pulled for a request.",
+            model,
+            buckets=KV_TRANSFER_BUCKETS_BYTES,
+            registry=registry,
+        ).labels(self.model_name)
+        self.handoff_failures = Counter(
+            "hyperflexis:kv_handoff_failures",
+            "P/D: KV pulls that failed or timed out (the decode instance recomputed instead).",
+            model,
+            registry=registry,
+        ).labels(self.model_name)
+        self.recomputes = Counter(
+            "hyperflexis:kv_handoff_recomputes",
+            "P/D: hand-offs whose decode instance recomputed the prompt (failed pull, or KV "
+            "lost before it).",
+            model,
+            registry=registry,
+        ).labels(self.model_name)
+        instances = Gauge(
+            "hyperflexis:instances",
+            "Instances up, by role (mixed, prefill, decode).",
+            (*model, "role"),
+            registry=registry,
+        )
+        self.instances_by_role = {role: instances.labels(self.model_name, role) for role in ROLES}
 
     def engine(self, engine: str) -> EngineSeries:
         """Create (at zero) and return an instance's series."""

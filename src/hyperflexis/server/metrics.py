@@ -15,7 +15,7 @@ decode and inter-token times are the instance's durations, carried by `OutputDel
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 
 from prometheus_client import CollectorRegistry
 from prometheus_client.exposition import choose_encoder
@@ -126,6 +126,26 @@ class ServerMetrics:
 
         return {"count": len(samples), "p50": at(0.5), "p90": at(0.9), "p99": at(0.99)}
 
+    # -- P/D hand-offs ----------------------------------------------------------------------
+
+    def on_transfer(self, seconds: float, num_bytes: int, ok: bool) -> None:
+        """A decode instance's KV pull ended; a failed one is recomputed."""
+        families = self.families
+        families.kv_transfer_s.observe(seconds)
+        if ok:
+            families.kv_transfer_bytes.observe(num_bytes)
+        else:
+            families.handoff_failures.inc()
+            families.recomputes.inc()
+
+    def on_recompute(self) -> None:
+        """A hand-off sent without KV (it was lost first): the decode instance recomputes."""
+        self.families.recomputes.inc()
+
+    def set_instances_by_role(self, counts: Mapping[str, int]) -> None:
+        for role, gauge in self.families.instances_by_role.items():
+            gauge.set(counts.get(role, 0))
+
     # -- instances --------------------------------------------------------------------------
 
     def observe_instance(self, handle: InstanceHandle) -> None:
@@ -147,12 +167,12 @@ class ServerMetrics:
 
     def on_instance_failed(self, engine: str, outcomes: dict[str, int]) -> None:
         """A failure, and what became of its open requests (by `RECOVERY_OUTCOMES`)."""
-        self._engine(engine).counters["failures"].inc()
+        # Not through `_engine`: that would bring back the gauges `remove_instance` dropped.
+        self.families.engine_counters["failures"].labels(self.model_name, engine).inc()
         for outcome, count in outcomes.items():
             self.families.recovered[outcome].inc(count)
 
     def on_instance_restarted(self, engine: str) -> None:
-        # Not through `_engine`: that would bring back the gauges `remove_instance` dropped.
         self.families.engine_counters["restarts"].labels(self.model_name, engine).inc()
 
     def remove_instance(self, engine: str) -> None:

@@ -29,7 +29,7 @@ def _raise_stop(signum: int, frame: FrameType | None) -> None:
 
 
 def serve(config: ServerConfig) -> int:
-    from hyperflexis.backends.local import InstancePool
+    from hyperflexis.backends.local import InstancePool, specs_for_roles
     from hyperflexis.cluster import make_dispatcher
     from hyperflexis.core.slo import SLOClasses
     from hyperflexis.engine import Tokenizer, default_model_path
@@ -64,25 +64,24 @@ def serve(config: ServerConfig) -> int:
     dispatcher = make_dispatcher(
         config.dispatch, shared, config.scheduler, config.scheduler.admission_control
     )
-    specs = [
-        InstanceSpec(
-            instance_id=f"instance-{i}",
-            model=str(model_path),
-            policy=config.policy,
-            scheduler_config=config.scheduler,
-            cost_model=profiled,
-            dtype=dtype,
-            device=config.device,
-            kv_cache_bytes=config.kv_cache_bytes,
-            block_size=config.block_size,
-            seed=config.seed + i,
-            num_threads=config.num_threads,
-            tokenizer=config.tokenizer,
-            max_model_len=config.max_model_len,
-            gpu_memory_utilization=config.gpu_memory_utilization,
-        )
-        for i in range(config.num_instances)
-    ]
+    base = InstanceSpec(
+        instance_id="",
+        model=str(model_path),
+        policy=config.policy,
+        scheduler_config=config.scheduler,
+        cost_model=profiled,
+        dtype=dtype,
+        device=config.device,
+        kv_cache_bytes=config.kv_cache_bytes,
+        block_size=config.block_size,
+        seed=config.seed,
+        num_threads=config.num_threads,
+        tokenizer=config.tokenizer,
+        max_model_len=config.max_model_len,
+        gpu_memory_utilization=config.gpu_memory_utilization,
+        kv_transport=config.kv_transport,
+    )
+    specs = specs_for_roles(base, config.instance_roles())
     names = config.served_model_names or (model_path.name,)
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
@@ -104,6 +103,7 @@ def serve(config: ServerConfig) -> int:
             max_request_bytes=config.max_request_bytes,
             request_timeout_s=config.request_timeout_s,
             shared_correction=shared,
+            link_policy=config.link_policy,
         )
         asyncio.run(_serve_http(config, core, create_app(core)))
     except (_Stop, KeyboardInterrupt):

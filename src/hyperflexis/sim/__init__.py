@@ -8,6 +8,7 @@ from hyperflexis.sim.setup import (
     make_simulator,
     natural_dispatcher,
     simulate,
+    simulate_with_records,
 )
 from hyperflexis.sim.simulator import ClusterSimulator
 
@@ -21,4 +22,5 @@ __all__ = [
     "make_simulator",
     "natural_dispatcher",
     "simulate",
+    "simulate_with_records",
 ]

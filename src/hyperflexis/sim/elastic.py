@@ -36,7 +36,6 @@ from hyperflexis.cluster.scaler import (
     StartupModel,
 )
 from hyperflexis.cluster.snapshot import LoadSnapshot
-from hyperflexis.core.request import Request
 from hyperflexis.core.slo import SLOClasses
 from hyperflexis.perf.base import StepCostModel
 from hyperflexis.scheduler.config import Role, SchedulerConfig
@@ -55,6 +54,7 @@ from hyperflexis.sim.hooks import ClusterHooks
 from hyperflexis.sim.lifecycle import Flip, Lifecycle, Stop
 from hyperflexis.sim.result import SimResult
 from hyperflexis.sim.simulator import ClusterSimulator, ProgressCallback
+from hyperflexis.sim.step_noise import EXACT_STEPS, StepNoise
 from hyperflexis.workloads.spec import Workload
 
 
@@ -95,12 +95,12 @@ class ElasticSimulator(ClusterHooks):
         link_fanout: int = 2,
         fast_forward: bool = True,
         record_steps: bool = False,
+        step_noise: StepNoise = EXACT_STEPS,
     ) -> None:
-        """As `ClusterSimulator`, plus the scaler, its pool bounds (the deployment's roles:
-        `mixed`, or `prefill` and `decode`), the cost meter (price per instance-hour) and the
-        link policy. The deployment is the initial cluster; its `links` are replaced by a
-        `LinkTable` of `link_policy` over its instances."""
-        # Fresh snapshots for every reader, as this simulator has always taken them.
+        """As `ClusterSimulator` (fresh snapshots for every reader), plus the scaler, its pool
+        bounds (the deployment's roles: `mixed`, or `prefill` and `decode`), the cost meter (per
+        instance-hour) and the link policy. The deployment is the initial cluster; its `links`
+        are replaced by a `LinkTable` of `link_policy` over its instances."""
         self.cluster = ClusterSimulator(
             deployment,
             policy,
@@ -115,11 +115,10 @@ class ElasticSimulator(ClusterHooks):
             record_steps=record_steps,
             reuse_snapshots=False,
             hooks=self,
+            step_noise=step_noise,
         )
         _check_pools(deployment, pools)
-        self.scaler = scaler
-        self.pools = dict(pools)
-        self.cost_meter = cost_meter
+        self.scaler, self.pools, self.cost_meter = scaler, dict(pools), cost_meter
         self.times = times or ElasticTimes()
         context = scaler.context
         self._startup = StartupModel(context.hardware, context.model, context.init_s)
@@ -170,7 +169,7 @@ class ElasticSimulator(ClusterHooks):
             link_log=lifecycle.link_log,
             handoffs=self._tally.handoffs,
             assignments=assignments,
-            num_parked=lifecycle.num_parked,
+            num_parked=self.cluster.controller.num_parked,
             peak_instances=self._tally.peak_instances,
             extra={"scaler": self.scaler.name},
         )
@@ -209,7 +208,7 @@ class ElasticSimulator(ClusterHooks):
         if now > self._tally.last_arrival_s + self.times.give_up_after_s:
             return False
         instances = self.cluster.instances
-        if self.lifecycle.parked or any(inst.num_incoming for inst in instances):
+        if self.cluster.controller.parked or any(inst.num_incoming for inst in instances):
             return True
         lives = self.lifecycle.lives
         return any(
@@ -245,12 +244,14 @@ class ElasticSimulator(ClusterHooks):
         inst = self.cluster.instances[index]
         if not inst.draining:
             return
-        after = self.lifecycle.finish_drain(inst.instance_id, inst.idle, now)
+        # A prefill instance that holds a parked hand-off's KV is not idle.
+        idle = inst.idle and not self.cluster.controller.parked_on(inst.instance_id)
+        after = self.lifecycle.finish_drain(inst.instance_id, idle, now)
         if isinstance(after, Stop):
             self.cluster.schedule(after.stopped_s, InstanceStopped(index))
         elif isinstance(after, Flip):
             cluster = self.cluster
-            cluster.leave(index)
+            cluster.leave(index, now)
             cluster.replace_instance(index, cluster.factory.build(inst.instance_id, after.role))
             cluster.schedule(after.ready_s, InstanceReady(index))
             self._meter(now)
@@ -259,19 +260,19 @@ class ElasticSimulator(ClusterHooks):
         index = event.instance_index
         inst = self.cluster.instances[index]
         self.lifecycle.ready(inst.instance_id, now)  # linked before it takes traffic
-        self.cluster.join(index)
+        controller = self.cluster.controller
+        holders = [controller.requests[r].prefill_id for r in controller.parked]
+        self.cluster.join(index, now)  # a decode instance takes the parked hand-offs
         self._meter(now)
-        if inst.role == "decode" and self.lifecycle.parked:
-            parked = self.lifecycle.unpark()
-            for prefill_id, request in parked:
-                self.prefill_done(self._index(prefill_id), request, now)
-            for prefill_id, _ in parked:
+        if inst.role == "decode":
+            for prefill_id in holders:
+                assert prefill_id is not None
                 self._finish_drain(self._index(prefill_id), now)
 
     def _on_instance_stopped(self, event: InstanceStopped, now: float) -> None:
         index = event.instance_index
         self.lifecycle.stopped(self.cluster.instances[index].instance_id, now)
-        self.cluster.leave(index)
+        self.cluster.leave(index, now)
         self._meter(now)
 
     def _publish_links(self, links: Links) -> None:
@@ -292,17 +293,8 @@ class ElasticSimulator(ClusterHooks):
         finish_s = record.finish_s if record.finish_s is not None else record.arrival_s
         self.scaler.observe_finish(finish_s, record)
 
-    def prefill_done(self, prefill_index: int, request: Request, now: float) -> bool:
-        """Hand off over a link to an active decode instance, or park until there is one."""
-        prefill_id = self.cluster.instances[prefill_index].instance_id
-        if not self.lifecycle.can_hand_off(prefill_id):
-            self.lifecycle.park(prefill_id, request)
-            return True
-        decode_index = self.cluster.hand_off(prefill_index, request, now)
-        if decode_index is not None:
-            decode_id = self.cluster.instances[decode_index].instance_id
-            self._tally.handoffs.append(Handoff(now, request.request_id, prefill_id, decode_id))
-        return True
+    def handed_off(self, request_id: str, prefill_id: str, decode_id: str, now: float) -> None:
+        self._tally.handoffs.append(Handoff(now, request_id, prefill_id, decode_id))
 
     def instance_changed(self, index: int, now: float) -> None:
         self._finish_drain(index, now)

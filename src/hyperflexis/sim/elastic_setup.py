@@ -108,6 +108,7 @@ def make_elastic_simulator(
         link_fanout=scaling.link_fanout,
         fast_forward=setup.fast_forward,
         record_steps=record_steps,
+        step_noise=setup.step_noise,
     )
 
 

@@ -21,9 +21,11 @@ from __future__ import annotations
 
 import bisect
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from hyperflexis.core.request import Request
+from hyperflexis.core.slo import token_lateness_s
 from hyperflexis.perf.base import StepCostModel, StepFeatures
 from hyperflexis.scheduler.base import Scheduler
 
@@ -65,12 +67,30 @@ class DecodeWindow:
         kv = scheduler.kv
         changed = done > self.num_applied
         if changed:
-            new = done - self.num_applied
-            last_s = self.ends_s[done - 1]
+            first = self.num_applied
+            new = done - first
+            ends = self.ends_s
+            last_s = ends[done - 1]
             if self.step_log is not None:
-                self._log(self.num_applied, done)
+                self._log(first, done)
+            inner_gap_s = max((ends[j] - ends[j - 1] for j in range(first + 1, done)), default=0.0)
+            latest: dict[float, int] = {}  # tpot -> the step whose token is latest
             for request, ctx in zip(self.requests, self.start_ctx, strict=True):
-                request.append_tokens(DUMMY_TOKEN_ID, new, last_s)
+                slo = request.slo
+                tpot = slo.tpot_s
+                worst = latest.get(tpot)
+                if worst is None:
+                    # Step j emits output token (num_output_tokens + j - first); the one latest
+                    # against its deadline maximises end - j * tpot, whatever the request.
+                    steps = range(first, done)
+                    worst = latest[tpot] = max(steps, key=lambda j: ends[j] - j * tpot)
+                index = request.num_output_tokens + worst - first
+                lateness_s = token_lateness_s(
+                    ends[worst], index, request.arrival_s, slo.ttft_s, tpot
+                )
+                assert request.last_token_s is not None  # decoding
+                gap_s = max(ends[first] - request.last_token_s, inner_gap_s)
+                request.append_tokens(DUMMY_TOKEN_ID, new, last_s, (gap_s, lateness_s))
                 request.num_computed_tokens += new
                 kv.allocate(request.request_id, ctx + done)
             self.num_applied = done
@@ -102,9 +122,12 @@ def plan_window(
     cost_model: StepCostModel,
     now: float,
     max_steps: int | None = None,
+    charge: Callable[[int, float], float] | None = None,
 ) -> DecodeWindow | None:
     """The decode-only steps `scheduler` would run from `now` until the first request finishes
-    or the policy would do something else; None when that is no step at all."""
+    or the policy would do something else; None when that is no step at all. `charge(m, s)` is
+    the time the window's step m takes when predicted `s` (step noise); None: `s`. Where the
+    window stops is decided on predictions, as the policy decides."""
     if scheduler.waiting or not scheduler.running:
         return None
     requests = list(scheduler.running)
@@ -148,7 +171,7 @@ def plan_window(
         if step_s > step_cap_s:
             break  # the policy would preempt (hyperflexis: to keep the TPOT gap bound)
         free -= need
-        end_s = end_s + step_s
+        end_s = end_s + (step_s if charge is None else charge(m, step_s))
         ends.append(end_s)
     if not ends:
         return None

@@ -1,10 +1,12 @@
 """A simulated instance: a real `Scheduler` from the registry, stepped as the engine loop steps
-it (schedule, run, update) with the latency model's prediction as the step's duration; and the
-factory that builds one per instance id and role."""
+it (schedule, run, update) with the latency model's prediction as the step's duration (or, with
+step noise, the prediction times the step's factor: `sim.step_noise`); and the factory that
+builds one per instance id and role."""
 
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from hyperflexis.cluster.snapshot import LoadSnapshot, take_snapshot
@@ -16,6 +18,7 @@ from hyperflexis.scheduler.kv_blocks import KVBlockManager
 from hyperflexis.scheduler.output import SchedulerOutput
 from hyperflexis.scheduler.registry import make_scheduler
 from hyperflexis.sim.fast_forward import DUMMY_TOKEN_ID, DecodeWindow, StepRecord, plan_window
+from hyperflexis.sim.step_noise import EXACT_STEPS, StepNoise, StepTimes
 
 
 class SimInstance:
@@ -32,8 +35,10 @@ class SimInstance:
         fast_forward: bool = True,
         record_steps: bool = False,
         reuse_snapshots: bool = True,
+        step_times: StepTimes | None = None,
     ) -> None:
-        """`reuse_snapshots=False` takes every snapshot afresh instead of returning the last one
+        """`step_times`: what each step is charged (None: its prediction).
+        `reuse_snapshots=False` takes every snapshot afresh instead of returning the last one
         while it is valid (the elastic simulator's choice; the two give the dispatcher different
         time stamps to project from, so runs differ)."""
         self.instance_id = instance_id
@@ -53,9 +58,10 @@ class SimInstance:
         self._snapshot: LoadSnapshot | None = None
         self.num_steps = 0  # steps run, fast-forwarded ones included
         self.num_fast_forward_steps = 0
+        self.step_times = step_times
 
     @property
-    def role(self) -> str:
+    def role(self) -> Role:
         return self.scheduler.config.role
 
     @property
@@ -120,7 +126,7 @@ class SimInstance:
             return None, []
         self._snapshot = None
         if self.fast_forward:
-            window = plan_window(scheduler, self.cost_model, now)
+            window = plan_window(scheduler, self.cost_model, now, charge=self._window_charge())
             if window is not None:
                 window.step_log = self.step_log
                 self.window = window
@@ -137,7 +143,18 @@ class SimInstance:
             )
         self.step = output
         self.generation += 1
-        return now + self.cost_model.predict(output.features()), []
+        step_s = self.cost_model.predict(output.features())
+        if self.step_times is not None:
+            step_s = self.step_times.charge(self.num_steps, step_s)
+        return now + step_s, []
+
+    def _window_charge(self) -> Callable[[int, float], float] | None:
+        """A fast-forward window's step m is the instance's step `num_steps + m`."""
+        times = self.step_times
+        if times is None:
+            return None
+        first = self.num_steps
+        return lambda m, step_s: times.charge(first + m, step_s)
 
     def finish_step(self, now: float) -> list[Request]:
         """The regular step in flight ends at `now`: record its tokens. Returns the requests
@@ -149,7 +166,12 @@ class SimInstance:
         self._snapshot = None
         self.num_steps += 1
         sampled = {c.request_id: DUMMY_TOKEN_ID for c in output.chunks if c.sample}
-        return self.scheduler.update(output, sampled, now)
+        finished = self.scheduler.update(output, sampled, now)
+        # The simulator models the hand-off by its transfer time, not by the prefill instance's
+        # lease: a prefilled request's blocks are freed at once.
+        for lease in self.scheduler.leases.take_new():
+            self.scheduler.release_lease(lease.request_id)
+        return finished
 
     def finish_window(self, now: float) -> None:
         """The fast-forward window ends at `now`: write all its tokens."""
@@ -186,6 +208,7 @@ class InstanceFactory:
     fast_forward: bool = True
     record_steps: bool = False
     reuse_snapshots: bool = True
+    step_noise: StepNoise = EXACT_STEPS  # what steps are charged against their prediction
 
     def build(self, instance_id: str, role: Role) -> SimInstance:
         config = dataclasses.replace(self.scheduler_config, role=role)
@@ -198,4 +221,5 @@ class InstanceFactory:
             fast_forward=self.fast_forward,
             record_steps=self.record_steps,
             reuse_snapshots=self.reuse_snapshots,
+            step_times=self.step_noise.for_instance(instance_id),
         )

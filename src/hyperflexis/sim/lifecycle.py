@@ -10,15 +10,16 @@ The rules:
 - **Linked before traffic.** A P/D instance joins the `LinkTable` when it becomes ready, before
   its driver lets it take traffic.
 - **Drained before a flip or a stop.** A draining instance takes nothing new; it is drained once
-  it is idle (no request running, queued or on its way to it) and holds no parked hand-off. A
+  it is idle (no request running, queued or on its way to it, no parked hand-off's KV held). A
   decode instance leaves the link table as soon as it starts draining, so no hand-off can pick
   it; a prefill instance keeps its links while it drains (its own prefills still hand off) and
   leaves when drained.
-- **Parked hand-offs.** A prefilled request whose prefill instance has no active linked decode
-  instance waits, holding its KV, until a decode instance becomes ready; it is never dropped.
+- **Parked hand-offs** (the controller's, `cluster.controller`): a prefilled request whose
+  prefill instance has no active linked decode instance waits, holding its KV, until a decode
+  instance becomes ready; it is never dropped.
 
 Every change is logged as a `Transition`, every change of links in `link_log`. The driver
-executes what a method returns (`Stop`, `Flip`, parked hand-offs to retry) and reports back.
+executes what a method returns (`Stop`, `Flip`) and reports back.
 """
 
 from __future__ import annotations
@@ -30,12 +31,10 @@ from typing import Literal
 from hyperflexis.cluster.links import LinkTable
 from hyperflexis.cluster.scaler.decision import DrainTarget, InstanceState
 from hyperflexis.cluster.scaler.tracker import flipped
-from hyperflexis.core.request import Request
 from hyperflexis.scheduler.config import Role
 from hyperflexis.sim.elastic_result import Links, Transition
 
 LifeState = Literal["starting", "active", "draining", "stopped"]
-ParkedHandoff = tuple[str, Request]  # (prefill instance id, the prefilled request)
 
 
 @dataclass(slots=True)
@@ -67,8 +66,8 @@ class Flip:
 
 
 class Lifecycle:
-    """Every instance's `Life`, the P/D links, and the hand-offs parked for want of a decode
-    instance. Instances of the initial cluster start active and linked."""
+    """Every instance's `Life` and the P/D links. Instances of the initial cluster start active
+    and linked."""
 
     def __init__(
         self,
@@ -88,8 +87,6 @@ class Lifecycle:
         self.links: Links = link_table.links()
         self.link_log: list[tuple[float, Links]] = [(0.0, self.links)]
         self.transitions: list[Transition] = []
-        self.parked: list[ParkedHandoff] = []
-        self.num_parked = 0  # hand-offs ever parked
         self._on_links = on_links
         if on_links is not None:
             on_links(self.links)
@@ -108,11 +105,6 @@ class Lifecycle:
             if life.state != "stopped":
                 counts[life.state] += 1
         return counts
-
-    def can_hand_off(self, prefill_id: str) -> bool:
-        """Whether a prefilled request of `prefill_id` has an active decode instance to go to."""
-        linked = self.links.get(prefill_id, frozenset())
-        return any(self.lives[d].state == "active" for d in linked)
 
     # -- transitions ------------------------------------------------------------------------
 
@@ -148,12 +140,11 @@ class Lifecycle:
 
     def finish_drain(self, instance_id: str, idle: bool, now: float) -> Stop | Flip | None:
         """If the instance is draining and now `idle` (its driver's word: nothing running,
-        queued or incoming), it is drained: what happens next, else None."""
+        queued or incoming, no parked hand-off's KV held), it is drained: what happens next,
+        else None."""
         life = self.lives[instance_id]
         if life.state != "draining" or life.drained or not idle:
             return None
-        if any(prefill_id == instance_id for prefill_id, _ in self.parked):
-            return None  # it still holds the KV of a prefill waiting for a decode instance
         life.drained = True
         self._log(now, instance_id, "drained", life.drain_target or "")
         if life.role == "prefill":
@@ -170,17 +161,6 @@ class Lifecycle:
     def stopped(self, instance_id: str, now: float) -> None:
         self.lives[instance_id].state = "stopped"
         self._log(now, instance_id, "stop")
-
-    # -- parked hand-offs -------------------------------------------------------------------
-
-    def park(self, prefill_id: str, request: Request) -> None:
-        self.parked.append((prefill_id, request))
-        self.num_parked += 1
-
-    def unpark(self) -> list[ParkedHandoff]:
-        """Every parked hand-off, to retry now that a decode instance is ready."""
-        parked, self.parked = self.parked, []
-        return parked
 
     # -- helpers ----------------------------------------------------------------------------
 

@@ -8,6 +8,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
+from hyperflexis.bench.records import simulated_row
 from hyperflexis.cluster import Dispatcher, make_dispatcher
 from hyperflexis.cluster.dispatch_hyperflexis import HyperFlexisDispatcher
 from hyperflexis.core.slo import SLOClasses
@@ -23,18 +24,19 @@ from hyperflexis.perf import (
 from hyperflexis.scheduler import Role, SchedulerConfig, policy_class
 from hyperflexis.sim.deployment import Deployment, KVTransferModel
 from hyperflexis.sim.simulator import ClusterSimulator, ProgressCallback
+from hyperflexis.sim.step_noise import StepNoise
 from hyperflexis.workloads.spec import Workload
 
-# Each policy's natural dispatcher when none is named: the SLO-aware scheduler with the
-# SLO-aware dispatcher, DistServe with DistServe's, and the load-blind baselines round-robin.
+# Each policy's natural dispatcher when none is named: the SLO-aware scheduler (and its
+# ablations, `hyperflexis-no-...`) with the SLO-aware dispatcher, DistServe with DistServe's, and
+# the load-blind baselines round-robin.
 NATURAL_DISPATCHERS = {"hyperflexis": "hyperflexis", "distserve": "distserve"}
 DEFAULT_DISPATCHER = "round-robin"
-# DistServe never chunks a prompt, so its step budget must hold the longest prompt whole.
-DISTSERVE_MIN_BATCHED_TOKENS = 16384
 
 
 def natural_dispatcher(policy: str) -> str:
-    return NATURAL_DISPATCHERS.get(policy, DEFAULT_DISPATCHER)
+    family = "hyperflexis" if policy.startswith("hyperflexis-") else policy
+    return NATURAL_DISPATCHERS.get(family, DEFAULT_DISPATCHER)
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,19 +49,31 @@ class SimSetup:
     policy: str = "hyperflexis"  # scheduling policy of every instance
     dispatch: str | None = None  # dispatcher; None: the policy's natural one
     profile_path: str | None = None  # a `hyperflexis profile` JSON instead of the roofline
-    # Every instance's scheduler; the deployment sets each one's role (and DistServe's budget
-    # grows to hold the longest prompt). Its admission control also applies to the dispatcher.
+    # Every instance's scheduler; the deployment sets each one's role (and a DistServe budget
+    # below the longest prompt grows to hold it: `distserve_budget`). Its admission control also
+    # applies to the dispatcher.
     scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
     memory_fraction: float = 0.9  # of HBM for weights + KV, as vLLM's gpu_memory_utilization
     block_size: int = 16  # tokens per KV block
     fast_forward: bool = True  # advance decode-only stretches in one go (same results)
+    # Steps that vary (`sim.step_noise`): each step charged its prediction x (1 + profile_error)
+    # x lognormal noise of this CV, seeded by `noise_seed`; the schedulers plan with the
+    # prediction. Both 0: every step takes exactly its prediction.
+    step_noise_cv: float = 0.0
+    profile_error: float = 0.0
+    noise_seed: int = 0
 
     def __post_init__(self) -> None:
+        StepNoise(self.step_noise_cv, self.profile_error, self.noise_seed)  # checks them
         if self.scheduler.role != "mixed":
             raise ValueError(
                 f"invalid 'scheduler.role' {self.scheduler.role!r}: the deployment sets each "
                 "instance's role"
             )
+
+    @property
+    def step_noise(self) -> StepNoise:
+        return StepNoise(self.step_noise_cv, self.profile_error, self.noise_seed)
 
     @property
     def dispatcher_name(self) -> str:
@@ -81,7 +95,18 @@ class SimSetup:
             "memory_fraction": self.memory_fraction,
             "block_size": self.block_size,
             "fast_forward": self.fast_forward,
+            "step_noise_cv": self.step_noise_cv,
+            "profile_error": self.profile_error,
+            "noise_seed": self.noise_seed,
         }
+
+
+def distserve_budget(budget: int, workload: Workload) -> int:
+    """DistServe's step token budget for `workload`: `budget`, or the least that holds its
+    longest prompt whole (plus the first token a decode instance receives it with) where
+    `budget` is smaller. DistServe never chunks a prompt."""
+    longest = max((spec.prompt_len for spec in workload), default=0)
+    return max(budget, longest + 1)
 
 
 def cost_model_for(setup: SimSetup) -> StepCostModel:
@@ -114,8 +139,7 @@ def build_parts(setup: SimSetup, workload: Workload) -> SimParts:
         raise ValueError(f"model {model.name!r} does not fit on {hardware.name!r}")
     budget = setup.scheduler.max_num_batched_tokens
     if setup.policy == "distserve":
-        longest = max((spec.prompt_len for spec in workload), default=0)
-        budget = max(budget, DISTSERVE_MIN_BATCHED_TOKENS, longest + 1)
+        budget = distserve_budget(budget, workload)
     entry_role: Role = "prefill" if setup.deployment.is_disaggregated else "mixed"
     config = dataclasses.replace(setup.scheduler, role=entry_role, max_num_batched_tokens=budget)
     transfer = KVTransferModel.between(hardware, model)
@@ -147,6 +171,7 @@ def make_simulator(
         parts.transfer,
         fast_forward=setup.fast_forward,
         record_steps=record_steps,
+        step_noise=setup.step_noise,
     )
 
 
@@ -157,6 +182,17 @@ def simulate(
     on_progress: ProgressCallback | None = None,
 ) -> dict[str, Any]:
     """Run `workload` on `setup`; the results as `hyperflexis simulate` writes them."""
+    return simulate_with_records(setup, slo_classes, workload, on_progress)[0]
+
+
+def simulate_with_records(
+    setup: SimSetup,
+    slo_classes: SLOClasses,
+    workload: Workload,
+    on_progress: ProgressCallback | None = None,
+) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """As `simulate`, plus one `bench.records` row per offered request, in workload order
+    (`hyperflexis report` recomputes the summary from them)."""
     if not workload:
         raise ValueError("invalid workload: it has no requests")
     simulator = make_simulator(setup, slo_classes, workload)
@@ -169,7 +205,16 @@ def simulate(
     summary["cost_usd"] = result.instance_seconds / 3600 * hardware.price_per_hour * accelerators
     summary["sim_wall_s"] = wall_s
     summary["config"] = setup.echo()
-    return summary
+    # The budget the instances ran with (DistServe's may have grown to its longest prompt).
+    budget = simulator.factory.scheduler_config.max_num_batched_tokens
+    summary["config"]["max_num_batched_tokens"] = budget
+    by_id = {r.request_id: r for r in result.records}
+    rows = []
+    for spec in workload:
+        route = result.routes.get(spec.request_id, ())
+        record = dataclasses.replace(by_id[spec.request_id], instance=route[0] if route else None)
+        rows.append(simulated_row(record, spec, route))
+    return summary, rows
 
 
 def with_policy(setup: SimSetup, policy: str, dispatch: str | None) -> SimSetup:

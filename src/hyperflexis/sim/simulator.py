@@ -20,10 +20,26 @@ queue its own events.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from hyperflexis.bench.metrics import RequestRecord, record_from_request
+from hyperflexis.cluster.controller import Controller
+from hyperflexis.cluster.controller_events import (
+    Effect,
+    HandOff,
+    InstanceDown,
+    InstanceStarting,
+    InstanceUp,
+    Park,
+    PrefillDone,
+    Reject,
+    Release,
+    RequestArrived,
+    RequestEnded,
+    Route,
+    TransferEnded,
+)
 from hyperflexis.cluster.dispatcher import Dispatcher, DispatchRequest
 from hyperflexis.cluster.snapshot import LoadSnapshot
 from hyperflexis.core.request import FinishReason, Request, RequestStatus
@@ -45,6 +61,7 @@ from hyperflexis.sim.events import (
 from hyperflexis.sim.hooks import ClusterHooks
 from hyperflexis.sim.instance import InstanceFactory, SimInstance
 from hyperflexis.sim.result import SimResult
+from hyperflexis.sim.step_noise import EXACT_STEPS, StepNoise
 from hyperflexis.workloads.spec import RequestSpec, Workload
 
 ProgressCallback = Callable[[int], None]  # called with the number of requests just offered
@@ -69,11 +86,12 @@ class ClusterSimulator:
         record_steps: bool = False,
         reuse_snapshots: bool = True,
         hooks: ClusterHooks | None = None,
+        step_noise: StepNoise = EXACT_STEPS,
     ) -> None:
         """`scheduler_config` is every instance's, with `role` set per instance. `kv_transfer`
         is required for P/D deployments. `hooks` is a driver's seam (`sim.hooks`); the driver
-        builds any instance it adds with `self.factory`, on the same settings.
-        `reuse_snapshots` is `SimInstance`'s."""
+        builds any instance it adds with `self.factory`, on the same settings. `reuse_snapshots`
+        is `SimInstance`'s; `step_noise` what each step is charged (`sim.step_noise`)."""
         if deployment.is_disaggregated and kv_transfer is None:
             raise ValueError("invalid parameter 'kv_transfer': a P/D deployment needs one")
         self.deployment = deployment
@@ -81,7 +99,7 @@ class ClusterSimulator:
         self.slo_classes = slo_classes
         self.kv_transfer = kv_transfer
         self.hooks = hooks or ClusterHooks()
-        self.links: Links = deployment.link_table()  # a driver may publish new links
+        self.controller = Controller(dispatcher, self._snapshots, links=deployment.link_table())
         self.factory = InstanceFactory(
             policy,
             scheduler_config,
@@ -91,14 +109,15 @@ class ClusterSimulator:
             fast_forward=fast_forward,
             record_steps=record_steps,
             reuse_snapshots=reuse_snapshots,
+            step_noise=step_noise,
         )
         self.instances: list[SimInstance] = []
         self._index: dict[str, int] = {}
-        self._entry: list[int] = []  # indices the dispatcher routes new requests to
-        self._decode: list[int] = []  # P/D: indices prefilled requests are handed off to
+        self._queue = EventQueue()
+        self._arriving: dict[str, Request] = {}  # built, not yet routed
+        self._prefilled: dict[str, Request] = {}  # P/D: prefilled, not yet handed off
         for instance_id, role in deployment.instances():
             self.join(self.add_instance(self.factory.build(instance_id, role)))
-        self._queue = EventQueue()
         self._records: list[RequestRecord] = []
         self._routes: dict[str, list[str]] = {}
         self._num_retired_preemptions = 0  # of schedulers replaced by `replace_instance`
@@ -133,7 +152,11 @@ class ClusterSimulator:
         for inst in self.instances:
             for request in inst.abort_all(now):
                 num_unfinished += 1
-                self._record(request)
+                self._record(request, now)
+        for request_id in list(self.controller.parked):  # no decode instance ever took them
+            request = self._prefilled.pop(request_id)
+            request.finish_reason = FinishReason.ERROR
+            self._record(request, now)
         last_arrival_s = workload[-1].arrival_s if workload else 0.0
         duration_s = max(now, last_arrival_s)
         if duration_s <= 0:
@@ -180,6 +203,7 @@ class ClusterSimulator:
             raise ValueError(f"invalid instance id {instance.instance_id!r}: already taken")
         self._index[instance.instance_id] = len(self.instances)
         self.instances.append(instance)
+        self.controller.handle(0.0, InstanceStarting(instance.instance_id, instance.role))
         return len(self.instances) - 1
 
     def replace_instance(self, index: int, instance: SimInstance) -> None:
@@ -191,17 +215,25 @@ class ClusterSimulator:
         self._num_retired_preemptions += old.scheduler.num_preemptions
         self.instances[index] = instance
 
-    def join(self, index: int) -> None:
-        """The instance takes traffic for its role: new requests, or P/D hand-offs."""
-        group = self._decode if self.instances[index].role == "decode" else self._entry
-        group.append(index)
-        group.sort()
+    def join(self, index: int, now: float = 0.0) -> None:
+        """The instance takes traffic for its role: new requests, or P/D hand-offs (a decode
+        instance takes the parked ones at once)."""
+        inst = self.instances[index]
+        self.execute(self.controller.handle(now, InstanceUp(inst.instance_id, inst.role)), now)
 
-    def leave(self, index: int) -> None:
-        """The instance takes no traffic at all any more."""
-        for group in (self._entry, self._decode):
-            if index in group:
-                group.remove(index)
+    def leave(self, index: int, now: float = 0.0) -> None:
+        """The instance takes no traffic at all any more (it holds none)."""
+        down = InstanceDown(self.instances[index].instance_id)
+        self.execute(self.controller.handle(now, down), now)
+
+    @property
+    def links(self) -> Links:
+        """P/D: prefill id -> the decode ids it hands off to; a driver may publish new ones."""
+        return self.controller.links
+
+    @links.setter
+    def links(self, links: Links) -> None:
+        self.controller.set_links(links)
 
     def drain(self, index: int) -> None:
         """The instance finishes its work but takes nothing new (it stays a candidate that
@@ -214,26 +246,32 @@ class ClusterSimulator:
     def snapshot(self, index: int, now: float) -> LoadSnapshot:
         return self.instances[index].snapshot(now)
 
-    def hand_off(self, prefill_index: int, request: Request, now: float) -> int | None:
-        """P/D: send a prefilled request's KV to a linked decode instance; returns its index,
-        or None when there is none (the request is recorded as failed)."""
-        prefill_id = self.instances[prefill_index].instance_id
-        snapshots = [self.snapshot(i, now) for i in self._decode]
-        decision = self.dispatcher.choose_decode(
-            _dispatch_request(request), prefill_id, snapshots, self.links, now
-        )
-        linked = self.links.get(prefill_id, frozenset())
-        if decision.instance_id is None or decision.instance_id not in linked:
-            if decision.instance_id is not None:
-                raise RuntimeError(
-                    f"dispatcher {self.dispatcher.name!r} sent {request.request_id!r} from "
-                    f"{prefill_id!r} to {decision.instance_id!r}, which is not linked"
-                )
-            request.finish_reason = FinishReason.ERROR  # nowhere to decode it
-            self._record(request)
-            return None
-        index = self._chosen(decision.instance_id, self._decode)
-        self._routes[request.request_id].append(decision.instance_id)
+    def _snapshots(self, instance_ids: Sequence[str], now: float) -> list[LoadSnapshot]:
+        index = self._index
+        return [self.instances[index[i]].snapshot(now) for i in instance_ids]
+
+    def execute(self, effects: list[Effect], now: float) -> None:
+        """Carry out the controller's effects on the simulated instances."""
+        for effect in effects:
+            if isinstance(effect, Route):
+                index = self._index[effect.instance_id]
+                request = self._arriving.pop(effect.request_id)
+                self._routes[request.request_id] = [effect.instance_id]
+                self._add(index, request, now)
+            elif isinstance(effect, Reject):
+                request = self._arriving.pop(effect.request_id)
+                request.finish(FinishReason.REJECTED, now)
+                self._record(request, now)
+            elif isinstance(effect, HandOff):
+                self._hand_off(effect, now)
+            elif not isinstance(effect, Park | Release):  # parked: waits; KV freed at prefill end
+                raise RuntimeError(f"the simulator cannot carry out {effect!r}")
+
+    def _hand_off(self, effect: HandOff, now: float) -> None:
+        """P/D: send a prefilled request's KV to the decode instance the controller chose."""
+        request = self._prefilled.pop(effect.request_id)
+        index = self._index[effect.decode_id]
+        self._routes[request.request_id].append(effect.decode_id)
         assert self.kv_transfer is not None  # checked in __init__ for P/D
         # The same object continues on the decode instance: its prompt's KV "arrived" and its
         # first token is already out.
@@ -243,7 +281,7 @@ class ClusterSimulator:
         self.instances[index].num_incoming += 1
         arrive_s = now + self.kv_transfer.seconds(request.num_prompt_tokens)
         self._queue.push(arrive_s, TransferDone(index, request))
-        return index
+        self.hooks.handed_off(request.request_id, effect.prefill_id, effect.decode_id, now)
 
     @property
     def routes(self) -> Mapping[str, list[str]]:
@@ -256,15 +294,8 @@ class ClusterSimulator:
         request = self._make_request(event.spec)
         dispatch_request = _dispatch_request(request)
         self.hooks.request_arrived(dispatch_request, now)
-        snapshots = [self.snapshot(i, now) for i in self._entry]
-        decision = self.dispatcher.choose(dispatch_request, snapshots, now)
-        if decision.instance_id is None:
-            request.finish(FinishReason.REJECTED, now)
-            self._record(request)
-        else:
-            index = self._chosen(decision.instance_id, self._entry)
-            self._routes[request.request_id] = [decision.instance_id]
-            self._add(index, request, now)
+        self._arriving[request.request_id] = request
+        self.execute(self.controller.handle(now, RequestArrived(dispatch_request)), now)
         if self._on_progress is not None:
             self._on_progress(1)
 
@@ -280,7 +311,7 @@ class ClusterSimulator:
             return
         end_s, rejected = inst.start(now)
         for request in rejected:
-            self._record(request)
+            self._record(request, now)
         if end_s is None:
             return
         if inst.window is not None:
@@ -294,9 +325,11 @@ class ClusterSimulator:
         if event.generation == inst.generation:
             for request in inst.finish_step(now):
                 if request.finish_reason is not FinishReason.PREFILLED:
-                    self._record(request)
-                elif not self.hooks.prefill_done(index, request, now):
-                    self.hand_off(index, request, now)
+                    self._record(request, now)
+                else:
+                    self._prefilled[request.request_id] = request
+                    done = PrefillDone(request.request_id, inst.instance_id)
+                    self.execute(self.controller.handle(now, done), now)
             self._wake(index, now)
         self.hooks.instance_changed(index, now)
 
@@ -310,6 +343,8 @@ class ClusterSimulator:
 
     def _on_transfer_done(self, event: TransferDone, now: float) -> None:
         index = event.instance_index
+        ended = TransferEnded(event.request.request_id, ok=True)
+        self.execute(self.controller.handle(now, ended), now)
         self.instances[index].num_incoming -= 1
         self._add(index, event.request, now)
         self.hooks.instance_changed(index, now)
@@ -330,20 +365,6 @@ class ClusterSimulator:
             inst.start_pending = True
             self._queue.push(now, StepStart(index))
 
-    def _chosen(self, instance_id: str, allowed: list[int]) -> int:
-        """The index of the instance a dispatcher chose, checked against `allowed`."""
-        index = self._index.get(instance_id)
-        if index is None or index not in allowed:
-            raise RuntimeError(
-                f"dispatcher {self.dispatcher.name!r} chose {instance_id!r}, which cannot take "
-                "this request"
-            )
-        if self.instances[index].draining:
-            raise RuntimeError(
-                f"dispatcher {self.dispatcher.name!r} chose {instance_id!r}, which is draining"
-            )
-        return index
-
     def _make_request(self, spec: RequestSpec) -> Request:
         return Request(
             request_id=spec.request_id,
@@ -355,7 +376,8 @@ class ClusterSimulator:
             arrival_s=spec.arrival_s,
         )
 
-    def _record(self, request: Request) -> None:
+    def _record(self, request: Request, now: float) -> None:
+        self.execute(self.controller.handle(now, RequestEnded(request.request_id)), now)
         record = record_from_request(request)
         self._records.append(record)
         self.hooks.request_ended(record)

@@ -8,7 +8,7 @@ running instance's /dev/shm segment) and `disk` (safetensors), through `weights.
 
 from __future__ import annotations
 
-from hyperflexis.transfer import nixl, shm, torch_dist, weights
+from hyperflexis.transfer import faulty, nixl, shm, torch_dist, weights
 from hyperflexis.transfer.base import (
     KV_TRANSPORTS,
     KVTransport,
@@ -35,6 +35,7 @@ __all__ = [
     "TransferError",
     "TransferTimeoutError",
     "create_kv_transport",
+    "faulty",
     "nixl",
     "shm",
     "torch_dist",

@@ -33,9 +33,16 @@ from hyperflexis.workloads.spec import (
     mean_rate_rps,
     save_workload,
 )
+from hyperflexis.workloads.steady import (
+    MIN_STEADY_DURATION_S,
+    loop_trace,
+    steady_num_requests,
+    steady_workload,
+)
 from hyperflexis.workloads.trace import Trace, read_azure_trace, scale_to_rate
 
 __all__ = [
+    "MIN_STEADY_DURATION_S",
     "ArrivalProcess",
     "ConstantArrivals",
     "FixedLengths",
@@ -57,6 +64,7 @@ __all__ = [
     "generate_arrivals",
     "length_names",
     "load_workload",
+    "loop_trace",
     "make_arrival",
     "make_lengths",
     "make_workload",
@@ -67,5 +75,7 @@ __all__ = [
     "read_azure_trace",
     "save_workload",
     "scale_to_rate",
+    "steady_num_requests",
+    "steady_workload",
     "with_rate",
 ]

@@ -1,5 +1,5 @@
 """Scheduling policies; importing this package registers them all."""
 
-from hyperflexis.scheduler.policies import baselines, fcfs, hyperflexis
+from hyperflexis.scheduler.policies import baselines, fcfs, hyperflexis, hyperflexis_ablation
 
-__all__ = ["baselines", "fcfs", "hyperflexis"]
+__all__ = ["baselines", "fcfs", "hyperflexis", "hyperflexis_ablation"]

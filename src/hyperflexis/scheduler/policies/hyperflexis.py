@@ -91,10 +91,13 @@ class HyperFlexisScheduler(Scheduler):
             self._reject_late(late, output, now)
             output.chunks.extend(self._decode_chunks(decodes.requests))
             features = decodes.features.copy()
+            budget_s = self._prefill_budget_s(budget_s)
             self._fill_prefill(feasible, features, budget_s, output)
             # Late work gets only capacity no feasible request needs: it may not stretch the
             # step past what the next feasible request (as tight as any waiting) could wait for.
-            late_budget_s = min(budget_s, step_gap_bound_s(waiting_tpot_s, self.config))
+            late_budget_s = self._prefill_budget_s(
+                min(budget_s, step_gap_bound_s(waiting_tpot_s, self.config))
+            )
             late = [r for r in late if not r.is_finished]
             self._fill_prefill(late, features, late_budget_s, output)
             decodes.features = features
@@ -147,6 +150,11 @@ class HyperFlexisScheduler(Scheduler):
         if not decodes.requests:
             return idle_step_budget_s(self.config)
         return step_budget_s(decodes.earliest_deadline_s, decodes.tightest_tpot_s, now, self.config)
+
+    def _prefill_budget_s(self, budget_s: float) -> float:
+        """The time the step's prefill chunks may fill (the ablation without budget estimation
+        overrides it)."""
+        return budget_s
 
     def _least_important(self, requests: list[Request], now: float) -> Request:
         """Highest priority number first, then the most slack."""
