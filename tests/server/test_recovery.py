@@ -5,6 +5,7 @@ instance; the restart budget stops a crash loop; /health's status for each state
 
 from __future__ import annotations
 
+from types import SimpleNamespace
 from typing import Any
 
 from hyperflexis.backends.messages import (
@@ -82,7 +83,7 @@ class _SupervisedPool(FakePool):
         for handle in self.handles.values():
             handle.last_heard_s = 0.0  # type: ignore[attr-defined]
             handle.process = _Process()  # type: ignore[attr-defined]
-            handle.ready = object()  # type: ignore[attr-defined]
+            handle.ready = SimpleNamespace(role="mixed")
 
     def kill(self, handle: FakeHandle) -> None:
         handle.alive = False
@@ -108,8 +109,12 @@ def test_silence_past_the_timeout_kills_recovers_and_replaces() -> None:
     status, body = health_report(core)
     assert (status, body["status"], body["num_instances"]) == (200, "degraded", 1)
     assert [row["state"] for row in body["instances"]] == ["starting", "ready"]
-    # Out of budget: a's next failure is not replaced (b's first one is).
+    # The replacement is ready: the controller routes to it again.
     pool.handles["a"].alive = True
+    assert not core.handoff.controller.instances["a"].up
+    supervisor.on_ready(pool.handles["a"])  # type: ignore[arg-type]
+    assert core.handoff.controller.instances["a"].up
+    # Out of budget: a's next failure is not replaced (b's first one is).
     supervisor.check(now=10.0)
     assert pool.replaced == ["a", "b"] and sorted(pool.killed) == ["a", "a", "b"]
     pool.handles["a"].process.exitcode = -9  # type: ignore[attr-defined]

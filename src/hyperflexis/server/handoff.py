@@ -161,6 +161,11 @@ class HandoffDriver:
             del self.progress[request_id]  # failed with it
         self._count_roles()
 
+    def on_ready(self, handle: InstanceHandle, now: float) -> None:
+        """An instance (a replacement) is ready: it takes traffic for its role again."""
+        self._execute(now, self._handle(now, InstanceUp(handle.instance_id, role_of(handle))))
+        self._count_roles()
+
     def describe(self, instance_id: str) -> dict[str, object]:
         """/debug/instances: the instance's role and its P/D links."""
         record = self.controller.instances.get(instance_id)

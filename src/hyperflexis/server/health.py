@@ -132,6 +132,7 @@ class Supervisor:
 
     def on_ready(self, handle: InstanceHandle) -> None:
         """A replacement loaded: it serves from now on."""
+        self.core.handoff.on_ready(handle, time.monotonic())  # the controller routes to it
         self.core.metrics.observe_instance(handle)
         failed_at = self.failed_at.pop(handle.instance_id, None)
         down_s = 0.0 if failed_at is None else time.monotonic() - failed_at

@@ -24,7 +24,7 @@ from tests.server.reliability.quiet import Served, assert_quiescent, serve
 from tests.server.reliability.sse import Outcome, Sent, request
 
 INSTANCE_TIMEOUT_S = 1.5
-LONG_TOKENS = 400  # long enough to still run when its instance fails
+LONG_TOKENS = 250  # long enough to still run when its instance fails
 PROMPT = "Every morning the fishermen"
 
 
