@@ -12,6 +12,7 @@ from hyperflexis.backends.local import InstanceHandle, InstancePool
 from hyperflexis.backends.messages import (
     AddRequest,
     HandoffDone,
+    Heartbeat,
     KVReady,
     KVSource,
     OutputDelta,
@@ -71,6 +72,8 @@ class Relay:
             assert isinstance(conn, Connection)
             while conn.poll():
                 report = conn.recv()
+                if isinstance(report, Heartbeat):
+                    continue  # the instance's liveness beat, not a step
                 assert isinstance(report, StepReport), report
                 self.latest[report.instance_id] = report
                 self.expired.setdefault(report.instance_id, []).extend(report.leases_expired)

@@ -33,6 +33,7 @@ from hyperflexis.cluster.controller_events import (
     RequestAborted,
     RequestArrived,
     RequestEnded,
+    Resume,
     Route,
     TransferEnded,
 )
@@ -191,14 +192,28 @@ def test_instance_loss_after_the_first_token() -> None:
     mixed_or_p = ctl.requests["a"].instance_id
     ctl.handle(0.1, FirstToken("a"))
     (effect,) = ctl.handle(0.2, InstanceDown(mixed_or_p))
-    assert isinstance(effect, Fail)
-    # D dies while decoding a P/D request: it fails, and P's lease is released.
+    # No other mixed instance to resume it on: it fails; from P it recomputes on D.
+    assert isinstance(effect, Fail if mixed_or_p == "m0" else HandOff)
+    # D dies while receiving a P/D request: the other D takes it, pulling the KV P still holds;
+    # with no D left it parks (P keeps its lease) until a decode instance comes up.
     ctl2, _ = make(PD)
     ctl2.handle(0.0, RequestArrived(req("b")))
     (handoff,) = ctl2.handle(0.1, PrefillDone("b", "p0"))
     assert isinstance(handoff, HandOff)
-    effects = ctl2.handle(0.2, InstanceDown(handoff.decode_id))
-    assert [type(e) for e in effects] == [Fail, Release]
+    (moved,) = ctl2.handle(0.2, InstanceDown(handoff.decode_id))
+    assert isinstance(moved, HandOff) and moved.decode_id != handoff.decode_id and moved.with_kv
+    (parked,) = ctl2.handle(0.3, InstanceDown(moved.decode_id))
+    assert isinstance(parked, Park)
+    (again,) = ctl2.handle(0.4, InstanceUp(handoff.decode_id, "decode"))  # replaced
+    assert isinstance(again, HandOff) and again.decode_id == handoff.decode_id and again.with_kv
+    # A mixed instance dies after the first token: another mixed one resumes the request.
+    ctl4, _ = make([("m0", "mixed"), ("m1", "mixed")])
+    ctl4.handle(0.0, RequestArrived(req("d")))
+    first = ctl4.requests["d"].instance_id
+    ctl4.handle(0.1, FirstToken("d"))
+    (resume,) = ctl4.handle(0.2, InstanceDown(first))
+    assert resume == Resume("d", first, "m1" if first == "m0" else "m0")
+    assert ctl4.num_resumes == 1 and ctl4.requests["d"].instance_id == resume.instance_id
     # P dies after handing off: D's pull fails and it recomputes; there is nothing to release.
     ctl3, _ = make(PD)
     ctl3.handle(0.0, RequestArrived(req("c")))

@@ -87,6 +87,8 @@ def server(
             str(slo_path),
             "--api-key",
             API_KEY,
+            "--instance-timeout-s",
+            "600",  # frozen() stops instances: they must not be failed meanwhile
             "--admission-control",
             "--max-request-bytes",
             str(MAX_REQUEST_BYTES),
@@ -128,7 +130,8 @@ def _wait_idle(server: LiveServer, timeout_s: float = 20.0) -> list[dict[str, An
 def test_models_and_health(server: LiveServer, model_id: str, server_model_dir: Path) -> None:
     assert model_id == server_model_dir.name
     health = httpx.get(f"{server.url}/health", timeout=10).json()
-    assert health == {"status": "ok", "num_instances": 2}
+    assert (health["status"], health["num_instances"], health["num_configured"]) == ("ok", 2, 2)
+    assert [row["state"] for row in health["instances"]] == ["ready", "ready"]
 
 
 def test_sync_completion_and_stream_agree(server: LiveServer, model_id: str) -> None:
@@ -471,9 +474,11 @@ def test_a_body_over_the_limit_is_413_before_it_is_sent(server: LiveServer) -> N
     assert error["code"] == "request_too_large" and str(MAX_REQUEST_BYTES) in error["message"]
 
 
-def test_instance_crash_mid_stream_ends_it_with_an_error_event(server: LiveServer) -> None:
-    """Last in the module: it leaves the server with one instance."""
-    _wait_idle(server)
+def test_instance_crash_mid_stream_continues_elsewhere(server: LiveServer) -> None:
+    """An instance killed mid-stream: the stream goes on on the other instance and ends as a
+    completion; /health is degraded until the instance is replaced (tests/server/reliability/
+    covers faults in depth)."""
+    wait_idle(server)
     with (
         httpx.Client(base_url=server.url, headers=AUTH, timeout=60) as client,
         client.stream("POST", COMPLETIONS, json={**LONG, "stream": True}) as response,
@@ -482,11 +487,16 @@ def test_instance_crash_mid_stream_ends_it_with_an_error_event(server: LiveServe
         assert next(events).startswith("data: {")
         (busy,) = [r for r in server.instances() if r["num_running"]]
         os.kill(server.instance_pids()[str(busy["instance_id"])], signal.SIGKILL)
+        health = httpx.get(f"{server.url}/health", timeout=10).json()
         rest = list(events)
     assert rest[-1] == "data: [DONE]"
-    error = json.loads(rest[-2].removeprefix("data: "))["error"]
-    assert error["type"] == "server_error" and busy["instance_id"] in error["message"]
-    health = httpx.get(f"{server.url}/health", timeout=10).json()
-    assert health == {"status": "ok", "num_instances": 1}
+    last = json.loads(rest[-2].removeprefix("data: "))
+    assert "error" not in last and last["choices"][0]["finish_reason"] == "length", last
+    assert health["status"] in ("ok", "degraded")  # "ok" only if it was already replaced
+    wait_until(
+        lambda: httpx.get(f"{server.url}/health", timeout=10).json()["status"] == "ok",
+        "the instance to be replaced",
+        timeout_s=60,
+    )
     response = _post(server, COMPLETIONS, {"prompt": "still here", "max_tokens": 2})
     assert response.status_code == 200

@@ -17,8 +17,9 @@ import pytest
 from hyperflexis.core.slo import SLOClasses
 from hyperflexis.server.access import Access
 from hyperflexis.server.app import create_app
-from hyperflexis.server.core import PREFIX_CHARS_PER_TOKEN, ServingCore
+from hyperflexis.server.core import ServingCore
 from hyperflexis.server.errors import APIError
+from hyperflexis.server.limits import PREFIX_CHARS_PER_TOKEN
 from hyperflexis.server.protocol import parse_completion
 from tests.server.test_core import MAX_CONTEXT, FakeDispatcher, FakePool, FakeTokenizer
 
@@ -170,3 +171,17 @@ def test_a_text_far_over_the_context_is_refused_from_a_prefix() -> None:
     long_word = "x" * 5000
     (stream,) = core.submit(parse_completion({"prompt": long_word}, {}), None, 0.0)
     assert stream.num_prompt_tokens == 1
+
+
+def test_a_lone_surrogate_is_a_400_not_a_tokenizer_crash() -> None:
+    async def run() -> list[httpx.Response]:
+        async with _client(GatedTokenizer()) as client:
+            bodies = [b'{"prompt": "a \\ud800 b"}', b'{"prompt": "ok", "user": "\\udfff"}']
+            fine = b'{"prompt": "\\ud83d\\ude00"}'  # a proper pair
+            answers = [await client.post("/tokenize", content=body) for body in bodies]
+            return [*answers, await client.post("/tokenize", content=fine)]
+
+    *bad, fine = asyncio.run(run())
+    for response in bad:
+        assert "surrogate" in _assert_openai_error(response, 400)["message"]
+    assert fine.status_code == 200, fine.text

@@ -9,7 +9,13 @@ from typing import Any
 
 import pytest
 
-from hyperflexis.backends.messages import AbortRequest, AddRequest, OutputDelta, StepReport
+from hyperflexis.backends.messages import (
+    AbortRequest,
+    AddRequest,
+    OutputDelta,
+    ResumeRequest,
+    StepReport,
+)
 from hyperflexis.cluster import DispatchDecision, DispatchRequest, LoadSnapshot
 from hyperflexis.core.slo import SLOClasses
 from hyperflexis.perf import StepFeatures
@@ -38,6 +44,7 @@ class FakeHandle:
     snapshot: LoadSnapshot | None = None
     num_preemptions: int = 0
     ready: Any = None  # an InstanceReady; the role comes from the snapshot
+    num_restarts: int = 0
 
     def send(self, command: Any) -> None:
         self.sent.append(command)
@@ -195,7 +202,7 @@ def test_abort_tells_the_instance_once() -> None:
     assert core.num_queued == 0 and not core.streams
 
 
-def test_a_dead_instance_fails_its_streaming_requests_and_sends_the_others_again() -> None:
+def test_a_dead_instance_resumes_its_streaming_requests_and_sends_the_others_again() -> None:
     core, pool, dispatcher = _core()
     (on_a,) = core.submit(parse_completion({"prompt": "x"}, {}), None, 0.0)
     (not_started,) = core.submit(parse_completion({"prompt": "y"}, {}), None, 0.0)
@@ -206,17 +213,19 @@ def test_a_dead_instance_fails_its_streaming_requests_and_sends_the_others_again
     (on_b,) = core.submit(parse_completion({"prompt": "x"}, {}), None, 0.0)
     pool.handles["a"].alive = False
     core.on_exit(pool.handles["a"])  # type: ignore[arg-type]
-    failed = on_a.queue.get_nowait()
-    assert failed.finish_reason == "error" and "instance a" in (failed.error or "")
+    # Streamed: continues on b from what the client has (the one resume path, no KV).
+    assert on_a.instance_id == "b" and on_a.queue.empty()
+    resume = next(c for c in pool.handles["b"].sent if isinstance(c, ResumeRequest))
+    assert resume.request_id == on_a.request_id and resume.kv is None
+    assert (resume.output_token_ids, resume.num_text_chars_sent) == ([7], 1)
     # No first token yet: dispatched again, from the start, to a live instance.
     assert not_started.instance_id == "b" and not_started.queue.empty()
     again = pool.handles["b"].sent[-1]
     assert isinstance(again, AddRequest) and again.request_id == not_started.request_id
     assert again.prompt_token_ids == [1]
     assert on_b.queue.empty()
-    assert sorted(core.streams) == sorted([on_b.request_id, not_started.request_id])
+    assert sorted(core.streams) == sorted([r.request_id for r in (on_a, on_b, not_started)])
     text = core.metrics.render(0)[0].decode()
-    assert value(text, "hyperflexis:requests_missed_total", cause="error") == 1
     assert not has(text, "vllm:num_requests_running", engine="a")  # its gauges are gone
     assert has(text, "vllm:num_requests_running", engine="b")
 
@@ -246,3 +255,11 @@ def test_a_rejected_sample_aborts_those_already_sent() -> None:
     assert _error(core, {"prompt": "x", "n": 3}).status == 503
     aborts = [c for c in pool.handles["a"].sent if isinstance(c, AbortRequest)]
     assert len(aborts) == 2 and not core.streams and core.num_queued == 0
+
+
+def test_more_samples_than_one_request_may_start_is_a_400() -> None:
+    core, pool, _ = _core()
+    for body in ({"prompt": "x", "n": 129}, {"prompt": ["x"] * 65, "n": 2}):
+        error = _error(core, body)
+        assert error.status == 400 and "at most 128 samples" in error.message
+    assert not core.streams and not pool.handles["a"].sent

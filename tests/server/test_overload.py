@@ -64,6 +64,8 @@ def server(
             str(server_model_dir),
             "--slo-classes",
             str(slo_path),
+            "--instance-timeout-s",
+            "600",  # frozen() stops instances: they must not be failed meanwhile
             "--max-num-batched-tokens",
             str(STEP_TOKENS),
         ],

@@ -9,9 +9,12 @@ freeze the whole server (and, while the instance waits to send its report, deadl
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import multiprocessing
+import os
 import queue
+import signal
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -21,6 +24,7 @@ from multiprocessing.process import BaseProcess
 
 from hyperflexis.backends.messages import (
     Command,
+    Heartbeat,
     InstanceFailed,
     InstanceReady,
     Report,
@@ -34,6 +38,7 @@ from hyperflexis.scheduler.config import Role
 
 ReportHandler = Callable[["InstanceHandle", StepReport], None]
 ExitHandler = Callable[["InstanceHandle"], None]
+ReadyHandler = Callable[["InstanceHandle"], None]
 
 
 @dataclass(eq=False)
@@ -51,6 +56,8 @@ class InstanceHandle:
     num_rejections: int = 0
     correction_factor: float = 1.0
     num_dispatched: int = 0  # requests the server sent it
+    last_heard_s: float = field(default_factory=time.monotonic)  # its latest message, monotonic
+    num_restarts: int = 0  # how many processes ran under this id before this one
     _outbox: queue.SimpleQueue[Command | None] = field(default_factory=queue.SimpleQueue)
     _sender: threading.Thread | None = None
 
@@ -94,32 +101,16 @@ class InstancePool:
         self.specs = list(specs)
         self.handles: dict[str, InstanceHandle] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._handlers: tuple[ReportHandler, ExitHandler, ReadyHandler | None] | None = None
+        self._limits: tuple[int, int] | None = None  # vocab size, context: fixed at start
 
     # -- lifecycle --------------------------------------------------------------------------
 
     def start(self, timeout_s: float) -> None:
         """Spawn every instance and wait until all are ready; raises RuntimeError (after
         stopping the others) if one fails or the time runs out."""
-        context = multiprocessing.get_context("spawn")
         for spec in self.specs:
-            command_reader, command_writer = context.Pipe(duplex=False)
-            report_reader, report_writer = context.Pipe(duplex=False)
-            process = context.Process(
-                target=run_instance,
-                args=(spec, command_reader, report_writer),
-                name=f"hyperflexis-{spec.instance_id}",
-                daemon=True,  # never outlives the server, even if the server dies abruptly
-            )
-            process.start()
-            # Close our copies of the child's ends, so each side sees EOF when the other exits.
-            command_reader.close()
-            report_writer.close()
-            handle = InstanceHandle(spec, process, command_writer, report_reader)
-            handle._sender = threading.Thread(
-                target=handle._send_loop, name=f"send-{spec.instance_id}", daemon=True
-            )
-            handle._sender.start()
-            self.handles[spec.instance_id] = handle
+            self.handles[spec.instance_id] = _spawn(spec)
         try:
             self._wait_ready(timeout_s)
         except BaseException:
@@ -154,18 +145,69 @@ class InstancePool:
                 handle.snapshot = message.snapshot
 
     def attach(
-        self, loop: asyncio.AbstractEventLoop, on_report: ReportHandler, on_exit: ExitHandler
+        self,
+        loop: asyncio.AbstractEventLoop,
+        on_report: ReportHandler,
+        on_exit: ExitHandler,
+        on_ready: ReadyHandler | None = None,
     ) -> None:
-        """Read every instance's reports on `loop` as they arrive."""
+        """Read every instance's reports on `loop` as they arrive (`on_ready`: a replacement's
+        start-up message; `on_exit`: its pipe closed)."""
         self._loop = loop
+        self._handlers = (on_report, on_exit, on_ready)
         for handle in self.handles.values():
-            loop.add_reader(handle.reports.fileno(), self._read, handle, on_report, on_exit)
+            self._add_reader(handle)
 
-    def _read(self, handle: InstanceHandle, on_report: ReportHandler, on_exit: ExitHandler) -> None:
+    def _add_reader(self, handle: InstanceHandle) -> None:
+        assert self._loop is not None and self._handlers is not None
+        self._loop.add_reader(handle.reports.fileno(), self._read, handle, *self._handlers)
+
+    def replace(self, instance_id: str) -> InstanceHandle:
+        """Start a new process from a failed instance's spec (weights from disk), under the same
+        id; it serves once its `InstanceReady` reaches `on_ready`. Never blocks on the start."""
+        old = self.handles[instance_id]
+        self.kill(old)
+        old.process.join(0.5)  # dead or closing: reap it
+        handle = _spawn(old.spec)
+        handle.alive = False  # not dispatched to until ready
+        handle.num_restarts = old.num_restarts + 1
+        self.handles[instance_id] = handle
+        if self._loop is not None:
+            self._add_reader(handle)
+        return handle
+
+    def kill(self, handle: InstanceHandle) -> None:
+        """SIGKILL (a frozen process cannot resist it, and never wakes to send stale output)
+        and stop reading it; its pipes close."""
+        self._detach(handle)
+        handle.alive = False
+        if handle.process.pid is not None and handle.process.exitcode is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(handle.process.pid, signal.SIGKILL)
+        handle.send(None)
+        for conn in (handle.commands, handle.reports):
+            conn.close()
+
+    def _read(
+        self,
+        handle: InstanceHandle,
+        on_report: ReportHandler,
+        on_exit: ExitHandler,
+        on_ready: ReadyHandler | None,
+    ) -> None:
         try:
             while handle.reports.poll():
                 message: Report = handle.reports.recv()
-                if isinstance(message, StepReport):
+                handle.last_heard_s = time.monotonic()
+                if isinstance(message, Heartbeat):
+                    continue
+                if isinstance(message, InstanceReady):
+                    handle.ready = message
+                    handle.snapshot = message.snapshot
+                    handle.alive = True
+                    if on_ready is not None:
+                        on_ready(handle)
+                elif isinstance(message, StepReport):
                     handle.snapshot = message.snapshot
                     handle.num_preemptions = message.num_preemptions
                     handle.num_rejections = message.num_rejections
@@ -215,9 +257,44 @@ class InstancePool:
 
     @property
     def vocab_size(self) -> int:
-        return min(h.ready.vocab_size for h in self.handles.values() if h.ready is not None)
+        return self._fixed_limits()[0]
 
     @property
     def max_context_len(self) -> int:
         """The smallest context among the instances: a request must fit wherever it goes."""
-        return min(h.ready.max_context_len for h in self.handles.values() if h.ready is not None)
+        return self._fixed_limits()[1]
+
+    def _fixed_limits(self) -> tuple[int, int]:
+        """From the first instances' start-up messages, kept while replacements load (they run
+        the same specs)."""
+        if self._limits is None:
+            ready = [h.ready for h in self.handles.values() if h.ready is not None]
+            self._limits = (
+                min(r.vocab_size for r in ready),
+                min(r.max_context_len for r in ready),
+            )
+        return self._limits
+
+
+def _spawn(spec: InstanceSpec) -> InstanceHandle:
+    """One instance process and its pipes and sender thread; it reports `InstanceReady` (or
+    `InstanceFailed`) when its model is loaded."""
+    context = multiprocessing.get_context("spawn")
+    command_reader, command_writer = context.Pipe(duplex=False)
+    report_reader, report_writer = context.Pipe(duplex=False)
+    process = context.Process(
+        target=run_instance,
+        args=(spec, command_reader, report_writer),
+        name=f"hyperflexis-{spec.instance_id}",
+        daemon=True,  # never outlives the server, even if the server dies abruptly
+    )
+    process.start()
+    # Close our copies of the child's ends, so each side sees EOF when the other exits.
+    command_reader.close()
+    report_writer.close()
+    handle = InstanceHandle(spec, process, command_writer, report_reader)
+    handle._sender = threading.Thread(
+        target=handle._send_loop, name=f"send-{spec.instance_id}", daemon=True
+    )
+    handle._sender.start()
+    return handle

@@ -171,4 +171,12 @@ class InstanceFailed:
     message: str
 
 
-Report = InstanceReady | StepReport | InstanceFailed
+@dataclass(frozen=True, slots=True)
+class Heartbeat:
+    """Sent every `backends.heartbeat.HEARTBEAT_INTERVAL_S` by a thread of its own, idle or in a
+    long step alike: silence means the process is frozen or gone, not busy."""
+
+    instance_id: str
+
+
+Report = InstanceReady | StepReport | InstanceFailed | Heartbeat

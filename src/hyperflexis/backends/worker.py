@@ -17,6 +17,7 @@ import time
 from multiprocessing.connection import Connection
 from pathlib import Path
 
+from hyperflexis.backends.heartbeat import ReportSender, start_heartbeat
 from hyperflexis.backends.kv_handoff import PREFILLED, KVHandoffs, open_transport
 from hyperflexis.backends.messages import (
     AbortRequest,
@@ -60,7 +61,8 @@ def run_instance(spec: InstanceSpec, commands: Connection, reports: Connection) 
             transport.close()
         _send_quietly(reports, InstanceFailed(spec.instance_id, f"{type(exc).__name__}: {exc}"))
         return
-    loop = InstanceLoop(spec.instance_id, engine, cost_model, reports, handoffs)
+    sender = ReportSender(reports)  # the loop and the heartbeat thread share the pipe
+    loop = InstanceLoop(spec.instance_id, engine, cost_model, sender, handoffs)
     ready = InstanceReady(
         spec.instance_id,
         os.getpid(),
@@ -71,7 +73,8 @@ def run_instance(spec: InstanceSpec, commands: Connection, reports: Connection) 
         kv_pool=handoffs.pool,
     )
     try:
-        if _send_quietly(reports, ready):
+        if sender.send(ready):
+            start_heartbeat(sender, spec.instance_id)
             loop.run(commands)
     finally:
         handoffs.close()  # unlinks a /dev/shm pool: os._exit below skips finalizers
@@ -97,13 +100,13 @@ class InstanceLoop:
         instance_id: str,
         engine: LLMEngine,
         cost_model: OnlineCorrection | None,
-        reports: Connection,
+        reports: Connection | ReportSender,
         handoffs: KVHandoffs | None = None,
     ) -> None:
         self.instance_id = instance_id
         self.engine = engine
         self.cost_model = cost_model
-        self.reports = reports
+        self.reports = reports if isinstance(reports, ReportSender) else ReportSender(reports)
         # A loop around an engine alone has no pool: hand-offs sent to it recompute.
         self.handoffs = KVHandoffs(engine, timeout_s=10.0) if handoffs is None else handoffs
         # Per live request: output tokens and text characters already sent to the server (for
@@ -271,7 +274,7 @@ class InstanceLoop:
             leases_expired=expired,
         )
         self._kv_ready, self._handoffs = [], []
-        return _send_quietly(self.reports, report)
+        return self.reports.send(report)
 
 
 def _send_quietly(reports: Connection, message: object) -> bool:

@@ -67,6 +67,12 @@ class ServerProcess:
         return [sys.executable, "-m", "hyperflexis", "serve", *self._args]
 
     @property
+    def pid(self) -> int:
+        """The server's PID, which is also its process group's (its instances are in it)."""
+        assert self._process is not None, "not started"
+        return self._process.pid
+
+    @property
     def output_tail(self) -> str:
         return "".join(self._tail)
 

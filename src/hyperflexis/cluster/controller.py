@@ -40,6 +40,7 @@ from hyperflexis.cluster.controller_events import (
     RequestAborted,
     RequestArrived,
     RequestEnded,
+    Resume,
     Route,
     Stage,
     TransferEnded,
@@ -96,6 +97,7 @@ class Controller:
         self.num_handoffs = 0
         self.num_transfer_failures = 0
         self.num_recomputes = 0  # hand-offs that recompute on D (failed pull or KV lost)
+        self.num_resumes = 0  # streamed requests continued elsewhere after their instance died
 
     def set_links(self, links: Links) -> None:
         self.links = links
@@ -293,11 +295,34 @@ class Controller:
                 continue
             if not placement.has_first_token:
                 effects.append(self._redispatch(now, request_id, placement))
+            elif (resumed := self._resume(now, request_id, placement)) is not None:
+                effects.append(resumed)
             else:
                 del self.requests[request_id]
                 effects.append(Fail(request_id, f"instance {instance_id} stopped"))
                 effects.extend(self._release(request_id, placement))
         return effects
+
+    def _resume(
+        self, now: float, request_id: str, placement: Placement
+    ) -> Resume | HandOff | Park | None:
+        """A request that had streamed, whose instance died: a live one continues it from the
+        prompt and the output the client has (P/D: another decode instance, pulling the KV if P
+        still holds it); None when no instance can."""
+        if placement.prefill_id is not None:  # P/D: on a decode instance, or parked on P
+            if placement.stage == "parked":
+                self.parked.remove(request_id)
+            return self._hand_off(now, request_id, placement)
+        from_id = placement.instance_id
+        allowed = [r.instance_id for r in self.instances.values() if r.up and r.role == "mixed"]
+        snapshots = self._snapshots(allowed, now) if allowed else []
+        instance_id = self.dispatcher.choose(placement.request, snapshots, now).instance_id
+        if instance_id is None:
+            return None
+        self._check_choice(instance_id, allowed, snapshots)
+        placement.instance_id = instance_id
+        self.num_resumes += 1
+        return Resume(request_id, from_id, instance_id)
 
     def _redispatch(self, now: float, request_id: str, placement: Placement) -> Redispatch:
         from_id = placement.instance_id

@@ -168,6 +168,16 @@ class Redispatch:
 
 
 @dataclass(frozen=True, slots=True)
+class Resume:
+    """The instance that held the request died after its first token: `instance_id` continues
+    it, recomputing the prompt and the output the client already has (nothing is repeated)."""
+
+    request_id: str
+    from_id: str
+    instance_id: str
+
+
+@dataclass(frozen=True, slots=True)
 class Fail:
     """The request cannot continue (the instance decoding it died): end it with an error."""
 
@@ -175,7 +185,7 @@ class Fail:
     reason: str
 
 
-Effect = Route | Reject | HandOff | Park | Release | Abort | Redispatch | Fail
+Effect = Route | Reject | HandOff | Park | Release | Abort | Redispatch | Resume | Fail
 
 # Where a request is, for the controller.
 Stage = Literal[

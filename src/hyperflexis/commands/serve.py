@@ -92,8 +92,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--max-queued",
         type=int,
         default=None,
-        help="answer 503 when this many requests already wait for their first token",
+        help="answer 503 when this many requests already wait for their first token "
+        "(default: --max-num-seqs per live instance)",
     )
+    _add_reliability_arguments(parser)
     parser.add_argument(
         "--dtype",
         default="auto",
@@ -114,6 +116,36 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--seed", type=int, default=0, help="sampling seed")
     add_scheduler_arguments(parser)
+
+
+def _add_reliability_arguments(parser: argparse.ArgumentParser) -> None:
+    from hyperflexis.server import config
+
+    parser.add_argument(
+        "--request-timeout-s",
+        type=float,
+        default=config.DEFAULT_REQUEST_TIMEOUT_S,
+        help="answer 503 (an error event in a stream) to a request not done within this "
+        "(default: %(default)s; 0: no bound)",
+    )
+    parser.add_argument(
+        "--instance-timeout-s",
+        type=float,
+        default=config.DEFAULT_INSTANCE_TIMEOUT_S,
+        help="fail (kill, recover, replace) an instance silent this long (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--shutdown-timeout-s",
+        type=float,
+        default=config.DEFAULT_SHUTDOWN_TIMEOUT_S,
+        help="SIGTERM: open requests get this long to finish (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--max-restarts",
+        type=int,
+        default=3,
+        help="replacements of one failed instance within 5 minutes (default: %(default)s)",
+    )
 
 
 def _add_vllm_arguments(parser: argparse.ArgumentParser) -> None:
@@ -187,6 +219,10 @@ def run(args: argparse.Namespace) -> int:
         metrics_require_key=args.metrics_require_key,
         max_request_bytes=args.max_request_bytes,
         max_queued=args.max_queued,
+        request_timeout_s=args.request_timeout_s or None,
+        instance_timeout_s=args.instance_timeout_s,
+        shutdown_timeout_s=args.shutdown_timeout_s,
+        max_restarts=args.max_restarts,
         dtype=args.dtype,
         device=args.device,
         kv_cache_bytes=args.kv_cache_bytes,

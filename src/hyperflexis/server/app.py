@@ -5,10 +5,13 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable, Coroutine
 from typing import Any
 
 from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
+from fastapi.routing import APIRoute
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from hyperflexis import __version__
@@ -16,24 +19,49 @@ from hyperflexis.server import tokenize
 from hyperflexis.server.core import ServingCore
 from hyperflexis.server.errors import APIError
 from hyperflexis.server.generation import generate
+from hyperflexis.server.health import health_report
 from hyperflexis.server.protocol import parse_chat, parse_completion
 
 logger = logging.getLogger(__name__)
 
 
+def internal_error(exc: Exception) -> JSONResponse:
+    """A bug, not the client's fault: log it, answer in OpenAI's shape, keep serving."""
+    logger.error("internal error while serving a request", exc_info=exc)
+    error = APIError(500, f"internal error: {type(exc).__name__}", type="server_error")
+    return JSONResponse(error.body(), status_code=500)
+
+
+class _GuardedRoute(APIRoute):
+    """Turns a route's unexpected exception into the 500 above inside the route. Starlette's
+    catch-all handler would answer too, but then re-raise, and uvicorn drops the connection:
+    the client's next request on it would fail."""
+
+    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
+        handler = super().get_route_handler()
+
+        async def guarded(request: Request) -> Response:
+            try:
+                return await handler(request)
+            except (APIError, StarletteHTTPException, RequestValidationError):
+                raise  # answered by the handlers below
+            except Exception as exc:
+                return internal_error(exc)
+
+        return guarded
+
+
 def create_app(core: ServingCore) -> FastAPI:
     app = FastAPI(title="HyperFlexis", docs_url=None, redoc_url=None, openapi_url=None)
+    app.router.route_class = _GuardedRoute
 
     @app.exception_handler(APIError)
     async def api_error(_: Request, exc: APIError) -> JSONResponse:
         return JSONResponse(exc.body(), status_code=exc.status, headers=exc.headers)
 
     @app.exception_handler(Exception)
-    async def internal_error(_: Request, exc: Exception) -> JSONResponse:
-        # A bug, not the client's fault: log it, answer in OpenAI's shape, keep serving.
-        logger.exception("internal error while serving a request")
-        error = APIError(500, f"internal error: {type(exc).__name__}", type="server_error")
-        return JSONResponse(error.body(), status_code=500)
+    async def unexpected(_: Request, exc: Exception) -> JSONResponse:
+        return internal_error(exc)  # outside a route (middleware); the connection then closes
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
@@ -77,15 +105,14 @@ def create_app(core: ServingCore) -> FastAPI:
     @app.api_route("/ping", methods=["GET", "POST"])
     async def ping() -> Response:
         # vLLM's (SageMaker's) liveness probe: 200 while an instance serves, like /health.
-        return Response(status_code=200 if core.pool.live() else 503)
+        return Response(status_code=health_report(core)[0])
 
     @app.get("/health")
     async def health() -> JSONResponse:
-        live = core.pool.live()
-        status = 200 if live else 503
-        return JSONResponse(
-            {"status": "ok" if live else "down", "num_instances": len(live)}, status_code=status
-        )
+        # 200 while it serves ("ok", or "degraded" with capacity missing); 503 when down or
+        # draining: what a load balancer acts on (server/health.py).
+        status, body = health_report(core)
+        return JSONResponse(body, status_code=status)
 
     @app.get("/metrics")
     async def metrics(request: Request) -> Response:
@@ -105,6 +132,7 @@ def create_app(core: ServingCore) -> FastAPI:
                     "instance_id": handle.instance_id,
                     **core.handoff.describe(handle.instance_id),  # role, P/D links
                     "alive": handle.alive,
+                    "num_restarts": handle.num_restarts,
                     "num_dispatched": handle.num_dispatched,
                     "num_running": None if snapshot is None else snapshot.num_running,
                     "num_waiting": None if snapshot is None else snapshot.num_waiting,

@@ -27,8 +27,32 @@ async def read_body(request: Request, max_bytes: int) -> bytes:
 
 
 def loads(raw: bytes) -> object:
-    """The body as JSON; 400 when it is not (bad UTF-8 included). Blocking: run it in a thread."""
+    """The body as JSON; 400 when it is not (bad UTF-8 included), or when a string holds a lone
+    UTF-16 surrogate (JSON lets `"\\ud800"` through; no tokenizer takes it). Blocking: run it
+    in a thread."""
     try:
-        return json.loads(raw)
+        body = json.loads(raw)
     except ValueError as exc:  # JSONDecodeError and UnicodeDecodeError alike
         raise bad_request(f"malformed JSON body: {exc}") from None
+    if b"\\u" in raw:  # only an escape can make a surrogate: skip the walk otherwise
+        _check_strings(body)
+    return body
+
+
+def _check_strings(body: object) -> None:
+    """400 for the first string (key or value) that is not valid Unicode text."""
+    pending = [body]
+    while pending:
+        item = pending.pop()
+        if isinstance(item, dict):
+            pending.extend(item.keys())
+            pending.extend(item.values())
+        elif isinstance(item, list):
+            pending.extend(item)
+        elif isinstance(item, str):
+            try:
+                item.encode("utf-8")
+            except UnicodeEncodeError:
+                raise bad_request(
+                    "malformed JSON body: a string holds a lone UTF-16 surrogate"
+                ) from None

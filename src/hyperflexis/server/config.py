@@ -11,6 +11,10 @@ from hyperflexis.scheduler.config import Role, SchedulerConfig
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8000
 DEFAULT_MAX_REQUEST_BYTES = 8 * 2**20  # a 128k-token prompt as token ids is ~1 MiB of JSON
+DEFAULT_REQUEST_TIMEOUT_S = 300.0  # every request is answered within this (503 past it)
+DEFAULT_INSTANCE_TIMEOUT_S = 5.0  # an instance silent this long (no heartbeat) is failed
+DEFAULT_SHUTDOWN_TIMEOUT_S = 30.0  # SIGTERM: open requests get this long to finish
+MIN_INSTANCE_TIMEOUT_S = 1.0  # several heartbeats (backends/heartbeat.py beats every 0.25 s)
 
 
 @dataclass(frozen=True, slots=True)
@@ -30,7 +34,13 @@ class ServerConfig:
     api_key: str | None = None  # None: no authentication
     metrics_require_key: bool = False  # /metrics needs the key too (it is open by default)
     max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES  # 413 for a larger body
-    max_queued: int | None = None  # 503 beyond this many requests without a first token
+    # 503 beyond this many requests without a first token; None: max_num_seqs per live instance
+    max_queued: int | None = None
+    request_timeout_s: float | None = DEFAULT_REQUEST_TIMEOUT_S  # None: no bound
+    instance_timeout_s: float = DEFAULT_INSTANCE_TIMEOUT_S
+    shutdown_timeout_s: float = DEFAULT_SHUTDOWN_TIMEOUT_S
+    max_restarts: int = 3  # replacements of one failed instance within restart_window_s
+    restart_window_s: float = 300.0
     dtype: str = "auto"  # vLLM's auto: float32 on the CPU, the checkpoint's dtype on a GPU
     device: str = "cpu"  # every instance on it; "cuda" spreads nothing by itself
     kv_cache_bytes: int | None = None  # per instance; None: the runner's default
@@ -41,7 +51,7 @@ class ServerConfig:
     num_threads: int = 1  # torch CPU threads per instance
     seed: int = 0  # sampling seed of instance 0 (instance i uses seed + i)
     ready_timeout_s: float = 300.0  # how long instances may take to load
-    graceful_shutdown_s: int = 2  # open requests get this long to finish on shutdown
+    graceful_shutdown_s: int = 2  # after the drain: uvicorn's wait for responses to flush
     # vLLM's spellings of what a deployment also sets:
     served_model_names: tuple[str, ...] = ()  # the first is the id /v1/models lists
     max_model_len: int | None = None  # a context shorter than the model's
@@ -76,6 +86,21 @@ class ServerConfig:
             raise ValueError("invalid 'metrics_require_key': needs an 'api_key'")
         if self.api_key is not None and not self.api_key:
             raise ValueError("invalid 'api_key': must not be empty")
+        if self.request_timeout_s is not None and not self.request_timeout_s > 0:
+            raise ValueError(
+                f"invalid 'request_timeout_s': must be > 0, got {self.request_timeout_s}"
+            )
+        if not self.instance_timeout_s >= MIN_INSTANCE_TIMEOUT_S:
+            raise ValueError(
+                f"invalid 'instance_timeout_s': must be >= {MIN_INSTANCE_TIMEOUT_S}, "
+                f"got {self.instance_timeout_s}"
+            )
+        if not self.shutdown_timeout_s >= 0:
+            raise ValueError(
+                f"invalid 'shutdown_timeout_s': must be >= 0, got {self.shutdown_timeout_s}"
+            )
+        if self.max_restarts < 0:
+            raise ValueError(f"invalid 'max_restarts': must be >= 0, got {self.max_restarts}")
         if self.num_threads < 1:
             raise ValueError(f"invalid 'num_threads': must be >= 1, got {self.num_threads}")
         if self.scheduler.role != "mixed":

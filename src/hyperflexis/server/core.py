@@ -19,18 +19,14 @@ from hyperflexis.cluster.links import LinkPolicy
 from hyperflexis.core.sampling import SamplingParams
 from hyperflexis.core.slo import SLO, SLOClass
 from hyperflexis.engine.tokenizer import Tokenizer
+from hyperflexis.server import limits
 from hyperflexis.server.access import Access
 from hyperflexis.server.config import DEFAULT_MAX_REQUEST_BYTES
 from hyperflexis.server.cost_model import SharedCorrection
-from hyperflexis.server.errors import APIError, bad_request, overloaded
+from hyperflexis.server.errors import APIError, bad_request, overloaded, shutting_down
 from hyperflexis.server.handoff import HandoffDriver
 from hyperflexis.server.metrics import ServerMetrics
 from hyperflexis.server.protocol import ChatInput, GenerationJob, Prompt
-
-# A text over this many characters per context token is checked on a prefix of that many first
-# (English has about 4; a prompt that fits with more is rare and only pays one extra prefix pass).
-PREFIX_CHARS_PER_TOKEN = 16
-PREFIX_MARGIN = 64  # tokens a cut text may gain at its cut; far more than a cut word can
 
 # Put in a stream's queue when its client disconnects: the consumer stops and aborts.
 DISCONNECTED = OutputDelta("", [], "", "abort", error="client disconnected")
@@ -75,7 +71,9 @@ class ServingCore:
         model_aliases: tuple[str, ...] = (),
         model_root: str | None = None,
         max_queued: int | None = None,
+        max_queued_per_instance: int | None = None,
         max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES,
+        request_timeout_s: float | None = None,
         shared_correction: SharedCorrection | None = None,
         link_policy: LinkPolicy = "all",
     ) -> None:
@@ -86,8 +84,11 @@ class ServingCore:
         self.model_name = model_name  # the id /v1/models lists
         self.model_aliases = frozenset((model_name, *model_aliases))  # names requests may use
         self.model_root = model_root or model_name  # the checkpoint /v1/models names as root
-        self.max_queued = max_queued  # None: no bound on requests without a first token
+        self.max_queued = max_queued  # requests without a first token; None: derived
+        self.max_queued_per_instance = max_queued_per_instance  # the derived bound, per live one
         self.max_request_bytes = max_request_bytes  # 413 for a body over it
+        self.request_timeout_s = request_timeout_s  # 503 past it; None: no bound
+        self.draining = False  # SIGTERM: admit nothing new (503), let the open requests finish
         self.shared_correction = shared_correction
         self.metrics = ServerMetrics(model_name, access.slo_classes, pool.max_context_len)
         self.streams: dict[str, RequestStream] = {}
@@ -115,10 +116,12 @@ class ServingCore:
         self.check_model(job.model)
         slo = self.access.resolve(job.slo, bound)
         inputs: list[Prompt | None] = list(job.prompts) or [None]  # None: the chat
+        limits.check_num_samples(job, len(inputs))
         prompts = []
         for prompt in inputs:
             token_ids, param = self._tokenize(job, prompt)
-            max_tokens = self._check_length(job, len(token_ids), param)
+            max_context = self.pool.max_context_len
+            max_tokens = limits.check_length(job, len(token_ids), param, max_context)
             prompts.append((token_ids, job.sampling_params(max_tokens)))
         return Plan(slo, prompts)
 
@@ -127,6 +130,8 @@ class ServingCore:
         scheduler see the work they are; sample i is seeded seed + i). The streams share one
         queue, in choice order. Raises 503 when turned away, after aborting the samples
         already sent."""
+        if self.draining:
+            raise shutting_down()
         queue: asyncio.Queue[OutputDelta] = asyncio.Queue()
         streams: list[RequestStream] = []
         try:
@@ -186,13 +191,16 @@ class ServingCore:
         arrival_s: float,
         queue: asyncio.Queue[OutputDelta],
     ) -> RequestStream:
-        if self.max_queued is not None and self.num_queued >= self.max_queued:
+        if self.num_queued >= self.queue_bound():
             self.metrics.on_rejected(slo.class_name, "queue")
             raise overloaded(f"server busy: {self.num_queued} requests already queued")
         prefix = "cmpl" if job.kind == "completion" else "chatcmpl"
         request_id = f"{prefix}-{uuid.uuid4().hex}"
         request = DispatchRequest(request_id, len(token_ids), params.max_tokens, slo, arrival_s)
         instance_id, reason = self.handoff.route(request, token_ids, params, time.monotonic())
+        if instance_id is None and not self.pool.live():
+            self.metrics.on_rejected(slo.class_name, "dispatch")
+            raise overloaded("no instance is serving now (failed ones restart)", "unavailable")
         if instance_id is None:
             self.metrics.on_rejected(slo.class_name, "dispatch")
             raise overloaded(f"no instance can meet this request's SLO now ({reason})")
@@ -207,62 +215,29 @@ class ServingCore:
         handle.send(AddRequest(request_id, token_ids, params, slo, arrival_s))
         return stream
 
+    def queue_bound(self) -> float:
+        """Most requests that may wait for a first token: `--max-queued`, else a batch's worth
+        per live instance (at least one instance's, so a restart does not refuse everything)."""
+        if self.max_queued is not None:
+            return self.max_queued
+        if self.max_queued_per_instance is None:
+            return float("inf")
+        return self.max_queued_per_instance * max(1, len(self.pool.live()))
+
     def _tokenize(self, job: GenerationJob, prompt: Prompt | None) -> tuple[list[int], str]:
         if prompt is None:
             assert job.chat is not None
             return self.encode_chat(job.chat, job.add_special_tokens), "messages"
         if prompt.text is not None:
-            self._check_text_length(prompt.text, job.add_special_tokens)
+            max_context = self.pool.max_context_len
+            limits.check_text_length(
+                self.tokenizer, prompt.text, job.add_special_tokens, max_context
+            )
             return self.tokenizer.encode(prompt.text, job.add_special_tokens), "prompt"
         token_ids = prompt.token_ids or []
-        self._check_length(job, len(token_ids), "prompt")  # before walking a huge list
+        limits.check_length(job, len(token_ids), "prompt", self.pool.max_context_len)  # first
         self.check_token_ids(token_ids, "prompt")
         return token_ids, "prompt"
-
-    def _check_text_length(self, text: str, add_special_tokens: bool) -> None:
-        """400 for a text far longer than the context, from a bounded prefix of it, before the
-        whole text is tokenised (megabytes take seconds). Cutting the text changes only its last
-        pre-token's tokens, so the prefix has at most a few more than the whole: PREFIX_MARGIN
-        more than the context proves the whole cannot fit."""
-        max_context = self.pool.max_context_len
-        num_chars = PREFIX_CHARS_PER_TOKEN * max_context
-        if len(text) <= num_chars:
-            return
-        num_prefix_tokens = len(self.tokenizer.encode(text[:num_chars], add_special_tokens))
-        if num_prefix_tokens > max_context + PREFIX_MARGIN:
-            raise bad_request(
-                f"This model's maximum context length is {max_context} tokens. However, your "
-                f"prompt has more than {num_prefix_tokens - PREFIX_MARGIN} tokens in its first "
-                f"{num_chars} characters alone. Please reduce the length of the prompt.",
-                "prompt",
-                "context_length_exceeded",
-            )
-
-    def _check_length(self, job: GenerationJob, num_prompt_tokens: int, param: str) -> int:
-        """The request's max_tokens; 400 when the prompt (plus an explicit max_tokens) does not
-        fit the context."""
-        max_context = self.pool.max_context_len
-        room = max_context - num_prompt_tokens
-        if room < 1:
-            raise bad_request(
-                f"This model's maximum context length is {max_context} tokens. However, your "
-                f"prompt has {num_prompt_tokens} tokens, which leaves no room for the completion. "
-                "Please reduce the length of the prompt.",
-                param,
-                "context_length_exceeded",
-            )
-        if job.max_tokens is None:
-            return room
-        if job.max_tokens > room:
-            raise bad_request(
-                f"This model's maximum context length is {max_context} tokens. However, you "
-                f"requested {num_prompt_tokens + job.max_tokens} tokens ({num_prompt_tokens} in "
-                f"the prompt, {job.max_tokens} for the completion). Please reduce the length of "
-                "the prompt or the completion.",
-                "max_tokens",
-                "context_length_exceeded",
-            )
-        return job.max_tokens
 
     def abort(self, stream: RequestStream) -> None:
         """The client went away: stop the request in its instance (frees its KV next loop)."""
@@ -287,8 +262,8 @@ class ServingCore:
         metrics.observe_instance(handle)
         for delta in report.deltas:
             stream = self.streams.get(delta.request_id)
-            if stream is None:
-                continue  # aborted meanwhile
+            if stream is None or stream.instance_id != handle.instance_id:
+                continue  # aborted meanwhile, or moved off a failed instance
             if delta.token_ids and not stream.has_first_token:
                 stream.has_first_token = True
                 self.num_queued -= 1
@@ -312,22 +287,36 @@ class ServingCore:
             live = self.pool.live()
             self.shared_correction.factor = sum(h.correction_factor for h in live) / len(live)
 
-    def on_exit(self, handle: InstanceHandle) -> None:
-        """An instance process died: fail every request it held."""
-        message = f"instance {handle.instance_id} stopped unexpectedly"
+    def on_exit(self, handle: InstanceHandle, reason: str = "stopped unexpectedly") -> None:
+        """An instance process died (`server/health.py` kills a silent one first): what it
+        held without a first token is sent again, what had streamed resumes elsewhere; what
+        cannot go on ends with an error (503 before any output: nowhere could take it)."""
+        message = f"instance {handle.instance_id} failed ({reason})"
         now = time.monotonic()
-        self.handoff.on_exit(handle, now)  # sends again what had no first token there
+        self.handoff.on_exit(handle, now)
         for stream in [s for s in self.streams.values() if s.instance_id == handle.instance_id]:
-            self._fail(stream.request_id, message, now)
+            self._fail(stream.request_id, message, now, 500 if stream.has_first_token else 503)
         self.metrics.remove_instance(handle.instance_id)
 
-    def _fail(self, request_id: str, message: str, now: float | None = None) -> None:
-        """End a request's stream with an error (its instance died, or nowhere can go on)."""
+    def fail(self, streams: list[RequestStream], message: str, status: int = 500) -> None:
+        """End `streams` with an error now (a timeout, shutdown): the client gets `status`
+        before any output, an error event and [DONE] after; their instances free their KV."""
+        now = time.monotonic()
+        for stream in streams:
+            if not stream.finished:
+                self._fail(stream.request_id, message, now, status)
+                self.handoff.abort(stream.request_id, now)  # wherever it is, both sides
+
+    def _fail(
+        self, request_id: str, message: str, now: float | None = None, status: int = 500
+    ) -> None:
+        """End a request's stream with an error (its instance died, nowhere can go on, or
+        `fail`): `status` is the HTTP status it gets before any output."""
         stream = self.streams.get(request_id)
         if stream is None:
             return
         now = time.monotonic() if now is None else now
-        delta = OutputDelta(stream.request_id, [], "", "error", error=message)
+        delta = OutputDelta(stream.request_id, [], "", "error", error=message, error_status=status)
         self.metrics.on_finished(stream.instance_id, stream.slo, delta, now - stream.arrival_s)
         self._close(stream)
         stream.queue.put_nowait(delta)
@@ -339,7 +328,5 @@ class ServingCore:
             stream.instance_id = instance_id
 
     def fail_all(self, message: str) -> None:
-        """The server is stopping: end every open request."""
-        for stream in list(self.streams.values()):
-            self._close(stream)
-            stream.queue.put_nowait(OutputDelta(stream.request_id, [], "", "error", error=message))
+        """The server is stopping: end every open request (503: retry elsewhere)."""
+        self.fail(list(self.streams.values()), message, 503)

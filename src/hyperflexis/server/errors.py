@@ -56,15 +56,22 @@ def from_value_error(exc: ValueError, param: str | None = None) -> APIError:
     return bad_request(message, param)
 
 
-def overloaded(message: str) -> APIError:
-    """503 with Retry-After: admission control turned the request away."""
+def overloaded(message: str, code: str = "overloaded") -> APIError:
+    """503 with Retry-After: admission control turned the request away (or, by `code`, it
+    timed out, or the instances that could serve it are gone)."""
     return APIError(
         503,
         message,
         type="server_error",
-        code="overloaded",
+        code=code,
         headers={"Retry-After": str(RETRY_AFTER_S)},
     )
+
+
+def shutting_down() -> APIError:
+    """503 with Retry-After: the server drains (SIGTERM) and admits nothing new; a load balancer
+    retries elsewhere."""
+    return overloaded("the server is shutting down", "shutting_down")
 
 
 def too_large(max_bytes: int) -> APIError:

@@ -66,6 +66,7 @@ async def generate(core: ServingCore, request: Request, parse: Parser) -> Respon
     # or the other clients' streams; only dispatch (shared state) runs on the event loop.
     job, plan = await asyncio.to_thread(_plan, core, parse, raw, request.headers, bound)
     streams = core.start(job, plan, arrival_s)
+    timer = _start_timer(core, streams, arrival_s)
     overhead_s = time.perf_counter() - start
     core.metrics.observe_overhead(overhead_s)
     headers = {
@@ -82,7 +83,7 @@ async def generate(core: ServingCore, request: Request, parse: Parser) -> Respon
         if early is None:
             return Response(status_code=CLIENT_CLOSED_REQUEST)
         if job.stream:
-            chunks = _stream(core, job, choices, early, task)
+            chunks = _stream(core, job, choices, early, task, timer)
             watcher = None  # the stream owns it now
             return StreamingResponse(chunks, media_type="text/event-stream", headers=headers)
         full = await _collect(core, job, choices, early)
@@ -92,8 +93,22 @@ async def generate(core: ServingCore, request: Request, parse: Parser) -> Respon
     finally:
         if watcher is not None:
             watcher.cancel()
+            if timer is not None:
+                timer.cancel()
             for stream in streams:
                 core.abort(stream)  # no-op once finished
+
+
+def _start_timer(
+    core: ServingCore, streams: list[RequestStream], arrival_s: float
+) -> asyncio.TimerHandle | None:
+    """Ends the request's streams with a 503 (error event in a stream) at its timeout."""
+    timeout_s = core.request_timeout_s
+    if timeout_s is None:
+        return None
+    message = f"the request did not complete within the server's timeout of {timeout_s:g} s"
+    delay_s = max(0.0, arrival_s + timeout_s - time.monotonic())
+    return asyncio.get_running_loop().call_later(delay_s, core.fail, streams, message, 503)
 
 
 def _plan(
@@ -154,10 +169,18 @@ def _raise_if_failed_before_output(delta: OutputDelta) -> None:
         return
     if delta.finish_reason == "rejected":
         raise overloaded("the instance could no longer meet this request's SLO")
+    raise _error(delta)
+
+
+def _error(delta: OutputDelta) -> APIError:
+    """A failed request's answer: 400, 503 with Retry-After (timed out, lost its instance,
+    shutdown), or 500."""
     message = delta.error or f"request ended: {delta.finish_reason}"
     if delta.error_status == 400:
-        raise bad_request(message)
-    raise APIError(delta.error_status, message, type="server_error")
+        return bad_request(message)
+    if delta.error_status == 503:
+        return overloaded(message, "unavailable")
+    return APIError(delta.error_status, message, type="server_error")
 
 
 async def _watch_disconnect(request: Request, queue: asyncio.Queue[OutputDelta]) -> None:
@@ -201,7 +224,7 @@ async def _collect(
             return None
         choice, delta = item
         if delta.finish_reason == "error":
-            raise APIError(500, delta.error or "request failed", type="server_error")
+            raise _error(delta)
         choice.add(delta)
     bodies = [
         responses.choice(
@@ -231,6 +254,7 @@ async def _stream(
     choices: list[_Choice],
     early: list[OutputDelta],
     watcher: asyncio.Future[None],
+    timer: asyncio.TimerHandle | None,
 ) -> AsyncIterator[str]:
     response_id = choices[0].stream.request_id
     chunk_args = (job.kind, response_id, int(time.time()), core.model_name)
@@ -253,8 +277,7 @@ async def _stream(
                 return
             choice, delta = item
             if delta.finish_reason == "error":
-                error = APIError(500, delta.error or "request failed", type="server_error")
-                yield _event(error.body())
+                yield _event(_error(delta).body())
                 break
             choice.add(delta)
             logprobs = None if choice.logprobs is None else choice.logprobs.take()
@@ -282,6 +305,8 @@ async def _stream(
         yield "data: [DONE]\n\n"
     finally:
         watcher.cancel()
+        if timer is not None:
+            timer.cancel()
         for c in choices:
             core.abort(c.stream)
 

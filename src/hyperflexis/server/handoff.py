@@ -46,6 +46,7 @@ from hyperflexis.cluster.controller_events import (
     RequestAborted,
     RequestArrived,
     RequestEnded,
+    Resume,
     Route,
     TransferEnded,
 )
@@ -71,6 +72,7 @@ class Progress:
     arrival_s: float  # server receipt, monotonic clock
     output_token_ids: list[int] = field(default_factory=list)  # the client has these
     num_text_chars: int = 0  # output text the client has
+    ttft_s: float | None = None  # arrival to its first token at the server
     kv: KVReady | None = None  # P/D: P's report of the prompt's leased blocks
 
 
@@ -123,6 +125,7 @@ class HandoffDriver:
         if progress is None:
             return
         if delta.token_ids and not progress.output_token_ids:
+            progress.ttft_s = now - progress.arrival_s
             self._handle(now, FirstToken(delta.request_id))
         progress.output_token_ids.extend(delta.token_ids)
         progress.num_text_chars += len(delta.text)
@@ -158,6 +161,11 @@ class HandoffDriver:
             del self.progress[request_id]  # failed with it
         self._count_roles()
 
+    def on_ready(self, handle: InstanceHandle, now: float) -> None:
+        """An instance (a replacement) is ready: it takes traffic for its role again."""
+        self._execute(now, self._handle(now, InstanceUp(handle.instance_id, role_of(handle))))
+        self._count_roles()
+
     def describe(self, instance_id: str) -> dict[str, object]:
         """/debug/instances: the instance's role and its P/D links."""
         record = self.controller.instances.get(instance_id)
@@ -187,6 +195,8 @@ class HandoffDriver:
                 self._send(effect.instance_id, AbortRequest(effect.request_id))
             elif isinstance(effect, Redispatch) and effect.instance_id is not None:
                 self._redispatch(effect.request_id, effect.instance_id)
+            elif isinstance(effect, Resume):
+                self._send_resume(effect.request_id, effect.instance_id, now, None)
             elif isinstance(effect, Fail):
                 self.progress.pop(effect.request_id, None)
                 self._failed(effect.request_id, effect.reason)
@@ -204,20 +214,29 @@ class HandoffDriver:
                 kv = KVSource(effect.prefill_id, pool, ready.block_ids, ready.num_tokens)
         if not effect.with_kv or kv is None:
             self.metrics.on_recompute()
+        self._send_resume(effect.request_id, effect.decode_id, now, kv)
+
+    def _send_resume(
+        self, request_id: str, instance_id: str, now: float, kv: KVSource | None
+    ) -> None:
+        """The one resume path: `instance_id` continues the request (pulling `kv`, or
+        recomputing the prompt and the output the client has)."""
+        progress = self.progress[request_id]
+        ready = progress.kv
         resume = ResumeRequest(
-            effect.request_id,
+            request_id,
             progress.prompt_token_ids,
             list(progress.output_token_ids),
             progress.params,
             progress.slo,
             age_s=now - progress.arrival_s,
-            ttft_s=None if ready is None else ready.ttft_s,
+            ttft_s=progress.ttft_s if ready is None else ready.ttft_s,
             num_text_chars_sent=progress.num_text_chars,
             kv=kv,
             queue_s=None if ready is None else ready.queue_s,
         )
-        self._moved(effect.request_id, effect.decode_id)
-        self._send(effect.decode_id, resume)
+        self._moved(request_id, instance_id)
+        self._send(instance_id, resume)
 
     def _redispatch(self, request_id: str, instance_id: str) -> None:
         progress = self.progress[request_id]

@@ -38,6 +38,8 @@ FINISHED_REASONS = ("stop", "length", "abort", "rejected", "error")
 # one, turned away, client went away, failed.
 MISS_CAUSES = ("ttft", "tpot", "rejected", "aborted", "error")
 REJECTED_WHERE = ("dispatch", "instance", "queue")  # no instance fits, late, server queue full
+# What became of a failed instance's open requests (server/health.py).
+RECOVERY_OUTCOMES = ("redispatched", "resumed", "failed")
 
 # Per instance, with vLLM's names. Key -> (name, help, buckets); None: token-count buckets up to
 # the model's context.
@@ -90,6 +92,11 @@ ENGINE_COUNTERS = {
     "prompt_tokens": ("vllm:prompt_tokens", "Prompt tokens, counted at the first token."),
     "generation_tokens": ("vllm:generation_tokens", "Generated tokens."),
     "preemptions": ("vllm:num_preemptions", "Preemptions (KV freed, recomputed later)."),
+    "failures": (
+        "hyperflexis:instance_failures",
+        "Times the instance failed: exited, or silent past --instance-timeout-s.",
+    ),
+    "restarts": ("hyperflexis:instance_restarts", "Replacement processes started for it."),
 }
 ENGINE_GAUGES = {
     "running": ("vllm:num_requests_running", "Requests holding KV blocks."),
@@ -196,6 +203,14 @@ class Families:
             buckets=OVERHEAD_BUCKETS_S,
             registry=registry,
         ).labels(model_name)
+        recovered = Counter(
+            "hyperflexis:requests_recovered",
+            "Open requests of a failed instance, by outcome: redispatched (had streamed "
+            "nothing), resumed (continued elsewhere), failed (ended with an error).",
+            ("model_name", "outcome"),
+            registry=registry,
+        )
+        self.recovered = {o: recovered.labels(model_name, o) for o in RECOVERY_OUTCOMES}
         self.queued = Gauge(
             "hyperflexis:server_queued_requests",
             "Requests dispatched that have no first token yet (what --max-queued bounds).",

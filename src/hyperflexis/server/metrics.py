@@ -165,6 +165,16 @@ class ServerMetrics:
             self._engines[engine].counters["preemptions"].inc(new)
             self._num_preemptions[engine] = handle.num_preemptions
 
+    def on_instance_failed(self, engine: str, outcomes: dict[str, int]) -> None:
+        """A failure, and what became of its open requests (by `RECOVERY_OUTCOMES`)."""
+        # Not through `_engine`: that would bring back the gauges `remove_instance` dropped.
+        self.families.engine_counters["failures"].labels(self.model_name, engine).inc()
+        for outcome, count in outcomes.items():
+            self.families.recovered[outcome].inc(count)
+
+    def on_instance_restarted(self, engine: str) -> None:
+        self.families.engine_counters["restarts"].labels(self.model_name, engine).inc()
+
     def remove_instance(self, engine: str) -> None:
         """Drop a failed or removed instance's gauges. Its counters and histograms stay: they
         are totals over the server's life, and sums over instances must not fall."""

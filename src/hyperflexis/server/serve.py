@@ -1,13 +1,15 @@
 """Starts and stops a whole server: the step profile, the instance processes, the HTTP API.
 
 The readiness line `HyperFlexis serving on http://HOST:PORT` is printed (and flushed) only once
-every instance is ready and the socket listens. Ctrl-C or SIGTERM stop the API, then every
-instance process (asked first, then terminated, then killed).
+every instance is ready and the socket listens. Ctrl-C or SIGTERM drain the API (`drain`), then
+stop every instance process (asked first, then terminated, then killed). Log lines (faults,
+recoveries, the drain) go to stderr.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import signal
 from pathlib import Path
 from types import FrameType
@@ -15,6 +17,7 @@ from types import FrameType
 from hyperflexis.server.config import ServerConfig
 
 READY_LINE = "HyperFlexis serving on http://{host}:{port}"
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
 
 class _Stop(Exception):
@@ -80,6 +83,9 @@ def serve(config: ServerConfig) -> int:
     )
     specs = specs_for_roles(base, config.instance_roles())
     names = config.served_model_names or (model_path.name,)
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
     previous = signal.signal(signal.SIGTERM, _raise_stop)
     pool = InstancePool(specs)
     try:
@@ -93,7 +99,9 @@ def serve(config: ServerConfig) -> int:
             model_aliases=(*names[1:], str(model_path)),
             model_root=str(model_path),
             max_queued=config.max_queued,
+            max_queued_per_instance=config.scheduler.max_num_seqs,
             max_request_bytes=config.max_request_bytes,
+            request_timeout_s=config.request_timeout_s,
             shared_correction=shared,
             link_policy=config.link_policy,
         )
@@ -120,9 +128,11 @@ async def _serve_http(config: ServerConfig, core: object, app: object) -> None:
     import uvicorn
 
     from hyperflexis.server.core import ServingCore
+    from hyperflexis.server.drain import DrainingServer
+    from hyperflexis.server.health import RestartBudget, Supervisor
 
     assert isinstance(core, ServingCore)
-    server = uvicorn.Server(
+    server = DrainingServer(
         uvicorn.Config(
             app,  # type: ignore[arg-type]
             host=config.host,
@@ -131,9 +141,16 @@ async def _serve_http(config: ServerConfig, core: object, app: object) -> None:
             access_log=False,
             lifespan="off",
             timeout_graceful_shutdown=config.graceful_shutdown_s,
-        )
+        ),
+        core,
+        config.shutdown_timeout_s,
     )
-    core.pool.attach(asyncio.get_running_loop(), core.on_report, core.on_exit)
+    supervisor = Supervisor(
+        core, config.instance_timeout_s, RestartBudget(config.max_restarts, config.restart_window_s)
+    )
+    loop = asyncio.get_running_loop()
+    core.pool.attach(loop, core.on_report, supervisor.on_exit, supervisor.on_ready)
+    watch = asyncio.create_task(supervisor.watch())
     task = asyncio.create_task(server.serve())
     while not server.started and not task.done():
         await asyncio.sleep(0.01)
@@ -143,4 +160,6 @@ async def _serve_http(config: ServerConfig, core: object, app: object) -> None:
     try:
         await task
     finally:
+        watch.cancel()
+        core.draining = True  # an instance stopping from here on is not a fault
         core.fail_all("the server is shutting down")

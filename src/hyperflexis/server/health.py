@@ -1,0 +1,169 @@
+"""Failure detection and replacement of instance processes, and what /health says.
+
+An instance fails when its report pipe closes (it exited or crashed: noticed at once, the event
+loop reads the pipe) or when it has sent nothing, not even its heartbeat, for
+`--instance-timeout-s` (frozen: SIGSTOP, a hung driver). A silent one is SIGKILLed and its pipe
+dropped *before* its requests go elsewhere, so a frozen process that wakes cannot send duplicate
+tokens. Then, in this order: the dispatcher stops seeing it, its requests are recovered
+through the cluster controller (`ServingCore.on_exit`: those that streamed nothing are sent
+again, the others resume elsewhere through `ResumeRequest`, what cannot go on ends with an
+error), its gauges leave /metrics, and a new process starts from the same spec (weights
+from disk) if the restart budget allows. Every fault and recovery is logged.
+
+/health, for a load balancer: 200 while the server can serve, with `status` "ok" (every instance
+ready) or "degraded" (some missing: capacity is down, requests are still served, so it stays in
+rotation); 503 with `status` "down" when no instance serves or "draining" after SIGTERM (take it
+out of rotation). The body lists each instance's state: ready, starting (a replacement loading)
+or failed (out of restart budget).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import deque
+from dataclasses import dataclass
+from typing import Any
+
+from hyperflexis.backends.local import InstanceHandle
+from hyperflexis.server.config import DEFAULT_INSTANCE_TIMEOUT_S
+from hyperflexis.server.core import ServingCore
+
+logger = logging.getLogger("hyperflexis.server.health")
+
+DEFAULT_MAX_RESTARTS = 3  # per instance, within the window
+DEFAULT_RESTART_WINDOW_S = 300.0
+
+
+@dataclass
+class RestartBudget:
+    """At most `max_restarts` restarts of one instance within `window_s`: a crash loop stops."""
+
+    max_restarts: int = DEFAULT_MAX_RESTARTS
+    window_s: float = DEFAULT_RESTART_WINDOW_S
+
+    def __post_init__(self) -> None:
+        self._restarts: dict[str, deque[float]] = {}
+
+    def take(self, instance_id: str, now: float) -> bool:
+        """True (and counted) when `instance_id` may be restarted at `now`."""
+        times = self._restarts.setdefault(instance_id, deque())
+        while times and now - times[0] >= self.window_s:
+            times.popleft()
+        if len(times) >= self.max_restarts:
+            return False
+        times.append(now)
+        return True
+
+
+class Supervisor:
+    """Watches the instances of a `ServingCore`'s pool; fails, recovers and replaces them."""
+
+    def __init__(
+        self,
+        core: ServingCore,
+        instance_timeout_s: float = DEFAULT_INSTANCE_TIMEOUT_S,
+        budget: RestartBudget | None = None,
+    ) -> None:
+        self.core = core
+        self.pool = core.pool
+        self.instance_timeout_s = instance_timeout_s
+        self.budget = budget or RestartBudget()
+        self.failed_at: dict[str, float] = {}  # when each instance now restarting failed
+
+    async def watch(self) -> None:
+        """Check for silent instances a few times per timeout, until cancelled."""
+        while True:
+            await asyncio.sleep(self.instance_timeout_s / 4)
+            self.check(time.monotonic())
+
+    def check(self, now: float) -> list[str]:
+        """Fail every live instance silent for longer than the timeout; their ids."""
+        silent = [h for h in self.pool.live() if now - h.last_heard_s > self.instance_timeout_s]
+        for handle in silent:
+            self.fail(handle, f"silent for {now - handle.last_heard_s:.1f} s")
+        return [h.instance_id for h in silent]
+
+    def on_exit(self, handle: InstanceHandle) -> None:
+        """Its report pipe closed: it exited, crashed, or failed to start."""
+        code = handle.process.exitcode
+        self.fail(handle, "exited" if code is None else f"exited with code {code}")
+
+    def fail(self, handle: InstanceHandle, reason: str) -> None:
+        instance_id = handle.instance_id
+        if self.pool.handles.get(instance_id) is not handle:
+            return  # an old process of a replaced instance
+        was_ready = handle.ready is not None
+        self.pool.kill(handle)  # before its requests move: it can never answer again
+        held = [(s, s.has_first_token) for s in self.core.streams.values()]
+        held = [(s, started) for s, started in held if s.instance_id == instance_id]
+        self.core.on_exit(handle, reason)
+        outcomes = {"redispatched": 0, "resumed": 0, "failed": 0}
+        for stream, started in held:
+            outcome = "failed" if stream.finished else "resumed" if started else "redispatched"
+            outcomes[outcome] += 1
+        metrics = self.core.metrics
+        metrics.on_instance_failed(instance_id, outcomes)
+        logger.warning(
+            "instance %s failed (%s): %d requests dispatched again, %d resumed, %d ended with "
+            "an error",
+            instance_id,
+            reason if was_ready else f"while starting: {reason}",
+            outcomes["redispatched"],
+            outcomes["resumed"],
+            outcomes["failed"],
+        )
+        now = time.monotonic()
+        if self.core.draining:
+            return  # the server is stopping: its requests are recovered, it is not replaced
+        if not self.budget.take(instance_id, now):
+            logger.error(
+                "instance %s is not restarted: %d restarts within %.0f s already",
+                instance_id,
+                self.budget.max_restarts,
+                self.budget.window_s,
+            )
+            return
+        self.failed_at.setdefault(instance_id, now)
+        self.pool.replace(instance_id)
+        metrics.on_instance_restarted(instance_id)
+        logger.warning("instance %s: starting a replacement (weights from disk)", instance_id)
+
+    def on_ready(self, handle: InstanceHandle) -> None:
+        """A replacement loaded: it serves from now on."""
+        self.core.handoff.on_ready(handle, time.monotonic())  # the controller routes to it
+        self.core.metrics.observe_instance(handle)
+        failed_at = self.failed_at.pop(handle.instance_id, None)
+        down_s = 0.0 if failed_at is None else time.monotonic() - failed_at
+        logger.warning(
+            "instance %s recovered: a new process serves, %.1f s after the failure",
+            handle.instance_id,
+            down_s,
+        )
+
+
+def health_report(core: ServingCore) -> tuple[int, dict[str, Any]]:
+    """/health's status code and body (see the module docstring)."""
+    rows = []
+    for handle in core.pool.handles.values():
+        if handle.alive:
+            state = "ready"
+        elif handle.process.exitcode is None:
+            state = "starting"  # a replacement loading
+        else:
+            state = "failed"  # dead and not replaced: out of restart budget
+        rows.append(
+            {"instance_id": handle.instance_id, "state": state, "num_restarts": handle.num_restarts}
+        )
+    num_ready = sum(1 for row in rows if row["state"] == "ready")
+    if core.draining:
+        status = "draining"
+    elif num_ready == 0:
+        status = "down"
+    else:
+        status = "ok" if num_ready == len(rows) else "degraded"
+    body = {"status": status, "num_instances": num_ready, "num_configured": len(rows)}
+    body["instances"] = rows
+    code = 200 if status in ("ok", "degraded") else 503
+    return code, body
