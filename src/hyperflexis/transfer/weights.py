@@ -1,12 +1,15 @@
 """Weight sources (DESIGN.md §7, §10.2): where a new instance's weights come from, in one registry
-(`WEIGHT_SOURCES`). `disk` reads safetensors through the engine's loader; `peer` copies them from a
+(`WEIGHT_SOURCES`). `disk` reads safetensors through the engine's loader; `peer` takes them from a
 running instance on this host, which published them once into a /dev/shm segment with a manifest of
-names, shapes, dtypes, offsets and per-tensor digests. `load_weights` tries the sources in order and
-falls back on any failure, so a corrupt, missing or dead peer costs time, never a wrong model.
+names, shapes, dtypes, offsets and per-tensor xxh3 digests. `load_weights` tries the sources in
+order and falls back on any failure, so a corrupt, missing or dead peer costs time, never a wrong
+model.
 
-Both sources fill the loader's one skeleton (`loader.empty_model`), so they yield the same model:
-the peer fuses the skeleton's projections first and then writes the Hugging Face-named parameters,
-which are views into the fused matrices, exactly as the loader's write does before it fuses.
+Both sources yield the same model: disk fills the loader's skeleton (`loader.empty_model`) and
+fuses it; the peer's segment, mapped read-only, becomes the weights (`loader.mapped_model`): each
+parameter is a view of it, and since the publisher lays each fused group (q/k/v, gate/up) back to
+back, the fused matrices are views too. No byte is copied and no page is first-touched: the one
+pass over the bytes is the checksum, which the new instance needs anyway.
 """
 
 from __future__ import annotations
@@ -17,19 +20,18 @@ import os
 import secrets
 import time
 import weakref
-import zlib
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import ClassVar
 
 import torch
+import xxhash
 
 from hyperflexis.core.registry import Registry
 from hyperflexis.engine.config import ModelConfig
-from hyperflexis.engine.loader import empty_model, load_model, parse_dtype
+from hyperflexis.engine.loader import load_model, mapped_model, parse_dtype
 from hyperflexis.engine.model import CausalLM
 from hyperflexis.transfer.base import process_alive
 from hyperflexis.transfer.shm import SHM_DIR, tensor_over, unlink_orphaned_segments
@@ -38,8 +40,6 @@ logger = logging.getLogger(__name__)
 
 WEIGHT_SEGMENT_PREFIX = "hyperflexis-weights-"  # then "<owner pid>-<random hex>"
 ALIGN_BYTES = 64  # each tensor starts on a cache line
-# zlib.crc32 releases the GIL on large buffers: two threads check at about twice one's speed.
-NUM_DIGEST_THREADS = 2
 
 
 class WeightSourceError(RuntimeError):
@@ -55,7 +55,7 @@ class TensorEntry:
     dtype: str  # torch dtype name, e.g. "bfloat16"
     offset: int  # bytes from the start of the segment
     num_bytes: int
-    digest: int  # zlib.crc32 of its bytes, computed once when published
+    digest: int  # xxh3-64 of its bytes, computed once when published
 
 
 @dataclass(frozen=True, slots=True)
@@ -112,7 +112,13 @@ class DiskSource(WeightSource):
 
 @WEIGHT_SOURCES.register
 class PeerSource(WeightSource):
-    """A running peer's published segment (`manifest`; None when no peer published one)."""
+    """A running peer's published segment (`manifest`; None when no peer published one).
+
+    On the CPU the segment's pages become the weights: it is mapped read-only and each parameter
+    is a view of it, so the load is one pass over the bytes (the checksum, which also faults the
+    pages in) and the host holds one copy of the weights however many instances map it. On
+    another device the views are copied there. The mapping outlives the peer: a peer that exits
+    after the load takes nothing away; one gone before the check ends fails the load."""
 
     name = "peer"
 
@@ -127,26 +133,23 @@ class PeerSource(WeightSource):
             raise WeightSourceError("no peer has published its weights")
         phases: dict[str, float] = {}
         start = time.perf_counter()
-        memory = _map_segment(manifest)
-        try:
-            phases["map_s"] = time.perf_counter() - start
-            start = time.perf_counter()
-            config = ModelConfig.from_file(folder / "config.json")
-            model = empty_model(config, dtype, device)
-            model.fuse_projections()  # the named parameters are now views into the fused weights
-            params = dict(model.named_parameters())
-            _check_layout(manifest, params)
-            phases["build_s"] = time.perf_counter() - start
-            start = time.perf_counter()
-            _copy_tensors(memory, manifest, params)
-            _check_owner(manifest)  # a publisher gone mid-copy leaves bytes not to be trusted
-            phases["copy_s"] = time.perf_counter() - start
-        finally:
-            memory.close()
+        config = ModelConfig.from_file(folder / "config.json")
+        skeleton = CausalLM(config, device="meta").to(dtype)  # shapes only, no memory
+        skeleton.tie_weights()
+        _check_layout(manifest, dict(skeleton.named_parameters()))
+        views = _segment_views(_map_segment(manifest), manifest)
+        phases["map_s"] = time.perf_counter() - start
         start = time.perf_counter()
-        _verify_digests(manifest, params)
+        _verify_digests(manifest, views)
+        _check_owner(manifest)  # a publisher gone mid-check leaves bytes not to be trusted
         phases["verify_s"] = time.perf_counter() - start
-        model.eval()
+        start = time.perf_counter()
+        if device.type != "cpu":
+            views = {name: view.to(device) for name, view in views.items()}
+            phases["copy_s"] = time.perf_counter() - start
+            start = time.perf_counter()
+        model = mapped_model(config, dtype, views)
+        phases["build_s"] = time.perf_counter() - start
         return config, model, phases
 
 
@@ -155,7 +158,7 @@ class PublishedWeights:
     (or when this object is collected, or the process exits)."""
 
     def __init__(self, model: torch.nn.Module, directory: Path = SHM_DIR) -> None:
-        params = [(name, p.detach()) for name, p in model.named_parameters()]
+        params = _publish_order([(name, p.detach()) for name, p in model.named_parameters()])
         layout, num_bytes = _layout(params)
         path = directory / f"{WEIGHT_SEGMENT_PREFIX}{os.getpid()}-{secrets.token_hex(6)}"
         fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_RDWR, 0o600)
@@ -239,7 +242,7 @@ def _write_segment(
         view = base[offset : offset + size].view(tensor.dtype).view(tensor.shape)
         view.copy_(tensor)
         views.append(view)
-    return _digests(views)
+    return [_digest(view) for view in views]
 
 
 def _bytes_of(tensor: torch.Tensor) -> memoryview:
@@ -247,9 +250,24 @@ def _bytes_of(tensor: torch.Tensor) -> memoryview:
     return tensor.detach().reshape(-1).view(torch.uint8).numpy().data
 
 
-def _digests(tensors: Sequence[torch.Tensor]) -> list[int]:
-    with ThreadPoolExecutor(NUM_DIGEST_THREADS, thread_name_prefix="weight-digest") as pool:
-        return list(pool.map(lambda t: zlib.crc32(_bytes_of(t)), tensors))
+def _digest(tensor: torch.Tensor) -> int:
+    """xxh3-64 of the tensor's bytes: about 6x zlib.crc32's speed here, so the check costs
+    less than a copy (it holds the GIL: more threads would not help)."""
+    return xxhash.xxh3_64_intdigest(_bytes_of(tensor))
+
+
+def _publish_order(params: list[tuple[str, torch.Tensor]]) -> list[tuple[str, torch.Tensor]]:
+    """Parameters grouped by their module's parent, weights before biases, so each fused
+    group (q/k/v, gate/up) lies back to back in the segment and maps as one view."""
+    first_seen: dict[str, int] = {}
+    for index, (name, _) in enumerate(params):
+        first_seen.setdefault(name.rsplit(".", 2)[0], index)
+
+    def key(item: tuple[int, tuple[str, torch.Tensor]]) -> tuple[int, bool, int]:
+        index, (name, _) = item
+        return first_seen[name.rsplit(".", 2)[0]], name.endswith(".bias"), index
+
+    return [param for _, param in sorted(enumerate(params), key=key)]
 
 
 def _check_owner(manifest: WeightManifest) -> None:
@@ -299,20 +317,19 @@ def _check_layout(manifest: WeightManifest, params: dict[str, torch.nn.Parameter
             raise WeightSourceError(f"peer tensor {name!r} lies outside the peer's segment")
 
 
-def _copy_tensors(
-    memory: mmap.mmap, manifest: WeightManifest, params: dict[str, torch.nn.Parameter]
-) -> None:
+def _segment_views(memory: mmap.mmap, manifest: WeightManifest) -> dict[str, torch.Tensor]:
+    """Each published tensor as a view of the mapped segment (they keep the mapping alive)."""
     base = tensor_over(memory)
-    with torch.no_grad():
-        for entry in manifest.tensors:
-            param = params[entry.name]
-            chunk = base[entry.offset : entry.offset + entry.num_bytes]
-            param.copy_(chunk.view(param.dtype).view(param.shape))
+    return {
+        entry.name: base[entry.offset : entry.offset + entry.num_bytes]
+        .view(parse_dtype(entry.dtype))
+        .view(entry.shape)
+        for entry in manifest.tensors
+    }
 
 
-def _verify_digests(manifest: WeightManifest, params: dict[str, torch.nn.Parameter]) -> None:
-    """The copied bytes (on the host) against the digests the peer computed when it published."""
-    tensors = [params[entry.name].detach().cpu() for entry in manifest.tensors]
-    for entry, digest in zip(manifest.tensors, _digests(tensors), strict=True):
-        if digest != entry.digest:
+def _verify_digests(manifest: WeightManifest, views: dict[str, torch.Tensor]) -> None:
+    """The segment's bytes against the digests the peer computed when it published."""
+    for entry in manifest.tensors:
+        if _digest(views[entry.name]) != entry.digest:
             raise WeightSourceError(f"peer tensor {entry.name!r} failed its checksum")
