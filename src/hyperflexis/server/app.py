@@ -105,6 +105,7 @@ def create_app(core: ServingCore) -> FastAPI:
                     "instance_id": handle.instance_id,
                     **core.handoff.describe(handle.instance_id),  # role, P/D links
                     "alive": handle.alive,
+                    **({} if handle.ready is None else handle.ready.start_info()),
                     "num_dispatched": handle.num_dispatched,
                     "num_running": None if snapshot is None else snapshot.num_running,
                     "num_waiting": None if snapshot is None else snapshot.num_waiting,

@@ -14,6 +14,7 @@ pass over the bytes is the checksum, which the new instance needs anyway.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import mmap
 import os
@@ -24,7 +25,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import torch
 import xxhash
@@ -210,6 +211,61 @@ def load_weights(
         logger.info("weights from %s (%s)", source.name, timings)
         return LoadedWeights(config, model, source.name, phases, tuple(failures))
     raise AssertionError("unreachable: the last source returns or raises")
+
+
+class InstanceWeights:
+    """An instance's weight loader (`ModelRunner`'s `load`): the sources `weight_source` names,
+    in order ("peer" from `peer`'s segment, falling back to "disk"; "disk" alone). Remembers
+    what served (`loaded`) and how long the whole load took (`load_s`, fallbacks included).
+
+    `publish`: also publish the weights for peers (`published`) and run on the published
+    segment itself (the loaded copy is freed), so the host keeps one copy however many
+    instances map it. `close` unlinks the segment (peers that mapped it keep their pages)."""
+
+    def __init__(
+        self, weight_source: str, peer: WeightManifest | None = None, publish: bool = False
+    ) -> None:
+        WEIGHT_SOURCES.get(weight_source)  # unknown names fail here, before any loading
+        self.sources: list[WeightSource] = [DiskSource()]
+        if weight_source == PeerSource.name:
+            self.sources.insert(0, PeerSource(peer))
+        self.publish = publish
+        self.loaded: LoadedWeights | None = None
+        self.published: PublishedWeights | None = None
+        self.load_s = 0.0
+
+    def __call__(
+        self, folder: Path, dtype: torch.dtype, device: torch.device
+    ) -> tuple[ModelConfig, torch.nn.Module]:
+        start = time.perf_counter()
+        loaded = load_weights(folder, dtype, device, self.sources)
+        self.load_s = time.perf_counter() - start
+        if self.publish:
+            self.published = PublishedWeights(loaded.model)
+            if device.type == "cpu":
+                _, model, _ = PeerSource(self.published.manifest).load(folder, dtype, device)
+                loaded = dataclasses.replace(loaded, model=model)
+        self.loaded = loaded
+        return loaded.config, loaded.model
+
+    @property
+    def manifest(self) -> WeightManifest | None:
+        return None if self.published is None else self.published.manifest
+
+    def close(self) -> None:
+        if self.published is not None:
+            self.published.close()
+
+
+def weight_origin(weights: InstanceWeights) -> dict[str, Any]:
+    """`InstanceReady`'s weight fields: the source that served, what failed first, and the
+    published segment's manifest."""
+    loaded = weights.loaded
+    return {
+        "weight_source": "" if loaded is None else loaded.source,
+        "weight_failures": () if loaded is None else loaded.failures,
+        "weights_manifest": weights.manifest,
+    }
 
 
 def unlink_orphaned_weight_segments(directory: Path = SHM_DIR) -> list[Path]:
