@@ -77,10 +77,12 @@ class _Worker:
 class PrestartPool:
     """`size` pre-started workers, kept topped up as they are taken."""
 
-    def __init__(self, size: int) -> None:
+    def __init__(self, size: int, refill: bool = True) -> None:
+        """`refill`: start a replacement for each worker taken (off: the pool only drains)."""
         if size < 1:
             raise ValueError(f"a pre-start pool needs at least one worker, got {size}")
         self.size = size
+        self.refill = refill
         self._context = multiprocessing.get_context("spawn")
         self._workers: list[_Worker] = []
 
@@ -122,14 +124,17 @@ class PrestartPool:
 
     def take(self, spec: InstanceSpec, timeout_s: float = 60.0) -> InstanceHandle:
         """An idle worker turned into `spec`'s instance (its `InstanceReady` follows on the
-        handle's report pipe once built); a replacement worker starts in the background."""
+        handle's report pipe once built); a replacement starts in the background (`refill`)."""
         idle = [w for w in self._workers if w.idle is not None]
         if not idle:
             self.wait_idle(timeout_s)
             idle = self._workers
+        if not idle:
+            raise RuntimeError("the pre-start pool is empty")
         worker = idle[0]
         self._workers.remove(worker)
-        self._workers.append(self._spawn())
+        if self.refill:
+            self._workers.append(self._spawn())
         worker.commands.send(BecomeInstance(spec))
         handle = InstanceHandle(spec, worker.process, worker.commands, worker.reports)
         handle.start_sender()
