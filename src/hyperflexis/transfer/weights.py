@@ -28,13 +28,13 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 import torch
-import xxhash
 
 from hyperflexis.core.registry import Registry
 from hyperflexis.engine.config import ModelConfig
 from hyperflexis.engine.loader import load_model, mapped_model, parse_dtype
 from hyperflexis.engine.model import CausalLM
 from hyperflexis.transfer.base import process_alive
+from hyperflexis.transfer.checksums import digest, span_digests
 from hyperflexis.transfer.shm import SHM_DIR, tensor_over, unlink_orphaned_segments
 
 logger = logging.getLogger(__name__)
@@ -138,10 +138,11 @@ class PeerSource(WeightSource):
         skeleton = CausalLM(config, device="meta").to(dtype)  # shapes only, no memory
         skeleton.tie_weights()
         _check_layout(manifest, dict(skeleton.named_parameters()))
-        views = _segment_views(_map_segment(manifest), manifest)
+        segment = tensor_over(_map_segment(manifest))  # the views keep the mapping alive
+        views = _segment_views(segment, manifest)
         phases["map_s"] = time.perf_counter() - start
         start = time.perf_counter()
-        _verify_digests(manifest, views)
+        _verify_digests(manifest, segment)
         _check_owner(manifest)  # a publisher gone mid-check leaves bytes not to be trusted
         phases["verify_s"] = time.perf_counter() - start
         start = time.perf_counter()
@@ -298,18 +299,7 @@ def _write_segment(
         view = base[offset : offset + size].view(tensor.dtype).view(tensor.shape)
         view.copy_(tensor)
         views.append(view)
-    return [_digest(view) for view in views]
-
-
-def _bytes_of(tensor: torch.Tensor) -> memoryview:
-    """The tensor's bytes without a copy (CPU, contiguous)."""
-    return tensor.detach().reshape(-1).view(torch.uint8).numpy().data
-
-
-def _digest(tensor: torch.Tensor) -> int:
-    """xxh3-64 of the tensor's bytes: about 6x zlib.crc32's speed here, so the check costs
-    less than a copy (it holds the GIL: more threads would not help)."""
-    return xxhash.xxh3_64_intdigest(_bytes_of(tensor))
+    return [digest(view) for view in views]
 
 
 def _publish_order(params: list[tuple[str, torch.Tensor]]) -> list[tuple[str, torch.Tensor]]:
@@ -373,19 +363,19 @@ def _check_layout(manifest: WeightManifest, params: dict[str, torch.nn.Parameter
             raise WeightSourceError(f"peer tensor {name!r} lies outside the peer's segment")
 
 
-def _segment_views(memory: mmap.mmap, manifest: WeightManifest) -> dict[str, torch.Tensor]:
-    """Each published tensor as a view of the mapped segment (they keep the mapping alive)."""
-    base = tensor_over(memory)
+def _segment_views(segment: torch.Tensor, manifest: WeightManifest) -> dict[str, torch.Tensor]:
+    """Each published tensor as a view of the mapped segment."""
     return {
-        entry.name: base[entry.offset : entry.offset + entry.num_bytes]
+        entry.name: segment[entry.offset : entry.offset + entry.num_bytes]
         .view(parse_dtype(entry.dtype))
         .view(entry.shape)
         for entry in manifest.tensors
     }
 
 
-def _verify_digests(manifest: WeightManifest, views: dict[str, torch.Tensor]) -> None:
+def _verify_digests(manifest: WeightManifest, segment: torch.Tensor) -> None:
     """The segment's bytes against the digests the peer computed when it published."""
-    for entry in manifest.tensors:
-        if _digest(views[entry.name]) != entry.digest:
+    spans = [(entry.offset, entry.num_bytes) for entry in manifest.tensors]
+    for entry, found in zip(manifest.tensors, span_digests(segment, spans), strict=True):
+        if found != entry.digest:
             raise WeightSourceError(f"peer tensor {entry.name!r} failed its checksum")
