@@ -20,6 +20,7 @@ from hyperflexis.transfer import weights as weights_module
 from hyperflexis.transfer.weights import (
     WEIGHT_SOURCES,
     DiskSource,
+    InstanceWeights,
     LoadedWeights,
     PeerSource,
     PublishedWeights,
@@ -196,3 +197,25 @@ def test_loads_from_another_process_and_falls_back_when_it_dies_mid_copy(
         process.join(PROCESS_TIMEOUT_S)
         conn.close()
     assert unlink_orphaned_weight_segments() == [Path(manifest.path)]
+
+
+def test_an_instance_loader_names_its_source_and_publishes_what_it_runs_on(
+    server_model_dir: Path, disk_model: CausalLM
+) -> None:
+    with pytest.raises(ValueError, match="unknown weight source 'nfs'"):
+        InstanceWeights("nfs")
+    publisher = InstanceWeights("disk", publish=True)
+    try:
+        _, model = publisher(server_model_dir, torch.float32, torch.device("cpu"))
+        assert isinstance(model, CausalLM) and publisher.manifest is not None
+        assert publisher.loaded is not None and publisher.loaded.source == "disk"
+        assert_same_model(model, disk_model)
+        assert_backed_by_the_segment(model)  # it runs on its own segment
+        reader = InstanceWeights("peer", publisher.manifest)
+        _, mapped = reader(server_model_dir, torch.float32, torch.device("cpu"))
+        assert isinstance(mapped, CausalLM)
+        assert reader.loaded is not None and reader.loaded.source == "peer"
+        assert_same_model(mapped, disk_model)
+    finally:
+        publisher.close()
+    assert not Path(publisher.manifest.path).exists()
