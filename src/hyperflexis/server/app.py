@@ -105,7 +105,6 @@ def create_app(core: ServingCore) -> FastAPI:
                     "instance_id": handle.instance_id,
                     **core.handoff.describe(handle.instance_id),  # role, P/D links
                     "alive": handle.alive,
-                    **({} if handle.ready is None else handle.ready.start_info()),
                     "num_dispatched": handle.num_dispatched,
                     "num_running": None if snapshot is None else snapshot.num_running,
                     "num_waiting": None if snapshot is None else snapshot.num_waiting,
@@ -114,6 +113,7 @@ def create_app(core: ServingCore) -> FastAPI:
                     "num_preemptions": handle.num_preemptions,
                     "num_rejections": handle.num_rejections,
                     "correction_factor": handle.correction_factor,
+                    **({} if handle.ready is None else handle.ready.start_info()),
                 }
             )
         return rows
