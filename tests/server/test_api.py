@@ -452,6 +452,8 @@ def test_debug_needs_the_key_and_shows_no_pids(server: LiveServer) -> None:
     rows = server.instances()  # with the key
     assert len(rows) == 2 and not [row for row in rows if "pid" in row]
     assert set(server.instance_pids()) == {row["instance_id"] for row in rows}
+    assert {row["weight_source"] for row in rows} == {"disk"}  # and how each start went:
+    assert all(set(row["start_phases_s"]) == {"startup_s", "weights_s", "warmup_s"} for row in rows)
     metrics = httpx.get(f"{server.url}/metrics", timeout=10)  # open, as vLLM's
     assert metrics.status_code == 200 and "vllm:num_requests_running" in metrics.text
 

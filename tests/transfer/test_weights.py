@@ -20,6 +20,7 @@ from hyperflexis.transfer import weights as weights_module
 from hyperflexis.transfer.weights import (
     WEIGHT_SOURCES,
     DiskSource,
+    InstanceWeights,
     LoadedWeights,
     PeerSource,
     PublishedWeights,
@@ -66,6 +67,17 @@ def assert_same_model(got: CausalLM, want: CausalLM) -> None:
     assert not got.training
 
 
+def assert_backed_by_the_segment(model: CausalLM) -> None:
+    """No copy: every weight, fused matrices included, is a view of one mapped segment."""
+    tensors = weights_of(model)
+    del tensors["inv_freq"]
+    storages = {t.untyped_storage().data_ptr() for t in tensors.values()}
+    assert len(storages) == 1
+    attention = model.model.layers[0].self_attn
+    assert attention.qkv_weight is not None
+    assert attention.q_proj.weight.data_ptr() == attention.qkv_weight.data_ptr()
+
+
 def load_peer_first(folder: Path, manifest: WeightManifest | None) -> LoadedWeights:
     return load_weights(folder, "float32", "cpu", [PeerSource(manifest), DiskSource()])
 
@@ -80,9 +92,10 @@ def test_a_peer_loaded_model_equals_disk_and_generates_the_same_tokens(
 ) -> None:
     loaded = load_peer_first(server_model_dir, published.manifest)
     assert loaded.source == "peer" and loaded.failures == ()
-    assert set(loaded.phases_s) == {"map_s", "build_s", "copy_s", "verify_s"}
+    assert set(loaded.phases_s) == {"map_s", "verify_s", "build_s"}
     assert all(seconds >= 0 for seconds in loaded.phases_s.values())
     assert_same_model(loaded.model, disk_model)
+    assert_backed_by_the_segment(loaded.model)
 
     llm = LLM(model=server_model_dir)
     greedy = SamplingParams(temperature=0.0, max_tokens=12, ignore_eos=True)
@@ -162,14 +175,14 @@ def test_loads_from_another_process_and_falls_back_when_it_dies_mid_copy(
         assert loaded.source == "peer"
         assert_same_model(loaded.model, disk_model)
 
-        real_copy = weights_module._copy_tensors
+        real_verify = weights_module._verify_digests
 
-        def copy_then_lose_the_publisher(*args: Any) -> None:
-            real_copy(*args)
-            process.kill()  # the publisher dies while the copy is in flight
+        def verify_then_lose_the_publisher(*args: Any) -> None:
+            real_verify(*args)
+            process.kill()  # the publisher dies while its bytes are being read
             process.join(PROCESS_TIMEOUT_S)
 
-        monkeypatch.setattr(weights_module, "_copy_tensors", copy_then_lose_the_publisher)
+        monkeypatch.setattr(weights_module, "_verify_digests", verify_then_lose_the_publisher)
         loaded = load_peer_first(server_model_dir, manifest)
         assert loaded.source == "disk" and "exited" in loaded.failures[0]
         assert_same_model(loaded.model, disk_model)
@@ -184,3 +197,25 @@ def test_loads_from_another_process_and_falls_back_when_it_dies_mid_copy(
         process.join(PROCESS_TIMEOUT_S)
         conn.close()
     assert unlink_orphaned_weight_segments() == [Path(manifest.path)]
+
+
+def test_an_instance_loader_names_its_source_and_publishes_what_it_runs_on(
+    server_model_dir: Path, disk_model: CausalLM
+) -> None:
+    with pytest.raises(ValueError, match="unknown weight source 'nfs'"):
+        InstanceWeights("nfs")
+    publisher = InstanceWeights("disk", publish=True)
+    try:
+        _, model = publisher(server_model_dir, torch.float32, torch.device("cpu"))
+        assert isinstance(model, CausalLM) and publisher.manifest is not None
+        assert publisher.loaded is not None and publisher.loaded.source == "disk"
+        assert_same_model(model, disk_model)
+        assert_backed_by_the_segment(model)  # it runs on its own segment
+        reader = InstanceWeights("peer", publisher.manifest)
+        _, mapped = reader(server_model_dir, torch.float32, torch.device("cpu"))
+        assert isinstance(mapped, CausalLM)
+        assert reader.loaded is not None and reader.loaded.source == "peer"
+        assert_same_model(mapped, disk_model)
+    finally:
+        publisher.close()
+    assert not Path(publisher.manifest.path).exists()

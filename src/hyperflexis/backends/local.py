@@ -69,6 +69,13 @@ class InstanceHandle:
         """Queue a command for the instance; never blocks. None ends the sender thread."""
         self._outbox.put(command)
 
+    def start_sender(self) -> None:
+        """Start the thread that sends queued commands (once, right after creation)."""
+        self._sender = threading.Thread(
+            target=self._send_loop, name=f"send-{self.instance_id}", daemon=True
+        )
+        self._sender.start()
+
     def _send_loop(self) -> None:
         while (command := self._outbox.get()) is not None:
             try:

@@ -4,6 +4,7 @@ dataclasses: the server sends commands in, each instance sends one `StepReport` 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
 
 from hyperflexis.cluster.snapshot import LoadSnapshot
 from hyperflexis.core.outputs import Logprob
@@ -11,6 +12,9 @@ from hyperflexis.core.sampling import SamplingParams
 from hyperflexis.core.slo import SLO
 from hyperflexis.scheduler.config import Role
 from hyperflexis.transfer.base import PoolDescriptor
+
+if TYPE_CHECKING:
+    from hyperflexis.transfer.weights import WeightManifest
 
 # -- server -> instance -----------------------------------------------------------------------
 
@@ -92,6 +96,21 @@ class InstanceReady:
     snapshot: LoadSnapshot  # the empty instance
     role: Role = "mixed"
     kv_pool: PoolDescriptor | None = None  # its KV pool as registered with its transport
+    weight_source: str = "disk"  # the source that provided its weights (transfer/weights.py)
+    weight_failures: tuple[str, ...] = ()  # "source: reason" of each source that failed first
+    # Seconds per phase of its start: "startup_s" (asked to start to building: process start-up,
+    # near 0 for a pre-started worker), "weights_s" (the load, fallbacks included), "warmup_s"
+    # (the rest of the engine's build: KV cache, tokenizer, latency model, scheduler).
+    start_phases_s: dict[str, float] = field(default_factory=dict)
+    weights_manifest: WeightManifest | None = None  # its published weights, for peers to map
+
+    def start_info(self) -> dict[str, Any]:
+        """Where its weights came from and how its start went, for /debug/instances."""
+        return {
+            "weight_source": self.weight_source,
+            "weight_failures": list(self.weight_failures),
+            "start_phases_s": self.start_phases_s,
+        }
 
 
 @dataclass(frozen=True, slots=True)

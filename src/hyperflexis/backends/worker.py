@@ -33,11 +33,13 @@ from hyperflexis.backends.messages import (
     Shutdown,
     StepReport,
 )
+from hyperflexis.backends.start_phases import process_age_s, start_phases
 from hyperflexis.cluster.snapshot import take_snapshot
 from hyperflexis.core.outputs import RequestOutput
 from hyperflexis.engine.factory import InstanceSpec, build_engine
 from hyperflexis.engine.loop import LLMEngine
 from hyperflexis.perf.online import OnlineCorrection
+from hyperflexis.transfer.weights import InstanceWeights, weight_origin
 
 # An engine with requests that ran an empty step (nothing fits now) waits this long for a
 # command before trying again, instead of spinning.
@@ -45,20 +47,29 @@ STALLED_WAIT_S = 0.005
 PROCESS_NAME_PREFIX = "hf:"  # an instance process's name (/proc/PID/comm) is this + its id
 
 
-def run_instance(spec: InstanceSpec, commands: Connection, reports: Connection) -> None:
-    """Process entry point (spawned): build the engine, say ready, loop until told to stop."""
+def run_instance(
+    spec: InstanceSpec, commands: Connection, reports: Connection, asked_s: float | None = None
+) -> None:
+    """Process entry point (spawned): build the engine, say ready, loop until told to stop.
+    `asked_s`: when, on this process's monotonic clock, it was asked to become this instance
+    (a pre-started worker, `backends/prestart.py`); None: when the process began."""
+    startup_s = process_age_s() if asked_s is None else time.monotonic() - asked_s
     # Ctrl-C in a terminal reaches the whole process group; the server stops us in order.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     _name_process(spec.instance_id)
     transport = None
+    weights = InstanceWeights(spec.weight_source, spec.peer_weights, spec.publish_weights)
     try:
         transport = open_transport(spec)
         storage = None if transport is None else transport.allocate
-        engine, runner, cost_model = build_engine(spec, kv_storage=storage)
+        build_start = time.perf_counter()
+        engine, runner, cost_model = build_engine(spec, kv_storage=storage, weights=weights)
+        phases = start_phases(startup_s, weights.load_s, time.perf_counter() - build_start)
         handoffs = KVHandoffs(engine, spec.kv_transfer_timeout_s, transport, runner.kv_cache)
     except Exception as exc:  # report any start-up failure instead of dying silently
         if transport is not None:
             transport.close()
+        weights.close()
         _send_quietly(reports, InstanceFailed(spec.instance_id, f"{type(exc).__name__}: {exc}"))
         return
     sender = ReportSender(reports)  # the loop and the heartbeat thread share the pipe
@@ -71,6 +82,8 @@ def run_instance(spec: InstanceSpec, commands: Connection, reports: Connection) 
         take_snapshot(spec.instance_id, engine.scheduler, time.monotonic()),
         role=spec.scheduler_config.role,
         kv_pool=handoffs.pool,
+        **weight_origin(weights),
+        start_phases_s=phases,
     )
     try:
         if sender.send(ready):
@@ -78,6 +91,7 @@ def run_instance(spec: InstanceSpec, commands: Connection, reports: Connection) 
             loop.run(commands)
     finally:
         handoffs.close()  # unlinks a /dev/shm pool: os._exit below skips finalizers
+        weights.close()  # and a published weight segment
     # Nothing is left to clean up, and interpreter teardown with torch loaded takes seconds on
     # a busy host: leave at once so a shutdown is quick.
     sys.stdout.flush()

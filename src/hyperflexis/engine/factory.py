@@ -28,6 +28,7 @@ from hyperflexis.scheduler import (
 if TYPE_CHECKING:
     from hyperflexis.engine import ModelRunner
     from hyperflexis.engine.model_runner import KVStorage
+    from hyperflexis.transfer.weights import InstanceWeights, WeightManifest
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,6 +53,11 @@ class InstanceSpec:
     gpu_memory_utilization: float | None = None  # share of the GPU; None: half of what is free
     kv_transport: str = "shm"  # KV transport its pool registers with (P/D); see transfer/
     kv_transfer_timeout_s: float = 10.0  # a pull slower than this is abandoned for a recompute
+    # Where the weights come from (transfer/weights.py): "disk", or "peer" (`peer_weights`, a
+    # live instance's published segment), which falls back to disk on any mismatch or failure.
+    weight_source: str = "disk"
+    peer_weights: WeightManifest | None = None
+    publish_weights: bool = False  # publish its weights for peers (InstanceReady.weights_manifest)
 
 
 class BuiltEngine(NamedTuple):
@@ -64,12 +70,18 @@ def build_engine(
     spec: InstanceSpec,
     clock: Callable[[], float] = time.monotonic,
     kv_storage: KVStorage | None = None,
+    weights: InstanceWeights | None = None,
 ) -> BuiltEngine:
     """The instance's engine, runner and online-corrected latency model. Each instance corrects
     its own copy: instances on one host slow each other down unevenly. `kv_storage`: the KV
-    cache's memory (a KV transport's `allocate`); None: the runner's own."""
+    cache's memory (a KV transport's `allocate`); None: the runner's own. `weights`: the loader,
+    to read where the weights came from afterwards; None: one for `spec.weight_source`."""
     needs_cost_model = policy_class(spec.policy).needs_cost_model  # unknown names fail first
     from hyperflexis.engine import IncrementalDetokenizer, ModelRunner
+    from hyperflexis.transfer.weights import InstanceWeights
+
+    if weights is None:
+        weights = InstanceWeights(spec.weight_source, spec.peer_weights, spec.publish_weights)
 
     if spec.num_threads is not None:
         import torch
@@ -86,6 +98,7 @@ def build_engine(
         max_model_len=spec.max_model_len,
         gpu_memory_utilization=spec.gpu_memory_utilization,
         kv_storage=kv_storage,
+        load=weights,
     )
     config = spec.scheduler_config
     if not config.chunked_prefill and config.max_num_batched_tokens < runner.max_model_len:

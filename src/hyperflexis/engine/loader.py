@@ -91,6 +91,34 @@ def empty_model(config: ModelConfig, dtype: torch.dtype, device: torch.device) -
     return model
 
 
+def mapped_model(
+    config: ModelConfig, dtype: torch.dtype, tensors: dict[str, torch.Tensor]
+) -> CausalLM:
+    """The model with `tensors` (by parameter name, of `dtype`, on one device) as its weights,
+    without a copy: each parameter is the given tensor, rows fused where they lie back to back
+    (see `model._fuse_rows`). A peer's segment mapped read-only becomes the weights this way.
+    `tensors` must hold exactly the skeleton's parameters with their shapes."""
+    model = CausalLM(config, device="meta")
+    model.to(dtype)
+    model.tie_weights()
+    expected = dict(model.named_parameters())
+    if set(expected) != set(tensors):
+        missing = sorted(set(expected) - set(tensors))
+        raise ValueError(f"tensors for {len(expected)} parameters differ: missing {missing[:3]}")
+    device = torch.device("cpu")
+    for name, tensor in tensors.items():
+        if tuple(tensor.shape) != tuple(expected[name].shape) or tensor.dtype != dtype:
+            raise ValueError(f"tensor {name!r} is {tensor.dtype}{list(tensor.shape)}")
+        owner, _, leaf = name.rpartition(".")
+        setattr(model.get_submodule(owner), leaf, torch.nn.Parameter(tensor, requires_grad=False))
+        device = tensor.device
+    model.tie_weights()
+    model.inv_freq = model.inv_freq.to(device)
+    model.fuse_projections()
+    model.eval()
+    return model
+
+
 def _weight_files(folder: Path) -> list[Path]:
     index_path = folder / SAFETENSORS_INDEX
     if index_path.is_file():

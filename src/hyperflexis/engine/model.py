@@ -145,14 +145,38 @@ class MLP(nn.Module):
 
 
 def _fuse_rows(params: list[torch.Tensor]) -> torch.Tensor:
-    """Concatenate `params` along rows and re-point each at its slice of the result."""
-    fused = torch.cat([p.detach() for p in params])
+    """Concatenate `params` along rows and re-point each at its slice of the result. Rows that
+    already lie back to back in one storage (a peer's segment, `loader.mapped_model`) become a
+    view of it, without a copy."""
+    fused = _adjacent_rows(params)
+    if fused is None:
+        fused = torch.cat([p.detach() for p in params])
     start = 0
     for p in params:
         rows = p.shape[0]
         p.data = fused[start : start + rows]
         start += rows
     return fused
+
+
+def _adjacent_rows(params: list[torch.Tensor]) -> torch.Tensor | None:
+    """One view over `params` when each starts where the previous ends in the same storage."""
+    first = params[0].detach()
+    storage = first.untyped_storage()
+    end = first.data_ptr()
+    for p in params:
+        same_kind = p.dtype == first.dtype and p.shape[1:] == first.shape[1:]
+        if not (same_kind and p.is_contiguous() and p.data_ptr() == end):
+            return None
+        if p.untyped_storage().data_ptr() != storage.data_ptr():
+            return None
+        end += p.numel() * p.element_size()
+    rows = sum(p.shape[0] for p in params)
+    view = torch.empty(0, dtype=first.dtype, device=first.device)
+    shape = (rows, *first.shape[1:])
+    return view.set_(
+        storage, first.storage_offset(), shape, torch.empty(shape, device="meta").stride()
+    )
 
 
 class DecoderLayer(nn.Module):

@@ -32,6 +32,10 @@ GPU_KV_CACHE_FRACTION = 0.5  # of the memory free after loading, when no budget 
 ACTIVATION_RESERVE_FRACTION = 0.1
 
 
+# Reads a checkpoint folder into (config, model in eval mode, fused): `loader.load_model` or a
+# weight source's loader.
+WeightLoader = Callable[[Path, torch.dtype, torch.device], tuple[ModelConfig, torch.nn.Module]]
+
 # Flat zeroed uint8 memory of this many bytes on this device, for the KV cache to be views of.
 KVStorage = Callable[[int, torch.device], torch.Tensor]
 
@@ -52,11 +56,13 @@ class ModelRunner:
         max_model_len: int | None = None,
         gpu_memory_utilization: float | None = None,
         kv_storage: KVStorage | None = None,
+        load: WeightLoader = load_model,
     ) -> None:
         """`tokenizer`: a folder other than the model's; `max_model_len`: a context shorter
         than the model's; `gpu_memory_utilization`: the fraction of the device's memory this
         replica may fill, KV cache included (CUDA only; vLLM's meaning); `kv_storage`: where
-        the KV cache's memory comes from (a KV transport's `allocate`, so peers can read it)."""
+        the KV cache's memory comes from (a KV transport's `allocate`, so peers can read it);
+        `load`: reads the weights (`transfer.weights.InstanceWeights`: from a live peer)."""
         if dtype != "auto":
             parse_dtype(dtype)  # validated before any loading
         _check_limits(block_size, kv_cache_bytes, max_model_len, gpu_memory_utilization, device)
@@ -66,7 +72,7 @@ class ModelRunner:
         # The dtype's name after vLLM's "auto" is resolved (profiles are cached under it).
         self.dtype_name = resolve_dtype_name(dtype, self.model_path, device)
         self.dtype: torch.dtype = parse_dtype(self.dtype_name)
-        config, module = load_model(self.model_path, self.dtype, self.device)
+        config, module = load(self.model_path, self.dtype, self.device)
         assert isinstance(module, CausalLM)
         self.config: ModelConfig = config
         self.model: CausalLM = module

@@ -141,6 +141,7 @@ def create_app(core: ServingCore) -> FastAPI:
                     "num_preemptions": handle.num_preemptions,
                     "num_rejections": handle.num_rejections,
                     "correction_factor": handle.correction_factor,
+                    **({} if handle.ready is None else handle.ready.start_info()),
                 }
             )
         return rows

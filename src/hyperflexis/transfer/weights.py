@@ -1,45 +1,46 @@
 """Weight sources (DESIGN.md §7, §10.2): where a new instance's weights come from, in one registry
-(`WEIGHT_SOURCES`). `disk` reads safetensors through the engine's loader; `peer` copies them from a
+(`WEIGHT_SOURCES`). `disk` reads safetensors through the engine's loader; `peer` takes them from a
 running instance on this host, which published them once into a /dev/shm segment with a manifest of
-names, shapes, dtypes, offsets and per-tensor digests. `load_weights` tries the sources in order and
-falls back on any failure, so a corrupt, missing or dead peer costs time, never a wrong model.
+names, shapes, dtypes, offsets and per-tensor xxh3 digests. `load_weights` tries the sources in
+order and falls back on any failure, so a corrupt, missing or dead peer costs time, never a wrong
+model.
 
-Both sources fill the loader's one skeleton (`loader.empty_model`), so they yield the same model:
-the peer fuses the skeleton's projections first and then writes the Hugging Face-named parameters,
-which are views into the fused matrices, exactly as the loader's write does before it fuses.
+Both sources yield the same model: disk fills the loader's skeleton (`loader.empty_model`) and
+fuses it; the peer's segment, mapped read-only, becomes the weights (`loader.mapped_model`): each
+parameter is a view of it, and since the publisher lays each fused group (q/k/v, gate/up) back to
+back, the fused matrices are views too. No byte is copied and no page is first-touched: the one
+pass over the bytes is the checksum, which the new instance needs anyway.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import mmap
 import os
 import secrets
 import time
 import weakref
-import zlib
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import torch
 
 from hyperflexis.core.registry import Registry
 from hyperflexis.engine.config import ModelConfig
-from hyperflexis.engine.loader import empty_model, load_model, parse_dtype
+from hyperflexis.engine.loader import load_model, mapped_model, parse_dtype
 from hyperflexis.engine.model import CausalLM
 from hyperflexis.transfer.base import process_alive
+from hyperflexis.transfer.checksums import digest, span_digests
 from hyperflexis.transfer.shm import SHM_DIR, tensor_over, unlink_orphaned_segments
 
 logger = logging.getLogger(__name__)
 
 WEIGHT_SEGMENT_PREFIX = "hyperflexis-weights-"  # then "<owner pid>-<random hex>"
 ALIGN_BYTES = 64  # each tensor starts on a cache line
-# zlib.crc32 releases the GIL on large buffers: two threads check at about twice one's speed.
-NUM_DIGEST_THREADS = 2
 
 
 class WeightSourceError(RuntimeError):
@@ -55,7 +56,7 @@ class TensorEntry:
     dtype: str  # torch dtype name, e.g. "bfloat16"
     offset: int  # bytes from the start of the segment
     num_bytes: int
-    digest: int  # zlib.crc32 of its bytes, computed once when published
+    digest: int  # xxh3-64 of its bytes, computed once when published
 
 
 @dataclass(frozen=True, slots=True)
@@ -112,7 +113,13 @@ class DiskSource(WeightSource):
 
 @WEIGHT_SOURCES.register
 class PeerSource(WeightSource):
-    """A running peer's published segment (`manifest`; None when no peer published one)."""
+    """A running peer's published segment (`manifest`; None when no peer published one).
+
+    On the CPU the segment's pages become the weights: it is mapped read-only and each parameter
+    is a view of it, so the load is one pass over the bytes (the checksum, which also faults the
+    pages in) and the host holds one copy of the weights however many instances map it. On
+    another device the views are copied there. The mapping outlives the peer: a peer that exits
+    after the load takes nothing away; one gone before the check ends fails the load."""
 
     name = "peer"
 
@@ -127,26 +134,24 @@ class PeerSource(WeightSource):
             raise WeightSourceError("no peer has published its weights")
         phases: dict[str, float] = {}
         start = time.perf_counter()
-        memory = _map_segment(manifest)
-        try:
-            phases["map_s"] = time.perf_counter() - start
-            start = time.perf_counter()
-            config = ModelConfig.from_file(folder / "config.json")
-            model = empty_model(config, dtype, device)
-            model.fuse_projections()  # the named parameters are now views into the fused weights
-            params = dict(model.named_parameters())
-            _check_layout(manifest, params)
-            phases["build_s"] = time.perf_counter() - start
-            start = time.perf_counter()
-            _copy_tensors(memory, manifest, params)
-            _check_owner(manifest)  # a publisher gone mid-copy leaves bytes not to be trusted
-            phases["copy_s"] = time.perf_counter() - start
-        finally:
-            memory.close()
+        config = ModelConfig.from_file(folder / "config.json")
+        skeleton = CausalLM(config, device="meta").to(dtype)  # shapes only, no memory
+        skeleton.tie_weights()
+        _check_layout(manifest, dict(skeleton.named_parameters()))
+        segment = tensor_over(_map_segment(manifest))  # the views keep the mapping alive
+        views = _segment_views(segment, manifest)
+        phases["map_s"] = time.perf_counter() - start
         start = time.perf_counter()
-        _verify_digests(manifest, params)
+        _verify_digests(manifest, segment)
+        _check_owner(manifest)  # a publisher gone mid-check leaves bytes not to be trusted
         phases["verify_s"] = time.perf_counter() - start
-        model.eval()
+        start = time.perf_counter()
+        if device.type != "cpu":
+            views = {name: view.to(device) for name, view in views.items()}
+            phases["copy_s"] = time.perf_counter() - start
+            start = time.perf_counter()
+        model = mapped_model(config, dtype, views)
+        phases["build_s"] = time.perf_counter() - start
         return config, model, phases
 
 
@@ -155,7 +160,7 @@ class PublishedWeights:
     (or when this object is collected, or the process exits)."""
 
     def __init__(self, model: torch.nn.Module, directory: Path = SHM_DIR) -> None:
-        params = [(name, p.detach()) for name, p in model.named_parameters()]
+        params = _publish_order([(name, p.detach()) for name, p in model.named_parameters()])
         layout, num_bytes = _layout(params)
         path = directory / f"{WEIGHT_SEGMENT_PREFIX}{os.getpid()}-{secrets.token_hex(6)}"
         fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_RDWR, 0o600)
@@ -209,6 +214,61 @@ def load_weights(
     raise AssertionError("unreachable: the last source returns or raises")
 
 
+class InstanceWeights:
+    """An instance's weight loader (`ModelRunner`'s `load`): the sources `weight_source` names,
+    in order ("peer" from `peer`'s segment, falling back to "disk"; "disk" alone). Remembers
+    what served (`loaded`) and how long the whole load took (`load_s`, fallbacks included).
+
+    `publish`: also publish the weights for peers (`published`) and run on the published
+    segment itself (the loaded copy is freed), so the host keeps one copy however many
+    instances map it. `close` unlinks the segment (peers that mapped it keep their pages)."""
+
+    def __init__(
+        self, weight_source: str, peer: WeightManifest | None = None, publish: bool = False
+    ) -> None:
+        WEIGHT_SOURCES.get(weight_source)  # unknown names fail here, before any loading
+        self.sources: list[WeightSource] = [DiskSource()]
+        if weight_source == PeerSource.name:
+            self.sources.insert(0, PeerSource(peer))
+        self.publish = publish
+        self.loaded: LoadedWeights | None = None
+        self.published: PublishedWeights | None = None
+        self.load_s = 0.0
+
+    def __call__(
+        self, folder: Path, dtype: torch.dtype, device: torch.device
+    ) -> tuple[ModelConfig, torch.nn.Module]:
+        start = time.perf_counter()
+        loaded = load_weights(folder, dtype, device, self.sources)
+        self.load_s = time.perf_counter() - start
+        if self.publish:
+            self.published = PublishedWeights(loaded.model)
+            if device.type == "cpu":
+                _, model, _ = PeerSource(self.published.manifest).load(folder, dtype, device)
+                loaded = dataclasses.replace(loaded, model=model)
+        self.loaded = loaded
+        return loaded.config, loaded.model
+
+    @property
+    def manifest(self) -> WeightManifest | None:
+        return None if self.published is None else self.published.manifest
+
+    def close(self) -> None:
+        if self.published is not None:
+            self.published.close()
+
+
+def weight_origin(weights: InstanceWeights) -> dict[str, Any]:
+    """`InstanceReady`'s weight fields: the source that served, what failed first, and the
+    published segment's manifest."""
+    loaded = weights.loaded
+    return {
+        "weight_source": "" if loaded is None else loaded.source,
+        "weight_failures": () if loaded is None else loaded.failures,
+        "weights_manifest": weights.manifest,
+    }
+
+
 def unlink_orphaned_weight_segments(directory: Path = SHM_DIR) -> list[Path]:
     """Remove the weight segments of publishers that no longer run; returns what was removed."""
     return unlink_orphaned_segments(directory, WEIGHT_SEGMENT_PREFIX)
@@ -239,17 +299,21 @@ def _write_segment(
         view = base[offset : offset + size].view(tensor.dtype).view(tensor.shape)
         view.copy_(tensor)
         views.append(view)
-    return _digests(views)
+    return [digest(view) for view in views]
 
 
-def _bytes_of(tensor: torch.Tensor) -> memoryview:
-    """The tensor's bytes without a copy (CPU, contiguous)."""
-    return tensor.detach().reshape(-1).view(torch.uint8).numpy().data
+def _publish_order(params: list[tuple[str, torch.Tensor]]) -> list[tuple[str, torch.Tensor]]:
+    """Parameters grouped by their module's parent, weights before biases, so each fused
+    group (q/k/v, gate/up) lies back to back in the segment and maps as one view."""
+    first_seen: dict[str, int] = {}
+    for index, (name, _) in enumerate(params):
+        first_seen.setdefault(name.rsplit(".", 2)[0], index)
 
+    def key(item: tuple[int, tuple[str, torch.Tensor]]) -> tuple[int, bool, int]:
+        index, (name, _) = item
+        return first_seen[name.rsplit(".", 2)[0]], name.endswith(".bias"), index
 
-def _digests(tensors: Sequence[torch.Tensor]) -> list[int]:
-    with ThreadPoolExecutor(NUM_DIGEST_THREADS, thread_name_prefix="weight-digest") as pool:
-        return list(pool.map(lambda t: zlib.crc32(_bytes_of(t)), tensors))
+    return [param for _, param in sorted(enumerate(params), key=key)]
 
 
 def _check_owner(manifest: WeightManifest) -> None:
@@ -299,20 +363,19 @@ def _check_layout(manifest: WeightManifest, params: dict[str, torch.nn.Parameter
             raise WeightSourceError(f"peer tensor {name!r} lies outside the peer's segment")
 
 
-def _copy_tensors(
-    memory: mmap.mmap, manifest: WeightManifest, params: dict[str, torch.nn.Parameter]
-) -> None:
-    base = tensor_over(memory)
-    with torch.no_grad():
-        for entry in manifest.tensors:
-            param = params[entry.name]
-            chunk = base[entry.offset : entry.offset + entry.num_bytes]
-            param.copy_(chunk.view(param.dtype).view(param.shape))
+def _segment_views(segment: torch.Tensor, manifest: WeightManifest) -> dict[str, torch.Tensor]:
+    """Each published tensor as a view of the mapped segment."""
+    return {
+        entry.name: segment[entry.offset : entry.offset + entry.num_bytes]
+        .view(parse_dtype(entry.dtype))
+        .view(entry.shape)
+        for entry in manifest.tensors
+    }
 
 
-def _verify_digests(manifest: WeightManifest, params: dict[str, torch.nn.Parameter]) -> None:
-    """The copied bytes (on the host) against the digests the peer computed when it published."""
-    tensors = [params[entry.name].detach().cpu() for entry in manifest.tensors]
-    for entry, digest in zip(manifest.tensors, _digests(tensors), strict=True):
-        if digest != entry.digest:
+def _verify_digests(manifest: WeightManifest, segment: torch.Tensor) -> None:
+    """The segment's bytes against the digests the peer computed when it published."""
+    spans = [(entry.offset, entry.num_bytes) for entry in manifest.tensors]
+    for entry, found in zip(manifest.tensors, span_digests(segment, spans), strict=True):
+        if found != entry.digest:
             raise WeightSourceError(f"peer tensor {entry.name!r} failed its checksum")
