@@ -180,3 +180,21 @@ def test_an_aborted_pull_frees_its_blocks_once_no_copy_can_land(relay: Relay) ->
     both_free(relay)
     assert time.monotonic() - pulled_s >= SLOW_READ_S * 0.5  # not before the copy could end
     assert relay.deltas[request_id] == relayed.deltas  # D streamed nothing
+
+
+def test_a_killed_instance_s_kv_pool_is_removed_by_the_pool_that_reaps_it(
+    server_model_dir: Path,
+) -> None:
+    pool = InstancePool([spec("p", "prefill", server_model_dir)])
+    pool.start(timeout_s=120.0)
+    handle = pool.handles["p"]
+    try:
+        assert handle.ready is not None and handle.ready.kv_pool is not None
+        segment = Path(handle.ready.kv_pool.handle.path)
+        assert segment.exists()
+        pool.kill(handle)  # SIGKILL: the process cannot unlink its own pool
+        handle.process.join(10.0)
+        assert segment.exists()
+    finally:
+        pool.stop(timeout_s=10.0)
+    assert not segment.exists()

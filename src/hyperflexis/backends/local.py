@@ -35,6 +35,8 @@ from hyperflexis.backends.worker import run_instance
 from hyperflexis.cluster.snapshot import LoadSnapshot
 from hyperflexis.engine.factory import InstanceSpec
 from hyperflexis.scheduler.config import Role
+from hyperflexis.transfer.shm import SEGMENT_PREFIX, unlink_segments_of
+from hyperflexis.transfer.weights import WEIGHT_SEGMENT_PREFIX
 
 ReportHandler = Callable[["InstanceHandle", StepReport], None]
 ExitHandler = Callable[["InstanceHandle"], None]
@@ -175,6 +177,7 @@ class InstancePool:
         old = self.handles[instance_id]
         self.kill(old)
         old.process.join(0.5)  # dead or closing: reap it
+        _unlink_segments(old)
         handle = _spawn(old.spec)
         handle.alive = False  # not dispatched to until ready
         handle.num_restarts = old.num_restarts + 1
@@ -250,6 +253,7 @@ class InstancePool:
             handle.alive = False
             for conn in (handle.commands, handle.reports):
                 conn.close()
+            _unlink_segments(handle)
 
     # -- state ------------------------------------------------------------------------------
 
@@ -305,3 +309,11 @@ def _spawn(spec: InstanceSpec) -> InstanceHandle:
     )
     handle._sender.start()
     return handle
+
+
+def _unlink_segments(handle: InstanceHandle) -> None:
+    """The shared-memory segments (KV pool, published weights) of an instance that has exited:
+    one that was killed could not remove its own."""
+    pid = handle.process.pid
+    if pid is not None and handle.process.exitcode is not None:
+        unlink_segments_of(pid, (SEGMENT_PREFIX, WEIGHT_SEGMENT_PREFIX))

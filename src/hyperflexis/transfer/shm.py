@@ -5,7 +5,8 @@ blocks out, a one-sided read at memcpy speed (the CPU analogue of CUDA IPC).
 Files, not `multiprocessing.shared_memory`: on Python < 3.13 attaching registers the segment with
 the reader's resource tracker, which unlinks the owner's pool when the reader exits. Here only the
 owner unlinks (on close, or when it is garbage collected or exits); a killed owner's file is
-removed by `unlink_orphaned_segments`, which the process that reaps instances calls.
+removed by `unlink_segments_of`, which the process that reaps instances calls
+(`backends.local.InstancePool`), or by a sweep of every dead owner's (`unlink_orphaned_segments`).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import os
 import secrets
 import warnings
 import weakref
+from collections.abc import Sequence
 from concurrent import futures
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
@@ -66,6 +68,19 @@ class _Mapping:
 
 def _unlink(path: Path) -> None:
     path.unlink(missing_ok=True)
+
+
+def unlink_segments_of(
+    pid: int, prefixes: Sequence[str] = (SEGMENT_PREFIX,), directory: Path = SHM_DIR
+) -> list[Path]:
+    """Remove the segments named `prefix<pid>-...` of a process known to be dead (a killed owner
+    cannot unlink its own; mappings others hold stay valid). Returns what was removed."""
+    removed = []
+    for prefix in prefixes:
+        for path in directory.glob(f"{prefix}{pid}-*"):
+            path.unlink(missing_ok=True)
+            removed.append(path)
+    return removed
 
 
 def unlink_orphaned_segments(directory: Path = SHM_DIR, prefix: str = SEGMENT_PREFIX) -> list[Path]:
