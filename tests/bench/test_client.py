@@ -140,19 +140,20 @@ def test_chat_endpoint_streams_the_requested_lengths(server: str) -> None:
 
 
 def test_a_burst_past_max_queued_is_rejected_with_retry_after(server: str) -> None:
-    workload = _workload([(40, 8)] * 14, 0.0, ["standard"])
+    burst = 30  # long prompts, many at once: the queue fills however the machine is loaded
+    workload = _workload([(200, 8)] * burst, 0.0, ["standard"])
     run = run_benchmark(workload, CLASSES, _config(server, model=_model_id(server)))
     rejected = [r for r in run.results if r.record.status == "rejected"]
     completed = [r for r in run.results if r.record.status == "completed"]
     assert rejected and completed
-    assert len(rejected) + len(completed) == 14
+    assert len(rejected) + len(completed) == burst
     for result in rejected:
         assert result.http_status == 503
         assert result.retry_after_s is not None and result.retry_after_s > 0
         assert not result.record.attained and result.record.first_token_s is None
     summary = bench_summary(run)
     assert summary["num_rejected"] == len(rejected)
-    assert summary["attainment"] <= len(completed) / 14
+    assert summary["attainment"] <= len(completed) / burst
     assert summary["output_lens"].count(0) == len(rejected)
 
 
