@@ -130,3 +130,18 @@ def test_the_restart_budget_is_per_instance_and_per_window() -> None:
     assert [budget.take("a", t) for t in (0.0, 1.0, 2.0)] == [True, True, False]
     assert budget.take("b", 2.0)
     assert budget.take("a", 10.5) and not budget.take("a", 10.6)
+
+
+def test_a_replacement_that_hangs_while_loading_is_restarted_within_the_budget() -> None:
+    core, _, _ = _core()
+    pool = _SupervisedPool()
+    core.pool = pool  # type: ignore[assignment]
+    supervisor = Supervisor(core, 2.0, RestartBudget(2, 600.0), start_timeout_s=30.0)
+    pool.handles["b"].last_heard_s = 1e9  # type: ignore[attr-defined]
+    assert supervisor.check(now=3.0) == ["a"]  # silent: killed and replaced
+    pool.handles["a"].last_heard_s = 1e9  # type: ignore[attr-defined]  # beats while hung
+    assert supervisor.check(now=20.0) == []  # still within its start timeout
+    assert supervisor.check(now=40.0) == ["a"]
+    assert pool.killed == ["a", "a"] and pool.replaced == ["a", "a"]
+    assert supervisor.check(now=80.0) == ["a"]  # hung again: out of budget, not replaced
+    assert pool.replaced == ["a", "a"] and supervisor.check(now=200.0) == []

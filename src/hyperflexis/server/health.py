@@ -34,6 +34,7 @@ logger = logging.getLogger("hyperflexis.server.health")
 
 DEFAULT_MAX_RESTARTS = 3  # per instance, within the window
 DEFAULT_RESTART_WINDOW_S = 300.0
+DEFAULT_START_TIMEOUT_S = 300.0  # as `ServerConfig.ready_timeout_s`: how long a load may take
 
 
 @dataclass
@@ -65,12 +66,15 @@ class Supervisor:
         core: ServingCore,
         instance_timeout_s: float = DEFAULT_INSTANCE_TIMEOUT_S,
         budget: RestartBudget | None = None,
+        start_timeout_s: float = DEFAULT_START_TIMEOUT_S,
     ) -> None:
         self.core = core
         self.pool = core.pool
         self.instance_timeout_s = instance_timeout_s
         self.budget = budget or RestartBudget()
+        self.start_timeout_s = start_timeout_s  # a replacement not ready by then is restarted
         self.failed_at: dict[str, float] = {}  # when each instance now restarting failed
+        self.starting: dict[str, float] = {}  # when each replacement still loading was started
 
     async def watch(self) -> None:
         """Check for silent instances a few times per timeout, until cancelled."""
@@ -79,21 +83,35 @@ class Supervisor:
             self.check(time.monotonic())
 
     def check(self, now: float) -> list[str]:
-        """Fail every live instance silent for longer than the timeout; their ids."""
+        """Fail every live instance silent for longer than the timeout, and restart every
+        replacement still loading past the start timeout (it may beat while hung); their ids."""
         silent = [h for h in self.pool.live() if now - h.last_heard_s > self.instance_timeout_s]
         for handle in silent:
-            self.fail(handle, f"silent for {now - handle.last_heard_s:.1f} s")
-        return [h.instance_id for h in silent]
+            self.fail(handle, f"silent for {now - handle.last_heard_s:.1f} s", now)
+        stuck = [i for i, t in self.starting.items() if now - t > self.start_timeout_s]
+        for instance_id in stuck:
+            del self.starting[instance_id]
+            self.pool.kill(self.pool.handles[instance_id])  # it holds no request
+            logger.warning(
+                "instance %s: its replacement did not start within %.0f s",
+                instance_id,
+                self.start_timeout_s,
+            )
+            self._restart(instance_id, now)
+        return [h.instance_id for h in silent] + stuck
 
     def on_exit(self, handle: InstanceHandle) -> None:
         """Its report pipe closed: it exited, crashed, or failed to start."""
         code = handle.process.exitcode
         self.fail(handle, "exited" if code is None else f"exited with code {code}")
 
-    def fail(self, handle: InstanceHandle, reason: str) -> None:
+    def fail(self, handle: InstanceHandle, reason: str, now: float | None = None) -> None:
+        """Kill it, recover its requests, drop its gauges, restart it (`now`: the monotonic
+        time, read when None)."""
         instance_id = handle.instance_id
         if self.pool.handles.get(instance_id) is not handle:
             return  # an old process of a replaced instance
+        self.starting.pop(instance_id, None)
         was_ready = handle.ready is not None
         self.pool.kill(handle)  # before its requests move: it can never answer again
         held = [(s, s.has_first_token) for s in self.core.streams.values()]
@@ -114,9 +132,12 @@ class Supervisor:
             outcomes["resumed"],
             outcomes["failed"],
         )
-        now = time.monotonic()
         if self.core.draining:
             return  # the server is stopping: its requests are recovered, it is not replaced
+        self._restart(instance_id, time.monotonic() if now is None else now)
+
+    def _restart(self, instance_id: str, now: float) -> None:
+        """A new process for a failed instance, if the restart budget allows."""
         if not self.budget.take(instance_id, now):
             logger.error(
                 "instance %s is not restarted: %d restarts within %.0f s already",
@@ -127,11 +148,13 @@ class Supervisor:
             return
         self.failed_at.setdefault(instance_id, now)
         self.pool.replace(instance_id)
-        metrics.on_instance_restarted(instance_id)
+        self.starting[instance_id] = now
+        self.core.metrics.on_instance_restarted(instance_id)
         logger.warning("instance %s: starting a replacement (weights from disk)", instance_id)
 
     def on_ready(self, handle: InstanceHandle) -> None:
         """A replacement loaded: it serves from now on."""
+        self.starting.pop(handle.instance_id, None)
         self.core.handoff.on_ready(handle, time.monotonic())  # the controller routes to it
         self.core.metrics.observe_instance(handle)
         failed_at = self.failed_at.pop(handle.instance_id, None)

@@ -146,7 +146,10 @@ async def _serve_http(config: ServerConfig, core: object, app: object) -> None:
         config.shutdown_timeout_s,
     )
     supervisor = Supervisor(
-        core, config.instance_timeout_s, RestartBudget(config.max_restarts, config.restart_window_s)
+        core,
+        config.instance_timeout_s,
+        RestartBudget(config.max_restarts, config.restart_window_s),
+        start_timeout_s=config.ready_timeout_s,
     )
     loop = asyncio.get_running_loop()
     core.pool.attach(loop, core.on_report, supervisor.on_exit, supervisor.on_ready)
