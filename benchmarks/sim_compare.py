@@ -41,6 +41,7 @@ from hyperflexis.sim.bound import steady_goodput_bound
 from hyperflexis.workloads import MIN_STEADY_DURATION_S
 
 TRACE = Path(__file__).resolve().parents[2] / "shared" / "traces" / "azure_llm_2023_conv.csv"
+TUNED = Path(__file__).resolve().parents[1] / "docs" / "sim_compare" / "tuned_baselines.json"
 SLO_MIX = DEFAULT_SLO_MIX
 BASELINES = ("fcfs", "priority", "edf", "edf-drop", "sarathi", "distserve")
 OURS = "hyperflexis"
@@ -189,6 +190,27 @@ def _one(task: tuple[str, str, TracePoint]) -> dict[str, Any]:
     return {"deployment": deployment, "row": row, "policy": point.setup.policy, **run_point(point)}
 
 
+def _reusable(
+    args: argparse.Namespace, table: dict[str, dict[str, tuple[SimSetup, str]]]
+) -> dict[tuple[str, str], list[dict[str, Any]]]:
+    """(deployment, row) -> its runs in `--reuse`, for rows set up exactly as now there."""
+    if args.reuse is None:
+        return {}
+    old = json.loads(args.reuse.read_text())
+    same = {"num_requests": args.num_requests, "seed": args.seed}
+    same |= {"step_noise_cv": args.step_noise, "profile_error": args.profile_error}
+    if any(old.get(key) != value for key, value in same.items()) or args.admission_control:
+        raise SystemExit(f"{args.reuse} is of another workload, noise or admission control")
+    reused = {}
+    for name, rows_now in table.items():
+        notes = old.get(name, {}).get("rows", {})
+        for row, (_, note) in rows_now.items():
+            runs = [r for r in old.get(name, {}).get("runs", []) if r["row"] == row]
+            if notes.get(row) == note and len(runs) == len(RATES[name]):
+                reused[(name, row)] = runs
+    return reused
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--num-requests", type=int, default=3000)
@@ -217,7 +239,14 @@ def main() -> int:
         help="step time noise (simulate's --step-noise; seeded by --seed)",
     )
     parser.add_argument("--profile-error", type=float, default=0.0, metavar="BIAS")
-    parser.add_argument("--tuned", type=Path, default=Path("docs/sim_compare/tuned_baselines.json"))
+    parser.add_argument("--tuned", type=Path, default=TUNED)
+    parser.add_argument(
+        "--reuse",
+        type=Path,
+        default=None,
+        help="an earlier results JSON of the same workload and noise: rows configured as there "
+        "take their runs from it instead of running again",
+    )
     parser.add_argument("--out", type=Path, default=Path("docs/sim_compare/results.json"))
     args = parser.parse_args()
 
@@ -236,9 +265,12 @@ def main() -> int:
             for rate in RATES[name]:
                 point = _point(args, rate, setup)
                 tasks.append((name, row, point))
+    reused = _reusable(args, table)
+    tasks = [t for t in tasks if (t[0], t[1]) not in reused]
     started = time.perf_counter()
     with ProcessPoolExecutor(max_workers=args.jobs) as pool:
         runs = list(pool.map(_one, tasks))
+    runs += [run for key in reused for run in reused[key]]
     wall_s = time.perf_counter() - started
     doc: dict[str, Any] = {
         "num_requests": args.num_requests,

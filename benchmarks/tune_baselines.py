@@ -97,6 +97,7 @@ class Evaluator:
         ]
         runs = list(self.pool.map(run_point, tasks))
         self.num_runs += len(runs)
+        print(f"  {self.num_runs} runs done", file=sys.stderr, flush=True)
         attainments = [float(run["attainment"]) for run in runs]
         n = len(seeds)
         return [statistics.fmean(attainments[i * n : (i + 1) * n]) for i in range(len(points))]

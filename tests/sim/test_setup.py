@@ -63,3 +63,9 @@ def test_distserve_follows_the_budget_and_grows_it_only_to_hold_the_longest_prom
 def test_the_role_is_the_deployments() -> None:
     with pytest.raises(ValueError, match=r"scheduler\.role"):
         SimSetup(scheduler=SchedulerConfig(role="decode"))
+
+
+def test_the_ablations_run_behind_the_hyperflexis_dispatcher() -> None:
+    for policy in ("hyperflexis-no-budget", "hyperflexis-no-prioritise", "hyperflexis-no-shed"):
+        assert SimSetup(policy=policy).dispatcher_name == "hyperflexis"
+    assert SimSetup(policy="edf-drop").dispatcher_name == "round-robin"
