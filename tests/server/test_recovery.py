@@ -83,14 +83,15 @@ class _SupervisedPool(FakePool):
         for handle in self.handles.values():
             handle.last_heard_s = 0.0  # type: ignore[attr-defined]
             handle.process = _Process()  # type: ignore[attr-defined]
-            handle.ready = SimpleNamespace(role="mixed")
+            handle.ready = SimpleNamespace(role="mixed", start_info=dict)
 
     def kill(self, handle: FakeHandle) -> None:
         handle.alive = False
         self.killed.append(handle.instance_id)
 
-    def replace(self, instance_id: str) -> None:
+    def replace(self, instance_id: str) -> Any:
         self.replaced.append(instance_id)
+        return SimpleNamespace(spec=SimpleNamespace(weight_source="disk"))
 
 
 def test_silence_past_the_timeout_kills_recovers_and_replaces() -> None:

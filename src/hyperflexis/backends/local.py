@@ -172,19 +172,29 @@ class InstancePool:
         self._loop.add_reader(handle.reports.fileno(), self._read, handle, *self._handlers)
 
     def replace(self, instance_id: str) -> InstanceHandle:
-        """Start a new process from a failed instance's spec (weights from disk), under the same
-        id; it serves once its `InstanceReady` reaches `on_ready`. Never blocks on the start."""
+        """Start a new process from a failed instance's spec under the same id (weights from a
+        live peer where instances publish theirs, else from disk); it serves once its
+        `InstanceReady` reaches `on_ready`. Never blocks on the start."""
         old = self.handles[instance_id]
         self.kill(old)
         old.process.join(0.5)  # dead or closing: reap it
         _unlink_segments(old)
-        handle = _spawn(old.spec)
+        handle = _spawn(self._replacement_spec(old.spec))
         handle.alive = False  # not dispatched to until ready
         handle.num_restarts = old.num_restarts + 1
         self.handles[instance_id] = handle
         if self._loop is not None:
             self._add_reader(handle)
         return handle
+
+    def _replacement_spec(self, spec: InstanceSpec) -> InstanceSpec:
+        """`spec`, with weights from a live peer's published segment when it publishes its own
+        and a peer has (the load falls back to disk on any mismatch); else from disk."""
+        peers = [h.ready.weights_manifest for h in self.live() if h.ready is not None]
+        manifest = next((m for m in peers if m is not None), None)
+        if not spec.publish_weights or manifest is None:
+            return dataclasses.replace(spec, weight_source="disk", peer_weights=None)
+        return dataclasses.replace(spec, weight_source="peer", peer_weights=manifest)
 
     def kill(self, handle: InstanceHandle) -> None:
         """SIGKILL (a frozen process cannot resist it, and never wakes to send stale output)

@@ -146,6 +146,12 @@ def _add_reliability_arguments(parser: argparse.ArgumentParser) -> None:
         default=3,
         help="replacements of one failed instance within 5 minutes (default: %(default)s)",
     )
+    parser.add_argument(
+        "--peer-weights",
+        action="store_true",
+        help="instances publish their weights in shared memory and run on that one copy; a "
+        "replacement maps a live peer's instead of loading from disk (falls back to disk)",
+    )
 
 
 def _add_vllm_arguments(parser: argparse.ArgumentParser) -> None:
@@ -223,6 +229,7 @@ def run(args: argparse.Namespace) -> int:
         instance_timeout_s=args.instance_timeout_s,
         shutdown_timeout_s=args.shutdown_timeout_s,
         max_restarts=args.max_restarts,
+        peer_weights=args.peer_weights,
         dtype=args.dtype,
         device=args.device,
         kv_cache_bytes=args.kv_cache_bytes,

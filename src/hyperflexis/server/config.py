@@ -41,6 +41,9 @@ class ServerConfig:
     shutdown_timeout_s: float = DEFAULT_SHUTDOWN_TIMEOUT_S
     max_restarts: int = 3  # replacements of one failed instance within restart_window_s
     restart_window_s: float = 300.0
+    # Instances publish their weights (one shared copy on the host) and replacements map a live
+    # peer's (transfer/weights.py); off: every start loads from disk.
+    peer_weights: bool = False
     dtype: str = "auto"  # vLLM's auto: float32 on the CPU, the checkpoint's dtype on a GPU
     device: str = "cpu"  # every instance on it; "cuda" spreads nothing by itself
     kv_cache_bytes: int | None = None  # per instance; None: the runner's default

@@ -147,10 +147,14 @@ class Supervisor:
             )
             return
         self.failed_at.setdefault(instance_id, now)
-        self.pool.replace(instance_id)
+        replacement = self.pool.replace(instance_id)
         self.starting[instance_id] = now
         self.core.metrics.on_instance_restarted(instance_id)
-        logger.warning("instance %s: starting a replacement (weights from disk)", instance_id)
+        logger.warning(
+            "instance %s: starting a replacement (weights from %s)",
+            instance_id,
+            replacement.spec.weight_source,
+        )
 
     def on_ready(self, handle: InstanceHandle) -> None:
         """A replacement loaded: it serves from now on."""
@@ -160,9 +164,10 @@ class Supervisor:
         failed_at = self.failed_at.pop(handle.instance_id, None)
         down_s = 0.0 if failed_at is None else time.monotonic() - failed_at
         logger.warning(
-            "instance %s recovered: a new process serves, %.1f s after the failure",
+            "instance %s recovered: a new process serves, %.1f s after the failure (%s)",
             handle.instance_id,
             down_s,
+            handle.ready.start_info() if handle.ready is not None else "",
         )
 
 

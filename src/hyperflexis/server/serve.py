@@ -80,6 +80,7 @@ def serve(config: ServerConfig) -> int:
         max_model_len=config.max_model_len,
         gpu_memory_utilization=config.gpu_memory_utilization,
         kv_transport=config.kv_transport,
+        publish_weights=config.peer_weights,
     )
     specs = specs_for_roles(base, config.instance_roles())
     names = config.served_model_names or (model_path.name,)

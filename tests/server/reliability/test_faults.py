@@ -1,5 +1,6 @@
 """An instance killed (SIGKILL) or frozen (SIGSTOP) under load: no request is lost, the survivor
-serves, the instance is replaced, and /health reports the change.
+serves, the instance is replaced (its weights mapped from the survivor's published copy), and
+/health reports the change.
 
 Which request runs where is read from /debug/instances (each instance's `num_dispatched`) as the
 test sends them one by one, so every assertion is about a request whose instance is known.
@@ -35,6 +36,7 @@ def served(
     tmp = tmp_path_factory.mktemp("faults-server")
     args = ["--model", str(server_model_dir), "--profile", str(fixed_profile)]
     args += ["--instance-timeout-s", str(INSTANCE_TIMEOUT_S), "--dispatch", "least-loaded"]
+    args += ["--peer-weights"]  # replacements map the survivor's published weights
     with serve(args, tmp, num_instances=2) as live:
         yield live
 
@@ -111,6 +113,14 @@ def test_sigkill_under_load(served: Served) -> None:
     survived = other.result()
     assert survived.complete and survived.text == reference, survived
     _wait_replaced(served, victim, pid)
+    rows = {str(r["instance_id"]): r for r in served.live.instances()}
+    assert rows[victim]["weight_source"] == "peer", rows[victim]  # no disk load
+    # Both serve an undisturbed run's text, the replacement on the survivor's weights.
+    again, one = _send_tracked(served, _long())
+    again.wait_first_event()
+    more, two = _send_tracked(served, _long())
+    assert {one, two} == {victim, survivor}
+    assert again.result().text == reference and more.result().text == reference
     assert_quiescent(served)
 
 
