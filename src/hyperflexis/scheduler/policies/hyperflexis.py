@@ -11,7 +11,9 @@ least important running request.
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 from hyperflexis.core.request import Request, RequestStatus
 from hyperflexis.perf.base import StepCostModel, StepFeatures, max_prefill_tokens
@@ -20,6 +22,7 @@ from hyperflexis.scheduler.feasibility import PrefillJob, budgeted_prefill_rate,
 from hyperflexis.scheduler.output import SchedulerOutput
 from hyperflexis.scheduler.registry import register_policy
 from hyperflexis.scheduler.step_budget import idle_step_budget_s, step_budget_s, step_gap_bound_s
+from hyperflexis.scheduler.waiting import Hopeless
 
 # Keep this fraction of KV blocks free when admitting new prefills, so running decodes can grow
 # without preempting each other right after an admission.
@@ -71,24 +74,44 @@ class _Decodes:
         return _Decodes(kept, self.block_size, self.tpot_margin)
 
 
+def _late_order(rechecked: list[Request], hopeless: list[Hopeless]) -> Iterator[Request]:
+    """The whole late set in `split_feasible`'s order (most important first, then by deadline,
+    then candidate order): the re-checked ones' late merged with the hopeless ones. On a tie the
+    re-checked one goes first: only a running prefill can tie (a waiting one not set aside is due
+    at or after `now`, every hopeless one before), and running prefills are candidates first."""
+    index, end = 0, len(hopeless)
+    for request in rechecked:
+        key = (request.slo.priority, request.next_token_deadline_s)
+        while index < end and (hopeless[index][0], hopeless[index][1]) < key:
+            yield hopeless[index][3]
+            index += 1
+        yield request
+    for entry in hopeless[index:]:
+        yield entry[3]
+
+
 @register_policy
 class HyperFlexisScheduler(Scheduler):
     name = "hyperflexis"
     needs_cost_model = True
+    _sets_aside_hopeless: ClassVar[bool] = True  # see _candidates
 
     def schedule(self, now: float) -> SchedulerOutput:
         output = SchedulerOutput()
         decodes, prefills = self._split_running()
         decodes = self._make_room_for_decodes(decodes, output, now)
         budget_s = self._step_budget(decodes, now)
-        candidates = prefills + self.waiting
         if self.config.role == "decode":
-            self._admit_decodes(candidates, decodes, budget_s, output)
+            self._admit_decodes(prefills + self.waiting, decodes, budget_s, output)
         else:
-            waiting_tpot_s = min((r.slo.tpot_s for r in candidates), default=math.inf)
-            feasible, late = self._prioritise(candidates, decodes, waiting_tpot_s, now)
+            candidates, hopeless = self._candidates(prefills, now)
+            waiting_tpot_s = min(
+                min((r.slo.tpot_s for r in prefills), default=math.inf),
+                self.waiting_index.tightest_tpot_s(),
+            )
+            feasible, rechecked_late = self._prioritise(candidates, decodes, waiting_tpot_s, now)
             decodes, budget_s = self._sit_out_for(feasible, decodes, budget_s, now)
-            self._reject_late(late, output, now)
+            self._reject_late(_late_order(rechecked_late, hopeless), output, now)
             output.chunks.extend(self._decode_chunks(decodes.requests))
             features = decodes.features.copy()
             budget_s = self._prefill_budget_s(budget_s)
@@ -98,7 +121,7 @@ class HyperFlexisScheduler(Scheduler):
             late_budget_s = self._prefill_budget_s(
                 min(budget_s, step_gap_bound_s(waiting_tpot_s, self.config))
             )
-            late = [r for r in late if not r.is_finished]
+            late = (r for r in _late_order(rechecked_late, hopeless) if not r.is_finished)
             self._fill_prefill(late, features, late_budget_s, output)
             decodes.features = features
         output.predicted_step_s = self._model.predict(decodes.features)
@@ -162,6 +185,18 @@ class HyperFlexisScheduler(Scheduler):
 
     # -- new requests -----------------------------------------------------------------------
 
+    def _candidates(
+        self, prefills: list[Request], now: float
+    ) -> tuple[list[Request], list[Hopeless]]:
+        """The prefills `_prioritise` re-checks, and the waiting requests already due (hopeless:
+        late whatever the check says, scheduler/waiting.py), in late-set order. The ablations that
+        order the late set otherwise check everything."""
+        index = self.waiting_index
+        if not self._sets_aside_hopeless or now < index.now:
+            return prefills + self.waiting, []
+        index.advance(now)
+        return prefills + index.live(), index.hopeless()
+
     def _prioritise(
         self, candidates: list[Request], decodes: _Decodes, waiting_tpot_s: float, now: float
     ) -> tuple[list[Request], list[Request]]:
@@ -211,7 +246,7 @@ class HyperFlexisScheduler(Scheduler):
             return stay, stay_budget
         return unchanged
 
-    def _reject_late(self, late: list[Request], output: SchedulerOutput, now: float) -> None:
+    def _reject_late(self, late: Iterable[Request], output: SchedulerOutput, now: float) -> None:
         if not self.config.admission_control:
             return
         for request in late:
@@ -220,7 +255,7 @@ class HyperFlexisScheduler(Scheduler):
 
     def _fill_prefill(
         self,
-        queue: list[Request],
+        queue: Iterable[Request],
         features: StepFeatures,
         budget_s: float,
         output: SchedulerOutput,
