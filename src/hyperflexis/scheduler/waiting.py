@@ -68,6 +68,10 @@ class WaitingIndex:
         self._hopeless: list[Hopeless] = []  # sorted
         self._hopeless_keys: dict[int, Hopeless] = {}
         self.now = -math.inf  # hopeless means due before this
+        # Ageing (SchedulerConfig.late_age_factor): hopeless ones by when they age (lazy
+        # deletes), and the aged, taken out of the hopeless set, in the order they aged.
+        self._ageing: list[tuple[float, int, Request]] = []
+        self._aged: dict[int, Request] = {}
         self.work_tokens = 0  # prefill work of every waiting request
         self.num_blocks = 0  # KV blocks their prompts need, each rounded up on its own
         self._tpot_counts: dict[float, int] = {}
@@ -104,12 +108,31 @@ class WaitingIndex:
             self._tpot_counts[pending.tpot_s] = count
         else:
             del self._tpot_counts[pending.tpot_s]
-        if self._live_back.pop(key, None) is None and self._live_front.pop(key, None) is None:
-            entry = self._hopeless_keys.pop(key)
-            del self._hopeless[bisect_left(self._hopeless, entry)]
+        live = self._live_back.pop(key, None) or self._live_front.pop(key, None)
+        if live is None and self._aged.pop(key, None) is None:
+            self._drop_hopeless(key)
 
-    def advance(self, now: float) -> None:
-        """Move the requests due before `now` to the hopeless set (`now` never goes back)."""
+    def _drop_hopeless(self, key: int) -> None:
+        entry = self._hopeless_keys.pop(key)
+        del self._hopeless[bisect_left(self._hopeless, entry)]
+
+    def age(self, now: float, factor: float) -> list[Request]:
+        """Move the hopeless requests still waiting `factor` TTFT targets past their deadline by
+        `now` (admission control rejected the others at once) to the aged set; returns it,
+        oldest first."""
+        ageing = self._ageing
+        while ageing and ageing[0][0] <= now:
+            _, order, request = heapq.heappop(ageing)
+            key = id(request)
+            if self._order.get(key) != order or key not in self._hopeless_keys:
+                continue  # left since it was pushed
+            self._drop_hopeless(key)
+            self._aged[key] = request
+        return list(self._aged.values())
+
+    def advance(self, now: float, age_factor: float = 0.0) -> None:
+        """Move the requests due before `now` to the hopeless set (`now` never goes back); with
+        `age_factor`, time them to age (`age`)."""
         self.now = now
         due = self._due
         while due and due[0][0] < now:
@@ -122,6 +145,9 @@ class WaitingIndex:
             entry = (request.slo.priority, deadline_s, order, request)
             self._hopeless_keys[key] = entry
             insort(self._hopeless, entry)
+            if age_factor > 0:
+                aged_s = deadline_s + age_factor * request.slo.ttft_s
+                heapq.heappush(self._ageing, (aged_s, order, request))
 
     # -- reads --------------------------------------------------------------------------------
 

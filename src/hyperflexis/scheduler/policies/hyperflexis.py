@@ -104,7 +104,8 @@ class HyperFlexisScheduler(Scheduler):
         if self.config.role == "decode":
             self._admit_decodes(prefills + self.waiting, decodes, budget_s, output)
         else:
-            candidates, hopeless = self._candidates(prefills, now)
+            aged, rest = self._aged(prefills, now)
+            candidates, hopeless = self._candidates(rest, now, aged)
             waiting_tpot_s = min(
                 min((r.slo.tpot_s for r in prefills), default=math.inf),
                 self.waiting_index.tightest_tpot_s(),
@@ -115,6 +116,7 @@ class HyperFlexisScheduler(Scheduler):
             output.chunks.extend(self._decode_chunks(decodes.requests))
             features = decodes.features.copy()
             budget_s = self._prefill_budget_s(budget_s)
+            self._fill_prefill(aged, features, budget_s, output)  # empty unless ageing is on
             self._fill_prefill(feasible, features, budget_s, output)
             # Late work gets only capacity no feasible request needs: it may not stretch the
             # step past what the next feasible request (as tight as any waiting) could wait for.
@@ -186,16 +188,35 @@ class HyperFlexisScheduler(Scheduler):
     # -- new requests -----------------------------------------------------------------------
 
     def _candidates(
-        self, prefills: list[Request], now: float
+        self, prefills: list[Request], now: float, aged: list[Request]
     ) -> tuple[list[Request], list[Hopeless]]:
         """The prefills `_prioritise` re-checks, and the waiting requests already due (hopeless:
-        late whatever the check says, scheduler/waiting.py), in late-set order. The ablations that
-        order the late set otherwise check everything."""
+        late whatever the check says, scheduler/waiting.py), in late-set order; the waiting ones
+        that aged are added to `aged`. The ablations that order the late set otherwise check
+        everything (and age nothing)."""
         index = self.waiting_index
         if not self._sets_aside_hopeless or now < index.now:
             return prefills + self.waiting, []
-        index.advance(now)
+        factor = self.config.late_age_factor
+        index.advance(now, factor)
+        if factor > 0:
+            aged += index.age(now, factor)
         return prefills + index.live(), index.hopeless()
+
+    def _aged(self, prefills: list[Request], now: float) -> tuple[list[Request], list[Request]]:
+        """Running prefills that aged (`late_age_factor`; `_candidates` adds the waiting ones),
+        and the others. Aged work goes ahead of the queue with the whole budget: otherwise late
+        work waits for capacity no feasible request needs, which sustained overload never leaves
+        (DESIGN.md §4.3)."""
+        factor = self.config.late_age_factor
+        if factor <= 0 or not self._sets_aside_hopeless:
+            return [], prefills
+        aged: list[Request] = []
+        others: list[Request] = []
+        for r in prefills:
+            due_s = r.next_token_deadline_s + factor * r.slo.ttft_s
+            (aged if due_s <= now else others).append(r)
+        return aged, others
 
     def _prioritise(
         self, candidates: list[Request], decodes: _Decodes, waiting_tpot_s: float, now: float
