@@ -57,21 +57,21 @@ class WaitingIndex:
         self.block_size = block_size
         self._last_back = 0
         self._last_front = 0
-        self._order: dict[int, int] = {}  # id(request) -> its order number
+        self._order: dict[str, int] = {}  # request id -> its order number
         # Every waiting request's entry by id: appended (in order), put at the front (reverse).
-        self._pending_back: dict[int, PendingPrefill] = {}
-        self._pending_front: dict[int, PendingPrefill] = {}
+        self._pending_back: dict[str, PendingPrefill] = {}
+        self._pending_front: dict[str, PendingPrefill] = {}
         # Not (yet) hopeless, by id: appended (in order) and put at the front (reverse order).
-        self._live_back: dict[int, Request] = {}
-        self._live_front: dict[int, Request] = {}
+        self._live_back: dict[str, Request] = {}
+        self._live_front: dict[str, Request] = {}
         self._due: list[tuple[float, int, Request]] = []  # live ones by deadline (lazy deletes)
         self._hopeless: list[Hopeless] = []  # sorted
-        self._hopeless_keys: dict[int, Hopeless] = {}
+        self._hopeless_keys: dict[str, Hopeless] = {}
         self.now = -math.inf  # hopeless means due before this
         # Ageing (SchedulerConfig.late_age_factor): hopeless ones by when they age (lazy
         # deletes), and the aged, taken out of the hopeless set, in the order they aged.
         self._ageing: list[tuple[float, int, Request]] = []
-        self._aged: dict[int, Request] = {}
+        self._aged: dict[str, Request] = {}
         self.work_tokens = 0  # prefill work of every waiting request
         self.num_blocks = 0  # KV blocks their prompts need, each rounded up on its own
         self._tpot_counts: dict[float, int] = {}
@@ -79,7 +79,7 @@ class WaitingIndex:
     # -- changes ------------------------------------------------------------------------------
 
     def added(self, request: Request, front: bool = False) -> None:
-        key = id(request)
+        key = request.request_id
         if front:
             self._last_front -= 1
             order = self._last_front
@@ -98,7 +98,7 @@ class WaitingIndex:
         self._tpot_counts[pending.tpot_s] = self._tpot_counts.get(pending.tpot_s, 0) + 1
 
     def removed(self, request: Request) -> None:
-        key = id(request)
+        key = request.request_id
         front = self._order.pop(key) < 0
         pending = (self._pending_front if front else self._pending_back).pop(key)
         self.work_tokens -= pending.work_tokens
@@ -112,7 +112,7 @@ class WaitingIndex:
         if live is None and self._aged.pop(key, None) is None:
             self._drop_hopeless(key)
 
-    def _drop_hopeless(self, key: int) -> None:
+    def _drop_hopeless(self, key: str) -> None:
         entry = self._hopeless_keys.pop(key)
         del self._hopeless[bisect_left(self._hopeless, entry)]
 
@@ -123,7 +123,7 @@ class WaitingIndex:
         ageing = self._ageing
         while ageing and ageing[0][0] <= now:
             _, order, request = heapq.heappop(ageing)
-            key = id(request)
+            key = request.request_id
             if self._order.get(key) != order or key not in self._hopeless_keys:
                 continue  # left since it was pushed
             self._drop_hopeless(key)
@@ -137,7 +137,7 @@ class WaitingIndex:
         due = self._due
         while due and due[0][0] < now:
             deadline_s, order, request = heapq.heappop(due)
-            key = id(request)
+            key = request.request_id
             if self._order.get(key) != order:
                 continue  # left (and maybe came back) since it was pushed
             if self._live_back.pop(key, None) is None:
