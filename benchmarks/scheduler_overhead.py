@@ -48,7 +48,7 @@ def build(policy: str, seed: int) -> Scheduler:
         req = Request(f"r{i}", prompt, SamplingParams(max_tokens=512), slo, arrival)
         scheduler.add_request(req)
         if i < NUM_RUNNING:  # make it a running decode with some tokens out
-            scheduler.waiting.remove(req)
+            scheduler._unwait(req)
             scheduler.running.append(req)
             req.status = RequestStatus.RUNNING
             scheduler.kv.allocate(req.request_id, req.num_tokens + 1)

@@ -36,6 +36,7 @@ def test_the_knobs_are_todays_flags() -> None:
         "admission_control",
         "tpot_margin",
         "prefill_rate_margin",
+        "late_age_factor",
     ]
     assert flag_name("tpot_margin") == "--tpot-margin"
 
@@ -48,12 +49,13 @@ def test_defaults_build_the_default_config(command: str) -> None:
 @pytest.mark.parametrize("command", ["serve", "simulate"])
 def test_flags_set_their_fields(command: str) -> None:
     extra = ["--max-num-batched-tokens", "512", "--admission-control", "--tpot-margin", "0.1"]
-    extra += ["--prefill-rate-margin", "0.3"]
+    extra += ["--prefill-rate-margin", "0.3", "--late-age-factor", "1.5"]
     assert scheduler_config(_parse(command, extra)) == SchedulerConfig(
         max_num_batched_tokens=512,
         admission_control=True,
         tpot_margin=0.1,
         prefill_rate_margin=0.3,
+        late_age_factor=1.5,
     )
 
 
@@ -63,6 +65,7 @@ def test_flags_set_their_fields(command: str) -> None:
         (["--max-num-batched-tokens", "0"], "invalid --max-num-batched-tokens 0: must be >= 1"),
         (["--tpot-margin", "1"], "invalid --tpot-margin 1.0: must be in [0, 1)"),
         (["--prefill-rate-margin", "-0.5"], "invalid --prefill-rate-margin -0.5: must be in"),
+        (["--late-age-factor", "-1"], "invalid --late-age-factor -1.0: must be >= 0"),
     ],
 )
 def test_a_bad_value_names_its_flag(extra: list[str], message: str) -> None:

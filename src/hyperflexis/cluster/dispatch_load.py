@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 
 from hyperflexis.cluster.dispatch_split import Split, insert_job
 from hyperflexis.cluster.inflight import InFlightRequest
-from hyperflexis.cluster.snapshot import LoadSnapshot, PendingPrefill
+from hyperflexis.cluster.snapshot import LoadSnapshot, PendingPrefill, PendingSummary
 from hyperflexis.perf.base import StepFeatures
 from hyperflexis.scheduler.feasibility import PrefillJob
 from hyperflexis.scheduler.kv_blocks import num_blocks_for
@@ -53,18 +53,26 @@ def summarise(
     snapshot: LoadSnapshot, in_flight: list[InFlightRequest], version: int
 ) -> InstanceLoad:
     pending = snapshot.pending_prefills
+    block_size = snapshot.block_size
+    summary = snapshot.pending_summary
+    if summary is None:
+        summary = PendingSummary(
+            work_tokens=sum(p.work_tokens for p in pending),
+            num_blocks=sum(num_blocks_for(p.work_tokens, block_size) for p in pending),
+            tightest_tpot_s=min((p.tpot_s for p in pending), default=math.inf),
+            checked=pending,
+        )
+    # Those due before the snapshot are late at any origin (>= its time): they affect no split.
     # In split_feasible's order already, which makes its (stable) sorts cheap.
-    ordered = sorted(pending, key=_deadline_then_priority)
+    ordered = sorted(summary.checked, key=_deadline_then_priority)
     jobs: list[PrefillJob] = [
         (p.deadline_s, p.priority, p.work_tokens, index) for index, p in enumerate(ordered)
     ]
-    block_size = snapshot.block_size
-    work = sum(p.work_tokens for p in pending)
-    blocks = sum(num_blocks_for(p.work_tokens, block_size) for p in pending)
+    work, blocks = summary.work_tokens, summary.num_blocks
     features = snapshot.decode_features.copy()
     # The instance rates its prefill as if the tightest TPOT among running and waiting requests
     # were decoding (scheduler/feasibility.py); so does its dispatcher.
-    tightest = min(snapshot.tightest_tpot_s, min((p.tpot_s for p in pending), default=math.inf))
+    tightest = min(snapshot.tightest_tpot_s, summary.tightest_tpot_s)
     for r in in_flight:
         jobs.append((r.deadline_s, r.priority, r.num_prompt_tokens, len(jobs)))
         blocks += num_blocks_for(r.num_prompt_tokens, block_size)

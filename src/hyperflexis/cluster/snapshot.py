@@ -9,16 +9,23 @@ from dataclasses import dataclass
 from hyperflexis.perf.base import StepFeatures
 from hyperflexis.scheduler.base import Scheduler
 from hyperflexis.scheduler.config import Role
+from hyperflexis.scheduler.kv_blocks import num_blocks_for
+from hyperflexis.scheduler.waiting import PendingPrefill, pending_of
+
+__all__ = ["LoadSnapshot", "PendingPrefill", "PendingSummary", "take_snapshot"]
 
 
 @dataclass(frozen=True, slots=True)
-class PendingPrefill:
-    """A prefill the instance still owes: queued, or part-way through its prompt."""
+class PendingSummary:
+    """What the dispatcher reads of `pending_prefills`, kept by the scheduler as its queue
+    changes so that no snapshot walks the whole queue (scheduler/waiting.py)."""
 
-    deadline_s: float  # when its first token is due
-    priority: int  # 0 is most important
-    work_tokens: int  # prompt tokens still to compute
-    tpot_s: float = math.inf  # its TPOT target: the instance's prefill rate depends on the tightest
+    work_tokens: int  # prefill work of them all
+    num_blocks: int  # KV blocks their prompts need, each rounded up on its own
+    tightest_tpot_s: float  # among them; inf when none
+    # Them less some that were due before `time_s` (hopeless at any prefill rate, so the
+    # feasibility split sets them late at once and they affect nobody), in the same order.
+    checked: tuple[PendingPrefill, ...]
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,6 +45,7 @@ class LoadSnapshot:
     earliest_decode_deadline_s: float  # soonest next-token deadline among them; inf when none
     pending_prefills: tuple[PendingPrefill, ...]  # in no particular order
     draining: bool = False  # takes no new requests (scale-in or role switch under way)
+    pending_summary: PendingSummary | None = None  # None: read pending_prefills
 
     @property
     def kv_usage(self) -> float:
@@ -49,16 +57,28 @@ def take_snapshot(
 ) -> LoadSnapshot:
     features = StepFeatures()
     tightest = earliest = math.inf
-    pending = []
+    prefilling = []
     for request in scheduler.running:
         if request.is_decoding:
             features.add_decode(request.num_computed_tokens)
             tightest = min(tightest, request.slo.tpot_s)
             earliest = min(earliest, request.next_token_deadline_s)
         else:
-            pending.append(request)
-    pending.extend(scheduler.waiting)
+            prefilling.append(pending_of(request))
     kv = scheduler.kv
+    index = scheduler.waiting_index
+    pending = (*prefilling, *index.pending())
+    summary = None
+    if index.now <= now and index.block_size == kv.block_size:
+        summary = PendingSummary(
+            work_tokens=index.work_tokens + sum(p.work_tokens for p in prefilling),
+            num_blocks=index.num_blocks
+            + sum(num_blocks_for(p.work_tokens, kv.block_size) for p in prefilling),
+            tightest_tpot_s=min(
+                index.tightest_tpot_s(), min((p.tpot_s for p in prefilling), default=math.inf)
+            ),
+            checked=(*prefilling, *index.live_pending()),
+        )
     return LoadSnapshot(
         instance_id=instance_id,
         role=scheduler.config.role,
@@ -71,11 +91,7 @@ def take_snapshot(
         decode_features=features,
         tightest_tpot_s=tightest,
         earliest_decode_deadline_s=earliest,
-        pending_prefills=tuple(
-            PendingPrefill(
-                r.next_token_deadline_s, r.slo.priority, r.num_uncomputed_tokens, r.slo.tpot_s
-            )
-            for r in pending
-        ),
+        pending_prefills=pending,
         draining=draining,
+        pending_summary=summary,
     )

@@ -18,6 +18,7 @@ from hyperflexis.scheduler.config import SchedulerConfig
 from hyperflexis.scheduler.kv_blocks import KVBlockManager
 from hyperflexis.scheduler.leases import LeaseTable
 from hyperflexis.scheduler.output import ScheduledChunk, SchedulerOutput
+from hyperflexis.scheduler.waiting import WaitingIndex
 
 
 class NoRoomForKV(ValueError):
@@ -43,7 +44,9 @@ class Scheduler(ABC):
         self.cost_model = cost_model
         # To admit: new, preempted (no KV held), or resumed (KV computed elsewhere, possibly
         # already copied into its blocks here).
+        # Change it only through _wait and _unwait: `waiting_index` mirrors it.
         self.waiting: list[Request] = []
+        self.waiting_index = WaitingIndex(kv.block_size)
         self.running: list[Request] = []  # hold KV blocks
         self.requests: dict[str, Request] = {}  # every unfinished request, by id
         # P/D. Prefill role: finished prompts' blocks pinned for a decode peer. Decode side:
@@ -83,7 +86,7 @@ class Scheduler(ABC):
         self._check_new(request)
         request.status = RequestStatus.WAITING
         self.requests[request.request_id] = request
-        self.waiting.append(request)
+        self._wait(request)
 
     def add_receiving(self, request: Request, num_kv_tokens: int) -> list[int]:
         """P/D, the decode side: hold blocks for the first `num_kv_tokens` tokens of `request`,
@@ -115,7 +118,7 @@ class Scheduler(ABC):
         request = self.requests[request_id]
         request.num_computed_tokens = num_kv_tokens
         request.status = RequestStatus.WAITING
-        self.waiting.append(request)
+        self._wait(request)
         return True
 
     def kv_failed(self, request_id: str) -> bool:
@@ -126,7 +129,7 @@ class Scheduler(ABC):
         self.kv.free(request_id)
         request = self.requests[request_id]
         request.status = RequestStatus.WAITING
-        self.waiting.append(request)
+        self._wait(request)
         return True
 
     def release_lease(self, request_id: str) -> bool:
@@ -267,9 +270,21 @@ class Scheduler(ABC):
             request.request_id, request.num_computed_tokens + num_tokens
         )
 
+    def _wait(self, request: Request, front: bool = False) -> None:
+        """Queue `request`, at the back (or the front: a preempted request goes first)."""
+        if front:
+            self.waiting.insert(0, request)
+        else:
+            self.waiting.append(request)
+        self.waiting_index.added(request, front)
+
+    def _unwait(self, request: Request) -> None:
+        self.waiting.remove(request)
+        self.waiting_index.removed(request)
+
     def _admit(self, request: Request) -> None:
         """Move a waiting request to running (its blocks are allocated by `_chunk`)."""
-        self.waiting.remove(request)
+        self._unwait(request)
         request.status = RequestStatus.RUNNING
         self.running.append(request)
 
@@ -281,7 +296,7 @@ class Scheduler(ABC):
         request.status = RequestStatus.WAITING
         request.num_preemptions += 1
         self.num_preemptions += 1
-        self.waiting.insert(0, request)
+        self._wait(request, front=True)
         output.preempted_ids.append(request.request_id)
 
     def _reject(self, request: Request, output: SchedulerOutput, now: float) -> None:
@@ -294,7 +309,7 @@ class Scheduler(ABC):
         if request.status is RequestStatus.RUNNING:
             self.running.remove(request)
         elif request.status is RequestStatus.WAITING:
-            self.waiting.remove(request)
+            self._unwait(request)
         elif request.status is RequestStatus.RECEIVING:
             del self.receiving[request.request_id]
         self.kv.free(request.request_id)

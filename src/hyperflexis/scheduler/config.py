@@ -63,6 +63,12 @@ class SchedulerConfig:
         "hyperflexis: plan prefill this fraction below the predicted rate, for arrivals that "
         "will go ahead of the queue",
     )
+    late_age_factor: float = knob(
+        0.0,
+        "hyperflexis: a late request still waiting this many TTFT targets past its "
+        "deadline goes ahead of the queue, so its wait is bounded under sustained overload "
+        "(0: never; late work waits for capacity no feasible request needs)",
+    )
     # prefill role: a finished prompt's KV stays pinned this long for its decode peer to pull
     kv_lease_s: float = 30.0
 
@@ -77,6 +83,8 @@ class SchedulerConfig:
         for name in ("max_gap_factor", "max_step_s", "target_step_s", "kv_lease_s"):
             if not getattr(self, name) > 0:
                 raise InvalidSchedulerField(name, "must be > 0")
+        if not self.late_age_factor >= 0:
+            raise InvalidSchedulerField("late_age_factor", "must be >= 0")
         for name in ("tpot_margin", "prefill_rate_margin"):
             if not 0 <= getattr(self, name) < 1:
                 raise InvalidSchedulerField(name, "must be in [0, 1)")

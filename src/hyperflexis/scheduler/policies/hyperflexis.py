@@ -11,7 +11,9 @@ least important running request.
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 from hyperflexis.core.request import Request, RequestStatus
 from hyperflexis.perf.base import StepCostModel, StepFeatures, max_prefill_tokens
@@ -20,6 +22,7 @@ from hyperflexis.scheduler.feasibility import PrefillJob, budgeted_prefill_rate,
 from hyperflexis.scheduler.output import SchedulerOutput
 from hyperflexis.scheduler.registry import register_policy
 from hyperflexis.scheduler.step_budget import idle_step_budget_s, step_budget_s, step_gap_bound_s
+from hyperflexis.scheduler.waiting import Hopeless
 
 # Keep this fraction of KV blocks free when admitting new prefills, so running decodes can grow
 # without preempting each other right after an admission.
@@ -71,34 +74,56 @@ class _Decodes:
         return _Decodes(kept, self.block_size, self.tpot_margin)
 
 
+def _late_order(rechecked: list[Request], hopeless: list[Hopeless]) -> Iterator[Request]:
+    """The whole late set in `split_feasible`'s order (most important first, then by deadline,
+    then candidate order): the re-checked ones' late merged with the hopeless ones. On a tie the
+    re-checked one goes first: only a running prefill can tie (a waiting one not set aside is due
+    at or after `now`, every hopeless one before), and running prefills are candidates first."""
+    index, end = 0, len(hopeless)
+    for request in rechecked:
+        key = (request.slo.priority, request.next_token_deadline_s)
+        while index < end and (hopeless[index][0], hopeless[index][1]) < key:
+            yield hopeless[index][3]
+            index += 1
+        yield request
+    for entry in hopeless[index:]:
+        yield entry[3]
+
+
 @register_policy
 class HyperFlexisScheduler(Scheduler):
     name = "hyperflexis"
     needs_cost_model = True
+    _sets_aside_hopeless: ClassVar[bool] = True  # see _candidates
 
     def schedule(self, now: float) -> SchedulerOutput:
         output = SchedulerOutput()
         decodes, prefills = self._split_running()
         decodes = self._make_room_for_decodes(decodes, output, now)
         budget_s = self._step_budget(decodes, now)
-        candidates = prefills + self.waiting
         if self.config.role == "decode":
-            self._admit_decodes(candidates, decodes, budget_s, output)
+            self._admit_decodes(prefills + self.waiting, decodes, budget_s, output)
         else:
-            waiting_tpot_s = min((r.slo.tpot_s for r in candidates), default=math.inf)
-            feasible, late = self._prioritise(candidates, decodes, waiting_tpot_s, now)
+            aged, rest = self._aged(prefills, now)
+            candidates, hopeless = self._candidates(rest, now, aged)
+            waiting_tpot_s = min(
+                min((r.slo.tpot_s for r in prefills), default=math.inf),
+                self.waiting_index.tightest_tpot_s(),
+            )
+            feasible, rechecked_late = self._prioritise(candidates, decodes, waiting_tpot_s, now)
             decodes, budget_s = self._sit_out_for(feasible, decodes, budget_s, now)
-            self._reject_late(late, output, now)
+            self._reject_late(_late_order(rechecked_late, hopeless), output, now)
             output.chunks.extend(self._decode_chunks(decodes.requests))
             features = decodes.features.copy()
             budget_s = self._prefill_budget_s(budget_s)
+            self._fill_prefill(aged, features, budget_s, output)  # empty unless ageing is on
             self._fill_prefill(feasible, features, budget_s, output)
             # Late work gets only capacity no feasible request needs: it may not stretch the
             # step past what the next feasible request (as tight as any waiting) could wait for.
             late_budget_s = self._prefill_budget_s(
                 min(budget_s, step_gap_bound_s(waiting_tpot_s, self.config))
             )
-            late = [r for r in late if not r.is_finished]
+            late = (r for r in _late_order(rechecked_late, hopeless) if not r.is_finished)
             self._fill_prefill(late, features, late_budget_s, output)
             decodes.features = features
         output.predicted_step_s = self._model.predict(decodes.features)
@@ -162,6 +187,37 @@ class HyperFlexisScheduler(Scheduler):
 
     # -- new requests -----------------------------------------------------------------------
 
+    def _candidates(
+        self, prefills: list[Request], now: float, aged: list[Request]
+    ) -> tuple[list[Request], list[Hopeless]]:
+        """The prefills `_prioritise` re-checks, and the waiting requests already due (hopeless:
+        late whatever the check says, scheduler/waiting.py), in late-set order; the waiting ones
+        that aged are added to `aged`. The ablations that order the late set otherwise check
+        everything (and age nothing)."""
+        index = self.waiting_index
+        if not self._sets_aside_hopeless or now < index.now:
+            return prefills + self.waiting, []
+        factor = self.config.late_age_factor
+        index.advance(now, factor)
+        if factor > 0:
+            aged += index.age(now, factor)
+        return prefills + index.live(), index.hopeless()
+
+    def _aged(self, prefills: list[Request], now: float) -> tuple[list[Request], list[Request]]:
+        """Running prefills that aged (`late_age_factor`; `_candidates` adds the waiting ones),
+        and the others. Aged work goes ahead of the queue with the whole budget: otherwise late
+        work waits for capacity no feasible request needs, which sustained overload never leaves
+        (DESIGN.md §4.3)."""
+        factor = self.config.late_age_factor
+        if factor <= 0 or not self._sets_aside_hopeless:
+            return [], prefills
+        aged: list[Request] = []
+        others: list[Request] = []
+        for r in prefills:
+            due_s = r.next_token_deadline_s + factor * r.slo.ttft_s
+            (aged if due_s <= now else others).append(r)
+        return aged, others
+
     def _prioritise(
         self, candidates: list[Request], decodes: _Decodes, waiting_tpot_s: float, now: float
     ) -> tuple[list[Request], list[Request]]:
@@ -211,7 +267,7 @@ class HyperFlexisScheduler(Scheduler):
             return stay, stay_budget
         return unchanged
 
-    def _reject_late(self, late: list[Request], output: SchedulerOutput, now: float) -> None:
+    def _reject_late(self, late: Iterable[Request], output: SchedulerOutput, now: float) -> None:
         if not self.config.admission_control:
             return
         for request in late:
@@ -220,7 +276,7 @@ class HyperFlexisScheduler(Scheduler):
 
     def _fill_prefill(
         self,
-        queue: list[Request],
+        queue: Iterable[Request],
         features: StepFeatures,
         budget_s: float,
         output: SchedulerOutput,

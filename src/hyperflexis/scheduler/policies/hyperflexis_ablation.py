@@ -32,6 +32,7 @@ class NoBudgetScheduler(HyperFlexisScheduler):
 @register_policy
 class NoPrioritiseScheduler(HyperFlexisScheduler):
     name = "hyperflexis-no-prioritise"
+    _sets_aside_hopeless = False  # its late set is ordered by deadline alone
 
     def _prioritise(
         self, candidates: list[Request], decodes: _Decodes, waiting_tpot_s: float, now: float
@@ -51,6 +52,7 @@ class NoPrioritiseScheduler(HyperFlexisScheduler):
 @register_policy
 class NoShedScheduler(HyperFlexisScheduler):
     name = "hyperflexis-no-shed"
+    _sets_aside_hopeless = False  # it has no late set
 
     def _prioritise(
         self, candidates: list[Request], decodes: _Decodes, waiting_tpot_s: float, now: float
