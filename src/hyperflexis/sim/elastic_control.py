@@ -8,6 +8,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
+from hyperflexis.cluster.lifecycle import Lifecycle
 from hyperflexis.cluster.scaler import (
     ClusterView,
     InstanceView,
@@ -19,7 +20,6 @@ from hyperflexis.cluster.scaler.decision import DrainTarget
 from hyperflexis.cluster.snapshot import LoadSnapshot
 from hyperflexis.scheduler.config import Role
 from hyperflexis.sim.elastic_result import ClusterSample
-from hyperflexis.sim.lifecycle import Lifecycle
 
 
 @dataclass(frozen=True, slots=True)
