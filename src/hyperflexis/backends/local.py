@@ -67,6 +67,15 @@ class InstanceHandle:
     def instance_id(self) -> str:
         return self.spec.instance_id
 
+    @property
+    def role(self) -> Role:
+        """The role the instance says it serves (its spec's until it is ready)."""
+        if self.ready is not None:
+            return self.ready.role
+        if self.snapshot is not None:
+            return self.snapshot.role
+        return self.spec.scheduler_config.role
+
     def send(self, command: Command | None) -> None:
         """Queue a command for the instance; never blocks. None ends the sender thread."""
         self._outbox.put(command)

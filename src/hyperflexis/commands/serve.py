@@ -152,6 +152,12 @@ def _add_reliability_arguments(parser: argparse.ArgumentParser) -> None:
         help="instances publish their weights in shared memory and run on that one copy; a "
         "replacement maps a live peer's instead of loading from disk (falls back to disk)",
     )
+    parser.add_argument(
+        "--price-per-hour",
+        type=float,
+        default=0.0,
+        help="USD per instance-hour, for the cost per pool in /metrics (default: 0)",
+    )
 
 
 def _add_vllm_arguments(parser: argparse.ArgumentParser) -> None:
@@ -230,6 +236,7 @@ def run(args: argparse.Namespace) -> int:
         shutdown_timeout_s=args.shutdown_timeout_s,
         max_restarts=args.max_restarts,
         peer_weights=args.peer_weights,
+        price_per_hour=args.price_per_hour,
         dtype=args.dtype,
         device=args.device,
         kv_cache_bytes=args.kv_cache_bytes,

@@ -5,6 +5,7 @@
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable, Coroutine
 from typing import Any
 
@@ -117,6 +118,7 @@ def create_app(core: ServingCore) -> FastAPI:
     @app.get("/metrics")
     async def metrics(request: Request) -> Response:
         core.access.check_metrics(request.headers)
+        core.metrics.charge_instances(time.monotonic(), core.pool.handles.values())
         body, content_type = core.metrics.render(core.num_queued, request.headers.get("accept"))
         return Response(body, media_type=content_type)
 

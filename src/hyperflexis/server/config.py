@@ -44,6 +44,7 @@ class ServerConfig:
     # Instances publish their weights (one shared copy on the host) and replacements map a live
     # peer's (transfer/weights.py); off: every start loads from disk.
     peer_weights: bool = False
+    price_per_hour: float = 0.0  # USD per instance-hour, for the cost in /metrics
     dtype: str = "auto"  # vLLM's auto: float32 on the CPU, the checkpoint's dtype on a GPU
     device: str = "cpu"  # every instance on it; "cuda" spreads nothing by itself
     kv_cache_bytes: int | None = None  # per instance; None: the runner's default
@@ -77,6 +78,8 @@ class ServerConfig:
             )
         if not self.kv_transport:
             raise ValueError("invalid 'kv_transport': must not be empty")
+        if not self.price_per_hour >= 0:
+            raise ValueError(f"invalid 'price_per_hour': must be >= 0, got {self.price_per_hour}")
         if not 0 <= self.port <= 65535:
             raise ValueError(f"invalid 'port': must be in [0, 65535], got {self.port}")
         if self.max_queued is not None and self.max_queued < 1:

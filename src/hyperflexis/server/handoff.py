@@ -13,6 +13,7 @@ moves where the stream's request runs (`RequestStream.instance_id`, through `mov
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
@@ -269,12 +270,9 @@ class HandoffDriver:
             if record.up:
                 counts[record.role] += 1
         self.metrics.set_instances_by_role(counts)
+        self.metrics.charge_instances(time.monotonic(), self.pool.handles.values())
 
 
 def role_of(handle: InstanceHandle) -> Role:
     """The role the instance says it serves (its spec's until it is ready)."""
-    if handle.ready is not None:
-        return handle.ready.role
-    if handle.snapshot is not None:
-        return handle.snapshot.role
-    return handle.spec.scheduler_config.role
+    return handle.role

@@ -105,6 +105,7 @@ def serve(config: ServerConfig) -> int:
             request_timeout_s=config.request_timeout_s,
             shared_correction=shared,
             link_policy=config.link_policy,
+            price_per_hour=config.price_per_hour,
         )
         asyncio.run(_serve_http(config, core, create_app(core)))
     except (_Stop, KeyboardInterrupt):
