@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from hyperflexis.backends.local import InstanceHandle, InstancePool
 from hyperflexis.backends.messages import (
@@ -95,6 +95,7 @@ class HandoffDriver:
         self.controller = Controller(dispatcher, self._snapshots, link_table=LinkTable(link_policy))
         self.progress: dict[str, Progress] = {}
         self.effects: list[Effect] = []  # every effect so far, in order (tests compare them)
+        self.draining: set[str] = set()  # scaled in: shown to the dispatcher as draining
         for handle in pool.handles.values():
             self._handle(0.0, InstanceStarting(handle.instance_id, role_of(handle)))
         for handle in pool.live():
@@ -160,6 +161,17 @@ class HandoffDriver:
         self._execute(now, self._handle(now, InstanceDown(handle.instance_id)))
         for request_id in [r for r in self.progress if r not in self.controller.requests]:
             del self.progress[request_id]  # failed with it
+        self._count_roles()
+
+    def on_starting(self, handle: InstanceHandle) -> None:
+        """A new instance (a scale-out) is loading: known, not up, so it takes no traffic."""
+        self._handle(0.0, InstanceStarting(handle.instance_id, role_of(handle)))
+        self._count_roles()
+
+    def on_retired(self, handle: InstanceHandle, now: float) -> None:
+        """A drained instance stopped (a scale-in): it holds nothing, it leaves."""
+        self.draining.discard(handle.instance_id)
+        self._execute(now, self._handle(now, InstanceDown(handle.instance_id)))
         self._count_roles()
 
     def on_ready(self, handle: InstanceHandle, now: float) -> None:
@@ -258,10 +270,15 @@ class HandoffDriver:
 
     def _snapshots(self, instance_ids: Sequence[str], now: float) -> list[LoadSnapshot]:
         handles = self.pool.handles
-        return [
+        snapshots = [
             snapshot
             for i in instance_ids
-            if handles[i].alive and (snapshot := handles[i].snapshot) is not None
+            if i in handles and handles[i].alive and (snapshot := handles[i].snapshot) is not None
+        ]
+        if not self.draining:
+            return snapshots
+        return [
+            replace(s, draining=True) if s.instance_id in self.draining else s for s in snapshots
         ]
 
     def _count_roles(self) -> None:

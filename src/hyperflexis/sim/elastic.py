@@ -26,6 +26,12 @@ from dataclasses import dataclass, field
 from hyperflexis.bench.metrics import RequestRecord, check_conservation
 from hyperflexis.cluster.dispatcher import Dispatcher, DispatchRequest
 from hyperflexis.cluster.lifecycle import Flip, Lifecycle, Stop
+from hyperflexis.cluster.lifecycle_decisions import (
+    DrainInstance,
+    StartInstance,
+    check_decision,
+    cluster_view,
+)
 from hyperflexis.cluster.links import LinkPolicy, LinkTable
 from hyperflexis.cluster.scaler import (
     INSTANCE_STATES,
@@ -41,14 +47,7 @@ from hyperflexis.core.slo import SLOClasses
 from hyperflexis.perf.base import StepCostModel
 from hyperflexis.scheduler.config import Role, SchedulerConfig
 from hyperflexis.sim.deployment import Deployment, KVTransferModel
-from hyperflexis.sim.elastic_control import (
-    DrainInstance,
-    ElasticTimes,
-    StartInstance,
-    check_decision,
-    cluster_sample,
-    cluster_view,
-)
+from hyperflexis.sim.elastic_control import ElasticTimes, cluster_sample
 from hyperflexis.sim.elastic_events import ControlTick, InstanceReady, InstanceStopped
 from hyperflexis.sim.elastic_result import ClusterSample, ElasticResult, Handoff, Links
 from hyperflexis.sim.hooks import ClusterHooks
