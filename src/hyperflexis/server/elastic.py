@@ -24,9 +24,12 @@ import dataclasses
 import logging
 import time
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 from hyperflexis.backends.local import InstanceHandle
+from hyperflexis.backends.messages import OutputDelta
+from hyperflexis.cluster.dispatcher import DispatchRequest
 from hyperflexis.cluster.lifecycle import Lifecycle
 from hyperflexis.cluster.lifecycle_decisions import (
     DrainInstance,
@@ -37,11 +40,21 @@ from hyperflexis.cluster.lifecycle_decisions import (
 from hyperflexis.cluster.links import LinkTable
 from hyperflexis.cluster.scaler import PoolLimits, Scaler, ScalingDecision, StartupModel
 from hyperflexis.cluster.snapshot import LoadSnapshot
+from hyperflexis.core.slo import SLO
 from hyperflexis.scheduler.config import Role
 from hyperflexis.server.core import ServingCore
 from hyperflexis.server.errors import bad_request
 
 logger = logging.getLogger("hyperflexis.server.elastic")
+
+
+@dataclass(frozen=True, slots=True)
+class _Finished:
+    """A finished request as the scaler reads it (`cluster.scaler.observe.FinishedRequest`)."""
+
+    slo_class: str
+    num_output_tokens: int
+    attained: bool
 
 
 class LiveScaler:
@@ -66,18 +79,29 @@ class LiveScaler:
         )
         context = scaler.context
         self._startup = StartupModel(context.hardware, context.model, context.init_s)
-        self._start = time.monotonic()
-        self.events: list[dict[str, Any]] = []  # every scaling event, for /debug/instances
+        self.events: list[dict[str, Any]] = []  # every scaling event, for /debug/scaling
+        core.handoff.observer = self  # the scaler sees every arrival and finish
 
     def now(self) -> float:
-        """Seconds since the server started: the scaler's clock."""
-        return time.monotonic() - self._start
+        """The scaler's clock: the server's (monotonic), as requests' arrival times."""
+        return time.monotonic()
 
     async def run(self) -> None:
-        """Tick every control interval, until cancelled."""
+        """Tick every control interval, until cancelled; a failed tick is logged, and the
+        loop goes on."""
         while True:
             await asyncio.sleep(self.control_interval_s)
-            self.tick(self.now())
+            try:
+                self.tick(self.now())
+            except Exception:
+                logger.exception("scaling: the control tick failed")
+
+    def arrived(self, request: DispatchRequest, now: float) -> None:
+        self.scaler.observe_arrival(now, request)
+
+    def finished(self, slo: SLO, delta: OutputDelta, now: float) -> None:
+        record = _Finished(slo.class_name, delta.num_output_tokens, bool(delta.attained))
+        self.scaler.observe_finish(now, record)
 
     def tick(self, now: float) -> None:
         """Stop what has drained, then ask the scaler and apply its decisions."""

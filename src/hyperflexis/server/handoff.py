@@ -16,6 +16,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
+from typing import Protocol
 
 from hyperflexis.backends.local import InstanceHandle, InstancePool
 from hyperflexis.backends.messages import (
@@ -63,6 +64,14 @@ Moved = Callable[[str, str], None]  # (request id, the instance it runs on now)
 Failed = Callable[[str, str], None]  # (request id, why): end its stream with an error
 
 
+class ScalingObserver(Protocol):
+    """What a scaler's control loop learns of the traffic (`server.elastic.LiveScaler`)."""
+
+    def arrived(self, request: DispatchRequest, now: float) -> None: ...
+
+    def finished(self, slo: SLO, delta: OutputDelta, now: float) -> None: ...
+
+
 @dataclass(slots=True)
 class Progress:
     """What the driver keeps of a live request to send it again or resume it elsewhere."""
@@ -96,6 +105,7 @@ class HandoffDriver:
         self.progress: dict[str, Progress] = {}
         self.effects: list[Effect] = []  # every effect so far, in order (tests compare them)
         self.draining: set[str] = set()  # scaled in: shown to the dispatcher as draining
+        self.observer: ScalingObserver | None = None  # serve --scaler: arrivals and finishes
         for handle in pool.handles.values():
             self._handle(0.0, InstanceStarting(handle.instance_id, role_of(handle)))
         for handle in pool.live():
@@ -119,6 +129,8 @@ class HandoffDriver:
         self.progress[request.request_id] = Progress(
             prompt_token_ids, params, request.slo, request.arrival_s
         )
+        if self.observer is not None:
+            self.observer.arrived(request, now)
         return effect.instance_id, effect.reason
 
     def on_delta(self, delta: OutputDelta, now: float) -> None:
@@ -133,6 +145,8 @@ class HandoffDriver:
         progress.num_text_chars += len(delta.text)
         if delta.finished:
             del self.progress[delta.request_id]
+            if self.observer is not None:
+                self.observer.finished(progress.slo, delta, now)
             self._execute(now, self._handle(now, RequestEnded(delta.request_id)))
 
     def on_report(self, handle: InstanceHandle, report: StepReport, now: float) -> None:
