@@ -92,6 +92,8 @@ def server(
             "--admission-control",
             "--max-request-bytes",
             str(MAX_REQUEST_BYTES),
+            "--price-per-hour",
+            "3.6",  # one cent per instance-second
         ],
         tmp,
     )
@@ -442,6 +444,25 @@ def test_metrics_and_overhead(server: LiveServer) -> None:
     overhead = server.stats()["server_overhead_ms"]
     assert overhead["count"] == num_before + 3  # one sample per request that reached dispatch
     assert 0 < overhead["p50"] <= overhead["p90"] <= overhead["p99"]
+
+
+def test_instance_seconds_and_cost_per_pool(server: LiveServer) -> None:
+    seconds, usd = "hyperflexis:instance_seconds_total", "hyperflexis:cost_usd_total"
+
+    def scrape() -> tuple[float, float, float, float]:
+        sent = time.monotonic()
+        text = httpx.get(f"{server.url}/metrics", timeout=10).text
+        return sent, time.monotonic(), value(text, seconds, role="mixed"), value(text, usd)
+
+    sent_1, got_1, seconds_1, usd_1 = scrape()
+    _post(server, COMPLETIONS, {"prompt": "hi", "max_tokens": 2})  # time passes, and a request
+    sent_2, got_2, seconds_2, usd_2 = scrape()
+    # Two mixed instances serve throughout: the counter moves by twice the time between the
+    # two charges, which happened somewhere inside each scrape.
+    assert 2 * (sent_2 - got_1) <= seconds_2 - seconds_1 <= 2 * (got_2 - sent_1)
+    assert usd_2 == pytest.approx(seconds_2 * 3.6 / 3600)  # every pool's cost is the mixed one's
+    assert usd_2 > usd_1
+    assert server.metric(seconds, role="prefill") == server.metric(seconds, role="decode") == 0
 
 
 def test_debug_needs_the_key_and_shows_no_pids(server: LiveServer) -> None:

@@ -35,3 +35,17 @@ def test_p_d_instances_get_their_roles_in_order() -> None:
         ServerConfig(num_prefill=2)
     with pytest.raises(ValueError, match="'kv_transport'"):
         ServerConfig(num_prefill=1, num_decode=1, kv_transport="")
+
+
+def test_scaling_is_collocated_within_its_bounds() -> None:
+    assert ServerConfig(num_instances=2, scaler="threshold", max_instances=3).scaler == "threshold"
+    with pytest.raises(ValueError, match="collocated only"):
+        ServerConfig(num_prefill=1, num_decode=1, scaler="threshold")
+    with pytest.raises(ValueError, match="min-instances"):
+        ServerConfig(num_instances=3, scaler="static", max_instances=2)
+    with pytest.raises(ValueError, match="min-instances"):
+        ServerConfig(num_instances=1, scaler="static", min_instances=2)
+    with pytest.raises(ValueError, match="control-interval"):
+        ServerConfig(scaler="static", control_interval_s=0)
+    with pytest.raises(ValueError, match="price_per_hour"):
+        ServerConfig(price_per_hour=-1)

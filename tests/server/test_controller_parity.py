@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -43,6 +44,7 @@ from hyperflexis.cluster.controller_events import (
     Route,
     TransferEnded,
 )
+from hyperflexis.scheduler.config import Role
 from hyperflexis.server import core as core_module
 from hyperflexis.server.access import Access
 from hyperflexis.server.core import ServingCore
@@ -93,6 +95,12 @@ class ScriptedHandle:
     num_dispatched: int = 0
     correction_factor: float = 1.0
     num_preemptions: int = 0
+    # Its process, as the cost meter reads it: a stopped instance holds no machine.
+    process: Any = field(default_factory=lambda: SimpleNamespace(exitcode=0, pid=None))
+
+    @property
+    def role(self) -> Role:
+        return self.ready.role
 
     def send(self, command: Any) -> None:
         self.sent.append(command)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -19,6 +20,7 @@ from hyperflexis.backends.messages import (
 from hyperflexis.cluster import DispatchDecision, DispatchRequest, LoadSnapshot
 from hyperflexis.core.slo import SLOClasses
 from hyperflexis.perf import StepFeatures
+from hyperflexis.scheduler.config import Role
 from hyperflexis.server.access import Access
 from hyperflexis.server.core import ServingCore
 from hyperflexis.server.errors import APIError
@@ -45,6 +47,13 @@ class FakeHandle:
     num_preemptions: int = 0
     ready: Any = None  # an InstanceReady; the role comes from the snapshot
     num_restarts: int = 0
+    # Its process, as the cost meter reads it: a stopped instance holds no machine.
+    process: Any = field(default_factory=lambda: SimpleNamespace(exitcode=0, pid=None))
+
+    @property
+    def role(self) -> Role:
+        assert self.snapshot is not None
+        return self.snapshot.role
 
     def send(self, command: Any) -> None:
         self.sent.append(command)

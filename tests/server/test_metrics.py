@@ -4,7 +4,10 @@ that go away with their instance, and one registry per server."""
 from __future__ import annotations
 
 import math
+import multiprocessing
+import multiprocessing.process
 import re
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -193,3 +196,38 @@ def test_docs_list_every_series_with_its_type() -> None:
         name = f"{family.name}_total" if family.type == "counter" else family.name
         exported[name] = family.type
     assert documented == exported
+
+
+@dataclass
+class _LoadingHandle:
+    """An instance as the cost meter sees it: its process, its role, whether it serves."""
+
+    process: multiprocessing.process.BaseProcess
+    role: str
+    alive: bool = False  # loading: its process runs, it serves nothing yet
+    ready: None = None
+
+
+def test_a_loading_instance_costs_and_a_stopped_one_does_not() -> None:
+    metrics = ServerMetrics("tiny", price_per_hour=36.0)  # one cent per instance-second
+    process = multiprocessing.get_context("fork").Process(target=time.sleep, args=(30,))
+    process.start()
+    try:
+        handles = [_LoadingHandle(process, "decode"), _LoadingHandle(process, "decode", True)]
+        metrics.charge_instances(100.0, handles)  # type: ignore[arg-type]
+        metrics.charge_instances(110.0, handles)  # type: ignore[arg-type]
+        meter = metrics.pool_cost.meters["decode"]
+        assert (meter.instance_seconds("starting"), meter.instance_seconds("active")) == (10, 10)
+        process.kill()
+        process.join(5)
+        # Both held their machines until 120; then the loading one's process has exited, and
+        # the serving one is gone: nothing more is charged.
+        metrics.charge_instances(120.0, handles[:1])  # type: ignore[arg-type]
+        metrics.charge_instances(130.0, handles[:1])  # type: ignore[arg-type]
+    finally:
+        process.kill()
+        process.join(5)
+    text = _text(metrics)
+    assert value(text, "hyperflexis:instance_seconds_total", role="decode") == 40
+    assert value(text, "hyperflexis:cost_usd_total", role="decode") == pytest.approx(0.4)
+    assert value(text, "hyperflexis:instance_seconds_total", role="mixed") == 0

@@ -78,6 +78,7 @@ def elastic(
     link_policy: LinkPolicy = "balanced",
     link_fanout: int = 2,
     max_instances: int = 8,
+    min_instances: int = 1,
 ) -> ElasticSimulator:
     config = SchedulerConfig(
         role="prefill" if deployment.is_disaggregated else "mixed", max_num_batched_tokens=512
@@ -106,7 +107,7 @@ def elastic(
         16,
         TRANSFER,
         scaler=make_scaler(scaler, context, settings),
-        pools=dict.fromkeys(roles, PoolLimits(1, max_instances)),  # type: ignore[arg-type]
+        pools=dict.fromkeys(roles, PoolLimits(min_instances, max_instances)),  # type: ignore[arg-type]
         cost_meter=CostMeter(price_per_hour=3.6),
         times=TIMES,
         link_policy=link_policy,

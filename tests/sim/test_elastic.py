@@ -268,7 +268,7 @@ class FlipTheOnlyDecode(Scaler):
 
 
 def test_prefills_wait_for_a_decode_instance_instead_of_failing() -> None:
-    simulator = elastic(PD)
+    simulator = elastic(PD, min_instances=0)  # the only decode instance may flip
     simulator.scaler = FlipTheOnlyDecode(simulator.scaler.context)
     load = phased_workload([(20.0, 15.0, 300, 30)])
     result = simulator.run_elastic(load)

@@ -67,6 +67,15 @@ class InstanceHandle:
     def instance_id(self) -> str:
         return self.spec.instance_id
 
+    @property
+    def role(self) -> Role:
+        """The role the instance says it serves (its spec's until it is ready)."""
+        if self.ready is not None:
+            return self.ready.role
+        if self.snapshot is not None:
+            return self.snapshot.role
+        return self.spec.scheduler_config.role
+
     def send(self, command: Command | None) -> None:
         """Queue a command for the instance; never blocks. None ends the sender thread."""
         self._outbox.put(command)
@@ -112,6 +121,7 @@ class InstancePool:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._handlers: tuple[ReportHandler, ExitHandler, ReadyHandler | None] | None = None
         self._limits: tuple[int, int] | None = None  # vocab size, context: fixed at start
+        self.retired: list[InstanceHandle] = []  # scaled in: asked to exit, joined at `stop`
 
     # -- lifecycle --------------------------------------------------------------------------
 
@@ -187,6 +197,30 @@ class InstancePool:
             self._add_reader(handle)
         return handle
 
+    def add(self, spec: InstanceSpec) -> InstanceHandle:
+        """Start a new instance (a scale-out) under a new id, weights as a replacement's; it
+        takes no traffic until its `InstanceReady` reaches `on_ready`. Never blocks."""
+        if spec.instance_id in self.handles:
+            raise ValueError(f"invalid instance id {spec.instance_id!r}: already in use")
+        handle = _spawn(self._replacement_spec(spec))
+        handle.alive = False  # not dispatched to until ready
+        self.handles[spec.instance_id] = handle
+        self.specs.append(spec)
+        if self._loop is not None:
+            self._add_reader(handle)
+        return handle
+
+    def retire(self, instance_id: str) -> InstanceHandle:
+        """Stop a drained instance (a scale-in): it leaves the pool at once and is asked to
+        exit; its exit is not a failure. Never blocks."""
+        handle = self.handles.pop(instance_id)
+        self._detach(handle)
+        handle.alive = False
+        handle.send(Shutdown())
+        handle.send(None)
+        self.retired.append(handle)
+        return handle
+
     def _replacement_spec(self, spec: InstanceSpec) -> InstanceSpec:
         """`spec`, with weights from a live peer's published segment when it publishes its own
         and a peer has (the load falls back to disk on any mismatch); else from disk."""
@@ -245,15 +279,17 @@ class InstancePool:
             self._loop.remove_reader(handle.reports.fileno())
 
     def stop(self, timeout_s: float = 5.0) -> None:
-        """Ask every instance to exit, then terminate (and finally kill) the stragglers."""
+        """Ask every instance to exit, then terminate (and finally kill) the stragglers, the
+        retired ones included."""
         for handle in self.handles.values():
             self._detach(handle)
             handle.send(Shutdown())
             handle.send(None)  # ends the sender thread after the shutdown command
+        every = [*self.handles.values(), *self.retired]
         deadline = time.monotonic() + timeout_s
-        for handle in self.handles.values():
+        for handle in every:
             handle.process.join(max(0.0, deadline - time.monotonic()))
-        for handle in self.handles.values():
+        for handle in every:
             if handle.process.is_alive():
                 handle.process.terminate()
                 handle.process.join(1.0)

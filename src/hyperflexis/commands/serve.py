@@ -152,6 +152,26 @@ def _add_reliability_arguments(parser: argparse.ArgumentParser) -> None:
         help="instances publish their weights in shared memory and run on that one copy; a "
         "replacement maps a live peer's instead of loading from disk (falls back to disk)",
     )
+    parser.add_argument(
+        "--scaler",
+        default=None,
+        help="collocated: scale between --min-instances and --max-instances with this scaler "
+        "(hyperflexis, threshold, static), as simulate --scaler (default: fixed instances)",
+    )
+    parser.add_argument("--min-instances", type=int, default=1, help="with --scaler (default: 1)")
+    parser.add_argument("--max-instances", type=int, default=4, help="with --scaler (default: 4)")
+    parser.add_argument(
+        "--control-interval",
+        type=float,
+        default=10.0,
+        help="with --scaler: seconds between the scaler's decisions (default: 10)",
+    )
+    parser.add_argument(
+        "--price-per-hour",
+        type=float,
+        default=0.0,
+        help="USD per instance-hour, for the cost per pool in /metrics (default: 0)",
+    )
 
 
 def _add_vllm_arguments(parser: argparse.ArgumentParser) -> None:
@@ -230,6 +250,11 @@ def run(args: argparse.Namespace) -> int:
         shutdown_timeout_s=args.shutdown_timeout_s,
         max_restarts=args.max_restarts,
         peer_weights=args.peer_weights,
+        price_per_hour=args.price_per_hour,
+        scaler=args.scaler,
+        min_instances=args.min_instances,
+        max_instances=args.max_instances,
+        control_interval_s=args.control_interval,
         dtype=args.dtype,
         device=args.device,
         kv_cache_bytes=args.kv_cache_bytes,

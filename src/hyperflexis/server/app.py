@@ -5,6 +5,7 @@
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable, Coroutine
 from typing import Any
 
@@ -15,9 +16,11 @@ from fastapi.routing import APIRoute
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from hyperflexis import __version__
+from hyperflexis.backends.local import InstanceHandle
 from hyperflexis.server import tokenize
 from hyperflexis.server.core import ServingCore
-from hyperflexis.server.errors import APIError
+from hyperflexis.server.elastic import LiveScaler, scripted_decision
+from hyperflexis.server.errors import APIError, bad_request
 from hyperflexis.server.generation import generate
 from hyperflexis.server.health import health_report
 from hyperflexis.server.protocol import parse_chat, parse_completion
@@ -51,7 +54,7 @@ class _GuardedRoute(APIRoute):
         return guarded
 
 
-def create_app(core: ServingCore) -> FastAPI:
+def create_app(core: ServingCore, elastic: LiveScaler | None = None) -> FastAPI:
     app = FastAPI(title="HyperFlexis", docs_url=None, redoc_url=None, openapi_url=None)
     app.router.route_class = _GuardedRoute
 
@@ -117,6 +120,7 @@ def create_app(core: ServingCore) -> FastAPI:
     @app.get("/metrics")
     async def metrics(request: Request) -> Response:
         core.access.check_metrics(request.headers)
+        core.metrics.charge_instances(time.monotonic(), core.pool.handles.values())
         body, content_type = core.metrics.render(core.num_queued, request.headers.get("accept"))
         return Response(body, media_type=content_type)
 
@@ -132,6 +136,7 @@ def create_app(core: ServingCore) -> FastAPI:
                     "instance_id": handle.instance_id,
                     **core.handoff.describe(handle.instance_id),  # role, P/D links
                     "alive": handle.alive,
+                    "state": _state(handle, elastic),
                     "num_restarts": handle.num_restarts,
                     "num_dispatched": handle.num_dispatched,
                     "num_running": None if snapshot is None else snapshot.num_running,
@@ -146,6 +151,24 @@ def create_app(core: ServingCore) -> FastAPI:
             )
         return rows
 
+    @app.post("/debug/scale")
+    async def debug_scale(request: Request) -> dict[str, Any]:
+        # Tests script scaling decisions through the same path as the scaler's (serve --scaler).
+        core.access.bound_class(request.headers)
+        if elastic is None:
+            raise bad_request("the server runs no --scaler")
+        decision = scripted_decision(await request.json(), elastic.now())
+        try:
+            elastic.apply(decision, elastic.now())
+        except RuntimeError as error:  # not possible now: an id in use, below the minimum
+            raise bad_request(str(error)) from None
+        return {"events": elastic.events}
+
+    @app.get("/debug/scaling")
+    async def debug_scaling(request: Request) -> dict[str, Any]:
+        core.access.bound_class(request.headers)
+        return {"events": [] if elastic is None else elastic.events}
+
     @app.get("/debug/stats")
     async def debug_stats(request: Request) -> dict[str, Any]:
         core.access.bound_class(request.headers)
@@ -156,3 +179,11 @@ def create_app(core: ServingCore) -> FastAPI:
         }
 
     return app
+
+
+def _state(handle: InstanceHandle, elastic: LiveScaler | None) -> str:
+    """Its life: starting, active, draining (scaling); a fixed instance: active or starting."""
+    state = None if elastic is None else elastic.state_of(handle.instance_id)
+    if state is not None:
+        return state
+    return "active" if handle.alive else "starting"

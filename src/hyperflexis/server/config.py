@@ -44,6 +44,13 @@ class ServerConfig:
     # Instances publish their weights (one shared copy on the host) and replacements map a live
     # peer's (transfer/weights.py); off: every start loads from disk.
     peer_weights: bool = False
+    price_per_hour: float = 0.0  # USD per instance-hour, for the cost in /metrics
+    # serve --scaler (collocated): the scaler the control loop asks every control interval;
+    # None: the instances are fixed. The pool stays within [min_instances, max_instances].
+    scaler: str | None = None
+    min_instances: int = 1
+    max_instances: int = 4
+    control_interval_s: float = 10.0
     dtype: str = "auto"  # vLLM's auto: float32 on the CPU, the checkpoint's dtype on a GPU
     device: str = "cpu"  # every instance on it; "cuda" spreads nothing by itself
     kv_cache_bytes: int | None = None  # per instance; None: the runner's default
@@ -77,6 +84,10 @@ class ServerConfig:
             )
         if not self.kv_transport:
             raise ValueError("invalid 'kv_transport': must not be empty")
+        if self.scaler is not None:
+            self._check_scaling()
+        if not self.price_per_hour >= 0:
+            raise ValueError(f"invalid 'price_per_hour': must be >= 0, got {self.price_per_hour}")
         if not 0 <= self.port <= 65535:
             raise ValueError(f"invalid 'port': must be in [0, 65535], got {self.port}")
         if self.max_queued is not None and self.max_queued < 1:
@@ -114,6 +125,17 @@ class ServerConfig:
     @property
     def is_disaggregated(self) -> bool:
         return self.num_prefill > 0
+
+    def _check_scaling(self) -> None:
+        if self.is_disaggregated:
+            raise ValueError("invalid '--scaler': live scaling is collocated only for now")
+        if not 1 <= self.min_instances <= self.num_instances <= self.max_instances:
+            raise ValueError(
+                "invalid '--min-instances'/'--max-instances': need 1 <= min <= --instances <= "
+                f"max, got {self.min_instances}, {self.num_instances}, {self.max_instances}"
+            )
+        if not self.control_interval_s > 0:
+            raise ValueError("invalid '--control-interval': must be > 0")
 
     def instance_roles(self) -> list[tuple[str, Role]]:
         """(instance id, role) of every instance: `instance-i` collocated, else `prefill-i`

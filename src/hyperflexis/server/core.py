@@ -76,6 +76,7 @@ class ServingCore:
         request_timeout_s: float | None = None,
         shared_correction: SharedCorrection | None = None,
         link_policy: LinkPolicy = "all",
+        price_per_hour: float = 0.0,
     ) -> None:
         self.pool = pool
         self.dispatcher = dispatcher
@@ -90,7 +91,9 @@ class ServingCore:
         self.request_timeout_s = request_timeout_s  # 503 past it; None: no bound
         self.draining = False  # SIGTERM: admit nothing new (503), let the open requests finish
         self.shared_correction = shared_correction
-        self.metrics = ServerMetrics(model_name, access.slo_classes, pool.max_context_len)
+        self.metrics = ServerMetrics(
+            model_name, access.slo_classes, pool.max_context_len, price_per_hour
+        )
         self.streams: dict[str, RequestStream] = {}
         self.num_queued = 0  # streams with no first token yet
         self.vocab_size = pool.vocab_size  # the model's, which may exceed the tokenizer's

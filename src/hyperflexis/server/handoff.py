@@ -13,8 +13,10 @@ moves where the stream's request runs (`RequestStream.instance_id`, through `mov
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from typing import Protocol
 
 from hyperflexis.backends.local import InstanceHandle, InstancePool
 from hyperflexis.backends.messages import (
@@ -62,6 +64,14 @@ Moved = Callable[[str, str], None]  # (request id, the instance it runs on now)
 Failed = Callable[[str, str], None]  # (request id, why): end its stream with an error
 
 
+class ScalingObserver(Protocol):
+    """What a scaler's control loop learns of the traffic (`server.elastic.LiveScaler`)."""
+
+    def arrived(self, request: DispatchRequest, now: float) -> None: ...
+
+    def finished(self, slo: SLO, delta: OutputDelta, now: float) -> None: ...
+
+
 @dataclass(slots=True)
 class Progress:
     """What the driver keeps of a live request to send it again or resume it elsewhere."""
@@ -94,6 +104,8 @@ class HandoffDriver:
         self.controller = Controller(dispatcher, self._snapshots, link_table=LinkTable(link_policy))
         self.progress: dict[str, Progress] = {}
         self.effects: list[Effect] = []  # every effect so far, in order (tests compare them)
+        self.draining: set[str] = set()  # scaled in: shown to the dispatcher as draining
+        self.observer: ScalingObserver | None = None  # serve --scaler: arrivals and finishes
         for handle in pool.handles.values():
             self._handle(0.0, InstanceStarting(handle.instance_id, role_of(handle)))
         for handle in pool.live():
@@ -117,6 +129,8 @@ class HandoffDriver:
         self.progress[request.request_id] = Progress(
             prompt_token_ids, params, request.slo, request.arrival_s
         )
+        if self.observer is not None:
+            self.observer.arrived(request, now)
         return effect.instance_id, effect.reason
 
     def on_delta(self, delta: OutputDelta, now: float) -> None:
@@ -131,6 +145,8 @@ class HandoffDriver:
         progress.num_text_chars += len(delta.text)
         if delta.finished:
             del self.progress[delta.request_id]
+            if self.observer is not None:
+                self.observer.finished(progress.slo, delta, now)
             self._execute(now, self._handle(now, RequestEnded(delta.request_id)))
 
     def on_report(self, handle: InstanceHandle, report: StepReport, now: float) -> None:
@@ -159,6 +175,17 @@ class HandoffDriver:
         self._execute(now, self._handle(now, InstanceDown(handle.instance_id)))
         for request_id in [r for r in self.progress if r not in self.controller.requests]:
             del self.progress[request_id]  # failed with it
+        self._count_roles()
+
+    def on_starting(self, handle: InstanceHandle) -> None:
+        """A new instance (a scale-out) is loading: known, not up, so it takes no traffic."""
+        self._handle(0.0, InstanceStarting(handle.instance_id, role_of(handle)))
+        self._count_roles()
+
+    def on_retired(self, handle: InstanceHandle, now: float) -> None:
+        """A drained instance stopped (a scale-in): it holds nothing, it leaves."""
+        self.draining.discard(handle.instance_id)
+        self._execute(now, self._handle(now, InstanceDown(handle.instance_id)))
         self._count_roles()
 
     def on_ready(self, handle: InstanceHandle, now: float) -> None:
@@ -257,10 +284,15 @@ class HandoffDriver:
 
     def _snapshots(self, instance_ids: Sequence[str], now: float) -> list[LoadSnapshot]:
         handles = self.pool.handles
-        return [
+        snapshots = [
             snapshot
             for i in instance_ids
-            if handles[i].alive and (snapshot := handles[i].snapshot) is not None
+            if i in handles and handles[i].alive and (snapshot := handles[i].snapshot) is not None
+        ]
+        if not self.draining:
+            return snapshots
+        return [
+            replace(s, draining=True) if s.instance_id in self.draining else s for s in snapshots
         ]
 
     def _count_roles(self) -> None:
@@ -269,12 +301,9 @@ class HandoffDriver:
             if record.up:
                 counts[record.role] += 1
         self.metrics.set_instances_by_role(counts)
+        self.metrics.charge_instances(time.monotonic(), self.pool.handles.values())
 
 
 def role_of(handle: InstanceHandle) -> Role:
     """The role the instance says it serves (its spec's until it is ready)."""
-    if handle.ready is not None:
-        return handle.ready.role
-    if handle.snapshot is not None:
-        return handle.snapshot.role
-    return handle.spec.scheduler_config.role
+    return handle.role

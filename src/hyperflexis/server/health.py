@@ -162,7 +162,9 @@ class Supervisor:
         self.core.handoff.on_ready(handle, time.monotonic())  # the controller routes to it
         self.core.metrics.observe_instance(handle)
         failed_at = self.failed_at.pop(handle.instance_id, None)
-        down_s = 0.0 if failed_at is None else time.monotonic() - failed_at
+        if failed_at is None:
+            return  # a new instance (a scale-out), not a recovery: the control loop logs it
+        down_s = time.monotonic() - failed_at
         logger.warning(
             "instance %s recovered: a new process serves, %.1f s after the failure (%s)",
             handle.instance_id,

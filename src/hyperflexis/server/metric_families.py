@@ -291,6 +291,25 @@ class Families:
             registry=registry,
         )
         self.instances_by_role = {role: instances.labels(self.model_name, role) for role in ROLES}
+        self.instance_seconds = _by_role(
+            Counter(
+                "hyperflexis:instance_seconds",
+                "Instance-seconds by role: every instance process holding its machine, loading "
+                "or serving.",
+                (*model, "role"),
+                registry=registry,
+            ),
+            self.model_name,
+        )
+        self.cost_usd = _by_role(
+            Counter(
+                "hyperflexis:cost_usd",
+                "What the instances cost so far by role, USD, at --price-per-hour.",
+                (*model, "role"),
+                registry=registry,
+            ),
+            self.model_name,
+        )
 
     def engine(self, engine: str) -> EngineSeries:
         """Create (at zero) and return an instance's series."""
@@ -316,3 +335,7 @@ class Families:
             {c: self.missed.labels(model, name, c) for c in MISS_CAUSES},
             {w: self.rejected.labels(model, name, w) for w in REJECTED_WHERE},
         )
+
+
+def _by_role(counter: Counter, model_name: str) -> dict[str, Counter]:
+    return {role: counter.labels(model_name, role) for role in ROLES}

@@ -24,6 +24,7 @@ from hyperflexis.backends.local import InstanceHandle
 from hyperflexis.backends.messages import OutputDelta
 from hyperflexis.core.slo import SLO
 from hyperflexis.server.metric_families import ClassSeries, EngineSeries, Families
+from hyperflexis.server.pool_cost import ROLES, PoolCost
 
 NUM_RECENT_OVERHEADS = 10_000  # samples kept for exact quantiles in /debug/stats
 
@@ -33,9 +34,14 @@ class ServerMetrics:
     into it; `render` writes the exposition."""
 
     def __init__(
-        self, model_name: str, slo_classes: Iterable[str] = (), max_model_len: int = 4096
+        self,
+        model_name: str,
+        slo_classes: Iterable[str] = (),
+        max_model_len: int = 4096,
+        price_per_hour: float = 0.0,
     ) -> None:
         self.model_name = model_name
+        self.pool_cost = PoolCost(price_per_hour)
         self.registry = CollectorRegistry()
         self.families = Families(self.registry, model_name, max_model_len)
         # Every known instance's and class's series exist from the start, at zero, so that
@@ -147,6 +153,16 @@ class ServerMetrics:
             gauge.set(counts.get(role, 0))
 
     # -- instances --------------------------------------------------------------------------
+
+    def charge_instances(self, now: float, handles: Iterable[InstanceHandle]) -> None:
+        """Charge the instances' time since the last charge and move the cost counters
+        (`now`: monotonic seconds); call when the instances change and before a scrape."""
+        cost, families = self.pool_cost, self.families
+        before = {role: (cost.instance_seconds(role), cost.cost_usd(role)) for role in ROLES}
+        cost.update(now, handles)
+        for role, (seconds, usd) in before.items():
+            families.instance_seconds[role].inc(cost.instance_seconds(role) - seconds)
+            families.cost_usd[role].inc(cost.cost_usd(role) - usd)
 
     def observe_instance(self, handle: InstanceHandle) -> None:
         """Set an instance's gauges from its latest report (creating its series)."""

@@ -13,8 +13,14 @@ import logging
 import signal
 from pathlib import Path
 from types import FrameType
+from typing import TYPE_CHECKING
 
 from hyperflexis.server.config import ServerConfig
+
+if TYPE_CHECKING:
+    from hyperflexis.perf import StepCostModel
+    from hyperflexis.server.core import ServingCore
+    from hyperflexis.server.elastic import LiveScaler
 
 READY_LINE = "HyperFlexis serving on http://{host}:{port}"
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
@@ -105,8 +111,10 @@ def serve(config: ServerConfig) -> int:
             request_timeout_s=config.request_timeout_s,
             shared_correction=shared,
             link_policy=config.link_policy,
+            price_per_hour=config.price_per_hour,
         )
-        asyncio.run(_serve_http(config, core, create_app(core)))
+        elastic = _live_scaler(config, core, profiled)
+        asyncio.run(_serve_http(config, core, create_app(core, elastic), elastic))
     except (_Stop, KeyboardInterrupt):
         pass
     finally:
@@ -125,9 +133,35 @@ def _chat_template(value: str) -> str:
     raise ValueError(f"invalid '--chat-template': {value} is neither a file nor a template")
 
 
-async def _serve_http(config: ServerConfig, core: object, app: object) -> None:
+def _live_scaler(
+    config: ServerConfig, core: ServingCore, cost_model: StepCostModel
+) -> LiveScaler | None:
+    """`--scaler`'s control loop, or None. The scaler sizes capacity with the server's
+    profiled step cost model; the hardware and model specs only feed its start-up estimates."""
+    from hyperflexis.cluster.scaler import PoolLimits, ScalerContext, make_scaler
+    from hyperflexis.server.elastic import LiveScaler
+
+    if config.scaler is None:
+        return None
+    first = next(h.snapshot for h in core.pool.handles.values() if h.snapshot is not None)
+    context = ScalerContext.of(
+        "h100",
+        "llama-3.1-8b",
+        cost_model,
+        scheduler_config=config.scheduler,
+        kv_cache_tokens=first.num_blocks * first.block_size,
+    )
+    limits = PoolLimits(config.min_instances, config.max_instances)
+    scaler = make_scaler(config.scaler, context)
+    return LiveScaler(core, scaler, {"mixed": limits}, config.control_interval_s)
+
+
+async def _serve_http(
+    config: ServerConfig, core: object, app: object, elastic: LiveScaler | None = None
+) -> None:
     import uvicorn
 
+    from hyperflexis.backends.local import InstanceHandle
     from hyperflexis.server.core import ServingCore
     from hyperflexis.server.drain import DrainingServer
     from hyperflexis.server.health import RestartBudget, Supervisor
@@ -153,8 +187,17 @@ async def _serve_http(config: ServerConfig, core: object, app: object) -> None:
         start_timeout_s=config.ready_timeout_s,
     )
     loop = asyncio.get_running_loop()
-    core.pool.attach(loop, core.on_report, supervisor.on_exit, supervisor.on_ready)
+    on_ready = supervisor.on_ready
+    if elastic is not None:
+        scaling = elastic
+
+        def on_ready(handle: InstanceHandle) -> None:
+            supervisor.on_ready(handle)  # up in the controller: it takes traffic
+            scaling.on_ready(handle)
+
+    core.pool.attach(loop, core.on_report, supervisor.on_exit, on_ready)
     watch = asyncio.create_task(supervisor.watch())
+    control = asyncio.create_task(elastic.run()) if elastic is not None else None
     task = asyncio.create_task(server.serve())
     while not server.started and not task.done():
         await asyncio.sleep(0.01)
@@ -165,5 +208,7 @@ async def _serve_http(config: ServerConfig, core: object, app: object) -> None:
         await task
     finally:
         watch.cancel()
+        if control is not None:
+            control.cancel()
         core.draining = True  # an instance stopping from here on is not a fault
         core.fail_all("the server is shutting down")

@@ -2,7 +2,7 @@
 its instances, and a scaler deciding every control interval.
 
 It is composed, not derived: the fixed simulator runs the instances and calls this one through
-its seam (`sim.hooks.ClusterHooks`); the lifecycle (`sim.lifecycle`) holds the states, links and
+its seam (`sim.hooks.ClusterHooks`); the lifecycle (`cluster.lifecycle`) holds the states, links and
 parked hand-offs and says what each change leads to; the scaler's side (`sim.elastic_control`)
 builds the `ClusterView` and checks decisions. This module executes all that with modelled times:
 
@@ -25,6 +25,13 @@ from dataclasses import dataclass, field
 
 from hyperflexis.bench.metrics import RequestRecord, check_conservation
 from hyperflexis.cluster.dispatcher import Dispatcher, DispatchRequest
+from hyperflexis.cluster.lifecycle import Flip, Lifecycle, Stop
+from hyperflexis.cluster.lifecycle_decisions import (
+    DrainInstance,
+    StartInstance,
+    check_decision,
+    cluster_view,
+)
 from hyperflexis.cluster.links import LinkPolicy, LinkTable
 from hyperflexis.cluster.scaler import (
     INSTANCE_STATES,
@@ -40,18 +47,10 @@ from hyperflexis.core.slo import SLOClasses
 from hyperflexis.perf.base import StepCostModel
 from hyperflexis.scheduler.config import Role, SchedulerConfig
 from hyperflexis.sim.deployment import Deployment, KVTransferModel
-from hyperflexis.sim.elastic_control import (
-    DrainInstance,
-    ElasticTimes,
-    StartInstance,
-    check_decision,
-    cluster_sample,
-    cluster_view,
-)
+from hyperflexis.sim.elastic_control import ElasticTimes, cluster_sample
 from hyperflexis.sim.elastic_events import ControlTick, InstanceReady, InstanceStopped
 from hyperflexis.sim.elastic_result import ClusterSample, ElasticResult, Handoff, Links
 from hyperflexis.sim.hooks import ClusterHooks
-from hyperflexis.sim.lifecycle import Flip, Lifecycle, Stop
 from hyperflexis.sim.result import SimResult
 from hyperflexis.sim.simulator import ClusterSimulator, ProgressCallback
 from hyperflexis.sim.step_noise import EXACT_STEPS, StepNoise
@@ -129,6 +128,7 @@ class ElasticSimulator(ClusterHooks):
             role_switch_s=self.times.role_switch_s,
             stop_s=self.times.stop_s,
             on_links=self._publish_links,
+            minimums={role: limits.min_instances for role, limits in pools.items()},
         )
         self.cluster.on(InstanceReady, self._on_instance_ready)
         self.cluster.on(InstanceStopped, self._on_instance_stopped)

@@ -1,25 +1,16 @@
-"""The scaler's side of the elastic simulator (DESIGN.md §6): what the scaler is shown each
-control interval (`ClusterView`), what each `ScalingDecision` means once checked against the
-instances' lives (`StartInstance` or `DrainInstance`), and the cluster sample kept per tick.
-Nothing here touches the event queue or the instances' schedulers."""
+"""The scaler's side of the elastic simulator (DESIGN.md §6): its modelled transition times and
+the cluster sample kept per tick. The `ClusterView` and the checked decisions are the live
+server's too (`cluster.lifecycle_decisions`). Nothing here touches the event queue."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 
-from hyperflexis.cluster.scaler import (
-    ClusterView,
-    InstanceView,
-    PoolLimits,
-    ScalingDecision,
-    StartupModel,
-)
-from hyperflexis.cluster.scaler.decision import DrainTarget
-from hyperflexis.cluster.snapshot import LoadSnapshot
+from hyperflexis.cluster.lifecycle import Lifecycle
+from hyperflexis.cluster.scaler import PoolLimits
 from hyperflexis.scheduler.config import Role
 from hyperflexis.sim.elastic_result import ClusterSample
-from hyperflexis.sim.lifecycle import Lifecycle
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,88 +30,6 @@ class ElasticTimes:
         for name in ("role_switch_s", "stop_s", "give_up_after_s"):
             if not getattr(self, name) >= 0:
                 raise ValueError(f"invalid elastic field {name!r}: must be >= 0")
-
-
-@dataclass(frozen=True, slots=True)
-class StartInstance:
-    """A checked scale-out: the new instance takes traffic `startup_s` after the decision."""
-
-    instance_id: str
-    role: Role
-    startup_s: float
-    detail: str  # where its weights come from, and the start-up time
-
-
-@dataclass(frozen=True, slots=True)
-class DrainInstance:
-    """A checked scale-in or role switch: drain, then stop or flip."""
-
-    instance_id: str
-    target: DrainTarget
-
-
-def check_decision(
-    scaler_name: str,
-    decision: ScalingDecision,
-    lifecycle: Lifecycle,
-    pools: Mapping[Role, PoolLimits],
-    startup: StartupModel,
-) -> StartInstance | DrainInstance:
-    """What `decision` asks of the cluster as it is now; a decision the cluster cannot carry
-    out (an id in use, a pool not in use, an instance that is not active) raises."""
-    instance_id = decision.instance_id
-    if decision.kind == "scale_out":
-        if instance_id in lifecycle.lives:
-            raise RuntimeError(f"scaler {scaler_name!r} reused instance id {instance_id!r}")
-        if decision.role not in pools:
-            raise RuntimeError(f"scaler {scaler_name!r} started a {decision.role} instance")
-        startup_s = decision.startup_s
-        source = decision.weight_source or "disk"
-        if source == "peer" and not lifecycle.is_live(decision.peer_id):
-            source, startup_s = "disk", None  # the peer left before the copy could start
-        if startup_s is None:
-            startup_s = startup.weight_load_s(source) + startup.init_s
-        peer = f" {decision.peer_id}" if source == "peer" else ""
-        detail = f"weights from {source}{peer}, {startup_s:.2f} s"
-        return StartInstance(instance_id, decision.role, startup_s, detail)
-    life = lifecycle.lives.get(instance_id)
-    if life is None or life.state != "active":
-        raise RuntimeError(
-            f"scaler {scaler_name!r} decided {decision.kind} on {instance_id!r}, which is not "
-            "an active instance"
-        )
-    target: DrainTarget = "stop" if decision.kind == "scale_in" else "flip"
-    if target == "flip" and life.role == "mixed":
-        raise RuntimeError(f"scaler {scaler_name!r} flipped mixed {instance_id!r}")
-    return DrainInstance(instance_id, target)
-
-
-def cluster_view(
-    lifecycle: Lifecycle,
-    pools: Mapping[Role, PoolLimits],
-    model: str,
-    snapshot: Callable[[str], LoadSnapshot],
-) -> ClusterView:
-    """The cluster as the scaler sees it: every instance holding an accelerator, with the
-    `snapshot` of each that serves (active or draining)."""
-    views = []
-    for instance_id, life in lifecycle.lives.items():
-        if life.state == "stopped":
-            continue
-        if life.state == "starting":
-            views.append(InstanceView(instance_id, life.role, "starting", model))
-            continue
-        views.append(
-            InstanceView(
-                instance_id,
-                life.role,
-                life.state,
-                model,
-                life.drain_target,
-                snapshot(instance_id),
-            )
-        )
-    return ClusterView(tuple(views), pools, lifecycle.link_table)
 
 
 def cluster_sample(

@@ -9,21 +9,11 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from hyperflexis.cluster.lifecycle import Transition
 from hyperflexis.cluster.scaler.decision import ScalingDecision
 from hyperflexis.scheduler.config import Role
 from hyperflexis.sim.deployment import Links
 from hyperflexis.sim.result import SimResult
-
-
-@dataclass(frozen=True, slots=True)
-class Transition:
-    """One step of an instance's life, for logs and tests."""
-
-    time_s: float
-    instance_id: str
-    event: str  # start | ready | drain | drained | flip | stop
-    role: Role  # its role after the event
-    detail: str = ""  # e.g. the weight source of a start, the drain target of a drain
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,5 +1,5 @@
-"""The elastic cluster's lifecycle rules on their own, with no event queue (`sim.lifecycle`), and
-the fixed simulator's seam (`sim.hooks`) as a driver sees it."""
+"""The elastic cluster's lifecycle rules on their own, with no event queue
+(`cluster.lifecycle`), and the fixed simulator's seam (`sim.hooks`) as a driver sees it."""
 
 from __future__ import annotations
 
@@ -7,11 +7,11 @@ import pytest
 
 from hyperflexis.bench.metrics import RequestRecord
 from hyperflexis.cluster.dispatcher import DispatchRequest
+from hyperflexis.cluster.lifecycle import Flip, Lifecycle, Stop
 from hyperflexis.cluster.links import LinkTable
 from hyperflexis.scheduler.config import Role
 from hyperflexis.sim import Deployment
 from hyperflexis.sim.hooks import ClusterHooks
-from hyperflexis.sim.lifecycle import Flip, Lifecycle, Stop
 from tests.sim.helpers import simulator, workload
 
 
@@ -71,6 +71,22 @@ def test_a_prefill_instance_holding_a_parked_hand_off_is_not_drained() -> None:
     life.ready("decode-2", 4.0)
     assert life.links == {"prefill-0": frozenset({"decode-2"})}
     assert life.finish_drain("prefill-0", idle=True, now=4.0) == Stop("prefill-0", 6.0)
+
+
+def test_a_drain_never_takes_a_pool_below_its_minimum() -> None:
+    ids: list[tuple[str, Role]] = [("prefill-0", "prefill"), ("decode-0", "decode")]
+    table = LinkTable.build(["prefill-0"], ["decode-0"], policy="all")
+    life = Lifecycle(
+        ids, table, role_switch_s=1.0, stop_s=1.0, minimums={"prefill": 1, "decode": 1}
+    )
+    with pytest.raises(RuntimeError, match="below its minimum"):
+        life.drain("decode-0", "stop", 1.0)
+    with pytest.raises(RuntimeError, match="below its minimum"):
+        life.drain("prefill-0", "flip", 1.0)
+    life.start("decode-1", "decode", 2.0, "weights from disk")  # a starting one counts as planned
+    assert life.planned("decode") == 2
+    life.drain("decode-0", "stop", 3.0)
+    assert life.counts() == {"starting": 1, "active": 1, "draining": 1}
 
 
 def test_only_an_active_instance_drains_and_a_mixed_one_never_flips() -> None:

@@ -14,6 +14,8 @@ The rules:
   decode instance leaves the link table as soon as it starts draining, so no hand-off can pick
   it; a prefill instance keeps its links while it drains (its own prefills still hand off) and
   leaves when drained.
+- **Never below a pool's minimum.** A drain (stop or flip) that would leave the instance's role
+  with fewer planned instances (starting or active) than its minimum is refused.
 - **Parked hand-offs** (the controller's, `cluster.controller`): a prefilled request whose
   prefill instance has no active linked decode instance waits, holding its KV, until a decode
   instance becomes ready; it is never dropped.
@@ -24,17 +26,29 @@ executes what a method returns (`Stop`, `Flip`) and reports back.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Literal
 
+from hyperflexis.cluster.controller import Links
 from hyperflexis.cluster.links import LinkTable
 from hyperflexis.cluster.scaler.decision import DrainTarget, InstanceState
 from hyperflexis.cluster.scaler.tracker import flipped
 from hyperflexis.scheduler.config import Role
-from hyperflexis.sim.elastic_result import Links, Transition
 
 LifeState = Literal["starting", "active", "draining", "stopped"]
+_PLANNED = ("starting", "active")
+
+
+@dataclass(frozen=True, slots=True)
+class Transition:
+    """One step of an instance's life, for logs and tests."""
+
+    time_s: float
+    instance_id: str
+    event: str  # start | ready | drain | drained | flip | stop
+    role: Role  # its role after the event
+    detail: str = ""  # e.g. the weight source of a start, the drain target of a drain
 
 
 @dataclass(slots=True)
@@ -77,9 +91,10 @@ class Lifecycle:
         role_switch_s: float,
         stop_s: float,
         on_links: Callable[[Links], None] | None = None,
+        minimums: Mapping[Role, int] | None = None,
     ) -> None:
         """`on_links` is called with the links each time they change (and once now), for the
-        driver to route hand-offs by."""
+        driver to route hand-offs by; `minimums` bounds each role's pool from below."""
         self.lives: dict[str, Life] = {i: Life("active", role) for i, role in instances}
         self.link_table = link_table
         self.role_switch_s = role_switch_s
@@ -88,6 +103,7 @@ class Lifecycle:
         self.link_log: list[tuple[float, Links]] = [(0.0, self.links)]
         self.transitions: list[Transition] = []
         self._on_links = on_links
+        self.minimums: dict[Role, int] = dict(minimums or {})
         if on_links is not None:
             on_links(self.links)
 
@@ -105,6 +121,12 @@ class Lifecycle:
             if life.state != "stopped":
                 counts[life.state] += 1
         return counts
+
+    def planned(self, role: Role) -> int:
+        """Instances that serve, or will serve, `role`: starting or active."""
+        return sum(
+            1 for life in self.lives.values() if life.role == role and life.state in _PLANNED
+        )
 
     # -- transitions ------------------------------------------------------------------------
 
@@ -130,6 +152,11 @@ class Lifecycle:
         life = self.lives[instance_id]
         if life.state != "active" or (target == "flip" and life.role == "mixed"):
             raise RuntimeError(f"{instance_id!r} ({life.state} {life.role}) cannot {target}")
+        minimum = self.minimums.get(life.role, 0)
+        if self.planned(life.role) - 1 < minimum:
+            raise RuntimeError(
+                f"draining {instance_id!r} would leave {life.role} below its minimum {minimum}"
+            )
         life.state, life.drain_target = "draining", target
         if life.role == "decode":
             # Out of the table at once: no new hand-off can pick it, and its prefill partners

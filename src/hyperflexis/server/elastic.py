@@ -1,0 +1,214 @@
+"""`serve --scaler`: the live server's control loop (DESIGN.md §6, §10.3), collocated.
+
+Every control interval it builds a `ClusterView` from the instances' live snapshots, asks the
+same scaler object `simulate --scaler` uses, checks each decision against the instances' lives
+(`cluster.lifecycle_decisions`) and applies it through the lifecycle and the controller:
+
+- **scale out**: a new instance process starts under the decision's id (`InstancePool.add`;
+  weights from a live peer with `--peer-weights`, else from disk). It takes no traffic until its
+  `InstanceReady` arrives (`on_ready`): only then is it active in the lifecycle and up in the
+  controller.
+- **scale in**: the instance drains: its snapshots say `draining`, so the dispatcher sends it
+  nothing new, and its requests finish where they are. Once it is idle (nothing open on it,
+  every KV block free) it is stopped (`InstancePool.retire`) and leaves the controller.
+
+A pool never drops below `--min-instances` (the lifecycle refuses such a drain). Decisions may
+also come from `POST /debug/scale` (behind the API key), applied the same way, so a test can
+script them. Every event is logged with the decision's reason and kept in `events`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from hyperflexis.backends.local import InstanceHandle
+from hyperflexis.backends.messages import OutputDelta
+from hyperflexis.cluster.dispatcher import DispatchRequest
+from hyperflexis.cluster.lifecycle import Lifecycle
+from hyperflexis.cluster.lifecycle_decisions import (
+    DrainInstance,
+    StartInstance,
+    check_decision,
+    cluster_view,
+)
+from hyperflexis.cluster.links import LinkTable
+from hyperflexis.cluster.scaler import PoolLimits, Scaler, ScalingDecision, StartupModel
+from hyperflexis.cluster.snapshot import LoadSnapshot
+from hyperflexis.core.slo import SLO
+from hyperflexis.scheduler.config import Role
+from hyperflexis.server.core import ServingCore
+from hyperflexis.server.errors import bad_request
+
+logger = logging.getLogger("hyperflexis.server.elastic")
+
+
+@dataclass(frozen=True, slots=True)
+class _Finished:
+    """A finished request as the scaler reads it (`cluster.scaler.observe.FinishedRequest`)."""
+
+    slo_class: str
+    num_output_tokens: int
+    attained: bool
+
+
+class LiveScaler:
+    """The control loop of one server: a `Lifecycle` over its instances and a scaler."""
+
+    def __init__(
+        self,
+        core: ServingCore,
+        scaler: Scaler,
+        pools: Mapping[Role, PoolLimits],
+        control_interval_s: float,
+    ) -> None:
+        self.core, self.scaler, self.pools = core, scaler, dict(pools)
+        self.control_interval_s = control_interval_s
+        handles = core.pool.handles.values()
+        self.lifecycle = Lifecycle(
+            [(h.instance_id, h.role) for h in handles],
+            LinkTable("all"),
+            role_switch_s=0.0,
+            stop_s=0.0,
+            minimums={role: limits.min_instances for role, limits in pools.items()},
+        )
+        context = scaler.context
+        self._startup = StartupModel(context.hardware, context.model, context.init_s)
+        self.events: list[dict[str, Any]] = []  # every scaling event, for /debug/scaling
+        core.handoff.observer = self  # the scaler sees every arrival and finish
+
+    def now(self) -> float:
+        """The scaler's clock: the server's (monotonic), as requests' arrival times."""
+        return time.monotonic()
+
+    async def run(self) -> None:
+        """Tick every control interval, until cancelled; a failed tick is logged, and the
+        loop goes on."""
+        while True:
+            await asyncio.sleep(self.control_interval_s)
+            try:
+                self.tick(self.now())
+            except Exception:
+                logger.exception("scaling: the control tick failed")
+
+    def arrived(self, request: DispatchRequest, now: float) -> None:
+        self.scaler.observe_arrival(now, request)
+
+    def finished(self, slo: SLO, delta: OutputDelta, now: float) -> None:
+        record = _Finished(slo.class_name, delta.num_output_tokens, bool(delta.attained))
+        self.scaler.observe_finish(now, record)
+
+    def tick(self, now: float) -> None:
+        """Stop what has drained, then ask the scaler and apply its decisions."""
+        self._finish_drains(now)
+        view = cluster_view(self.lifecycle, self.pools, self.scaler.context.model.name, self._snap)
+        for decision in self.scaler.decide(now, view):
+            self.apply(decision, now)
+
+    def apply(self, decision: ScalingDecision, now: float) -> None:
+        """Check one decision against the instances' lives and carry it out; an impossible
+        one raises RuntimeError (the lifecycle's and the checker's words)."""
+        action = check_decision(
+            self.scaler.name, decision, self.lifecycle, self.pools, self._startup
+        )
+        if isinstance(action, StartInstance):
+            self._start_instance(action, decision.reason, now)
+        else:
+            self._drain(action, decision.reason, now)
+
+    def state_of(self, instance_id: str) -> str | None:
+        life = self.lifecycle.lives.get(instance_id)
+        return None if life is None else life.state
+
+    # -- transitions ------------------------------------------------------------------------
+
+    def _start_instance(self, action: StartInstance, reason: str, now: float) -> None:
+        pool = self.core.pool
+        base = pool.specs[0]
+        spec = dataclasses.replace(
+            base,
+            instance_id=action.instance_id,
+            scheduler_config=dataclasses.replace(base.scheduler_config, role=action.role),
+            seed=base.seed + len(pool.specs),
+        )
+        handle = pool.add(spec)
+        source = handle.spec.weight_source
+        self.lifecycle.start(action.instance_id, action.role, now, f"weights from {source}")
+        self.core.handoff.on_starting(handle)
+        self._event(now, action.instance_id, "scale_out", f"{reason}; weights from {source}")
+
+    def _drain(self, action: DrainInstance, reason: str, now: float) -> None:
+        if action.target != "stop":
+            raise RuntimeError(f"{action.instance_id!r}: live role flips are not supported yet")
+        self.lifecycle.drain(action.instance_id, action.target, now)
+        self.core.handoff.draining.add(action.instance_id)  # the dispatcher skips it
+        self._event(now, action.instance_id, "drain", reason)
+        self._finish_drains(now)
+
+    def on_ready(self, handle: InstanceHandle) -> None:
+        """A new instance loaded (the supervisor has brought it up in the controller): it is
+        active from now on."""
+        life = self.lifecycle.lives.get(handle.instance_id)
+        if life is None or life.state != "starting":
+            return  # a replacement of a failed instance: the supervisor's
+        now = self.now()
+        self.lifecycle.ready(handle.instance_id, now)
+        start = "" if handle.ready is None else f" ({handle.ready.start_info()})"
+        self._event(now, handle.instance_id, "ready", f"takes traffic{start}")
+
+    def _finish_drains(self, now: float) -> None:
+        for instance_id, life in list(self.lifecycle.lives.items()):
+            if life.state != "draining":
+                continue
+            if self.lifecycle.finish_drain(instance_id, self._idle(instance_id), now) is None:
+                continue
+            handle = self.core.pool.retire(instance_id)
+            self.core.handoff.on_retired(handle, now)
+            self.core.metrics.remove_instance(instance_id)
+            self.lifecycle.stopped(instance_id, now)
+            self._event(now, instance_id, "stop", "drained: nothing open, every KV block free")
+
+    def _idle(self, instance_id: str) -> bool:
+        """Nothing open on it (the server's streams, the controller's placements) and its
+        latest snapshot shows no request and every KV block free."""
+        if any(s.instance_id == instance_id for s in self.core.streams.values()):
+            return False
+        controller = self.core.handoff.controller
+        if any(p.instance_id == instance_id for p in controller.requests.values()):
+            return False
+        snapshot = self.core.pool.handles[instance_id].snapshot
+        return (
+            snapshot is not None
+            and snapshot.num_running == 0
+            and snapshot.num_waiting == 0
+            and snapshot.num_free_blocks == snapshot.num_blocks
+        )
+
+    def _snap(self, instance_id: str) -> LoadSnapshot:
+        snapshot = self.core.pool.handles[instance_id].snapshot
+        assert snapshot is not None  # every active or draining instance has reported
+        if self.state_of(instance_id) == "draining":
+            return dataclasses.replace(snapshot, draining=True)
+        return snapshot
+
+    def _event(self, now: float, instance_id: str, event: str, detail: str) -> None:
+        self.events.append(
+            {"time_s": round(now, 3), "instance_id": instance_id, "event": event, "detail": detail}
+        )
+        logger.warning("scaling: instance %s %s (%s)", instance_id, event, detail)
+
+
+def scripted_decision(body: Any, now: float) -> ScalingDecision:
+    """`POST /debug/scale`'s body, `{"kind": "scale_out" | "scale_in", "instance_id": ...}`, as
+    a decision; anything else is a 400."""
+    if not isinstance(body, dict) or body.get("kind") not in ("scale_out", "scale_in"):
+        raise bad_request("'kind' must be 'scale_out' or 'scale_in'", "kind")
+    instance_id = body.get("instance_id")
+    if not isinstance(instance_id, str) or not instance_id:
+        raise bad_request("'instance_id' must be a non-empty string", "instance_id")
+    return ScalingDecision(body["kind"], "mixed", instance_id, now, "scripted (/debug/scale)")
