@@ -195,8 +195,11 @@ def test_a_decode_instance_that_never_confirms_leaves_p_to_free_at_lease_expiry(
 ) -> None:
     wait_idle(pd)
     body = {**LONG, "max_tokens": 8, "stream": True}
-    with contextlib.closing(send_raw(pd, COMPLETIONS, body)) as sock:
-        with pd.frozen(["decode-0"]):  # D never reads the hand-off while the lease runs
+    with contextlib.ExitStack() as stack:
+        # Frozen before the request is sent: D never reads the hand-off while the lease runs
+        # (frozen after, D could pull and finish all 8 tokens first on a loaded machine).
+        with pd.frozen(["decode-0"]):
+            sock = stack.enter_context(contextlib.closing(send_raw(pd, COMPLETIONS, body)))
             read_until(sock, b"data: {")  # the first token, from P
             wait_until(lambda: _free(pd, "prefill-0"), "P to free at lease expiry", LEASE_S + 20)
             assert pd.stats()["num_open_requests"] == 1  # the request itself lives on
