@@ -47,6 +47,10 @@ def server(
             "--control-interval",
             "0.2",
             "--peer-weights",
+            # Round-robin: the streams below alternate over both instances whatever their load
+            # (the hyperflexis dispatcher may send all of them to the idle newcomer).
+            "--dispatch",
+            "round-robin",
         ],
         tmp_path_factory.mktemp("scaling-server"),
     )
