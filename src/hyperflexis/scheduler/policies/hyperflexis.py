@@ -95,6 +95,7 @@ class HyperFlexisScheduler(Scheduler):
     name = "hyperflexis"
     needs_cost_model = True
     _sets_aside_hopeless: ClassVar[bool] = True  # see _candidates
+    _priority_blind: ClassVar[bool] = False  # the no-prioritise ablation: every job at one priority
 
     def schedule(self, now: float) -> SchedulerOutput:
         output = SchedulerOutput()
@@ -226,8 +227,14 @@ class HyperFlexisScheduler(Scheduler):
             return [], []
         tightest = min(decodes.tightest_tpot_s, waiting_tpot_s)
         rate = budgeted_prefill_rate(self._model, decodes.features, tightest, self.config)
+        blind = self._priority_blind
         jobs: list[PrefillJob] = [
-            (r.next_token_deadline_s, r.slo.priority, len(r.token_ids) - r.num_computed_tokens, r)
+            (
+                r.next_token_deadline_s,
+                0 if blind else r.slo.priority,
+                len(r.token_ids) - r.num_computed_tokens,
+                r,
+            )
             for r in candidates
         ]
         return split_feasible(jobs, now, rate)

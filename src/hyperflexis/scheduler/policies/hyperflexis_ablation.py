@@ -16,7 +16,6 @@ from __future__ import annotations
 import math
 
 from hyperflexis.core.request import Request
-from hyperflexis.scheduler.feasibility import PrefillJob, budgeted_prefill_rate, split_feasible
 from hyperflexis.scheduler.policies.hyperflexis import HyperFlexisScheduler, _Decodes
 from hyperflexis.scheduler.registry import register_policy
 
@@ -33,20 +32,8 @@ class NoBudgetScheduler(HyperFlexisScheduler):
 class NoPrioritiseScheduler(HyperFlexisScheduler):
     name = "hyperflexis-no-prioritise"
     _sets_aside_hopeless = False  # its late set is ordered by deadline alone
-
-    def _prioritise(
-        self, candidates: list[Request], decodes: _Decodes, waiting_tpot_s: float, now: float
-    ) -> tuple[list[Request], list[Request]]:
-        if not candidates:
-            return [], []
-        tightest = min(decodes.tightest_tpot_s, waiting_tpot_s)
-        rate = budgeted_prefill_rate(self._model, decodes.features, tightest, self.config)
-        # Every job at one priority: the check then sets aside the most work first.
-        jobs: list[PrefillJob] = [
-            (r.next_token_deadline_s, 0, len(r.token_ids) - r.num_computed_tokens, r)
-            for r in candidates
-        ]
-        return split_feasible(jobs, now, rate)
+    # Every job at one priority: the check then sets aside the most work first.
+    _priority_blind = True
 
 
 @register_policy
