@@ -20,7 +20,6 @@ instance is parked (never dropped) and retried, in parking order, when a decode 
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
 
 from hyperflexis.cluster import migration
 from hyperflexis.cluster.controller_events import (
@@ -45,36 +44,16 @@ from hyperflexis.cluster.controller_events import (
     RequestEnded,
     Resume,
     Route,
-    Stage,
     TransferEnded,
 )
 from hyperflexis.cluster.dispatcher import Dispatcher, DispatchRequest
 from hyperflexis.cluster.links import LinkTable
+from hyperflexis.cluster.placement import InstanceRecord, Placement
 from hyperflexis.cluster.snapshot import LoadSnapshot
 from hyperflexis.scheduler.config import Role
 
 Links = Mapping[str, frozenset[str]]  # prefill id -> the decode ids it may hand KV to
 SnapshotFn = Callable[[Sequence[str], float], Sequence[LoadSnapshot]]  # (ids, now) -> snapshots
-
-
-@dataclass(slots=True)
-class InstanceRecord:
-    instance_id: str
-    role: Role
-    up: bool = True  # takes traffic for its role
-
-
-@dataclass(slots=True)
-class Placement:
-    """One request's place in the cluster."""
-
-    request: DispatchRequest
-    stage: Stage
-    instance_id: str  # where it runs now: its entry instance, then D once handed off
-    prefill_id: str | None = None  # P/D: the instance that computed its prompt
-    kv_source: str | None = None  # the instance whose leased KV it pulls (P, or a migration's)
-    kv_held: bool = False  # `kv_source` still holds its KV under lease (not released, expired)
-    has_first_token: bool = False
 
 
 class Controller:

@@ -15,7 +15,8 @@ an abort meanwhile take the P/D hand-off's paths unchanged.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from collections.abc import Sequence
+from typing import Protocol
 
 from hyperflexis.cluster.controller_events import (
     DrainDue,
@@ -25,12 +26,23 @@ from hyperflexis.cluster.controller_events import (
     MoveOut,
     Release,
 )
-
-if TYPE_CHECKING:
-    from hyperflexis.cluster.controller import Controller, Placement
+from hyperflexis.cluster.dispatcher import Dispatcher
+from hyperflexis.cluster.placement import InstanceRecord, Placement
+from hyperflexis.cluster.snapshot import LoadSnapshot
 
 # Stages of a request that decodes where it is (has streamed, not waiting for KV).
 MOVABLE_STAGES = ("running", "decoding", "recomputing")
+
+
+class Controller(Protocol):
+    """What migration reads and changes of the cluster controller."""
+
+    dispatcher: Dispatcher
+    instances: dict[str, InstanceRecord]
+    requests: dict[str, Placement]
+    num_migrations: int
+
+    def snapshots(self, instance_ids: Sequence[str], now: float) -> Sequence[LoadSnapshot]: ...
 
 
 def drain_due(controller: Controller, now: float, event: DrainDue) -> list[Effect]:
