@@ -18,15 +18,19 @@ from tests.server.live import LiveServer
 MAX_TOKENS = 24
 
 
-def body(prompt: str, stream: bool = False, max_tokens: int = MAX_TOKENS) -> dict[str, Any]:
-    return {"prompt": prompt, "max_tokens": max_tokens, "temperature": 0, "stream": stream}
+def body(
+    prompt: str, stream: bool = False, max_tokens: int = MAX_TOKENS, **extra: Any
+) -> dict[str, Any]:
+    return {"prompt": prompt, "max_tokens": max_tokens, "temperature": 0, "stream": stream, **extra}
 
 
-def complete(server: LiveServer, prompt: str, max_tokens: int = MAX_TOKENS) -> tuple[str, str]:
+def complete(
+    server: LiveServer, prompt: str, max_tokens: int = MAX_TOKENS, **extra: Any
+) -> tuple[str, str]:
     """(text, the instance that took it) of one completion."""
     response = httpx.post(
         f"{server.url}/v1/completions",
-        json=body(prompt, max_tokens=max_tokens),
+        json=body(prompt, max_tokens=max_tokens, **extra),
         headers=server.headers,
         timeout=60,
     )
@@ -55,10 +59,11 @@ def scaling(server: LiveServer) -> dict[str, Any]:
     return found
 
 
-def stream_text(response: httpx.Response) -> str:
-    """The text of a streamed completion; fails on an error event."""
+def stream_text(response: httpx.Response, lines: Iterator[str] | None = None) -> str:
+    """The text of a streamed completion (the rest of `lines`, when given); fails on an error
+    event."""
     text = []
-    for line in response.iter_lines():
+    for line in response.iter_lines() if lines is None else lines:
         if line.startswith("data: ") and line != "data: [DONE]":
             chunk = json.loads(line[6:])
             assert "error" not in chunk, chunk
