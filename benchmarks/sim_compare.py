@@ -16,10 +16,12 @@ preemptions. Every row runs on each of `--seeds` (the evaluation seeds by defaul
 report is the first seed's, and a table per deployment gives each row's goodput@90 per seed,
 its mean ± std (min-max), and hyperflexis's ratio to it per seed and as mean ± std (min-max),
 the best tuned baseline chosen per seed (`bench/seed_stats.py`). `--rows` runs only some rows
-(hyperflexis always); `--reuse` takes rows (per seed) from earlier results files.
+(hyperflexis always); `--reuse` takes rows (per seed) from earlier results files;
+`--early-stop` ends each sweep at its first rate below 90% attainment (enough for goodput@90).
 
     .venv/bin/python benchmarks/sim_compare.py [--num-requests 3000] [--jobs 2]
         [--seeds 0,2,3,4,5] [--rows edf-drop,priority,vllm-default] [--reuse FILE]...
+        [--early-stop]
         [--step-noise CV] [--profile-error BIAS] [--tuned docs/sim_compare/tuned_baselines.json]
         [--out docs/sim_compare/results.json]
 """
@@ -31,6 +33,7 @@ import dataclasses
 import json
 import sys
 import time
+from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -40,7 +43,13 @@ from hyperflexis.bench.plots import plot_attainment_vs_rate
 from hyperflexis.bench.seed_stats import rows_over_seeds, seeds_table
 from hyperflexis.bench.seeds import EVALUATION_SEEDS
 from hyperflexis.bench.sim_points import DEFAULT_SLO_MIX, TracePoint, point_workload, run_point
-from hyperflexis.bench.tuning import BaselineSetting, load_tuned, vllm_default
+from hyperflexis.bench.tuning import (
+    GOODPUT_TARGET,
+    BaselineSetting,
+    load_tuned,
+    sweep_goodputs,
+    vllm_default,
+)
 from hyperflexis.core import SLOClasses
 from hyperflexis.sim import Deployment, SimSetup, natural_dispatcher
 from hyperflexis.sim.bound import steady_goodput_bound
@@ -148,7 +157,8 @@ def _report(
     by_key = {(r["row"], r["rate"]): r for r in runs}
     for rate in sorted({r["rate"] for r in runs}):
         cells = " ".join(
-            f"{by_key[(p, rate)]['attainment']:>{w}.3f}" for p, w in zip(names, widths, strict=True)
+            f"{by_key[(p, rate)]['attainment']:>{w}.3f}" if (p, rate) in by_key else f"{'-':>{w}}"
+            for p, w in zip(names, widths, strict=True)
         )
         lines.append(f"{rate:>6g} {cells}")
     goodput, ratios = analysis["goodput_at_90"], analysis["goodput_ratio_by_row"]
@@ -178,6 +188,8 @@ def _report(
             + ", ".join(f"{p} {v:.2f}s" for p, v in e2e.items() if v is not None)
         )
         for policy in (OURS, analysis["best_baseline_at_50"]):
+            if (policy, near) not in by_key:
+                continue  # an early-stopped sweep
             run = by_key[(policy, near)]
             classes = ", ".join(f"{c} {a:.3f}" for c, a in run["attainment_by_class"].items())
             lines.append(
@@ -218,9 +230,39 @@ def _reusable(
                         for r in old.get(name, {}).get("runs", [])
                         if r["row"] == row and r["seed"] == seed
                     ]
-                    if notes.get(row) == note and len(runs) == len(RATES[name]):
+                    if notes.get(row) == note and _whole(runs, RATES[name]):
                         reused.setdefault((name, row, seed), runs)
     return reused
+
+
+def _whole(runs: list[dict[str, Any]], rates: tuple[float, ...]) -> bool:
+    """Whether `runs` are one sweep over `rates`: all of them, or (`--early-stop`) the lowest up
+    to and including the first below 90% attainment."""
+    runs = sorted(runs, key=lambda r: r["rate"])
+    if [r["rate"] for r in runs] != list(rates[: len(runs)]) or not runs:
+        return False
+    passing = [r["attainment"] >= GOODPUT_TARGET for r in runs]
+    return all(passing[:-1]) and (len(runs) == len(rates) or not passing[-1])
+
+
+def _run(tasks: list[tuple[str, str, TracePoint]], jobs: int, early_stop: bool) -> list[Any]:
+    """Every task's run; with `early_stop`, each (deployment, row, seed) sweep only up to its
+    first rate below 90% attainment, where goodput@90 stops reading (`tuning.sweep_goodputs`)."""
+    with ProcessPoolExecutor(max_workers=jobs) as pool:
+        if not early_stop:
+            return list(pool.map(_one, tasks))
+        sweeps: dict[tuple[str, str, int], dict[float, TracePoint]] = {}
+        for name, row, point in tasks:
+            sweeps.setdefault((name, row, point.seed), {})[point.rate_rps] = point
+        runs: list[dict[str, Any]] = []
+
+        def evaluate(batch: Sequence[tuple[str, tuple[str, str, int], float]]) -> list[float]:
+            done = list(pool.map(_one, [(k[0], k[1], sweeps[k][rate]) for _, k, rate in batch]))
+            runs.extend(done)
+            return [r["attainment"] for r in done]
+
+        sweep_goodputs([(str(k), k, tuple(sweeps[k])) for k in sweeps], evaluate)
+        return runs
 
 
 def _over_seeds(analyses: dict[int, dict[str, Any]]) -> dict[str, Any]:
@@ -280,6 +322,12 @@ def main() -> int:
     parser.add_argument("--profile-error", type=float, default=0.0, metavar="BIAS")
     parser.add_argument("--tuned", type=Path, default=TUNED)
     parser.add_argument(
+        "--early-stop",
+        action="store_true",
+        help="each row's sweep stops after its first rate below 90%% attainment (goodput@90 "
+        "reads no further; the 50%% point and the latency there are then mostly missing)",
+    )
+    parser.add_argument(
         "--reuse",
         type=Path,
         action="append",
@@ -312,8 +360,7 @@ def main() -> int:
     reused = _reusable(args, table, seeds)
     tasks = [t for t in tasks if (t[0], t[1], t[2].seed) not in reused]
     started = time.perf_counter()
-    with ProcessPoolExecutor(max_workers=args.jobs) as pool:
-        runs = list(pool.map(_one, tasks))
+    runs = _run(tasks, args.jobs, args.early_stop)
     runs += [run for key in reused for run in reused[key]]
     wall_s = time.perf_counter() - started
     doc: dict[str, Any] = {
