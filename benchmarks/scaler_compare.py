@@ -370,7 +370,7 @@ def targets_table(results: list[dict[str, Any]]) -> str:
         for (scenario, deployment), figures in rows.items():
             a, b, c, d = (float(np.mean(column)) for column in zip(*figures, strict=True))
             lines.append(_target_cells("mean", scenario, deployment, (a, b, c, d)))
-        lines.append("\nThe same over the seeds, mean ± std (min-max):\n")
+        lines.append("\nThe same over the seeds, mean ± std (min to max):\n")
         lines.append(
             "| scenario | deployment | vs static (points) | fewer instance-s | "
             "vs threshold (points) | instance-s vs threshold |"
@@ -418,6 +418,29 @@ def _target_cells(
     )
 
 
+SWEEP_LABELS = {label for label, _, _ in SWEEP}
+
+
+def print_tables(results: list[dict[str, Any]]) -> None:
+    """The runs, the targets (with the mean and spread over seeds when there are several) and,
+    when `results` hold sweep rows, the matched-cost comparison."""
+    main_rows = [r for r in results if r["label"] not in SWEEP_LABELS]
+    print(table(main_rows))
+    print("\nAgainst the targets (default settings):\n")
+    print(targets_table(main_rows))
+    seeds = sorted({r["seed"] for r in results})
+    if len(seeds) > 1:
+        print(f"\nOver seeds {','.join(map(str, seeds))}, mean ± std (min to max):\n")
+        print(over_seeds_table(main_rows))
+    if any(r["label"] in SWEEP_LABELS for r in results):
+        print("\nSweep (matched cost):\n")
+        print(table([r for r in results if r["label"] in SWEEP_LABELS or r["label"] == "static"]))
+        print()
+        print(matched_cost_table(results))
+        print()
+        print(dominance_table(results))
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--trace", default=str(TRACE))
@@ -447,7 +470,17 @@ def main() -> int:
     )
     parser.add_argument("--jobs", type=int, default=os.cpu_count() or 1)
     parser.add_argument("--out", type=Path, default=Path("docs/scaling"))
+    parser.add_argument(
+        "--tables-from",
+        type=Path,
+        default=None,
+        metavar="JSON",
+        help="run nothing: print the tables of a recorded scaler_compare.json",
+    )
     args = parser.parse_args()
+    if args.tables_from is not None:
+        print_tables(json.loads(args.tables_from.read_text())["runs"])
+        return 0
 
     lean = tuple(
         (key.strip(), float(value))
@@ -509,8 +542,7 @@ def main() -> int:
     wall_s = time.perf_counter() - started
     order = {name: i for i, name in enumerate((*LABELS, *(label for label, _, _ in SWEEP)))}
     results.sort(key=lambda r: (*_case(r), order[r["label"]]))
-    sweep_labels = {label for label, _, _ in SWEEP}
-    main_rows = [r for r in results if r["label"] not in sweep_labels]
+    main_rows = [r for r in results if r["label"] not in SWEEP_LABELS]
 
     args.out.mkdir(parents=True, exist_ok=True)
     for seed, s, d in cases:
@@ -525,19 +557,7 @@ def main() -> int:
         )
     doc = {"command": " ".join(sys.argv), "wall_s": wall_s, "runs": results}
     (args.out / "scaler_compare.json").write_text(json.dumps(doc, indent=1, sort_keys=True) + "\n")
-    print(table(main_rows))
-    print("\nAgainst the targets (default settings):\n")
-    print(targets_table(main_rows))
-    if len(seeds) > 1:
-        print(f"\nOver seeds {args.seeds}, mean ± std (min-max):\n")
-        print(over_seeds_table(main_rows))
-    if args.sweep:
-        print("\nSweep (matched cost):\n")
-        print(table([r for r in results if r["label"] in sweep_labels or r["label"] == "static"]))
-        print()
-        print(matched_cost_table(results))
-        print()
-        print(dominance_table(results))
+    print_tables(results)
     print(f"\n{len(results)} runs in {wall_s:.0f} s wall; wrote {args.out}/")
     return 0
 

@@ -13,7 +13,7 @@ from hyperflexis.bench.seed_stats import Spread, rows_over_seeds, seeds_table, s
 def test_spread_is_mean_sample_std_and_range() -> None:
     s = spread([1.0, 2.0, 3.0, 6.0])
     assert s == Spread(mean=3.0, std=pytest.approx(math.sqrt(14 / 3)), low=1.0, high=6.0, n=4)
-    assert s is not None and s.text(1) == "3.0 ± 2.2 (1.0-6.0, n=4)"
+    assert s is not None and s.text(1) == "3.0 ± 2.2 (1.0 to 6.0, n=4)"
     assert s.echo() == {"mean": 3.0, "std": s.std, "min": 1.0, "max": 6.0, "n": 4}
 
 
@@ -39,8 +39,8 @@ def test_table_averages_the_per_seed_ratio_not_the_ratio_of_means() -> None:
     ratio = {0: {"base": 2.0}, 2: {"base": 1.0}}
     table = seeds_table(goodput, ratio, "goodput@90", "ours / row").splitlines()
     assert table[0].startswith("| row | goodput@90 on seeds 0, 2 |")
-    assert table[2] == "| ours | 100.0, 10.0 | 55.0 ± 63.6 (10.0-100.0, n=2) |  |  |"
+    assert table[2] == "| ours | 100.0, 10.0 | 55.0 ± 63.6 (10.0 to 100.0, n=2) |  |  |"
     assert table[3] == (
-        "| base | 50.0, 10.0 | 30.0 ± 28.3 (10.0-50.0, n=2) | 2.00x, 1.00x "
-        "| 1.50x ± 0.71 (1.00-2.00x, n=2) |"
+        "| base | 50.0, 10.0 | 30.0 ± 28.3 (10.0 to 50.0, n=2) | 2.00x, 1.00x "
+        "| 1.50x ± 0.71 (1.00 to 2.00x, n=2) |"
     )

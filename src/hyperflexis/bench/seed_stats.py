@@ -21,11 +21,11 @@ class Spread:
     n: int
 
     def text(self, digits: int = 1, suffix: str = "") -> str:
-        """`mean ± std (low-high)`, each with `digits` decimals and `suffix` (e.g. "x")."""
+        """`mean ± std (low to high, n=N)`, each with `digits` decimals and `suffix` (e.g. "x")."""
         f = f".{digits}f"
         return (
             f"{self.mean:{f}}{suffix} ± {self.std:{f}} "
-            f"({self.low:{f}}-{self.high:{f}}{suffix}, n={self.n})"
+            f"({self.low:{f}} to {self.high:{f}}{suffix}, n={self.n})"
         )
 
     def echo(self) -> dict[str, float | int]:
@@ -67,8 +67,8 @@ def seeds_table(
     names = list(dict.fromkeys(name for figures in figure.values() for name in figures))
     figures, ratios = rows_over_seeds(figure), rows_over_seeds(ratio)
     lines = [
-        f"| row | {figure_name} on seeds {', '.join(map(str, seeds))} | mean ± std (min-max) "
-        f"| {ratio_name} per seed | mean ± std (min-max) |",
+        f"| row | {figure_name} on seeds {', '.join(map(str, seeds))} | mean ± std (min to max) "
+        f"| {ratio_name} per seed | mean ± std (min to max) |",
         "|---|---|---|---|---|",
     ]
     for name in names:
