@@ -212,6 +212,7 @@ class LiveScaler:
         drain = self.drains.pop(handle.instance_id, None)
         if drain is not None and drain.drained_s is not None:
             flip_s = self.flip_s[handle.instance_id] = now - drain.decided_s
+            self.core.metrics.on_role_flip(flip_s)
             detail = (
                 f"serves as {handle.role} {flip_s:.3f} s after the decision (drain "
                 f"{drain.drained_s - drain.decided_s:.3f} s, switch {now - drain.drained_s:.3f} s)"

@@ -296,6 +296,7 @@ class HandoffDriver:
                 kv = KVSource(effect.from_id, pool, moved.block_ids, moved.num_tokens)
         if kv is None:
             self.metrics.on_recompute()
+        self.metrics.on_migration()
         self._send_resume(effect.request_id, effect.to_id, now, kv)
 
     def _send_resume(
