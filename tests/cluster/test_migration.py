@@ -112,3 +112,13 @@ def test_pd_decodes_move_to_another_decode_instance_and_release_there() -> None:
     assert ctl.handle(1.1, moved) == [Migrate("a", "d0", "d1", with_kv=True)]
     assert ctl.handle(1.2, TransferEnded("a", ok=False)) == [Release("a", "d0")]
     assert ctl.requests["a"].stage == "recomputing"  # a failed pull recomputes on d1
+
+
+def test_a_decode_whose_prefill_instance_left_recomputes_on_any_decode_instance() -> None:
+    ctl, cluster = make(PD)
+    cluster.free["d1"] = 10  # d0 takes the hand-off
+    ctl.handle(0.0, RequestArrived(req("a")))
+    assert ctl.handle(0.1, PrefillDone("a", "p0")) == [HandOff("a", "p0", "d0")]
+    ctl.handle(0.2, TransferEnded("a", ok=True))
+    ctl.handle(0.3, InstanceDown("p0"))  # scaled in: no links from it any more
+    assert ctl.handle(0.4, InstanceDown("d0")) == [HandOff("a", "p0", "d1", with_kv=False)]

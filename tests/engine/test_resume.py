@@ -196,3 +196,40 @@ def test_the_copied_kv_is_what_the_decode_reads(engines: dict[Role, LLMEngine]) 
     """The check above has teeth: the same hand-off over zeroed blocks decodes otherwise."""
     want = collocated(engines["mixed"], GREEDY)
     assert hand_off(engines, GREEDY, "zeros").outputs[0].token_ids != want.outputs[0].token_ids
+
+
+@pytest.mark.parametrize("moved_at", [1, 6])
+def test_a_request_migrated_part_way_with_its_kv_ends_as_an_uninterrupted_one(
+    engines: dict[Role, LLMEngine], moved_at: int
+) -> None:
+    """A drain's migration: stopped between steps on a collocated engine, its KV (prompt and
+    output so far, all but the newest token) leased and copied, decoded on."""
+    params = with_stop_string(engines, GREEDY)
+    want = collocated(engines["mixed"], params)
+    source, target = engines["mixed"], engines["decode"]
+    request_id = source.add_request(PROMPT, params, slo=SLO_, request_id=new_id())
+    while len(source.step()[0].outputs[0].token_ids) < moved_at:
+        pass
+    assert source.migrate_out("unknown") is None
+    moved = source.migrate_out(request_id)
+    assert moved is not None and not source.has_unfinished()
+    lease, partial = moved
+    tokens = partial.outputs[0].token_ids
+    assert lease is not None and len(tokens) == moved_at
+    assert lease.num_tokens == len(PROMPT) + moved_at - 1
+    resume = Resume(
+        request_id, PROMPT, tokens, params, SLO_, age_s=1.0, ttft_s=0.3, kv_tokens=lease.num_tokens
+    )
+    blocks = target.resume(resume)
+    mine, theirs = target.runner.kv_cache, source.runner.kv_cache  # type: ignore[attr-defined]
+    for dest, src in (
+        *zip(mine.key_caches, theirs.key_caches, strict=True),
+        *zip(mine.value_caches, theirs.value_caches, strict=True),
+    ):
+        dest[blocks] = src[list(lease.block_ids[: len(blocks)])]
+    assert target.kv_arrived(request_id)
+    assert source.release_lease(request_id)
+    outputs = target.step()
+    assert target.last_step.num_tokens == 1  # decoded on the copied KV: only the newest token
+    finished = [o for o in outputs if o.request_id == request_id and o.finished]
+    assert_same_end(finished[0] if finished else run(target, request_id), want)

@@ -67,7 +67,7 @@ def test_a_migrated_stream_equals_an_unmigrated_one(server: LiveServer) -> None:
             os.kill(pids[source], signal.SIGCONT)
         text = stream_text(response, iter(head + list(lines)))
     assert text == want
-    assert scaling(server)["num_migrations"] == 1
+    assert scaling(server)["num_migrations"] == 1 == server.metric("hyperflexis:migrations_total")
     wait_until(lambda: source not in rows(server), f"{source} stopped once drained")
     assert server.metric("hyperflexis:kv_transfer_bytes_sum") > 0  # pulled, not recomputed
     assert server.metric("hyperflexis:kv_handoff_failures_total") == 0

@@ -96,4 +96,5 @@ def test_scale_out_flip_and_scale_in_under_load_lose_nothing(server: LiveServer)
         ("decode-0", "stop"),
     ]
     assert server.metric("hyperflexis:instances", role="decode") == 1
+    assert server.metric("hyperflexis:role_flip_seconds_count") == 1
     assert "scaling: instance prefill-0 flipped" in server.stderr()

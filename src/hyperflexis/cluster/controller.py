@@ -164,8 +164,13 @@ class Controller:
         assert prefill_id is not None
         allowed = [r.instance_id for r in self.instances.values() if r.up and r.role == "decode"]
         snapshots = self._snapshots(allowed, now) if allowed else []
+        with_kv = placement.kv_held and placement.kv_source == prefill_id
+        links = self.links
+        if not with_kv and not links.get(prefill_id):
+            # A recompute needs no link: its prefill instance is gone (scaled in, flipped).
+            links = {**links, prefill_id: frozenset(allowed)}
         decision = self.dispatcher.choose_decode(
-            placement.request, prefill_id, snapshots, self.links, now
+            placement.request, prefill_id, snapshots, links, now
         )
         decode_id = decision.instance_id
         if decode_id is None:
@@ -173,7 +178,7 @@ class Controller:
             self.parked.append(request_id)
             self.num_parked += 1
             return Park(request_id, prefill_id)
-        if decode_id not in self.links.get(prefill_id, frozenset()):
+        if decode_id not in links.get(prefill_id, frozenset()):
             raise RuntimeError(
                 f"dispatcher {self.dispatcher.name!r} sent {request_id!r} from "
                 f"{prefill_id!r} to {decode_id!r}, which is not linked"
@@ -181,7 +186,7 @@ class Controller:
         self._check_choice(decode_id, allowed, snapshots)
         placement.instance_id = decode_id
         self.num_handoffs += 1
-        if placement.kv_held and placement.kv_source == prefill_id:
+        if with_kv:
             placement.stage = "receiving"
             return HandOff(request_id, prefill_id, decode_id)
         placement.stage = "recomputing"

@@ -110,6 +110,7 @@ class LiveScaler:
         self.events: list[dict[str, Any]] = []  # every scaling event, for /debug/scaling
         self.drains: dict[str, _Drain] = {}  # draining or flipping instances
         self.flip_s: dict[str, float] = {}  # each instance's latest flip, decision to serving
+        self._check_soon = False  # a check of the drains is scheduled on the event loop
         core.handoff.observer = self  # the scaler sees every arrival and finish
 
     def now(self) -> float:
@@ -132,6 +133,21 @@ class LiveScaler:
     def finished(self, slo: SLO, delta: OutputDelta, now: float) -> None:
         record = _Finished(slo.class_name, delta.num_output_tokens, bool(delta.attained))
         self.scaler.observe_finish(now, record)
+
+    def reported(self, instance_id: str, now: float) -> None:
+        """A report came from `instance_id`: if it is draining it may be drained now, so the
+        drains are checked as soon as the report is handled, not only every control interval
+        (a flip's time would include the wait for the next tick)."""
+        if instance_id in self.drains and not self._check_soon:
+            self._check_soon = True
+            asyncio.get_running_loop().call_soon(self._check_drains)
+
+    def _check_drains(self) -> None:
+        self._check_soon = False
+        try:
+            self._finish_drains(self.now())
+        except Exception:
+            logger.exception("scaling: checking the drains failed")
 
     def tick(self, now: float) -> None:
         """Stop what has drained, then ask the scaler and apply its decisions."""
@@ -212,6 +228,7 @@ class LiveScaler:
         drain = self.drains.pop(handle.instance_id, None)
         if drain is not None and drain.drained_s is not None:
             flip_s = self.flip_s[handle.instance_id] = now - drain.decided_s
+            self.core.metrics.on_role_flip(flip_s)
             detail = (
                 f"serves as {handle.role} {flip_s:.3f} s after the decision (drain "
                 f"{drain.drained_s - drain.decided_s:.3f} s, switch {now - drain.drained_s:.3f} s)"

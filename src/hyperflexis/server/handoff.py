@@ -77,6 +77,8 @@ class ScalingObserver(Protocol):
 
     def finished(self, slo: SLO, delta: OutputDelta, now: float) -> None: ...
 
+    def reported(self, instance_id: str, now: float) -> None: ...
+
 
 @dataclass(slots=True)
 class Progress:
@@ -177,6 +179,8 @@ class HandoffDriver:
             num_kv_tokens = moved.num_tokens if moved.block_ids else 0
             out = MovedOut(moved.request_id, handle.instance_id, moved.moved, num_kv_tokens)
             self._execute(now, self._handle(now, out))
+        if self.observer is not None:
+            self.observer.reported(handle.instance_id, now)
 
     def drain_due(self, instance_id: str, deadline_s: float, now: float) -> None:
         """`instance_id` drains until `deadline_s`: the controller moves off it what would
@@ -296,6 +300,7 @@ class HandoffDriver:
                 kv = KVSource(effect.from_id, pool, moved.block_ids, moved.num_tokens)
         if kv is None:
             self.metrics.on_recompute()
+        self.metrics.on_migration()
         self._send_resume(effect.request_id, effect.to_id, now, kv)
 
     def _send_resume(

@@ -27,6 +27,7 @@ OVERHEAD_BUCKETS_S = (0.0001, 0.00025, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.025,
 KV_TRANSFER_BUCKETS_S = (
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
 )  # fmt: skip
+ROLE_FLIP_BUCKETS_S = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 KV_TRANSFER_BUCKETS_BYTES = tuple(float(2**k) for k in range(12, 36, 2))  # 4 KiB .. 32 GiB
 ROLES = ("mixed", "prefill", "decode")
 
@@ -282,6 +283,19 @@ class Families:
             "P/D: hand-offs whose decode instance recomputed the prompt (failed pull, or KV "
             "lost before it).",
             model,
+            registry=registry,
+        ).labels(self.model_name)
+        self.migrations = Counter(
+            "hyperflexis:migrations",
+            "Requests moved off a draining instance (serve --scaler), KV and all or recomputed.",
+            model,
+            registry=registry,
+        ).labels(self.model_name)
+        self.role_flip_s = Histogram(
+            "hyperflexis:role_flip_seconds",
+            "serve --scaler, P/D: seconds from a role switch decision to serving in the new role.",
+            model,
+            buckets=ROLE_FLIP_BUCKETS_S,
             registry=registry,
         ).labels(self.model_name)
         instances = Gauge(

@@ -148,6 +148,14 @@ class ServerMetrics:
         """A hand-off sent without KV (it was lost first): the decode instance recomputes."""
         self.families.recomputes.inc()
 
+    def on_migration(self) -> None:
+        """A request moved off a draining instance (`serve --scaler`)."""
+        self.families.migrations.inc()
+
+    def on_role_flip(self, seconds: float) -> None:
+        """An instance serves in its new role, `seconds` after the decision."""
+        self.families.role_flip_s.observe(seconds)
+
     def set_instances_by_role(self, counts: Mapping[str, int]) -> None:
         for role, gauge in self.families.instances_by_role.items():
             gauge.set(counts.get(role, 0))
