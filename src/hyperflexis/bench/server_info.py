@@ -1,12 +1,26 @@
 """What a benchmark asks a server about itself: the model it serves (OpenAI's `/v1/models`) and,
-from a HyperFlexis server, its own per-request overhead (`/debug/stats`) and how much slower than
-their profile its instances run (`/debug/instances`)."""
+from a HyperFlexis server, its own per-request overhead (`/debug/stats`), how much slower than
+their profile its instances run (`/debug/instances`), and what its instances have cost so far
+with the scaling events behind it (`/metrics`, `/debug/scaling`)."""
 
 from __future__ import annotations
 
+from collections import Counter
+from dataclasses import dataclass
 from typing import Any
 
 import httpx
+from prometheus_client.parser import text_string_to_metric_families
+
+# The /metrics counters of instance-seconds and USD by pool (role), without `_total`, as the
+# parser names a counter's family.
+_COST_FAMILIES = {
+    "hyperflexis:instance_seconds": "instance_seconds",
+    "hyperflexis:cost_usd": "cost_usd",
+}
+# Scaling events (`/debug/scaling`'s `event`) that count as a role flip or a migration.
+FLIP_EVENTS = frozenset({"flip", "flipped", "role_flip"})
+MIGRATION_EVENTS = frozenset({"migrate", "migrated", "migration"})
 
 
 def served_model_id(base_url: str, api_key: str | None = None, timeout_s: float = 10.0) -> str:
@@ -50,6 +64,64 @@ def correction_factor(
         if row.get("alive") and row.get("correction_factor") is not None
     ]
     return sum(factors) / len(factors) if factors else None
+
+
+@dataclass(frozen=True, slots=True)
+class ServerCost:
+    """A HyperFlexis server's running totals at one moment: instance-seconds and USD by pool
+    (role) from `/metrics`, and its scaling events so far (`/debug/scaling`; none from a fixed
+    server)."""
+
+    instance_seconds: dict[str, float]
+    cost_usd: dict[str, float]
+    events: tuple[dict[str, Any], ...] = ()
+
+
+def server_cost(
+    base_url: str, api_key: str | None = None, timeout_s: float = 10.0
+) -> ServerCost | None:
+    """The server's cost so far; None when it does not report it (not a HyperFlexis server,
+    or one that cannot be reached)."""
+    root, headers = _root(base_url), _auth(api_key)
+    try:
+        response = httpx.get(f"{root}/metrics", headers=headers, timeout=timeout_s)
+        response.raise_for_status()
+        totals: dict[str, dict[str, float]] = {key: {} for key in _COST_FAMILIES.values()}
+        for family in text_string_to_metric_families(response.text):
+            key = _COST_FAMILIES.get(family.name)
+            for sample in family.samples if key is not None else ():
+                if sample.name.endswith("_total"):
+                    role = sample.labels.get("role", "")
+                    totals[key][role] = totals[key].get(role, 0.0) + float(sample.value)
+        scaling = httpx.get(f"{root}/debug/scaling", headers=headers, timeout=timeout_s)
+    except (httpx.HTTPError, ValueError):
+        return None
+    if not totals["instance_seconds"]:
+        return None
+    events = scaling.json().get("events", []) if scaling.status_code == 200 else []
+    return ServerCost(totals["instance_seconds"], totals["cost_usd"], tuple(events))
+
+
+def cost_between(before: ServerCost, after: ServerCost) -> dict[str, Any]:
+    """What the server's instances cost from `before` to `after`, for a bench summary:
+    instance-seconds and USD by pool and in all, the scaling events in between by kind, and
+    among them role flips and migrations."""
+    seconds = {
+        r: v - before.instance_seconds.get(r, 0.0) for r, v in after.instance_seconds.items()
+    }
+    usd = {r: v - before.cost_usd.get(r, 0.0) for r, v in after.cost_usd.items()}
+    events = after.events[len(before.events) :]  # the server only appends to its list
+    kinds = Counter(str(e.get("event")) for e in events)
+    return {
+        "instance_seconds": sum(seconds.values()),
+        "cost_usd": sum(usd.values()),
+        "instance_seconds_by_role": seconds,
+        "cost_usd_by_role": usd,
+        "scaling_events": dict(sorted(kinds.items())),
+        "num_role_flips": sum(n for kind, n in kinds.items() if kind in FLIP_EVENTS),
+        "num_migrations": sum(n for kind, n in kinds.items() if kind in MIGRATION_EVENTS),
+        "events": list(events),
+    }
 
 
 def _auth(api_key: str | None) -> dict[str, str]:
