@@ -88,11 +88,13 @@ def server_cost(
         response.raise_for_status()
         totals: dict[str, dict[str, float]] = {key: {} for key in _COST_FAMILIES.values()}
         for family in text_string_to_metric_families(response.text):
-            key = _COST_FAMILIES.get(family.name)
-            for sample in family.samples if key is not None else ():
+            if family.name not in _COST_FAMILIES:
+                continue
+            by_role = totals[_COST_FAMILIES[family.name]]
+            for sample in family.samples:
                 if sample.name.endswith("_total"):
                     role = sample.labels.get("role", "")
-                    totals[key][role] = totals[key].get(role, 0.0) + float(sample.value)
+                    by_role[role] = by_role.get(role, 0.0) + float(sample.value)
         scaling = httpx.get(f"{root}/debug/scaling", headers=headers, timeout=timeout_s)
     except (httpx.HTTPError, ValueError):
         return None
