@@ -21,7 +21,8 @@ them at matched cost: each `threshold` point against `hyperflexis`'s attainment 
 the same instance-seconds, and each `threshold` point against the cheapest `hyperflexis` point
 with at least its attainment (Pareto dominance; sweep rows size no `static`, are not plotted).
 `--seeds` (by default the evaluation seeds, `hyperflexis.bench.seeds`) runs every case on each
-seed's workload (`static` sized per seed) and adds the mean over seeds to the targets table.
+seed's workload (`static` sized per seed) and adds the mean and spread (std, min-max) over
+seeds: of the targets table's figures and of each row's attainment and instance-seconds.
 Writes a JSON of every run, a PNG per scenario and deployment of the first seed (demand,
 instances by role, attainment over time) and prints markdown tables: the runs, and the issue's
 targets for the default settings.
@@ -48,6 +49,7 @@ from typing import Any
 import numpy as np
 
 from hyperflexis.bench.scaling_plot import plot_scaling
+from hyperflexis.bench.seed_stats import Spread, spread
 from hyperflexis.bench.seeds import EVALUATION_SEEDS
 from hyperflexis.cluster.scaler import HyperFlexisScalerConfig, ThresholdScalerConfig
 from hyperflexis.core import SLOClasses
@@ -368,6 +370,38 @@ def targets_table(results: list[dict[str, Any]]) -> str:
         for (scenario, deployment), figures in rows.items():
             a, b, c, d = (float(np.mean(column)) for column in zip(*figures, strict=True))
             lines.append(_target_cells("mean", scenario, deployment, (a, b, c, d)))
+        lines.append("\nThe same over the seeds, mean ± std (min to max):\n")
+        lines.append(
+            "| scenario | deployment | vs static (points) | fewer instance-s | "
+            "vs threshold (points) | instance-s vs threshold |"
+        )
+        lines.append("|---|---|---|---|---|---|")
+        for (scenario, deployment), figures in rows.items():
+            a, b, c, d = (spread(column) for column in zip(*figures, strict=True))
+            cells = (a and a.text(2), b and _percent(b), c and c.text(2), d and _percent(d))
+            lines.append(f"| {scenario} | {deployment} | " + " | ".join(map(str, cells)) + " |")
+    return "\n".join(lines)
+
+
+def _percent(figure: Spread) -> str:
+    as_percent = Spread(
+        *(100 * v for v in (figure.mean, figure.std, figure.low, figure.high)), figure.n
+    )
+    return as_percent.text(1, "%")
+
+
+def over_seeds_table(results: list[dict[str, Any]]) -> str:
+    """Each row's attainment and instance-seconds as mean ± std (min-max) over the seeds."""
+    lines = [
+        "| scenario | deployment | scaler | attainment | instance-s |",
+        "|---|---|---|---|---|",
+    ]
+    for s, d, label in dict.fromkeys((r["scenario"], r["deployment"], r["label"]) for r in results):
+        mine = [r for r in results if (r["scenario"], r["deployment"], r["label"]) == (s, d, label)]
+        attainment = spread(r["attainment"] for r in mine)
+        cost = spread(r["instance_seconds"] for r in mine)
+        assert attainment is not None and cost is not None  # `mine` holds at least one run
+        lines.append(f"| {s} | {d} | {label} | {attainment.text(4)} | {cost.text(0)} |")
     return "\n".join(lines)
 
 
@@ -382,6 +416,29 @@ def _target_cells(
         f"{'yes' if static_met else 'no'} | {vs_threshold:+.2f} | {extra_cost:+.1%} | "
         f"{'yes' if threshold_met else 'no'} |"
     )
+
+
+SWEEP_LABELS = {label for label, _, _ in SWEEP}
+
+
+def print_tables(results: list[dict[str, Any]]) -> None:
+    """The runs, the targets (with the mean and spread over seeds when there are several) and,
+    when `results` hold sweep rows, the matched-cost comparison."""
+    main_rows = [r for r in results if r["label"] not in SWEEP_LABELS]
+    print(table(main_rows))
+    print("\nAgainst the targets (default settings):\n")
+    print(targets_table(main_rows))
+    seeds = sorted({r["seed"] for r in results})
+    if len(seeds) > 1:
+        print(f"\nOver seeds {','.join(map(str, seeds))}, mean ± std (min to max):\n")
+        print(over_seeds_table(main_rows))
+    if any(r["label"] in SWEEP_LABELS for r in results):
+        print("\nSweep (matched cost):\n")
+        print(table([r for r in results if r["label"] in SWEEP_LABELS or r["label"] == "static"]))
+        print()
+        print(matched_cost_table(results))
+        print()
+        print(dominance_table(results))
 
 
 def main() -> int:
@@ -413,7 +470,17 @@ def main() -> int:
     )
     parser.add_argument("--jobs", type=int, default=os.cpu_count() or 1)
     parser.add_argument("--out", type=Path, default=Path("docs/scaling"))
+    parser.add_argument(
+        "--tables-from",
+        type=Path,
+        default=None,
+        metavar="JSON",
+        help="run nothing: print the tables of a recorded scaler_compare.json",
+    )
     args = parser.parse_args()
+    if args.tables_from is not None:
+        print_tables(json.loads(args.tables_from.read_text())["runs"])
+        return 0
 
     lean = tuple(
         (key.strip(), float(value))
@@ -475,8 +542,7 @@ def main() -> int:
     wall_s = time.perf_counter() - started
     order = {name: i for i, name in enumerate((*LABELS, *(label for label, _, _ in SWEEP)))}
     results.sort(key=lambda r: (*_case(r), order[r["label"]]))
-    sweep_labels = {label for label, _, _ in SWEEP}
-    main_rows = [r for r in results if r["label"] not in sweep_labels]
+    main_rows = [r for r in results if r["label"] not in SWEEP_LABELS]
 
     args.out.mkdir(parents=True, exist_ok=True)
     for seed, s, d in cases:
@@ -491,16 +557,7 @@ def main() -> int:
         )
     doc = {"command": " ".join(sys.argv), "wall_s": wall_s, "runs": results}
     (args.out / "scaler_compare.json").write_text(json.dumps(doc, indent=1, sort_keys=True) + "\n")
-    print(table(main_rows))
-    print("\nAgainst the targets (default settings):\n")
-    print(targets_table(main_rows))
-    if args.sweep:
-        print("\nSweep (matched cost):\n")
-        print(table([r for r in results if r["label"] in sweep_labels or r["label"] == "static"]))
-        print()
-        print(matched_cost_table(results))
-        print()
-        print(dominance_table(results))
+    print_tables(results)
     print(f"\n{len(results)} runs in {wall_s:.0f} s wall; wrote {args.out}/")
     return 0
 

@@ -39,7 +39,6 @@ from typing import Any
 from hyperflexis.bench.client import ClientConfig, run_benchmark
 from hyperflexis.bench.report import bench_summary
 from hyperflexis.bench.server_info import (
-    FLIP_EVENTS,
     ServerCost,
     correction_factor,
     cost_between,
@@ -194,22 +193,8 @@ def live_run(
         "tpot_p50_s": summary["tpot_s"]["p50"],
         "correction_factor": factor,
         **cost,
-        "flip_times_s": flip_times(events),
         "events": events,
     }
-
-
-def flip_times(events: list[dict[str, Any]]) -> list[float]:
-    """Decision to serving in the new role, per flip: from an instance's drain to its flip
-    event (the flip's end)."""
-    drained: dict[str, float] = {}
-    times = []
-    for event in events:
-        if event["event"] == "drain":
-            drained[event["instance_id"]] = event["time_s"]
-        elif event["event"] in FLIP_EVENTS and event["instance_id"] in drained:
-            times.append(event["time_s"] - drained.pop(event["instance_id"]))
-    return times
 
 
 def predict(
@@ -283,7 +268,7 @@ def _print(result: dict[str, Any]) -> None:
     print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for policy, row in result["live"].items():
         sim, raw = result["sim"][policy]["corrected"], result["sim"][policy]["raw"]
-        flips = row["flip_times_s"]
+        flips = row["flip_s"]
         flip_s = f"{sum(flips) / len(flips):.1f}" if flips else "-"
         print(
             f"| {policy} | {row['attainment']:.1%} | {row['instance_seconds']:.0f} | "

@@ -12,9 +12,16 @@ The trace's first `--num-requests` requests (3,000: its first ~11 minutes) are t
 each rate. Reports per deployment: goodput at 90% attainment and its ratio to the best tuned
 baseline's (the headline) and to vLLM's defaults; the attainment ratio at the rate where the best
 baseline falls to 50%; mean end-to-end latency there; per-class attainment, rejections and
-preemptions.
+preemptions. Every row runs on each of `--seeds` (the evaluation seeds by default): the full
+report is the first seed's, and a table per deployment gives each row's goodput@90 per seed,
+its mean ± std (min-max), and hyperflexis's ratio to it per seed and as mean ± std (min-max),
+the best tuned baseline chosen per seed (`bench/seed_stats.py`). `--rows` runs only some rows
+(hyperflexis always); `--reuse` takes rows (per seed) from earlier results files;
+`--early-stop` ends each sweep at its first rate below 90% attainment (enough for goodput@90).
 
     .venv/bin/python benchmarks/sim_compare.py [--num-requests 3000] [--jobs 2]
+        [--seeds 0,2,3,4,5] [--rows edf-drop,priority,vllm-default] [--reuse FILE]...
+        [--early-stop]
         [--step-noise CV] [--profile-error BIAS] [--tuned docs/sim_compare/tuned_baselines.json]
         [--out docs/sim_compare/results.json]
 """
@@ -26,15 +33,23 @@ import dataclasses
 import json
 import sys
 import time
+from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
 
 from hyperflexis.bench.metrics import attainment_at, goodput_at, rate_where_falls_to
 from hyperflexis.bench.plots import plot_attainment_vs_rate
+from hyperflexis.bench.seed_stats import rows_over_seeds, seeds_table
 from hyperflexis.bench.seeds import EVALUATION_SEEDS
 from hyperflexis.bench.sim_points import DEFAULT_SLO_MIX, TracePoint, point_workload, run_point
-from hyperflexis.bench.tuning import BaselineSetting, load_tuned, vllm_default
+from hyperflexis.bench.tuning import (
+    GOODPUT_TARGET,
+    BaselineSetting,
+    load_tuned,
+    sweep_goodputs,
+    vllm_default,
+)
 from hyperflexis.core import SLOClasses
 from hyperflexis.sim import Deployment, SimSetup, natural_dispatcher
 from hyperflexis.sim.bound import steady_goodput_bound
@@ -54,6 +69,7 @@ ABLATIONS = {
     "hyperflexis-no-dispatch": ("hyperflexis", "least-loaded"),
 }
 VLLM = "vllm-default"
+BEST = "best tuned baseline"  # per seed, among the baselines run (`--rows`)
 UNTUNED_BUDGET = 2048
 DEPLOYMENTS = {
     "collocated-4": Deployment(num_mixed=4),
@@ -106,7 +122,7 @@ def _analyse(runs: list[dict[str, Any]], names: list[str]) -> dict[str, Any]:
     e2e = {r["row"]: r["e2e_s"]["mean"] for r in runs if near is not None and r["rate"] == near}
 
     def ratio(other: str) -> float | None:
-        return goodput[OURS] / goodput[other] if goodput[other] else None
+        return goodput[OURS] / goodput[other] if goodput.get(other) else None
 
     return {
         "goodput_at_90": goodput,
@@ -141,7 +157,8 @@ def _report(
     by_key = {(r["row"], r["rate"]): r for r in runs}
     for rate in sorted({r["rate"] for r in runs}):
         cells = " ".join(
-            f"{by_key[(p, rate)]['attainment']:>{w}.3f}" for p, w in zip(names, widths, strict=True)
+            f"{by_key[(p, rate)]['attainment']:>{w}.3f}" if (p, rate) in by_key else f"{'-':>{w}}"
+            for p, w in zip(names, widths, strict=True)
         )
         lines.append(f"{rate:>6g} {cells}")
     goodput, ratios = analysis["goodput_at_90"], analysis["goodput_ratio_by_row"]
@@ -171,6 +188,8 @@ def _report(
             + ", ".join(f"{p} {v:.2f}s" for p, v in e2e.items() if v is not None)
         )
         for policy in (OURS, analysis["best_baseline_at_50"]):
+            if (policy, near) not in by_key:
+                continue  # an early-stopped sweep
             run = by_key[(policy, near)]
             classes = ", ".join(f"{c} {a:.3f}" for c, a in run["attainment_by_class"].items())
             lines.append(
@@ -181,8 +200,8 @@ def _report(
     return "\n".join(lines)
 
 
-def _point(args: argparse.Namespace, rate: float, setup: SimSetup) -> TracePoint:
-    return TracePoint(str(TRACE), args.num_requests, args.seed, rate, setup, SLO_MIX, args.duration)
+def _point(args: argparse.Namespace, seed: int, rate: float, setup: SimSetup) -> TracePoint:
+    return TracePoint(str(TRACE), args.num_requests, seed, rate, setup, SLO_MIX, args.duration)
 
 
 def _one(task: tuple[str, str, TracePoint]) -> dict[str, Any]:
@@ -191,35 +210,92 @@ def _one(task: tuple[str, str, TracePoint]) -> dict[str, Any]:
 
 
 def _reusable(
-    args: argparse.Namespace, table: dict[str, dict[str, tuple[SimSetup, str]]]
-) -> dict[tuple[str, str], list[dict[str, Any]]]:
-    """(deployment, row) -> its runs in `--reuse`, for rows set up exactly as now there."""
-    if args.reuse is None:
-        return {}
-    old = json.loads(args.reuse.read_text())
-    same = {"num_requests": args.num_requests, "seed": args.seed}
-    same |= {"step_noise_cv": args.step_noise, "profile_error": args.profile_error}
-    if any(old.get(key) != value for key, value in same.items()) or args.admission_control:
-        raise SystemExit(f"{args.reuse} is of another workload, noise or admission control")
+    args: argparse.Namespace, table: dict[str, dict[str, tuple[SimSetup, str]]], seeds: list[int]
+) -> dict[tuple[str, str, int], list[dict[str, Any]]]:
+    """(deployment, row, seed) -> its runs in the `--reuse` files, for rows set up exactly as
+    now there."""
     reused = {}
-    for name, rows_now in table.items():
-        notes = old.get(name, {}).get("rows", {})
-        for row, (_, note) in rows_now.items():
-            runs = [r for r in old.get(name, {}).get("runs", []) if r["row"] == row]
-            if notes.get(row) == note and len(runs) == len(RATES[name]):
-                reused[(name, row)] = runs
+    for path in args.reuse:
+        old = json.loads(path.read_text())
+        same = {"num_requests": args.num_requests, "steady_duration_s": args.duration}
+        same |= {"step_noise_cv": args.step_noise, "profile_error": args.profile_error}
+        if any(old.get(key) != value for key, value in same.items()) or args.admission_control:
+            raise SystemExit(f"{path} is of another workload, noise or admission control")
+        for name, rows_now in table.items():
+            notes = old.get(name, {}).get("rows", {})
+            for row, (_, note) in rows_now.items():
+                for seed in seeds:
+                    runs = [
+                        r
+                        for r in old.get(name, {}).get("runs", [])
+                        if r["row"] == row and r["seed"] == seed
+                    ]
+                    if notes.get(row) == note and _whole(runs, RATES[name]):
+                        reused.setdefault((name, row, seed), runs)
     return reused
+
+
+def _whole(runs: list[dict[str, Any]], rates: tuple[float, ...]) -> bool:
+    """Whether `runs` are one sweep over `rates`: all of them, or (`--early-stop`) the lowest up
+    to and including the first below 90% attainment."""
+    runs = sorted(runs, key=lambda r: r["rate"])
+    if [r["rate"] for r in runs] != list(rates[: len(runs)]) or not runs:
+        return False
+    passing = [r["attainment"] >= GOODPUT_TARGET for r in runs]
+    return all(passing[:-1]) and (len(runs) == len(rates) or not passing[-1])
+
+
+def _run(tasks: list[tuple[str, str, TracePoint]], jobs: int, early_stop: bool) -> list[Any]:
+    """Every task's run; with `early_stop`, each (deployment, row, seed) sweep only up to its
+    first rate below 90% attainment, where goodput@90 stops reading (`tuning.sweep_goodputs`)."""
+    with ProcessPoolExecutor(max_workers=jobs) as pool:
+        if not early_stop:
+            return list(pool.map(_one, tasks))
+        sweeps: dict[tuple[str, str, int], dict[float, TracePoint]] = {}
+        for name, row, point in tasks:
+            sweeps.setdefault((name, row, point.seed), {})[point.rate_rps] = point
+        runs: list[dict[str, Any]] = []
+
+        def evaluate(batch: Sequence[tuple[str, tuple[str, str, int], float]]) -> list[float]:
+            done = list(pool.map(_one, [(k[0], k[1], sweeps[k][rate]) for _, k, rate in batch]))
+            runs.extend(done)
+            return [r["attainment"] for r in done]
+
+        sweep_goodputs([(str(k), k, tuple(sweeps[k])) for k in sweeps], evaluate)
+        return runs
+
+
+def _over_seeds(analyses: dict[int, dict[str, Any]]) -> dict[str, Any]:
+    """Each row's goodput@90 and hyperflexis's ratio to it over the seeds (mean, spread; the
+    ratio taken per seed), the best tuned baseline chosen per seed as a row of its own."""
+    goodput = {seed: dict(a["goodput_at_90"]) for seed, a in analyses.items()}
+    ratio = {seed: dict(a["goodput_ratio_by_row"]) for seed, a in analyses.items()}
+    best = {seed: a["best_baseline_goodput"] for seed, a in analyses.items()}
+    for seed, a in analyses.items():
+        goodput[seed][BEST] = a["goodput_at_90"][best[seed]]
+        ratio[seed][BEST] = a["goodput_ratio"]
+
+    def echo(figures: dict[int, dict[str, float | None]]) -> dict[str, Any]:
+        return {k: v and v.echo() for k, v in rows_over_seeds(figures).items()}
+
+    return {
+        "seeds": list(analyses),
+        "best_baseline_by_seed": best,
+        "goodput_at_90": echo(goodput),
+        "goodput_ratio_by_row": echo(ratio),
+        "table": seeds_table(goodput, ratio, "goodput@90", f"{OURS} / row"),
+    }
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--num-requests", type=int, default=3000)
     parser.add_argument(
-        "--seed",
-        type=int,
-        default=EVALUATION_SEEDS[0],
-        help="workload seed (default: the first evaluation seed, hyperflexis.bench.seeds; the "
-        "recorded run's)",
+        "--seeds",
+        default=",".join(map(str, EVALUATION_SEEDS)),
+        help="comma-separated workload seeds, each runs every row and rate (default: the "
+        "evaluation seeds, hyperflexis.bench.seeds); goodput and ratios are reported per seed "
+        "and as mean and spread",
     )
     parser.add_argument("--jobs", type=int, default=2)
     parser.add_argument("--admission-control", action="store_true")
@@ -232,26 +308,42 @@ def main() -> int:
     )
     parser.add_argument("--deployments", default=",".join(DEPLOYMENTS))
     parser.add_argument(
+        "--rows",
+        default=None,
+        help=f"comma-separated rows to run (default: all; {OURS} always runs)",
+    )
+    parser.add_argument(
         "--step-noise",
         type=float,
         default=0.0,
         metavar="CV",
-        help="step time noise (simulate's --step-noise; seeded by --seed)",
+        help="step time noise (simulate's --step-noise; seeded by each workload seed)",
     )
     parser.add_argument("--profile-error", type=float, default=0.0, metavar="BIAS")
     parser.add_argument("--tuned", type=Path, default=TUNED)
     parser.add_argument(
+        "--early-stop",
+        action="store_true",
+        help="each row's sweep stops after its first rate below 90%% attainment (goodput@90 "
+        "reads no further; the 50%% point and the latency there are then mostly missing)",
+    )
+    parser.add_argument(
         "--reuse",
         type=Path,
-        default=None,
-        help="an earlier results JSON of the same workload and noise: rows configured as there "
-        "take their runs from it instead of running again",
+        action="append",
+        default=[],
+        help="an earlier results JSON of the same workload and noise (repeatable): rows "
+        "configured as there take each seed's runs from it instead of running again",
     )
     parser.add_argument("--out", type=Path, default=Path("docs/sim_compare/results.json"))
     args = parser.parse_args()
 
     names = [n for n in args.deployments.split(",") if n]
+    seeds = [int(s) for s in args.seeds.split(",") if s]
     table = {name: rows(name, args.tuned) for name in names}
+    if args.rows is not None:
+        keep = {OURS, *args.rows.split(",")}
+        table = {name: {k: v for k, v in t.items() if k in keep} for name, t in table.items()}
     tasks = []
     noise = {"step_noise_cv": args.step_noise, "profile_error": args.profile_error}
     for name in names:
@@ -262,20 +354,20 @@ def main() -> int:
             if args.admission_control:
                 config = dataclasses.replace(setup.scheduler, admission_control=True)
                 setup = dataclasses.replace(setup, scheduler=config)
-            for rate in RATES[name]:
-                point = _point(args, rate, setup)
-                tasks.append((name, row, point))
-    reused = _reusable(args, table)
-    tasks = [t for t in tasks if (t[0], t[1]) not in reused]
+            for seed in seeds:
+                for rate in RATES[name]:
+                    tasks.append((name, row, _point(args, seed, rate, setup)))
+    reused = _reusable(args, table, seeds)
+    tasks = [t for t in tasks if (t[0], t[1], t[2].seed) not in reused]
     started = time.perf_counter()
-    with ProcessPoolExecutor(max_workers=args.jobs) as pool:
-        runs = list(pool.map(_one, tasks))
+    runs = _run(tasks, args.jobs, args.early_stop)
     runs += [run for key in reused for run in reused[key]]
     wall_s = time.perf_counter() - started
     doc: dict[str, Any] = {
         "num_requests": args.num_requests,
         "slo_mix": SLO_MIX,
-        "seed": args.seed,
+        "seed": seeds[0],
+        "seeds": seeds,
         "steady_duration_s": args.duration,
         **noise,
         "wall_s": wall_s,
@@ -283,22 +375,31 @@ def main() -> int:
     for name in names:
         mine = [r for r in runs if r["deployment"] == name]
         notes = {row: note for row, (_, note) in table[name].items()}
-        analysis = _analyse(mine, list(notes))
-        print(_report(name, mine, analysis, notes))
+        by_seed = {s: [r for r in mine if r["seed"] == s] for s in seeds}
+        analyses = {s: _analyse(by_seed[s], list(notes)) for s in seeds}
+        analysis = analyses[seeds[0]]
+        print(_report(f"{name}, seed {seeds[0]}", by_seed[seeds[0]], analysis, notes))
+        over_seeds = _over_seeds(analyses)
+        print(f"{name} over seeds {args.seeds} (best tuned baseline per seed: ", end="")
+        print(", ".join(f"{s} {b}" for s, b in over_seeds["best_baseline_by_seed"].items()) + ")")
+        print(over_seeds["table"])
         # The fluid bound on goodput@90 beside the sweep (hyperflexis.sim.bound).
         bound = steady_goodput_bound(
             SimSetup(deployment=DEPLOYMENTS[name]),
             SLOClasses(),
-            lambda rate: point_workload(_point(args, rate, SimSetup())),
+            lambda rate: point_workload(_point(args, seeds[0], rate, SimSetup())),
             max(RATES[name]),
         )
         analysis["goodput_bound_at_90"] = bound.echo()
         print(f"fluid bound on goodput@90: {bound.rate_rps:.1f} req/s")
         plot = args.out.with_name(f"{name}.png")
         plot_attainment_vs_rate(
-            analysis["series"], plot, title=f"Llama-3.1-8B on H100, {name}, Azure conv 3:5:2"
+            analysis["series"],
+            plot,
+            title=f"Llama-3.1-8B on H100, {name}, Azure conv 3:5:2, seed {seeds[0]}",
         )
-        doc[name] = {"rows": notes, "analysis": analysis, "runs": mine}
+        doc[name] = {"rows": notes, "analysis": analysis, "runs": mine, "over_seeds": over_seeds}
+        doc[name]["analysis_by_seed"] = analyses
         print(f"wrote {plot}")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(doc, indent=2, sort_keys=True) + "\n")

@@ -37,10 +37,16 @@ def test_p_d_instances_get_their_roles_in_order() -> None:
         ServerConfig(num_prefill=1, num_decode=1, kv_transport="")
 
 
-def test_scaling_is_collocated_within_its_bounds() -> None:
+def test_scaling_keeps_each_pool_within_its_bounds() -> None:
     assert ServerConfig(num_instances=2, scaler="threshold", max_instances=3).scaler == "threshold"
-    with pytest.raises(ValueError, match="collocated only"):
-        ServerConfig(num_prefill=1, num_decode=1, scaler="threshold")
+    pd = ServerConfig(num_prefill=2, num_decode=1, scaler="hyperflexis", max_instances=2)
+    assert pd.scaler == "hyperflexis"
+    with pytest.raises(ValueError, match="min-instances"):
+        ServerConfig(num_prefill=3, num_decode=1, scaler="static", max_instances=2)
+    with pytest.raises(ValueError, match="min-instances"):
+        ServerConfig(num_prefill=2, num_decode=1, scaler="static", min_instances=2)
+    with pytest.raises(ValueError, match="drain-deadline"):
+        ServerConfig(scaler="static", drain_deadline_s=-1)
     with pytest.raises(ValueError, match="min-instances"):
         ServerConfig(num_instances=3, scaler="static", max_instances=2)
     with pytest.raises(ValueError, match="min-instances"):

@@ -91,7 +91,8 @@ class _SupervisedPool(FakePool):
 
     def replace(self, instance_id: str) -> Any:
         self.replaced.append(instance_id)
-        self.handles[instance_id].num_restarts += 1  # the replacement's count, as the pool's
+        handle = self.handles[instance_id]  # as the pool's replacement: counted, not ready
+        handle.num_restarts, handle.ready = handle.num_restarts + 1, None
         return SimpleNamespace(spec=SimpleNamespace(weight_source="disk"))
 
 

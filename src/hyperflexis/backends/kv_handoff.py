@@ -29,7 +29,8 @@ from hyperflexis.scheduler.base import NoRoomForKV
 from hyperflexis.transfer import KVTransport, PoolDescriptor, Transfer, TransferError
 from hyperflexis.transfer import create_kv_transport as _create
 
-# Roles whose pools register with a transport. A collocated ("mixed") instance does not: its pool
+# Roles whose pools register with a transport. A collocated ("mixed") instance does not unless
+# its spec says so (`kv_pool_always`: a scaling server migrates drains' decodes): its pool
 # would move to /dev/shm (or open a listener) for peers it never has; a hand-off sent to it
 # recomputes instead.
 KV_ROLES = ("prefill", "decode")
@@ -39,7 +40,7 @@ PREFILLED = FinishReason.PREFILLED.value
 
 def open_transport(spec: InstanceSpec) -> KVTransport | None:
     """The instance's KV transport (`spec.kv_transport`), or None for a collocated instance."""
-    if spec.scheduler_config.role not in KV_ROLES:
+    if spec.scheduler_config.role not in KV_ROLES and not spec.kv_pool_always:
         return None
     return _create(spec.kv_transport)
 

@@ -76,11 +76,27 @@ class ReleaseKV:
 
 
 @dataclass(frozen=True, slots=True)
+class MigrateOut:
+    """Stop decoding `request_id` here and pin its KV under a lease for another instance to
+    pull (a drain's migration); answered by a `MigratedOut` in the next report."""
+
+    request_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class SwitchRole:
+    """A drained instance takes `role` (a role flip): a new scheduler over the same engine,
+    weights and registered KV pool; answered by an `InstanceReady` in the new role."""
+
+    role: Role
+
+
+@dataclass(frozen=True, slots=True)
 class Shutdown:
     """Stop the loop and exit."""
 
 
-Command = AddRequest | ResumeRequest | AbortRequest | ReleaseKV | Shutdown
+Command = AddRequest | ResumeRequest | AbortRequest | ReleaseKV | MigrateOut | SwitchRole | Shutdown
 
 # -- instance -> server -----------------------------------------------------------------------
 
@@ -156,6 +172,22 @@ class KVReady:
 
 
 @dataclass(frozen=True, slots=True)
+class MigratedOut:
+    """The answer to `MigrateOut`: the request stopped here after `num_output_tokens` tokens
+    (all of them already reported), its first `num_tokens` tokens' KV pinned in `block_ids`
+    under a lease (none: `num_tokens` 0, the target recomputes). `moved` False: it was not
+    decoding here (finished, or still receiving its KV) and goes on as it was."""
+
+    request_id: str
+    moved: bool
+    block_ids: tuple[int, ...] = ()
+    num_tokens: int = 0
+    num_output_tokens: int = 0
+    lease_s: float = 0.0
+    queue_s: float = 0.0
+
+
+@dataclass(frozen=True, slots=True)
 class HandoffDone:
     """A decode instance finished pulling a request's KV, or gave up and recomputes instead."""
 
@@ -180,6 +212,7 @@ class StepReport:
     kv_ready: list[KVReady] = field(default_factory=list)  # prefills handed to the controller
     handoffs: list[HandoffDone] = field(default_factory=list)  # pulls that ended this step
     leases_expired: list[str] = field(default_factory=list)  # requests whose pinned KV was freed
+    migrated: list[MigratedOut] = field(default_factory=list)  # answers to `MigrateOut`
 
 
 @dataclass(frozen=True, slots=True)

@@ -27,12 +27,16 @@ from hyperflexis.backends.messages import (
     InstanceFailed,
     InstanceReady,
     KVReady,
+    MigratedOut,
+    MigrateOut,
     OutputDelta,
     ReleaseKV,
     ResumeRequest,
     Shutdown,
     StepReport,
+    SwitchRole,
 )
+from hyperflexis.backends.role_switch import RoleSwitch, migrate_out
 from hyperflexis.backends.start_phases import process_age_s, start_phases
 from hyperflexis.cluster.snapshot import take_snapshot
 from hyperflexis.core.outputs import RequestOutput
@@ -63,7 +67,8 @@ def run_instance(
         transport = open_transport(spec)
         storage = None if transport is None else transport.allocate
         build_start = time.perf_counter()
-        engine, runner, cost_model = build_engine(spec, kv_storage=storage, weights=weights)
+        built = build_engine(spec, kv_storage=storage, weights=weights)
+        engine, runner, cost_model = built
         phases = start_phases(startup_s, weights.load_s, time.perf_counter() - build_start)
         handoffs = KVHandoffs(engine, spec.kv_transfer_timeout_s, transport, runner.kv_cache)
     except Exception as exc:  # report any start-up failure instead of dying silently
@@ -85,6 +90,7 @@ def run_instance(
         **weight_origin(weights),
         start_phases_s=phases,
     )
+    loop.switch_role = RoleSwitch(spec, built, ready)
     try:
         if sender.send(ready):
             start_heartbeat(sender, spec.instance_id)
@@ -129,6 +135,8 @@ class InstanceLoop:
         self._stalled = False  # the last step had work but could schedule nothing
         self._handoffs: list[HandoffDone] = []  # ended since the last report
         self._kv_ready: list[KVReady] = []
+        self._migrated: list[MigratedOut] = []
+        self.switch_role: RoleSwitch | None = None  # role flips; None: this loop cannot flip
 
     def run(self, commands: Connection) -> None:
         """Until `Shutdown`, the server closing its end, or the server becoming unreachable."""
@@ -188,6 +196,17 @@ class InstanceLoop:
             return []
         if isinstance(command, ResumeRequest):
             return self._resume(command)
+        if isinstance(command, MigrateOut):
+            moved = migrate_out(self.engine, command.request_id)
+            if moved.moved:
+                del self._sent[command.request_id]  # its stream goes on from the peer
+            self._migrated.append(moved)
+            return []
+        if isinstance(command, SwitchRole):
+            if self.switch_role is None:
+                raise RuntimeError(f"{self.instance_id}: this instance cannot switch roles")
+            self.reports.send(self.switch_role(command.role))
+            return []
         assert isinstance(command, AddRequest)
         try:
             self.engine.add_request(
@@ -286,8 +305,9 @@ class InstanceLoop:
             kv_ready=self._kv_ready,
             handoffs=self._handoffs,
             leases_expired=expired,
+            migrated=self._migrated,
         )
-        self._kv_ready, self._handoffs = [], []
+        self._kv_ready, self._handoffs, self._migrated = [], [], []
         return self.reports.send(report)
 
 

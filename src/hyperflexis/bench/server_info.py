@@ -18,9 +18,7 @@ _COST_FAMILIES = {
     "hyperflexis:instance_seconds": "instance_seconds",
     "hyperflexis:cost_usd": "cost_usd",
 }
-# Scaling events (`/debug/scaling`'s `event`) that count as a role flip or a migration.
-FLIP_EVENTS = frozenset({"flip", "flipped", "role_flip"})
-MIGRATION_EVENTS = frozenset({"migrate", "migrated", "migration"})
+FLIPPED = "flipped"  # `/debug/scaling`'s event of a role flip done (serving in the new role)
 
 
 def served_model_id(base_url: str, api_key: str | None = None, timeout_s: float = 10.0) -> str:
@@ -69,12 +67,13 @@ def correction_factor(
 @dataclass(frozen=True, slots=True)
 class ServerCost:
     """A HyperFlexis server's running totals at one moment: instance-seconds and USD by pool
-    (role) from `/metrics`, and its scaling events so far (`/debug/scaling`; none from a fixed
-    server)."""
+    (role) from `/metrics`, and its scaling events and migrations so far (`/debug/scaling`;
+    none from a fixed server)."""
 
     instance_seconds: dict[str, float]
     cost_usd: dict[str, float]
     events: tuple[dict[str, Any], ...] = ()
+    num_migrations: int = 0
 
 
 def server_cost(
@@ -100,14 +99,15 @@ def server_cost(
         return None
     if not totals["instance_seconds"]:
         return None
-    events = scaling.json().get("events", []) if scaling.status_code == 200 else []
-    return ServerCost(totals["instance_seconds"], totals["cost_usd"], tuple(events))
+    body = scaling.json() if scaling.status_code == 200 else {}
+    events, migrations = body.get("events", []), int(body.get("num_migrations", 0))
+    return ServerCost(totals["instance_seconds"], totals["cost_usd"], tuple(events), migrations)
 
 
 def cost_between(before: ServerCost, after: ServerCost) -> dict[str, Any]:
     """What the server's instances cost from `before` to `after`, for a bench summary:
-    instance-seconds and USD by pool and in all, the scaling events in between by kind, and
-    among them role flips and migrations."""
+    instance-seconds and USD by pool and in all, the scaling events in between by kind, the
+    role flips done (and each one's time, decision to serving) and the migrations."""
     seconds = {
         r: v - before.instance_seconds.get(r, 0.0) for r, v in after.instance_seconds.items()
     }
@@ -120,8 +120,9 @@ def cost_between(before: ServerCost, after: ServerCost) -> dict[str, Any]:
         "instance_seconds_by_role": seconds,
         "cost_usd_by_role": usd,
         "scaling_events": dict(sorted(kinds.items())),
-        "num_role_flips": sum(n for kind, n in kinds.items() if kind in FLIP_EVENTS),
-        "num_migrations": sum(n for kind, n in kinds.items() if kind in MIGRATION_EVENTS),
+        "num_role_flips": kinds.get(FLIPPED, 0),
+        "flip_s": [float(e["flip_s"]) for e in events if e.get("event") == FLIPPED],
+        "num_migrations": after.num_migrations - before.num_migrations,
         "events": list(events),
     }
 

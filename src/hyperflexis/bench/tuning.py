@@ -18,7 +18,7 @@ import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from hyperflexis.bench.metrics import goodput_at
 from hyperflexis.scheduler.config import SchedulerConfig
@@ -136,11 +136,16 @@ class TuneResult:
         }
 
 
+_S = TypeVar("_S")
+
+
 def sweep_goodputs(
-    sweeps: Sequence[tuple[str, BaselineSetting, tuple[float, ...]]], evaluate: Evaluate
+    sweeps: Sequence[tuple[str, _S, tuple[float, ...]]],
+    evaluate: Callable[[Sequence[tuple[str, _S, float]]], Sequence[float]],
 ) -> list[list[tuple[float, float]]]:
     """Each sweep's (rate, attainment) points, from its lowest rate up to and including its first
-    below the goodput target; rounds of one rate per sweep go to `evaluate` together."""
+    below the goodput target; rounds of one rate per sweep go to `evaluate` together (any
+    setting type: the tuner's `BaselineSetting`, `sim_compare.py`'s setups)."""
     points: list[list[tuple[float, float]]] = [[] for _ in sweeps]
     live = list(range(len(sweeps)))
     step = 0

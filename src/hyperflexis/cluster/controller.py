@@ -20,10 +20,11 @@ instance is parked (never dropped) and retried, in parking order, when a decode 
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
 
+from hyperflexis.cluster import migration
 from hyperflexis.cluster.controller_events import (
     Abort,
+    DrainDue,
     Effect,
     Event,
     Fail,
@@ -32,6 +33,7 @@ from hyperflexis.cluster.controller_events import (
     InstanceStarting,
     InstanceUp,
     LeaseExpired,
+    MovedOut,
     Park,
     PrefillDone,
     Redispatch,
@@ -42,35 +44,16 @@ from hyperflexis.cluster.controller_events import (
     RequestEnded,
     Resume,
     Route,
-    Stage,
     TransferEnded,
 )
 from hyperflexis.cluster.dispatcher import Dispatcher, DispatchRequest
 from hyperflexis.cluster.links import LinkTable
+from hyperflexis.cluster.placement import InstanceRecord, Placement
 from hyperflexis.cluster.snapshot import LoadSnapshot
 from hyperflexis.scheduler.config import Role
 
 Links = Mapping[str, frozenset[str]]  # prefill id -> the decode ids it may hand KV to
 SnapshotFn = Callable[[Sequence[str], float], Sequence[LoadSnapshot]]  # (ids, now) -> snapshots
-
-
-@dataclass(slots=True)
-class InstanceRecord:
-    instance_id: str
-    role: Role
-    up: bool = True  # takes traffic for its role
-
-
-@dataclass(slots=True)
-class Placement:
-    """One request's place in the cluster."""
-
-    request: DispatchRequest
-    stage: Stage
-    instance_id: str  # where it runs now: its entry instance, then D once handed off
-    prefill_id: str | None = None  # P/D: the instance that holds (or held) its KV
-    kv_held: bool = False  # P still holds its KV under lease (not released or expired)
-    has_first_token: bool = False
 
 
 class Controller:
@@ -98,13 +81,18 @@ class Controller:
         self.num_transfer_failures = 0
         self.num_recomputes = 0  # hand-offs that recompute on D (failed pull or KV lost)
         self.num_resumes = 0  # streamed requests continued elsewhere after their instance died
+        self.num_migrations = 0  # requests moved off a draining instance (`cluster.migration`)
 
     def set_links(self, links: Links) -> None:
         self.links = links
 
+    def snapshots(self, instance_ids: Sequence[str], now: float) -> Sequence[LoadSnapshot]:
+        """The driver's snapshots of `instance_ids` now."""
+        return self._snapshots(instance_ids, now)
+
     def parked_on(self, prefill_id: str) -> bool:
         """Whether a parked hand-off still holds KV on `prefill_id`."""
-        return any(self.requests[r].prefill_id == prefill_id for r in self.parked)
+        return any(self.requests[r].kv_source == prefill_id for r in self.parked)
 
     def handle(self, now: float, event: Event) -> list[Effect]:
         """Apply one event; the effects, in the order the driver executes them."""
@@ -133,6 +121,10 @@ class Controller:
             return []
         if isinstance(event, InstanceUp):
             return self._instance_up(now, event.instance_id, event.role)
+        if isinstance(event, DrainDue):
+            return migration.drain_due(self, now, event)
+        if isinstance(event, MovedOut):
+            return migration.moved_out(self, now, event)
         return self._instance_down(now, event.instance_id)
 
     # -- requests ---------------------------------------------------------------------------
@@ -154,7 +146,9 @@ class Controller:
 
     def _placement(self, request: DispatchRequest, instance_id: str) -> Placement:
         if self.instances[instance_id].role == "prefill":
-            return Placement(request, "prefilling", instance_id, prefill_id=instance_id)
+            return Placement(
+                request, "prefilling", instance_id, prefill_id=instance_id, kv_source=instance_id
+            )
         return Placement(request, "running", instance_id)
 
     def _prefill_done(self, now: float, request_id: str, prefill_id: str) -> list[Effect]:
@@ -187,7 +181,7 @@ class Controller:
         self._check_choice(decode_id, allowed, snapshots)
         placement.instance_id = decode_id
         self.num_handoffs += 1
-        if placement.kv_held:
+        if placement.kv_held and placement.kv_source == prefill_id:
             placement.stage = "receiving"
             return HandOff(request_id, prefill_id, decode_id)
         placement.stage = "recomputing"
@@ -244,10 +238,10 @@ class Controller:
         if not placement.kv_held:
             return []
         placement.kv_held = False
-        assert placement.prefill_id is not None
-        if not self.instances[placement.prefill_id].up:
+        assert placement.kv_source is not None
+        if not self.instances[placement.kv_source].up:
             return []  # gone, and its KV with it
-        return [Release(request_id, placement.prefill_id)]
+        return [Release(request_id, placement.kv_source)]
 
     # -- instances --------------------------------------------------------------------------
 
@@ -289,7 +283,7 @@ class Controller:
             self.links = table.links()
         effects: list[Effect] = []
         for request_id, placement in list(self.requests.items()):
-            if placement.prefill_id == instance_id:
+            if placement.kv_source == instance_id:
                 placement.kv_held = False  # its KV died with it
             if placement.instance_id != instance_id:
                 continue

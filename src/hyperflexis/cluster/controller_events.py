@@ -4,6 +4,7 @@ wall clock) turns what happens to its instances into events and executes the eff
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Literal
 
@@ -87,6 +88,28 @@ class RequestAborted:
     request_id: str
 
 
+@dataclass(frozen=True, slots=True)
+class DrainDue:
+    """Event: `instance_id` is draining and must be empty by `deadline_s`; `seconds_left` is the
+    driver's estimate, per request on it, of the time it still needs there."""
+
+    instance_id: str
+    deadline_s: float
+    seconds_left: Mapping[str, float]
+
+
+@dataclass(frozen=True, slots=True)
+class MovedOut:
+    """Event: the draining instance answered a `MoveOut`: the request stopped there with its
+    first `num_kv_tokens` tokens' KV leased (0: none, the target recomputes), or, `moved`
+    False, it was not decoding there and goes on as it was."""
+
+    request_id: str
+    instance_id: str
+    moved: bool
+    num_kv_tokens: int = 0
+
+
 Event = (
     InstanceStarting
     | InstanceUp
@@ -98,6 +121,8 @@ Event = (
     | LeaseExpired
     | RequestEnded
     | RequestAborted
+    | DrainDue
+    | MovedOut
 )
 
 # -- effects: what the driver does ----------------------------------------------------------
@@ -185,7 +210,38 @@ class Fail:
     reason: str
 
 
-Effect = Route | Reject | HandOff | Park | Release | Abort | Redispatch | Resume | Fail
+@dataclass(frozen=True, slots=True)
+class MoveOut:
+    """Effect: stop the request on `instance_id` between two steps and lease its KV."""
+
+    request_id: str
+    instance_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class Migrate:
+    """Effect: `to_id` continues the request, pulling its KV from `from_id` (`with_kv`) or
+    recomputing its prompt and the output the client has."""
+
+    request_id: str
+    from_id: str
+    to_id: str
+    with_kv: bool = True
+
+
+Effect = (
+    Route
+    | Reject
+    | HandOff
+    | Park
+    | Release
+    | Abort
+    | Redispatch
+    | Resume
+    | Fail
+    | MoveOut
+    | Migrate
+)
 
 # Where a request is, for the controller.
 Stage = Literal[
@@ -195,4 +251,5 @@ Stage = Literal[
     "receiving",  # handed to D, which pulls the KV
     "decoding",  # D has the KV and decodes
     "recomputing",  # D recomputes the prompt (failed pull, or KV lost)
+    "migrating",  # its draining instance is asked to stop it and lease its KV (a migration)
 ]

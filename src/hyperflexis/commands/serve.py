@@ -162,8 +162,9 @@ def _add_reliability_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--scaler",
         default=None,
-        help="collocated: scale between --min-instances and --max-instances with this scaler "
-        "(hyperflexis, threshold, static), as simulate --scaler (default: fixed instances)",
+        help="scale each pool (collocated, or P/D's prefill and decode) between "
+        "--min-instances and --max-instances with this scaler (hyperflexis, threshold, static), "
+        "as simulate --scaler, flipping P/D roles in place (default: fixed instances)",
     )
     parser.add_argument("--min-instances", type=int, default=1, help="with --scaler (default: 1)")
     parser.add_argument("--max-instances", type=int, default=4, help="with --scaler (default: 4)")
@@ -172,6 +173,13 @@ def _add_reliability_arguments(parser: argparse.ArgumentParser) -> None:
         type=float,
         default=10.0,
         help="with --scaler: seconds between the scaler's decisions (default: 10)",
+    )
+    parser.add_argument(
+        "--drain-deadline-s",
+        type=float,
+        default=5.0,
+        help="with --scaler: a draining instance's decodes that would take longer than this "
+        "move, KV and all, to another instance (default: 5)",
     )
     parser.add_argument(
         "--price-per-hour",
@@ -263,6 +271,7 @@ def run(args: argparse.Namespace) -> int:
         min_instances=args.min_instances,
         max_instances=args.max_instances,
         control_interval_s=args.control_interval,
+        drain_deadline_s=args.drain_deadline_s,
         dtype=args.dtype,
         device=args.device,
         kv_cache_bytes=args.kv_cache_bytes,

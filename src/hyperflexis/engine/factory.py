@@ -19,6 +19,7 @@ from hyperflexis.perf.base import StepCostModel
 from hyperflexis.perf.online import OnlineCorrection
 from hyperflexis.scheduler import (
     KVBlockManager,
+    Scheduler,
     SchedulerConfig,
     SchedulerOutput,
     make_scheduler,
@@ -52,6 +53,9 @@ class InstanceSpec:
     max_model_len: int | None = None  # a context shorter than the model's; None: the model's
     gpu_memory_utilization: float | None = None  # share of the GPU; None: half of what is free
     kv_transport: str = "shm"  # KV transport its pool registers with (P/D); see transfer/
+    # Register the KV pool with the transport even in the collocated role, so a drain can
+    # migrate its decodes KV and all (serve --scaler); prefill and decode instances always do.
+    kv_pool_always: bool = False
     kv_transfer_timeout_s: float = 10.0  # a pull slower than this is abandoned for a recompute
     # Where the weights come from (transfer/weights.py): "disk", or "peer" (`peer_weights`, a
     # live instance's published segment), which falls back to disk on any mismatch or failure.
@@ -100,10 +104,6 @@ def build_engine(
         kv_storage=kv_storage,
         load=weights,
     )
-    config = spec.scheduler_config
-    if not config.chunked_prefill and config.max_num_batched_tokens < runner.max_model_len:
-        # Without chunking a whole prompt runs in one step: the budget must hold any prompt.
-        config = dataclasses.replace(config, max_num_batched_tokens=runner.max_model_len)
     cost_model = spec.cost_model
     if cost_model is None and needs_cost_model:
         cost_model = cached_cost_model(runner, spec.device, runner.dtype_name)
@@ -112,8 +112,7 @@ def build_engine(
         correction = (
             cost_model if isinstance(cost_model, OnlineCorrection) else OnlineCorrection(cost_model)
         )
-    kv = KVBlockManager(runner.num_kv_blocks, runner.block_size)
-    scheduler = make_scheduler(spec.policy, config, kv, correction)
+    scheduler = build_scheduler(spec, runner, correction)
     tokenizer = runner.tokenizer
     config_eos = list(runner.config.eos_token_ids)
     # The config's EOS ids first (the scheduler checks the first), then the tokenizer's others
@@ -130,6 +129,19 @@ def build_engine(
         eos_token_ids=eos_ids,
     )
     return BuiltEngine(engine, runner, correction)
+
+
+def build_scheduler(
+    spec: InstanceSpec, runner: ModelRunner, cost_model: StepCostModel | None
+) -> Scheduler:
+    """The instance's scheduler, in `spec.scheduler_config.role`, over a fresh block manager
+    for the runner's KV cache: at start, and again for a role flip (an idle instance)."""
+    config = spec.scheduler_config
+    if not config.chunked_prefill and config.max_num_batched_tokens < runner.max_model_len:
+        # Without chunking a whole prompt runs in one step: the budget must hold any prompt.
+        config = dataclasses.replace(config, max_num_batched_tokens=runner.max_model_len)
+    kv = KVBlockManager(runner.num_kv_blocks, runner.block_size)
+    return make_scheduler(spec.policy, config, kv, cost_model)
 
 
 def _observer(cost_model: OnlineCorrection) -> StepObserver:

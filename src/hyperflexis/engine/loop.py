@@ -22,6 +22,7 @@ from hyperflexis.core.slo import SLO
 from hyperflexis.engine.output_processor import DetokenizerFactory, OutputProcessor
 from hyperflexis.engine.resume import Resume, resumed_request
 from hyperflexis.scheduler.base import Scheduler
+from hyperflexis.scheduler.leases import Lease
 from hyperflexis.scheduler.output import SchedulerOutput
 
 
@@ -219,6 +220,21 @@ class LLMEngine:
         if not self.has_unfinished():
             self._observe(None)  # no next step follows straight on
         return output
+
+    def migrate_out(self, request_id: str) -> tuple[Lease | None, RequestOutput] | None:
+        """A drain's migration: stop decoding the request here, its KV pinned under a lease for
+        the instance that continues it (none when it holds no KV); its output so far. None
+        when it is not decoding here (unknown, finished, no output yet, receiving KV)."""
+        if request_id not in self._outputs:
+            return None
+        try:
+            lease = self.scheduler.migrate_out(request_id, self.clock())
+        except ValueError:
+            return None
+        output = self._outputs.output(request_id)  # finished: its state is dropped
+        if not self.has_unfinished():
+            self._observe(None)
+        return lease, output
 
     def has_unfinished(self) -> bool:
         return len(self._outputs) > 0

@@ -16,7 +16,7 @@ from hyperflexis.core.request import FinishReason, Request, RequestStatus
 from hyperflexis.perf.base import StepCostModel
 from hyperflexis.scheduler.config import SchedulerConfig
 from hyperflexis.scheduler.kv_blocks import KVBlockManager
-from hyperflexis.scheduler.leases import LeaseTable
+from hyperflexis.scheduler.leases import Lease, LeaseTable
 from hyperflexis.scheduler.output import ScheduledChunk, SchedulerOutput
 from hyperflexis.scheduler.waiting import WaitingIndex
 
@@ -172,6 +172,22 @@ class Scheduler(ABC):
             return None
         self._finish(request, FinishReason.ABORTED, now)
         return request
+
+    def migrate_out(self, request_id: str, now: float) -> Lease | None:
+        """A drain's migration: the request leaves this scheduler to decode elsewhere, its
+        computed tokens' KV pinned under a lease for the peer to pull (no lease when it holds
+        no KV: preempted, the peer recomputes). ValueError unless it has output and is not
+        receiving KV."""
+        request = self.requests.get(request_id)
+        if request is None or request.status is RequestStatus.RECEIVING:
+            raise ValueError(f"{request_id!r} is not decoding here")
+        if not request.output_token_ids:
+            raise ValueError(f"{request_id!r} has no output yet: dispatch it again instead")
+        lease = None
+        if request.num_computed_tokens > 0 and self.kv.block_table(request_id):
+            lease = self.leases.grant(request_id, request.num_computed_tokens, now)
+        self._finish(request, FinishReason.ABORTED, now)
+        return lease
 
     def finish_request(self, request_id: str, reason: FinishReason, now: float) -> Request | None:
         """End a request for a reason found outside the scheduler (a stop string)."""

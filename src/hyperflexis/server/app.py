@@ -19,7 +19,7 @@ from hyperflexis import __version__
 from hyperflexis.backends.local import InstanceHandle
 from hyperflexis.server import tokenize
 from hyperflexis.server.core import ServingCore
-from hyperflexis.server.elastic import LiveScaler, scripted_decision
+from hyperflexis.server.elastic import LiveScaler
 from hyperflexis.server.errors import APIError, bad_request
 from hyperflexis.server.generation import generate
 from hyperflexis.server.health import health_report
@@ -137,6 +137,7 @@ def create_app(core: ServingCore, elastic: LiveScaler | None = None) -> FastAPI:
                     **core.handoff.describe(handle.instance_id),  # role, P/D links
                     "alive": handle.alive,
                     "state": _state(handle, elastic),
+                    "flip_s": None if elastic is None else elastic.flip_s.get(handle.instance_id),
                     "num_restarts": handle.num_restarts,
                     "num_dispatched": handle.num_dispatched,
                     "num_running": None if snapshot is None else snapshot.num_running,
@@ -157,9 +158,9 @@ def create_app(core: ServingCore, elastic: LiveScaler | None = None) -> FastAPI:
         core.access.bound_class(request.headers)
         if elastic is None:
             raise bad_request("the server runs no --scaler")
-        decision = scripted_decision(await request.json(), elastic.now())
+        decision, drain_deadline_s = elastic.scripted(await request.json(), elastic.now())
         try:
-            elastic.apply(decision, elastic.now())
+            elastic.apply(decision, elastic.now(), drain_deadline_s)
         except RuntimeError as error:  # not possible now: an id in use, below the minimum
             raise bad_request(str(error)) from None
         return {"events": elastic.events}
@@ -167,7 +168,10 @@ def create_app(core: ServingCore, elastic: LiveScaler | None = None) -> FastAPI:
     @app.get("/debug/scaling")
     async def debug_scaling(request: Request) -> dict[str, Any]:
         core.access.bound_class(request.headers)
-        return {"events": [] if elastic is None else elastic.events}
+        if elastic is None:
+            return {"events": [], "num_migrations": 0}
+        migrations = core.handoff.controller.num_migrations
+        return {"events": elastic.events, "num_migrations": migrations}
 
     @app.get("/debug/stats")
     async def debug_stats(request: Request) -> dict[str, Any]:

@@ -45,12 +45,15 @@ class ServerConfig:
     # peer's (transfer/weights.py); off: every start loads from disk.
     peer_weights: bool = False
     price_per_hour: float = 0.0  # USD per instance-hour, for the cost in /metrics
-    # serve --scaler (collocated): the scaler the control loop asks every control interval;
-    # None: the instances are fixed. The pool stays within [min_instances, max_instances].
+    # serve --scaler: the scaler the control loop asks every control interval; None: the
+    # instances are fixed. Each pool (collocated: one; P/D: prefill and decode) stays within
+    # [min_instances, max_instances]. A drain's decodes that would outlive drain_deadline_s
+    # migrate to another instance.
     scaler: str | None = None
     min_instances: int = 1
     max_instances: int = 4
     control_interval_s: float = 10.0
+    drain_deadline_s: float = 5.0
     dtype: str = "auto"  # vLLM's auto: float32 on the CPU, the checkpoint's dtype on a GPU
     device: str = "cpu"  # every instance on it; "cuda" spreads nothing by itself
     kv_cache_bytes: int | None = None  # per instance; None: the runner's default
@@ -132,15 +135,19 @@ class ServerConfig:
         return self.num_prefill > 0
 
     def _check_scaling(self) -> None:
-        if self.is_disaggregated:
-            raise ValueError("invalid '--scaler': live scaling is collocated only for now")
-        if not 1 <= self.min_instances <= self.num_instances <= self.max_instances:
+        sizes = (
+            (self.num_prefill, self.num_decode) if self.is_disaggregated else (self.num_instances,)
+        )
+        if not 1 <= self.min_instances <= min(sizes) <= max(sizes) <= self.max_instances:
+            what = "--prefill and --decode" if self.is_disaggregated else "--instances"
             raise ValueError(
-                "invalid '--min-instances'/'--max-instances': need 1 <= min <= --instances <= "
-                f"max, got {self.min_instances}, {self.num_instances}, {self.max_instances}"
+                f"invalid '--min-instances'/'--max-instances': need 1 <= min <= {what} <= "
+                f"max, got {self.min_instances}, {sizes}, {self.max_instances}"
             )
         if not self.control_interval_s > 0:
             raise ValueError("invalid '--control-interval': must be > 0")
+        if not self.drain_deadline_s >= 0:
+            raise ValueError("invalid '--drain-deadline-s': must be >= 0")
 
     def instance_roles(self) -> list[tuple[str, Role]]:
         """(instance id, role) of every instance: `instance-i` collocated, else `prefill-i`

@@ -1,4 +1,4 @@
-"""`serve --scaler`: the live server's control loop (DESIGN.md §6, §10.3), collocated.
+"""`serve --scaler`: the live server's control loop (DESIGN.md §6, §10.3), collocated or P/D.
 
 Every control interval it builds a `ClusterView` from the instances' live snapshots, asks the
 same scaler object `simulate --scaler` uses, checks each decision against the instances' lives
@@ -9,16 +9,23 @@ same scaler object `simulate --scaler` uses, checks each decision against the in
   `InstanceReady` arrives (`on_ready`): only then is it active in the lifecycle and up in the
   controller.
 - **scale in**: the instance drains: its snapshots say `draining`, so the dispatcher sends it
-  nothing new, and its requests finish where they are. Once it is idle (nothing open on it,
-  every KV block free) it is stopped (`InstancePool.retire`) and leaves the controller.
+  nothing new. Its requests finish where they are, but those that would outlive the drain's
+  deadline (`--drain-deadline-s` after the decision) move, KV and all, to another instance that
+  decodes (`cluster.migration`; the stream goes on from there). Once it is idle (nothing open on
+  it, every KV block free) it is stopped (`InstancePool.retire`) and leaves the controller.
+- **role switch** (P/D): it drains the same way; once idle it is down in the controller and told
+  to switch roles (`SwitchRole`: a new scheduler in the other role, same process, weights and KV
+  pool); its `InstanceReady` in the new role links it and it takes traffic again. The flip's
+  time, decision to serving, is in `events` and `/debug/instances`.
 
 A new instance that exits while loading, or still loads after `--start-timeout-s`, is killed and
 leaves the pool, the controller and the lifecycle (`abandon_start`, called by the supervisor,
 which times every start): event `start_failed`.
 
-A pool never drops below `--min-instances` (the lifecycle refuses such a drain). Decisions may
-also come from `POST /debug/scale` (behind the API key), applied the same way, so a test can
-script them. Every event is logged with the decision's reason and kept in `events`.
+A pool never drops below its `--min-instances` (the lifecycle refuses such a drain); P/D has a
+pool per role, each within the same bounds. Decisions may also come from `POST /debug/scale`
+(behind the API key), applied the same way, so a test can script them. Every event is logged with
+the decision's reason and kept in `events`.
 """
 
 from __future__ import annotations
@@ -32,17 +39,18 @@ from dataclasses import dataclass
 from typing import Any
 
 from hyperflexis.backends.local import InstanceHandle
-from hyperflexis.backends.messages import OutputDelta
+from hyperflexis.backends.messages import OutputDelta, SwitchRole
 from hyperflexis.cluster.dispatcher import DispatchRequest
-from hyperflexis.cluster.lifecycle import Lifecycle
+from hyperflexis.cluster.lifecycle import Flip, Lifecycle
 from hyperflexis.cluster.lifecycle_decisions import (
     DrainInstance,
     StartInstance,
     check_decision,
     cluster_view,
 )
-from hyperflexis.cluster.links import LinkTable
+from hyperflexis.cluster.links import LinkPolicy, LinkTable
 from hyperflexis.cluster.scaler import PoolLimits, Scaler, ScalingDecision, StartupModel
+from hyperflexis.cluster.scaler.tracker import flipped
 from hyperflexis.cluster.snapshot import LoadSnapshot
 from hyperflexis.core.slo import SLO
 from hyperflexis.scheduler.config import Role
@@ -50,6 +58,18 @@ from hyperflexis.server.core import ServingCore
 from hyperflexis.server.errors import bad_request
 
 logger = logging.getLogger("hyperflexis.server.elastic")
+
+KINDS = ("scale_out", "scale_in", "role_switch")  # what /debug/scale may script
+DEFAULT_DRAIN_DEADLINE_S = 5.0  # a drain's decodes that would take longer move elsewhere
+
+
+@dataclass(slots=True)
+class _Drain:
+    """A drain under way: when it was decided, and by when the instance should be empty."""
+
+    decided_s: float
+    deadline_s: float
+    drained_s: float | None = None  # a flip: when it was drained and told to switch
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,13 +90,21 @@ class LiveScaler:
         scaler: Scaler,
         pools: Mapping[Role, PoolLimits],
         control_interval_s: float,
+        *,
+        drain_deadline_s: float = DEFAULT_DRAIN_DEADLINE_S,
+        link_policy: LinkPolicy = "all",
     ) -> None:
         self.core, self.scaler, self.pools = core, scaler, dict(pools)
         self.control_interval_s = control_interval_s
-        handles = core.pool.handles.values()
+        self.drain_deadline_s = drain_deadline_s
+        roles = [(h.instance_id, h.role) for h in core.pool.handles.values()]
+        table = LinkTable.build(
+            [i for i, r in roles if r == "prefill"], [i for i, r in roles if r == "decode"],
+            link_policy,
+        )  # fmt: skip
         self.lifecycle = Lifecycle(
-            [(h.instance_id, h.role) for h in handles],
-            LinkTable("all"),
+            roles,
+            table,
             role_switch_s=0.0,
             stop_s=0.0,
             minimums={role: limits.min_instances for role, limits in pools.items()},
@@ -84,6 +112,8 @@ class LiveScaler:
         context = scaler.context
         self._startup = StartupModel(context.hardware, context.model, context.init_s)
         self.events: list[dict[str, Any]] = []  # every scaling event, for /debug/scaling
+        self.drains: dict[str, _Drain] = {}  # draining or flipping instances
+        self.flip_s: dict[str, float] = {}  # each instance's latest flip, decision to serving
         # New instances still loading: when each started (the supervisor times them).
         self.scale_out_starts: dict[str, float] = {}
         core.handoff.observer = self  # the scaler sees every arrival and finish
@@ -116,20 +146,28 @@ class LiveScaler:
         for decision in self.scaler.decide(now, view):
             self.apply(decision, now)
 
-    def apply(self, decision: ScalingDecision, now: float) -> None:
+    def apply(
+        self, decision: ScalingDecision, now: float, drain_deadline_s: float | None = None
+    ) -> None:
         """Check one decision against the instances' lives and carry it out; an impossible
-        one raises RuntimeError (the lifecycle's and the checker's words)."""
+        one raises RuntimeError (the lifecycle's and the checker's words). A drain's deadline
+        is `drain_deadline_s` (default: the server's) after `now`."""
         action = check_decision(
             self.scaler.name, decision, self.lifecycle, self.pools, self._startup
         )
         if isinstance(action, StartInstance):
             self._start_instance(action, decision.reason, now)
         else:
-            self._drain(action, decision.reason, now)
+            deadline_s = self.drain_deadline_s if drain_deadline_s is None else drain_deadline_s
+            self._drain(action, decision.reason, now, now + deadline_s)
 
     def state_of(self, instance_id: str) -> str | None:
+        """starting, active, draining, flipping (drained, switching its role) or stopped."""
         life = self.lifecycle.lives.get(instance_id)
-        return None if life is None else life.state
+        if life is None:
+            return None
+        drain = self.drains.get(instance_id)
+        return "flipping" if drain is not None and drain.drained_s is not None else life.state
 
     # -- transitions ------------------------------------------------------------------------
 
@@ -166,13 +204,26 @@ class LiveScaler:
         self.lifecycle.stopped(instance_id, now)
         self._event(now, instance_id, "start_failed", reason)
 
-    def _drain(self, action: DrainInstance, reason: str, now: float) -> None:
-        if action.target != "stop":
-            raise RuntimeError(f"{action.instance_id!r}: live role flips are not supported yet")
+    def _drain(self, action: DrainInstance, reason: str, now: float, deadline_s: float) -> None:
         self.lifecycle.drain(action.instance_id, action.target, now)
         self.core.handoff.draining.add(action.instance_id)  # the dispatcher skips it
-        self._event(now, action.instance_id, "drain", reason)
+        self.drains[action.instance_id] = _Drain(now, deadline_s)
+        self._event(now, action.instance_id, "drain", f"to {action.target}: {reason}")
         self._finish_drains(now)
+
+    def _flip(self, flip: Flip, now: float) -> None:
+        """A drained instance switches roles in place: down in the controller (it holds
+        nothing) and not dispatched to until its `InstanceReady` in the new role arrives."""
+        handle = self.core.pool.handles[flip.instance_id]
+        config = dataclasses.replace(handle.spec.scheduler_config, role=flip.role)
+        handle.spec = dataclasses.replace(handle.spec, scheduler_config=config)  # a restart too
+        handle.alive = False
+        self.core.handoff.on_flipping(handle, flip.role, now)
+        handle.send(SwitchRole(flip.role))
+        drain = self.drains[flip.instance_id]
+        drain.drained_s = now
+        detail = f"drained {now - drain.decided_s:.3f} s after the decision; to {flip.role}"
+        self._event(now, flip.instance_id, "flip", detail)
 
     def on_ready(self, handle: InstanceHandle) -> None:
         """A new instance loaded (the supervisor has brought it up in the controller): it is
@@ -183,6 +234,15 @@ class LiveScaler:
         self.scale_out_starts.pop(handle.instance_id, None)
         now = self.now()
         self.lifecycle.ready(handle.instance_id, now)
+        drain = self.drains.pop(handle.instance_id, None)
+        if drain is not None and drain.drained_s is not None:
+            flip_s = self.flip_s[handle.instance_id] = now - drain.decided_s
+            detail = (
+                f"serves as {handle.role} {flip_s:.3f} s after the decision (drain "
+                f"{drain.drained_s - drain.decided_s:.3f} s, switch {now - drain.drained_s:.3f} s)"
+            )
+            self._event(now, handle.instance_id, "flipped", detail, flip_s=round(flip_s, 4))
+            return
         start = "" if handle.ready is None else f" ({handle.ready.start_info()})"
         self._event(now, handle.instance_id, "ready", f"takes traffic{start}")
 
@@ -190,8 +250,13 @@ class LiveScaler:
         for instance_id, life in list(self.lifecycle.lives.items()):
             if life.state != "draining":
                 continue
-            if self.lifecycle.finish_drain(instance_id, self._idle(instance_id), now) is None:
+            self.core.handoff.drain_due(instance_id, self.drains[instance_id].deadline_s, now)
+            after = self.lifecycle.finish_drain(instance_id, self._idle(instance_id), now)
+            if isinstance(after, Flip):
+                self._flip(after, now)
+            if after is None or isinstance(after, Flip):
                 continue
+            del self.drains[instance_id]
             handle = self.core.pool.retire(instance_id)
             self.core.handoff.on_retired(handle, now)
             self.core.metrics.remove_instance(instance_id)
@@ -221,19 +286,33 @@ class LiveScaler:
             return dataclasses.replace(snapshot, draining=True)
         return snapshot
 
-    def _event(self, now: float, instance_id: str, event: str, detail: str) -> None:
-        self.events.append(
-            {"time_s": round(now, 3), "instance_id": instance_id, "event": event, "detail": detail}
-        )
+    def _event(self, now: float, instance_id: str, event: str, detail: str, **extra: float) -> None:
+        row = {"time_s": round(now, 3), "instance_id": instance_id, "event": event}
+        self.events.append({**row, "detail": detail, **extra})
         logger.warning("scaling: instance %s %s (%s)", instance_id, event, detail)
 
-
-def scripted_decision(body: Any, now: float) -> ScalingDecision:
-    """`POST /debug/scale`'s body, `{"kind": "scale_out" | "scale_in", "instance_id": ...}`, as
-    a decision; anything else is a 400."""
-    if not isinstance(body, dict) or body.get("kind") not in ("scale_out", "scale_in"):
-        raise bad_request("'kind' must be 'scale_out' or 'scale_in'", "kind")
-    instance_id = body.get("instance_id")
-    if not isinstance(instance_id, str) or not instance_id:
-        raise bad_request("'instance_id' must be a non-empty string", "instance_id")
-    return ScalingDecision(body["kind"], "mixed", instance_id, now, "scripted (/debug/scale)")
+    def scripted(self, body: Any, now: float) -> tuple[ScalingDecision, float | None]:
+        """`POST /debug/scale`'s body as a decision and its drain deadline (None: the
+        server's); anything malformed is a 400. `{"kind": "scale_out", "instance_id": ...,
+        "role": ...}` (role: the only pool's by default), `{"kind": "scale_in" | "role_switch",
+        "instance_id": ..., "drain_deadline_s": ...}`."""
+        if not isinstance(body, dict) or body.get("kind") not in KINDS:
+            raise bad_request(f"'kind' must be one of {', '.join(KINDS)}", "kind")
+        instance_id = body.get("instance_id")
+        if not isinstance(instance_id, str) or not instance_id:
+            raise bad_request("'instance_id' must be a non-empty string", "instance_id")
+        deadline = body.get("drain_deadline_s")
+        if deadline is not None and (not isinstance(deadline, int | float) or deadline < 0):
+            raise bad_request("'drain_deadline_s' must be a number >= 0", "drain_deadline_s")
+        kind, reason = body["kind"], "scripted (/debug/scale)"
+        life = self.lifecycle.lives.get(instance_id)
+        if kind == "scale_out":
+            role = body.get("role", next(iter(self.pools)) if len(self.pools) == 1 else None)
+            if role not in self.pools:
+                raise bad_request(f"'role' must be one of {', '.join(self.pools)}", "role")
+            return ScalingDecision("scale_out", role, instance_id, now, reason), deadline
+        role = "mixed" if life is None else life.role
+        if kind == "role_switch" and role != "mixed":
+            decision = ScalingDecision(kind, flipped(role), instance_id, now, reason, role)
+            return decision, deadline
+        return ScalingDecision(kind, role, instance_id, now, reason), deadline

@@ -24,6 +24,8 @@ from hyperflexis.backends.messages import (
     AddRequest,
     KVReady,
     KVSource,
+    MigratedOut,
+    MigrateOut,
     OutputDelta,
     ReleaseKV,
     ResumeRequest,
@@ -32,6 +34,7 @@ from hyperflexis.backends.messages import (
 from hyperflexis.cluster.controller import Controller
 from hyperflexis.cluster.controller_events import (
     Abort,
+    DrainDue,
     Effect,
     Event,
     Fail,
@@ -41,6 +44,9 @@ from hyperflexis.cluster.controller_events import (
     InstanceStarting,
     InstanceUp,
     LeaseExpired,
+    Migrate,
+    MovedOut,
+    MoveOut,
     PrefillDone,
     Redispatch,
     Reject,
@@ -84,6 +90,7 @@ class Progress:
     num_text_chars: int = 0  # output text the client has
     ttft_s: float | None = None  # arrival to its first token at the server
     kv: KVReady | None = None  # P/D: P's report of the prompt's leased blocks
+    moved: MigratedOut | None = None  # a migration: its draining instance's leased blocks
 
 
 class HandoffDriver:
@@ -163,6 +170,25 @@ class HandoffDriver:
             self._execute(now, self._handle(now, ended))
         for request_id in report.leases_expired:
             self._execute(now, self._handle(now, LeaseExpired(request_id)))
+        for moved in report.migrated:
+            progress = self.progress.get(moved.request_id)
+            if progress is not None and moved.moved:
+                progress.moved = moved
+            num_kv_tokens = moved.num_tokens if moved.block_ids else 0
+            out = MovedOut(moved.request_id, handle.instance_id, moved.moved, num_kv_tokens)
+            self._execute(now, self._handle(now, out))
+
+    def drain_due(self, instance_id: str, deadline_s: float, now: float) -> None:
+        """`instance_id` drains until `deadline_s`: the controller moves off it what would
+        outlive that (`cluster.migration`), by each request's pace so far."""
+        left = {
+            request_id: seconds_left(progress, now)
+            for request_id, placement in self.controller.requests.items()
+            if placement.instance_id == instance_id
+            and (progress := self.progress.get(request_id)) is not None
+            and progress.output_token_ids
+        }
+        self._execute(now, self._handle(now, DrainDue(instance_id, deadline_s, left)))
 
     def abort(self, request_id: str, now: float) -> None:
         """The client went away: stop the request in every stage, free its KV on both sides."""
@@ -186,6 +212,14 @@ class HandoffDriver:
         """A drained instance stopped (a scale-in): it holds nothing, it leaves."""
         self.draining.discard(handle.instance_id)
         self._execute(now, self._handle(now, InstanceDown(handle.instance_id)))
+        self._count_roles()
+
+    def on_flipping(self, handle: InstanceHandle, role: Role, now: float) -> None:
+        """A drained instance switches to `role` in place: it takes no traffic (and has no
+        links) until its `InstanceReady` in the new role (`on_ready`)."""
+        self.draining.discard(handle.instance_id)
+        self._execute(now, self._handle(now, InstanceDown(handle.instance_id)))
+        self._handle(now, InstanceStarting(handle.instance_id, role))
         self._count_roles()
 
     def on_ready(self, handle: InstanceHandle, now: float) -> None:
@@ -224,6 +258,10 @@ class HandoffDriver:
                 self._redispatch(effect.request_id, effect.instance_id)
             elif isinstance(effect, Resume):
                 self._send_resume(effect.request_id, effect.instance_id, now, None)
+            elif isinstance(effect, MoveOut):
+                self._send(effect.instance_id, MigrateOut(effect.request_id))
+            elif isinstance(effect, Migrate):
+                self._migrate(effect, now)
             elif isinstance(effect, Fail):
                 self.progress.pop(effect.request_id, None)
                 self._failed(effect.request_id, effect.reason)
@@ -242,6 +280,23 @@ class HandoffDriver:
         if not effect.with_kv or kv is None:
             self.metrics.on_recompute()
         self._send_resume(effect.request_id, effect.decode_id, now, kv)
+
+    def _migrate(self, effect: Migrate, now: float) -> None:
+        """A request stopped on its draining instance continues on `to_id`, pulling the KV
+        the draining one leased (recomputing when that cannot be)."""
+        progress = self.progress[effect.request_id]
+        moved, kv = progress.moved, None
+        # Every token it made there reached the server before its answer (one pipe, in order);
+        # if not, the KV does not match what the client has, and a recompute does.
+        num_sent = len(progress.output_token_ids)
+        if effect.with_kv and moved is not None and moved.num_output_tokens == num_sent:
+            source = self.pool.handles.get(effect.from_id)
+            pool = None if source is None or source.ready is None else source.ready.kv_pool
+            if pool is not None:
+                kv = KVSource(effect.from_id, pool, moved.block_ids, moved.num_tokens)
+        if kv is None:
+            self.metrics.on_recompute()
+        self._send_resume(effect.request_id, effect.to_id, now, kv)
 
     def _send_resume(
         self, request_id: str, instance_id: str, now: float, kv: KVSource | None
@@ -277,7 +332,9 @@ class HandoffDriver:
             )
         )  # fmt: skip
 
-    def _send(self, instance_id: str, command: ResumeRequest | ReleaseKV | AbortRequest) -> None:
+    def _send(
+        self, instance_id: str, command: ResumeRequest | ReleaseKV | AbortRequest | MigrateOut
+    ) -> None:
         handle = self.pool.handles.get(instance_id)
         if handle is not None and handle.alive:
             handle.send(command)
@@ -302,6 +359,15 @@ class HandoffDriver:
                 counts[record.role] += 1
         self.metrics.set_instances_by_role(counts)
         self.metrics.charge_instances(time.monotonic(), self.pool.handles.values())
+
+
+def seconds_left(progress: Progress, now: float) -> float:
+    """How long a streaming request still needs at its pace so far (its SLO's TPOT until it
+    has one): the rest of its `max_tokens`, as an EOS may never come."""
+    num_tokens = len(progress.output_token_ids)
+    decoding_s = now - progress.arrival_s - (progress.ttft_s or 0.0)
+    pace_s = decoding_s / (num_tokens - 1) if num_tokens > 1 else progress.slo.tpot_s
+    return max(0, progress.params.max_tokens - num_tokens) * pace_s
 
 
 def role_of(handle: InstanceHandle) -> Role:

@@ -18,9 +18,9 @@ and the scaler decides again.
 /health, for a load balancer: 200 while the server can serve, with `status` "ok" (every instance
 ready) or "degraded" (some missing: capacity is down or still coming up, requests are still
 served, so it stays in rotation); 503 with `status` "down" when no instance serves or "draining"
-after SIGTERM (take it out of rotation). `reason` says why it is not "ok" (which instance is
-loading, as a replacement or a new instance, or failed); the body lists each instance's state:
-ready, starting (loading) or failed (out of restart budget).
+after SIGTERM (take it out of rotation). `reason` says why it is not "ok": which instance is
+loading (as a replacement or a new instance), switching roles, or failed. The body lists each
+instance's state: ready, starting (loading or switching) or failed (out of restart budget).
 """
 
 from __future__ import annotations
@@ -221,8 +221,11 @@ def health_report(core: ServingCore) -> tuple[int, dict[str, Any]]:
             state = "ready"
         elif handle.process.exitcode is None:
             state = "starting"  # a replacement or a new (scaled-out) instance loading
-            loading = "a replacement after a failure" if replacement else "a new instance"
-            reasons.append(f"{handle.instance_id} is loading ({loading})")
+            if handle.ready is not None:  # it served: a role flip, in place
+                reasons.append(f"{handle.instance_id} is switching roles")
+            else:
+                loading = "a replacement after a failure" if replacement else "a new instance"
+                reasons.append(f"{handle.instance_id} is loading ({loading})")
         else:
             state = "failed"  # dead and not replaced: out of restart budget
             reasons.append(f"{handle.instance_id} failed (out of restart budget)")

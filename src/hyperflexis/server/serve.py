@@ -19,6 +19,7 @@ from hyperflexis.server.config import ServerConfig
 
 if TYPE_CHECKING:
     from hyperflexis.perf import StepCostModel
+    from hyperflexis.scheduler.config import Role
     from hyperflexis.server.core import ServingCore
     from hyperflexis.server.elastic import LiveScaler
 
@@ -87,6 +88,7 @@ def serve(config: ServerConfig) -> int:
         gpu_memory_utilization=config.gpu_memory_utilization,
         kv_transport=config.kv_transport,
         publish_weights=config.peer_weights,
+        kv_pool_always=config.scaler is not None,  # a drain migrates decodes, KV and all
     )
     specs = specs_for_roles(base, config.instance_roles())
     names = config.served_model_names or (model_path.name,)
@@ -153,7 +155,15 @@ def _live_scaler(
     )
     limits = PoolLimits(config.min_instances, config.max_instances)
     scaler = make_scaler(config.scaler, context)
-    return LiveScaler(core, scaler, {"mixed": limits}, config.control_interval_s)
+    roles: tuple[Role, ...] = ("prefill", "decode") if config.is_disaggregated else ("mixed",)
+    return LiveScaler(
+        core,
+        scaler,
+        dict.fromkeys(roles, limits),
+        config.control_interval_s,
+        drain_deadline_s=config.drain_deadline_s,
+        link_policy=config.link_policy,
+    )
 
 
 async def _serve_http(

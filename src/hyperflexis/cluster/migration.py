@@ -1,0 +1,108 @@
+"""Request migration off a draining instance (DESIGN.md §10.3), the cluster controller's part:
+pure, as the rest of `cluster.controller`; the driver measures, the controller decides.
+
+    decoding on S (draining) --DrainDue: would outlive the deadline--> migrating (MoveOut to S)
+        --MovedOut(moved)--> receiving on T, pulling S's leased KV (Migrate) --TransferEnded--> ...
+                       \\--(not moved: finished or still receiving)--> as it was
+
+A request moves only once it has streamed (one without a first token is the dispatcher's) and
+only when another instance of a decoding role (`decode` in P/D, `mixed` collocated) can take it:
+T is the linked-or-not decode instance the dispatcher picks (`choose_decode`, every candidate
+linked to S), collocated the one with the most free KV. S pins the request's KV under a lease as
+a prefill instance does, so the pull, its failure (recompute on T), the release of S's blocks and
+an abort meanwhile take the P/D hand-off's paths unchanged.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Protocol
+
+from hyperflexis.cluster.controller_events import (
+    DrainDue,
+    Effect,
+    Migrate,
+    MovedOut,
+    MoveOut,
+    Release,
+)
+from hyperflexis.cluster.dispatcher import Dispatcher
+from hyperflexis.cluster.placement import InstanceRecord, Placement
+from hyperflexis.cluster.snapshot import LoadSnapshot
+
+# Stages of a request that decodes where it is (has streamed, not waiting for KV).
+MOVABLE_STAGES = ("running", "decoding", "recomputing")
+
+
+class Controller(Protocol):
+    """What migration reads and changes of the cluster controller."""
+
+    dispatcher: Dispatcher
+    instances: dict[str, InstanceRecord]
+    requests: dict[str, Placement]
+    num_migrations: int
+
+    def snapshots(self, instance_ids: Sequence[str], now: float) -> Sequence[LoadSnapshot]: ...
+
+
+def drain_due(controller: Controller, now: float, event: DrainDue) -> list[Effect]:
+    """The requests on a draining instance that would outlive its deadline and can go
+    elsewhere: each is asked to stop there (`MoveOut`)."""
+    effects: list[Effect] = []
+    for request_id, left_s in event.seconds_left.items():
+        placement = controller.requests.get(request_id)
+        if placement is None or placement.instance_id != event.instance_id:
+            continue
+        if placement.stage not in MOVABLE_STAGES or not placement.has_first_token:
+            continue
+        if now + left_s <= event.deadline_s or target(controller, now, placement) is None:
+            continue
+        placement.stage = "migrating"
+        effects.append(MoveOut(request_id, event.instance_id))
+    return effects
+
+
+def moved_out(controller: Controller, now: float, event: MovedOut) -> list[Effect]:
+    """Where a request stopped on its draining instance goes on: `Migrate` to the target (back
+    to the same instance, recomputing, if no other can take it any more)."""
+    placement = controller.requests.get(event.request_id)
+    held = event.moved and event.num_kv_tokens > 0
+    if placement is None or placement.stage != "migrating":
+        # Aborted meanwhile (the abort went to the instance, which freed what it held).
+        return [Release(event.request_id, event.instance_id)] if held else []
+    if not event.moved:
+        placement.stage = "decoding" if placement.prefill_id is not None else "running"
+        return []
+    to_id = target(controller, now, placement) or event.instance_id
+    if to_id == event.instance_id:
+        held = False  # nowhere else: it recomputes where it was, and its lease goes
+    placement.instance_id = to_id
+    placement.kv_source = event.instance_id
+    placement.kv_held = held
+    placement.stage = "receiving" if held else "recomputing"
+    controller.num_migrations += 1
+    effects: list[Effect] = [Migrate(event.request_id, event.instance_id, to_id, held)]
+    if event.moved and event.num_kv_tokens > 0 and not held:
+        effects.append(Release(event.request_id, event.instance_id))
+    return effects
+
+
+def target(controller: Controller, now: float, placement: Placement) -> str | None:
+    """The instance a request on a draining instance would move to, or None."""
+    from_id = placement.instance_id
+    role = controller.instances[from_id].role
+    allowed = [
+        r.instance_id
+        for r in controller.instances.values()
+        if r.up and r.role == role and r.instance_id != from_id
+    ]
+    snapshots = [s for s in controller.snapshots(allowed, now) if not s.draining]
+    if not snapshots:
+        return None
+    if role == "decode":
+        links = {from_id: frozenset(s.instance_id for s in snapshots)}
+        choice = controller.dispatcher.choose_decode(
+            placement.request, from_id, snapshots, links, now
+        )
+        return choice.instance_id
+    return max(snapshots, key=lambda s: (s.num_free_blocks, s.instance_id)).instance_id
