@@ -211,6 +211,24 @@ def test_cli_writes_summary_jsonl_and_plot(server: str, tmp_path: Path) -> None:
     assert plot.read_bytes()[:4] == b"\x89PNG"
 
 
+def test_cli_takes_the_servers_instance_seconds_without_instances(
+    server: str, tmp_path: Path
+) -> None:
+    out = tmp_path / "r.json"
+    args = ["bench", "--base-url", server, "--model", _model_id(server), "--dataset", "random"]
+    args += ["--input-len", "8", "--output-len", "4", "--rate", "8", "--num-requests", "4"]
+    code = main([*args, "--out", str(out), "--quiet"])
+    assert code == 0
+    summary = json.loads(out.read_text())
+    cost = summary["server_cost"]
+    # Two instances served from the clock's start (prompts built) to the last request's end.
+    assert 2 * summary["duration_s"] <= cost["instance_seconds"] <= 2 * summary["wall_s"] + 1.0
+    assert cost["instance_seconds_by_role"]["mixed"] == cost["instance_seconds"]
+    assert summary["instance_seconds"] == cost["instance_seconds"]
+    assert cost["cost_usd"] == 0.0  # no --price-per-hour
+    assert cost["scaling_events"] == {} and cost["num_role_flips"] == 0
+
+
 def test_cli_exits_1_when_every_request_fails(tmp_path: Path, unused_port: int) -> None:
     code = main(
         [

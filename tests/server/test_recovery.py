@@ -91,6 +91,8 @@ class _SupervisedPool(FakePool):
 
     def replace(self, instance_id: str) -> Any:
         self.replaced.append(instance_id)
+        handle = self.handles[instance_id]  # as the pool's replacement: counted, not ready
+        handle.num_restarts, handle.ready = handle.num_restarts + 1, None
         return SimpleNamespace(spec=SimpleNamespace(weight_source="disk"))
 
 
@@ -110,6 +112,7 @@ def test_silence_past_the_timeout_kills_recovers_and_replaces() -> None:
     status, body = health_report(core)
     assert (status, body["status"], body["num_instances"]) == (200, "degraded", 1)
     assert [row["state"] for row in body["instances"]] == ["starting", "ready"]
+    assert body["reason"] == "a is loading (a replacement after a failure)"
     # The replacement is ready: the controller routes to it again.
     pool.handles["a"].alive = True
     assert not core.handoff.controller.instances["a"].up
@@ -122,8 +125,12 @@ def test_silence_past_the_timeout_kills_recovers_and_replaces() -> None:
     status, body = health_report(core)
     assert (status, body["status"]) == (503, "down")
     assert [row["state"] for row in body["instances"]] == ["failed", "starting"]
+    assert body["reason"] == (
+        "a failed (out of restart budget); b is loading (a replacement after a failure)"
+    )
     core.draining = True
     assert health_report(core)[1]["status"] == "draining"
+    assert health_report(core)[1]["reason"] == "shutting down"
 
 
 def test_the_restart_budget_is_per_instance_and_per_window() -> None:

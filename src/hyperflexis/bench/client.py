@@ -16,6 +16,7 @@ import asyncio
 import contextlib
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -92,10 +93,13 @@ def run_benchmark(
     config: ClientConfig,
     prompts: PromptFactory | None = None,
     transport: httpx.AsyncBaseTransport | None = None,
+    at_start: Callable[[], object] | None = None,
 ) -> BenchRun:
     """Replay `workload` against the server in `config` and wait for every request to end.
-    `transport` replaces the network (tests pass an `httpx.MockTransport`)."""
-    return asyncio.run(run_benchmark_async(workload, classes, config, prompts, transport))
+    `transport` replaces the network (tests pass an `httpx.MockTransport`); `at_start` is
+    called once just before the run's clock starts (prompts built, connection warm), e.g. to
+    read the server's counters."""
+    return asyncio.run(run_benchmark_async(workload, classes, config, prompts, transport, at_start))
 
 
 async def run_benchmark_async(
@@ -104,6 +108,7 @@ async def run_benchmark_async(
     config: ClientConfig,
     prompts: PromptFactory | None = None,
     transport: httpx.AsyncBaseTransport | None = None,
+    at_start: Callable[[], object] | None = None,
 ) -> BenchRun:
     """As `run_benchmark`, inside a running event loop."""
     wall_start = time.perf_counter()
@@ -122,6 +127,8 @@ async def run_benchmark_async(
         base_url=config.root_url, limits=limits, timeout=timeout, transport=transport
     ) as client:
         await _warm_up(client)
+        if at_start is not None:
+            at_start()
         start = time.perf_counter()
         tasks: list[asyncio.Task[RequestResult]] = []
         for spec, (prompt, prompt_tokens) in zip(workload, built, strict=True):

@@ -77,7 +77,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--instances",
         type=int,
         default=None,
-        help="instances behind the server: instance_seconds = instances x duration",
+        help="instances behind the server: instance_seconds = instances x duration (default: "
+        "what a HyperFlexis server counts, from its /metrics)",
     )
     parser.add_argument("--no-ignore-eos", action="store_true", help="do not send ignore_eos")
     parser.add_argument("--quiet", action="store_true", help="no progress bar or table")
@@ -87,6 +88,7 @@ def run(args: argparse.Namespace) -> int:
     from hyperflexis.bench.client import ClientConfig, run_benchmark
     from hyperflexis.bench.prompts import PromptFactory, tokenizer_counter
     from hyperflexis.bench.report import bench_summary, class_table, write_jsonl
+    from hyperflexis.bench.server_info import ServerCost, cost_between, server_cost
     from hyperflexis.core.slo import SLOClasses
 
     classes = SLOClasses.from_file(args.slo_classes) if args.slo_classes else SLOClasses()
@@ -104,9 +106,22 @@ def run(args: argparse.Namespace) -> int:
         show_progress=not args.quiet,
     )
     counter = tokenizer_counter(str(args.tokenizer)) if args.tokenizer else None
-    run_result = run_benchmark(workload, classes, config, PromptFactory(counter))
-    instance_seconds = (args.instances or 0) * run_result.duration_s
+    before: list[ServerCost | None] = []
+    run_result = run_benchmark(
+        workload,
+        classes,
+        config,
+        PromptFactory(counter),
+        at_start=lambda: before.append(server_cost(args.base_url, args.api_key)),
+    )
+    after = server_cost(args.base_url, args.api_key)
+    cost = cost_between(before[0], after) if before and before[0] and after else None
+    if args.instances is not None or cost is None:
+        instance_seconds = (args.instances or 0) * run_result.duration_s
+    else:  # what the server counted: instances that scaled, loading ones included
+        instance_seconds = cost["instance_seconds"]
     summary = bench_summary(run_result, instance_seconds)
+    summary["server_cost"] = cost
     summary.update(_run_info(args, len(workload)))
     if args.jsonl is not None:  # where `hyperflexis report` finds them
         summary["records"] = os.path.relpath(args.jsonl, args.out.parent)
@@ -132,7 +147,19 @@ def run(args: argparse.Namespace) -> int:
             f"in {summary['duration']:.1f} s -> {args.out}",
             file=sys.stderr,
         )
+        if cost is not None:
+            print(cost_line(cost), file=sys.stderr)
     return 0
+
+
+def cost_line(cost: dict[str, Any]) -> str:
+    """The server's cost over the run, one line (`bench.server_info.cost_between`'s dict)."""
+    events = ", ".join(f"{kind} {n}" for kind, n in cost["scaling_events"].items()) or "none"
+    return (
+        f"server: {cost['instance_seconds']:.1f} instance-seconds, ${cost['cost_usd']:.4f}; "
+        f"role flips {cost['num_role_flips']}, migrations {cost['num_migrations']}; "
+        f"scaling events: {events}"
+    )
 
 
 def build_bench_workload(args: argparse.Namespace, classes: SLOClasses) -> Workload:

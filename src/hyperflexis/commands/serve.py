@@ -141,6 +141,13 @@ def _add_reliability_arguments(parser: argparse.ArgumentParser) -> None:
         help="SIGTERM: open requests get this long to finish (default: %(default)s)",
     )
     parser.add_argument(
+        "--start-timeout-s",
+        type=float,
+        default=300.0,
+        help="kill a replacement or a new (scaled-out) instance still loading after this long "
+        "(default: %(default)s)",
+    )
+    parser.add_argument(
         "--max-restarts",
         type=int,
         default=3,
@@ -257,6 +264,7 @@ def run(args: argparse.Namespace) -> int:
         instance_timeout_s=args.instance_timeout_s,
         shutdown_timeout_s=args.shutdown_timeout_s,
         max_restarts=args.max_restarts,
+        start_timeout_s=args.start_timeout_s,
         peer_weights=args.peer_weights,
         price_per_hour=args.price_per_hour,
         scaler=args.scaler,

@@ -64,6 +64,9 @@ class ServerConfig:
     num_threads: int = 1  # torch CPU threads per instance
     seed: int = 0  # sampling seed of instance 0 (instance i uses seed + i)
     ready_timeout_s: float = 300.0  # how long instances may take to load
+    # A replacement or a scaled-out instance still loading this long is killed (a replacement
+    # is restarted within the budget, a scale-out leaves).
+    start_timeout_s: float = 300.0
     graceful_shutdown_s: int = 2  # after the drain: uvicorn's wait for responses to flush
     # vLLM's spellings of what a deployment also sets:
     served_model_names: tuple[str, ...] = ()  # the first is the id /v1/models lists
@@ -116,6 +119,8 @@ class ServerConfig:
             raise ValueError(
                 f"invalid 'shutdown_timeout_s': must be >= 0, got {self.shutdown_timeout_s}"
             )
+        if not self.start_timeout_s > 0:
+            raise ValueError(f"invalid 'start_timeout_s': must be > 0, got {self.start_timeout_s}")
         if self.max_restarts < 0:
             raise ValueError(f"invalid 'max_restarts': must be >= 0, got {self.max_restarts}")
         if self.num_threads < 1:

@@ -18,6 +18,10 @@ same scaler object `simulate --scaler` uses, checks each decision against the in
   pool); its `InstanceReady` in the new role links it and it takes traffic again. The flip's
   time, decision to serving, is in `events` and `/debug/instances`.
 
+A new instance that exits while loading, or still loads after `--start-timeout-s`, is killed and
+leaves the pool, the controller and the lifecycle (`abandon_start`, called by the supervisor,
+which times every start): event `start_failed`.
+
 A pool never drops below its `--min-instances` (the lifecycle refuses such a drain); P/D has a
 pool per role, each within the same bounds. Decisions may also come from `POST /debug/scale`
 (behind the API key), applied the same way, so a test can script them. Every event is logged with
@@ -111,6 +115,8 @@ class LiveScaler:
         self.drains: dict[str, _Drain] = {}  # draining or flipping instances
         self.flip_s: dict[str, float] = {}  # each instance's latest flip, decision to serving
         self._check_soon = False  # a check of the drains is scheduled on the event loop
+        # New instances still loading: when each started (the supervisor times them).
+        self.scale_out_starts: dict[str, float] = {}
         core.handoff.observer = self  # the scaler sees every arrival and finish
 
     def now(self) -> float:
@@ -194,7 +200,25 @@ class LiveScaler:
         source = handle.spec.weight_source
         self.lifecycle.start(action.instance_id, action.role, now, f"weights from {source}")
         self.core.handoff.on_starting(handle)
+        self.scale_out_starts[action.instance_id] = now
         self._event(now, action.instance_id, "scale_out", f"{reason}; weights from {source}")
+
+    def abandon_start(self, handle: InstanceHandle, reason: str, now: float) -> None:
+        """A new instance that will not start (it exited, or is still loading past the start
+        timeout; `server.health.Supervisor`'s call): killed, out of the pool, the controller
+        and the lifecycle. It never served; the scaler decides again."""
+        instance_id = handle.instance_id
+        self.scale_out_starts.pop(instance_id, None)
+        pool = self.core.pool
+        if pool.handles.get(instance_id) is handle:
+            del pool.handles[instance_id]
+            pool.retired.append(handle)  # reaped when the server stops
+        pool.kill(handle)
+        handle.process.join(0.5)
+        self.core.handoff.on_retired(handle, now)
+        self.core.metrics.remove_instance(instance_id)
+        self.lifecycle.stopped(instance_id, now)
+        self._event(now, instance_id, "start_failed", reason)
 
     def _drain(self, action: DrainInstance, reason: str, now: float, deadline_s: float) -> None:
         self.lifecycle.drain(action.instance_id, action.target, now)
@@ -223,6 +247,7 @@ class LiveScaler:
         life = self.lifecycle.lives.get(handle.instance_id)
         if life is None or life.state != "starting":
             return  # a replacement of a failed instance: the supervisor's
+        self.scale_out_starts.pop(handle.instance_id, None)
         now = self.now()
         self.lifecycle.ready(handle.instance_id, now)
         drain = self.drains.pop(handle.instance_id, None)

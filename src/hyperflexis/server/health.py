@@ -10,11 +10,17 @@ again, the others resume elsewhere through `ResumeRequest`, what cannot go on en
 error), its gauges leave /metrics, and a new process starts from the same spec (weights
 from disk) if the restart budget allows. Every fault and recovery is logged.
 
+A replacement still loading after the start timeout is killed and restarted (within the budget);
+a new instance (`serve --scaler`'s scale-out) that exits or is still loading then is killed and
+leaves the pool, the lifecycle and the controller (`ScaleOuts.abandon_start`): it never served,
+and the scaler decides again.
+
 /health, for a load balancer: 200 while the server can serve, with `status` "ok" (every instance
-ready) or "degraded" (some missing: capacity is down, requests are still served, so it stays in
-rotation); 503 with `status` "down" when no instance serves or "draining" after SIGTERM (take it
-out of rotation). The body lists each instance's state: ready, starting (a replacement loading)
-or failed (out of restart budget).
+ready) or "degraded" (some missing: capacity is down or still coming up, requests are still
+served, so it stays in rotation); 503 with `status` "down" when no instance serves or "draining"
+after SIGTERM (take it out of rotation). `reason` says why it is not "ok": which instance is
+loading (as a replacement or a new instance), switching roles, or failed. The body lists each
+instance's state: ready, starting (loading or switching) or failed (out of restart budget).
 """
 
 from __future__ import annotations
@@ -24,7 +30,7 @@ import logging
 import time
 from collections import deque
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from hyperflexis.backends.local import InstanceHandle
 from hyperflexis.server.config import DEFAULT_INSTANCE_TIMEOUT_S
@@ -35,6 +41,16 @@ logger = logging.getLogger("hyperflexis.server.health")
 DEFAULT_MAX_RESTARTS = 3  # per instance, within the window
 DEFAULT_RESTART_WINDOW_S = 300.0
 DEFAULT_START_TIMEOUT_S = 300.0  # as `ServerConfig.ready_timeout_s`: how long a load may take
+
+
+class ScaleOuts(Protocol):
+    """The control loop's new instances (`server.elastic.LiveScaler`), whose starts the
+    supervisor times as it times replacements'."""
+
+    scale_out_starts: dict[str, float]  # each new instance still loading: when it started
+
+    def abandon_start(self, handle: InstanceHandle, reason: str, now: float) -> None:
+        """Kill a new instance that will not start; it leaves the pool, lifecycle, controller."""
 
 
 @dataclass
@@ -75,6 +91,7 @@ class Supervisor:
         self.start_timeout_s = start_timeout_s  # a replacement not ready by then is restarted
         self.failed_at: dict[str, float] = {}  # when each instance now restarting failed
         self.starting: dict[str, float] = {}  # when each replacement still loading was started
+        self.scaling: ScaleOuts | None = None  # `serve --scaler`'s loop: its new instances
 
     async def watch(self) -> None:
         """Check for silent instances a few times per timeout, until cancelled."""
@@ -83,8 +100,9 @@ class Supervisor:
             self.check(time.monotonic())
 
     def check(self, now: float) -> list[str]:
-        """Fail every live instance silent for longer than the timeout, and restart every
-        replacement still loading past the start timeout (it may beat while hung); their ids."""
+        """Fail every live instance silent for longer than the timeout, restart every
+        replacement still loading past the start timeout (it may beat while hung) and stop
+        every new (scaled-out) one; their ids."""
         silent = [h for h in self.pool.live() if now - h.last_heard_s > self.instance_timeout_s]
         for handle in silent:
             self.fail(handle, f"silent for {now - handle.last_heard_s:.1f} s", now)
@@ -98,7 +116,24 @@ class Supervisor:
                 self.start_timeout_s,
             )
             self._restart(instance_id, now)
-        return [h.instance_id for h in silent] + stuck
+        return [h.instance_id for h in silent] + stuck + self._stop_hung_scale_outs(now)
+
+    def _stop_hung_scale_outs(self, now: float) -> list[str]:
+        """A new instance still loading past the start timeout is killed and leaves (it never
+        served, so nothing is lost; the scaler decides again), not restarted."""
+        if self.scaling is None:
+            return []
+        starts = self.scaling.scale_out_starts
+        hung = [i for i, t in starts.items() if now - t > self.start_timeout_s]
+        for instance_id in hung:
+            logger.warning(
+                "instance %s: a new instance did not start within %.0f s: stopped",
+                instance_id,
+                self.start_timeout_s,
+            )
+            reason = f"not ready within {self.start_timeout_s:g} s"
+            self.scaling.abandon_start(self.pool.handles[instance_id], reason, now)
+        return hung
 
     def on_exit(self, handle: InstanceHandle) -> None:
         """Its report pipe closed: it exited, crashed, or failed to start."""
@@ -132,9 +167,13 @@ class Supervisor:
             outcomes["resumed"],
             outcomes["failed"],
         )
+        now = time.monotonic() if now is None else now
+        if self.scaling is not None and instance_id in self.scaling.scale_out_starts:
+            self.scaling.abandon_start(handle, f"failed while starting: {reason}", now)
+            return  # a new instance that never served leaves; the scaler decides again
         if self.core.draining:
             return  # the server is stopping: its requests are recovered, it is not replaced
-        self._restart(instance_id, time.monotonic() if now is None else now)
+        self._restart(instance_id, now)
 
     def _restart(self, instance_id: str, now: float) -> None:
         """A new process for a failed instance, if the restart budget allows."""
@@ -175,25 +214,32 @@ class Supervisor:
 
 def health_report(core: ServingCore) -> tuple[int, dict[str, Any]]:
     """/health's status code and body (see the module docstring)."""
-    rows = []
+    rows, reasons = [], []
     for handle in core.pool.handles.values():
+        replacement = handle.num_restarts > 0
         if handle.alive:
             state = "ready"
         elif handle.process.exitcode is None:
-            state = "starting"  # a replacement loading
+            state = "starting"  # a replacement or a new (scaled-out) instance loading
+            if handle.ready is not None:  # it served: a role flip, in place
+                reasons.append(f"{handle.instance_id} is switching roles")
+            else:
+                loading = "a replacement after a failure" if replacement else "a new instance"
+                reasons.append(f"{handle.instance_id} is loading ({loading})")
         else:
             state = "failed"  # dead and not replaced: out of restart budget
+            reasons.append(f"{handle.instance_id} failed (out of restart budget)")
         rows.append(
             {"instance_id": handle.instance_id, "state": state, "num_restarts": handle.num_restarts}
         )
     num_ready = sum(1 for row in rows if row["state"] == "ready")
     if core.draining:
-        status = "draining"
+        status, reasons = "draining", ["shutting down"]
     elif num_ready == 0:
         status = "down"
     else:
         status = "ok" if num_ready == len(rows) else "degraded"
-    body = {"status": status, "num_instances": num_ready, "num_configured": len(rows)}
-    body["instances"] = rows
+    body: dict[str, Any] = {"status": status, "num_instances": num_ready}
+    body.update(num_configured=len(rows), reason="; ".join(reasons) or None, instances=rows)
     code = 200 if status in ("ok", "degraded") else 503
     return code, body

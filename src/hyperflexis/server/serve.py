@@ -194,12 +194,13 @@ async def _serve_http(
         core,
         config.instance_timeout_s,
         RestartBudget(config.max_restarts, config.restart_window_s),
-        start_timeout_s=config.ready_timeout_s,
+        start_timeout_s=config.start_timeout_s,
     )
     loop = asyncio.get_running_loop()
     on_ready = supervisor.on_ready
     if elastic is not None:
         scaling = elastic
+        supervisor.scaling = elastic  # its new instances' starts are timed too
 
         def on_ready(handle: InstanceHandle) -> None:
             supervisor.on_ready(handle)  # up in the controller: it takes traffic

@@ -1,0 +1,315 @@
+"""Live elasticity (issue 15): `hyperflexis serve --scaler` under a load that rises and falls,
+the `hyperflexis` scaler against `threshold` and against `static` sized to the fewest instances
+that hold the peak, and the elastic simulator's prediction of the same runs.
+
+Collocated (`--deployment collocated`, the default): the built-in tiny model, `--threads 1` per
+instance, scaled between 1 and 2 instances (this machine has two cores: live capacity stops
+growing at two). The load: Poisson arrivals whose rate rises from `--low-rate` to `--peak-rate`
+and falls back over `--minutes` (a sin^2 cycle in `--phase-s` steps), lengths like the Azure
+conversation trace at x0.125 (prompts ~140 tokens, outputs ~33). P/D (`--deployment pd`): 2
+prefill + 1 decode instance (`--prefill 2 --decode 1`), each pool between 1 and 2, at a constant
+rate whose mix shifts from prompt-heavy to decode-heavy, so the scaler flips roles.
+
+Each policy gets its own server, one after the other, and the same requests (`hyperflexis
+bench`'s client); the server's instance-seconds, scaling events, role flips and migrations over
+the run come from its `/metrics` and `/debug/scaling` (`bench.server_info`). `static`'s size
+comes from a probe: `--probe-s` seconds at the peak rate on one instance; below 99% attainment
+static runs the maximum. Then the elastic simulator runs the same workload with the server's step
+profile (the one `serve` profiled the engine into at start, `engine.step_profiler`'s cache), the
+same scaler, bounds and control interval, its steps slowed by the correction factor the live
+instances measured (`profile_error`); the raw profile's prediction is reported beside it.
+Targets: hyperflexis within 1 point of static's attainment; live instance-seconds and attainment
+within 10% and 2 points of the simulator's prediction.
+
+    .venv/bin/python benchmarks/serve_scaling.py [--minutes 10] [--deployment collocated|pd]
+        [--low-rate 4] [--peak-rate 28] [--class-scale 1.0] [--control-interval 5]
+        [--policies hyperflexis,threshold,static] [--static N] [--out results.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from hyperflexis.bench.client import ClientConfig, run_benchmark
+from hyperflexis.bench.report import bench_summary
+from hyperflexis.bench.server_info import (
+    ServerCost,
+    correction_factor,
+    cost_between,
+    served_model_id,
+    server_cost,
+)
+from hyperflexis.bench.server_process import ServerProcess, exit_on_sigterm
+from hyperflexis.core.slo import DEFAULT_CLASSES, SLOClass, SLOClasses
+from hyperflexis.engine.default_model import default_model_path
+from hyperflexis.engine.step_profiler import default_profile_path
+from hyperflexis.sim import Deployment, SimSetup
+from hyperflexis.sim.elastic_setup import ScalingSetup, simulate_elastic
+from hyperflexis.workloads import (
+    Workload,
+    build_workload,
+    concat_phases,
+    make_lengths,
+    parse_slo_mix,
+    poisson,
+)
+
+SLO_MIX = "interactive:3,standard:5,batch:2"
+SCALERS = ("hyperflexis", "threshold")
+MAX_INSTANCES = 2  # per pool: two cores
+# P/D: the shift's phases as (fraction of the run, mean prompt tokens, mean output tokens).
+PD_PHASES = ((0.4, 400, 8), (0.2, 150, 40), (0.4, 40, 120))
+
+
+def main() -> int:
+    args = _parse_args()
+    exit_on_sigterm()
+    started = time.perf_counter()
+    classes = scaled_classes(args.class_scale)
+    workload = make_load(args)
+    print(f"{len(workload)} requests over {workload[-1].arrival_s:.0f} s", flush=True)
+    static = args.static or probe_static(args, classes)
+    live: dict[str, dict[str, Any]] = {}
+    for policy in args.policies:
+        live[policy] = live_run(args, policy, static, workload, classes)
+        print(f"{policy}: {_line(live[policy])}", flush=True)
+    sim = {policy: predict(args, policy, static, workload, classes, live) for policy in live}
+    result = {
+        "command": " ".join(sys.argv),
+        "deployment": args.deployment,
+        "minutes": args.minutes,
+        "num_requests": len(workload),
+        "static_size": static,
+        "classes": {c.name: [c.ttft_s, c.tpot_s] for c in classes.values()},
+        "live": live,
+        "sim": sim,
+        "targets": targets(live, sim),
+        "wall_s": time.perf_counter() - started,
+    }
+    _print(result)
+    if args.out is not None:
+        args.out.write_text(json.dumps(result, indent=1) + "\n")
+    return 0
+
+
+def scaled_classes(factor: float) -> SLOClasses:
+    return SLOClasses(
+        tuple(
+            SLOClass(c.name, c.ttft_s * factor, c.tpot_s * factor, c.priority, c.late)
+            for c in DEFAULT_CLASSES
+        )
+    )
+
+
+def make_load(args: argparse.Namespace, minutes: float | None = None) -> Workload:
+    """Collocated: the rise and fall; P/D: the shifting mix (module docstring)."""
+    duration_s = (args.minutes if minutes is None else minutes) * 60
+    mix = parse_slo_mix(SLO_MIX, SLOClasses())
+    if args.deployment == "pd":
+        shape = [(f * duration_s, args.peak_rate, p, o) for f, p, o in PD_PHASES]
+    else:
+        n = max(round(duration_s / args.phase_s), 1)
+        swing = args.peak_rate - args.low_rate
+        rates = [args.low_rate + swing * math.sin(math.pi * (k + 0.5) / n) ** 2 for k in range(n)]
+        shape = [(duration_s / n, rate, 140, 33) for rate in rates]
+    phases = []
+    for k, (length_s, rate, prompt, output) in enumerate(shape):
+        phase = build_workload(
+            seed=args.seed * 1000 + k,
+            slo_mix=mix,
+            arrival=poisson(rate),
+            prompt_lens=make_lengths("lognormal", mean=prompt, sigma=0.8, max_len=512),
+            output_lens=make_lengths("lognormal", mean=output, sigma=0.8, max_len=128),
+            num_requests=math.ceil(rate * length_s * 1.3) + 5,
+            id_prefix=f"p{k}-",
+        )
+        phases.append((phase, length_s))
+    return concat_phases(phases)
+
+
+def probe_static(args: argparse.Namespace, classes: SLOClasses) -> int:
+    """The fewest instances (per pool) that hold the peak: one, if it attains >= 99% over
+    `--probe-s` seconds at the peak rate, else the maximum."""
+    if args.deployment == "pd":
+        return MAX_INSTANCES  # a static P/D cluster must hold both ends of the shift
+    probe = argparse.Namespace(
+        **{**vars(args), "low_rate": args.peak_rate, "phase_s": args.probe_s}
+    )
+    workload = make_load(probe, minutes=args.probe_s / 60)
+    with ServerProcess(_server_args(args, "static", 1), ready_timeout_s=600) as server:
+        run = run_benchmark(workload, classes, _config(server.url))
+    attainment = bench_summary(run)["attainment"]
+    print(f"probe: 1 instance at {args.peak_rate:g} req/s attains {attainment:.1%}", flush=True)
+    return 1 if attainment >= 0.99 else MAX_INSTANCES
+
+
+def _server_args(args: argparse.Namespace, policy: str, static: int) -> list[str]:
+    """Static: `static` instances per pool, fixed; a scaler: the smallest start (1; P/D 2P+1D,
+    to flip from), each pool between 1 and the maximum."""
+    common = ["--threads", "1", "--control-interval", str(args.control_interval)]
+    if args.deployment == "pd":
+        sizes = (static, static) if policy == "static" else (2, 1)
+        common += ["--prefill", str(sizes[0]), "--decode", str(sizes[1])]
+    else:
+        common += ["--instances", str(static if policy == "static" else 1)]
+    if policy == "static":
+        return common
+    return [*common, "--scaler", policy, "--min-instances", "1", "--max-instances", "2"]
+
+
+def live_run(
+    args: argparse.Namespace, policy: str, static: int, workload: Workload, classes: SLOClasses
+) -> dict[str, Any]:
+    """One server under the whole load: attainment, the server's cost and scaling events."""
+    marks: list[tuple[float, ServerCost | None]] = []
+    with ServerProcess(_server_args(args, policy, static), ready_timeout_s=600) as server:
+
+        def at_start() -> None:
+            marks.append((time.monotonic(), server_cost(server.url)))
+
+        run = run_benchmark(workload, classes, _config(server.url), at_start=at_start)
+        after = server_cost(server.url)
+        factor = correction_factor(server.url)
+    start_s, before = marks[0]
+    if before is None or after is None:
+        raise RuntimeError(f"{policy}: the server reported no cost")
+    cost = cost_between(before, after)
+    summary = bench_summary(run, cost["instance_seconds"])
+    events = [{**e, "time_s": round(e["time_s"] - start_s, 2)} for e in cost.pop("events")]
+    return {
+        "server_args": _server_args(args, policy, static),
+        "attainment": summary["attainment"],
+        "attainment_by_class": summary["attainment_by_class"],
+        "num_rejected": summary["num_rejected"],
+        "num_failed": summary["num_failed"],
+        "duration_s": summary["duration_s"],
+        "ttft_p50_s": summary["ttft_s"]["p50"],
+        "tpot_p50_s": summary["tpot_s"]["p50"],
+        "correction_factor": factor,
+        **cost,
+        "events": events,
+    }
+
+
+def predict(
+    args: argparse.Namespace,
+    policy: str,
+    static: int,
+    workload: Workload,
+    classes: SLOClasses,
+    live: dict[str, dict[str, Any]],
+) -> dict[str, Any]:
+    """The elastic simulator on the same workload, with the server's profile: steps slowed by
+    the live run's correction factor, and as profiled."""
+    profile = default_profile_path(default_model_path(), "cpu", "float32")
+    factor = live[policy]["correction_factor"] or 1.0
+    size = static if policy == "static" else 1
+    if args.deployment == "pd":
+        start = Deployment(num_prefill=size if policy == "static" else 2, num_decode=size)
+    else:
+        start = Deployment(num_mixed=size)
+    scaling = ScalingSetup(
+        scaler=policy,
+        min_instances=1,
+        max_instances=MAX_INSTANCES,
+        control_interval_s=args.control_interval,
+        link_policy="all",
+    )
+    out: dict[str, Any] = {"correction_factor": factor}
+    for name, error in (("corrected", factor - 1.0), ("raw", 0.0)):
+        setup = SimSetup(deployment=start, profile_path=str(profile), profile_error=error)
+        doc = simulate_elastic(setup, scaling, classes, workload)
+        out[name] = {
+            "attainment": doc["attainment"],
+            "instance_seconds": doc["instance_seconds"],
+            "peak_instances": doc["peak_instances"],
+            "num_decisions": doc["num_decisions"],
+        }
+    return out
+
+
+def targets(live: dict[str, dict[str, Any]], sim: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """The issue's targets, each with its figures and whether it is met."""
+    out: dict[str, Any] = {}
+    if "hyperflexis" in live and "static" in live:
+        gap = live["hyperflexis"]["attainment"] - live["static"]["attainment"]
+        out["hyperflexis_vs_static_points"] = {"value": gap * 100, "met": gap >= -0.01}
+    for policy, row in live.items():
+        predicted = sim[policy]["corrected"]
+        ratio = row["instance_seconds"] / max(predicted["instance_seconds"], 1e-9)
+        points = (row["attainment"] - predicted["attainment"]) * 100
+        out[f"{policy}_vs_sim"] = {
+            "instance_seconds_ratio": ratio,
+            "attainment_points": points,
+            "met": abs(ratio - 1) <= 0.10 and abs(points) <= 2,
+        }
+    return out
+
+
+def _line(row: dict[str, Any]) -> str:
+    return (
+        f"attainment {row['attainment']:.1%}, {row['instance_seconds']:.0f} instance-seconds, "
+        f"events {row['scaling_events']}, role flips {row['num_role_flips']}, "
+        f"migrations {row['num_migrations']}, correction {row['correction_factor']}"
+    )
+
+
+def _print(result: dict[str, Any]) -> None:
+    print(
+        "\n| policy | attainment | instance-seconds | scale-outs | role flips | flip time (s) "
+        "| migrations | sim attainment | sim instance-seconds | sim raw attainment / inst-s |"
+    )
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    for policy, row in result["live"].items():
+        sim, raw = result["sim"][policy]["corrected"], result["sim"][policy]["raw"]
+        flips = row["flip_s"]
+        flip_s = f"{sum(flips) / len(flips):.1f}" if flips else "-"
+        print(
+            f"| {policy} | {row['attainment']:.1%} | {row['instance_seconds']:.0f} | "
+            f"{row['scaling_events'].get('scale_out', 0)} | {row['num_role_flips']} | {flip_s} "
+            f"| {row['num_migrations']} | {sim['attainment']:.1%} | "
+            f"{sim['instance_seconds']:.0f} | {raw['attainment']:.1%} / "
+            f"{raw['instance_seconds']:.0f} |"
+        )
+    print(f"\nstatic size: {result['static_size']}; targets: {json.dumps(result['targets'])}")
+    print(f"wall time {result['wall_s']:.0f} s")
+
+
+def _config(url: str) -> ClientConfig:
+    return ClientConfig(
+        base_url=url, model=served_model_id(url), timeout_s=300.0, show_progress=False
+    )
+
+
+def _parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--minutes", type=float, default=10.0, help="length of the load")
+    parser.add_argument("--deployment", choices=["collocated", "pd"], default="collocated")
+    parser.add_argument("--low-rate", type=float, default=4.0, help="req/s at the ends")
+    parser.add_argument("--peak-rate", type=float, default=28.0, help="req/s at the peak")
+    parser.add_argument("--phase-s", type=float, default=30.0, help="seconds per rate step")
+    parser.add_argument("--class-scale", type=float, default=1.0, help="x the default classes")
+    parser.add_argument("--control-interval", type=float, default=5.0, help="scaler seconds")
+    parser.add_argument("--policies", default="hyperflexis,threshold,static")
+    parser.add_argument("--static", type=int, default=None, help="static's size (no probe)")
+    parser.add_argument("--probe-s", type=float, default=60.0, help="static-sizing probe")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out", type=Path, default=None, help="results JSON")
+    args = parser.parse_args()
+    args.policies = [p for p in args.policies.split(",") if p]
+    unknown = set(args.policies) - {*SCALERS, "static"}
+    if unknown:
+        parser.error(f"unknown policies {sorted(unknown)}")
+    if not 0 < args.low_rate <= args.peak_rate:
+        parser.error("need 0 < --low-rate <= --peak-rate")
+    return args
+
+
+if __name__ == "__main__":
+    sys.exit(main())
