@@ -11,10 +11,12 @@ from hyperflexis.cluster.controller_events import (
     FirstToken,
     HandOff,
     InstanceDown,
+    InstanceUp,
     Migrate,
     MovedOut,
     MoveOut,
     PrefillDone,
+    Redispatch,
     Release,
     RequestAborted,
     RequestArrived,
@@ -122,3 +124,18 @@ def test_a_decode_whose_prefill_instance_left_recomputes_on_any_decode_instance(
     ctl.handle(0.2, TransferEnded("a", ok=True))
     ctl.handle(0.3, InstanceDown("p0"))  # scaled in: no links from it any more
     assert ctl.handle(0.4, InstanceDown("d0")) == [HandOff("a", "p0", "d1", with_kv=False)]
+
+
+def test_past_the_deadline_a_request_that_streamed_nothing_is_dispatched_again() -> None:
+    ctl, cluster = make([("p0", "prefill"), ("d0", "decode")])
+    assert ctl.handle(0.0, RequestArrived(req("a"))) == [Route("a", "p0", "least-loaded")]
+    cluster.roles["p1"], cluster.free["p1"] = "prefill", 1000
+    ctl.handle(0.5, InstanceUp("p1", "prefill"))
+    cluster.draining.add("p0")
+    assert ctl.handle(1.0, DrainDue("p0", 2.0, {})) == []  # the deadline is not past yet
+    (abort, again) = ctl.handle(2.0, DrainDue("p0", 2.0, {}))
+    assert abort == Abort("a", "p0")
+    assert isinstance(again, Redispatch) and (again.from_id, again.instance_id) == ("p0", "p1")
+    assert ctl.requests["a"].prefill_id == "p1"
+    # The draining instance finished the prompt before the abort reached it: freed, not pulled.
+    assert ctl.handle(2.1, PrefillDone("a", "p0")) == [Release("a", "p0")]

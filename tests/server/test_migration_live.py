@@ -18,7 +18,15 @@ import httpx
 import pytest
 
 from tests.server.live import LiveServer, start_server, stop_server, wait_idle, wait_until
-from tests.server.scaling_load import body, complete, rows, scale, scaling, stream_text
+from tests.server.scaling_load import (
+    SteadyLoad,
+    body,
+    complete,
+    rows,
+    scale,
+    scaling,
+    stream_text,
+)
 
 PROMPT = "the migrating request says"
 LONG = {"max_tokens": 256, "ignore_eos": True}  # long enough to be mid-stream when it moves
@@ -74,3 +82,28 @@ def test_a_migrated_stream_equals_an_unmigrated_one(server: LiveServer) -> None:
     (left,) = wait_idle(server)  # every KV block free
     assert left["instance_id"] != source
     assert complete(server, PROMPT, **LONG) == (want, left["instance_id"])
+
+
+def test_a_scale_in_under_load_with_no_deadline_loses_nothing_and_changes_no_output(
+    server: LiveServer,
+) -> None:
+    """After the first test one instance is left: start another, then scale the first in with
+    a deadline of 0 while a few streams run: whatever is on it moves at once (decoding: with its
+    KV; not yet streamed: dispatched again), and every output is unchanged."""
+    prompts = [f"the migration load {i} says" for i in range(4)]
+    static = {p: complete(server, p)[0] for p in prompts}
+    (old,) = rows(server)  # its id
+    assert scale(server, "scale_out", "instance-2").status_code == 200
+    wait_until(lambda: rows(server)["instance-2"]["state"] == "active", "instance-2 ready", 120)
+    load = SteadyLoad(server, prompts, num_streams=4)
+    with load.running():
+        wait_until(lambda: len(load.done) >= 4, "the load runs", 60)
+        assert scale(server, "scale_in", old, drain_deadline_s=0).status_code == 200
+        wait_until(lambda: old not in rows(server), f"{old} stopped once drained", 60)
+        num_done = len(load.done)
+        wait_until(lambda: len(load.done) >= num_done + 4, "the load goes on after", 60)
+    assert not load.errors
+    for prompt, text in load.done:
+        assert text == static[prompt], prompt
+    (left,) = wait_idle(server)  # every KV block free
+    assert left["instance_id"] == "instance-2"

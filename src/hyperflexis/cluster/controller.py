@@ -130,13 +130,13 @@ class Controller:
     # -- requests ---------------------------------------------------------------------------
 
     def _arrived(self, now: float, request: DispatchRequest) -> list[Effect]:
-        instance_id, reason = self._route(now, request)
+        instance_id, reason = self.route(now, request)
         if instance_id is None:
             return [Reject(request.request_id, reason)]
-        self.requests[request.request_id] = self._placement(request, instance_id)
+        self.requests[request.request_id] = self.placement_for(request, instance_id)
         return [Route(request.request_id, instance_id, reason)]
 
-    def _route(self, now: float, request: DispatchRequest) -> tuple[str | None, str]:
+    def route(self, now: float, request: DispatchRequest) -> tuple[str | None, str]:
         allowed = [r.instance_id for r in self.instances.values() if r.up and r.role != "decode"]
         snapshots = self._snapshots(allowed, now)
         decision = self.dispatcher.choose(request, snapshots, now)
@@ -144,7 +144,7 @@ class Controller:
             self._check_choice(decision.instance_id, allowed, snapshots)
         return decision.instance_id, decision.reason
 
-    def _placement(self, request: DispatchRequest, instance_id: str) -> Placement:
+    def placement_for(self, request: DispatchRequest, instance_id: str) -> Placement:
         if self.instances[instance_id].role == "prefill":
             return Placement(
                 request, "prefilling", instance_id, prefill_id=instance_id, kv_source=instance_id
@@ -153,7 +153,8 @@ class Controller:
 
     def _prefill_done(self, now: float, request_id: str, prefill_id: str) -> list[Effect]:
         placement = self.requests.get(request_id)
-        if placement is None:  # aborted meanwhile: nobody will pull it
+        if placement is None or placement.prefill_id != prefill_id:
+            # Aborted meanwhile, or sent elsewhere off a draining instance: nobody will pull it.
             return [Release(request_id, prefill_id)]
         placement.has_first_token = True
         placement.kv_held = True
@@ -325,11 +326,11 @@ class Controller:
 
     def _redispatch(self, now: float, request_id: str, placement: Placement) -> Redispatch:
         from_id = placement.instance_id
-        instance_id, reason = self._route(now, placement.request)
+        instance_id, reason = self.route(now, placement.request)
         if instance_id is None:
             del self.requests[request_id]
         else:
-            self.requests[request_id] = self._placement(placement.request, instance_id)
+            self.requests[request_id] = self.placement_for(placement.request, instance_id)
         return Redispatch(request_id, from_id, instance_id, reason)
 
     def _check_choice(

@@ -91,7 +91,7 @@ class RequestAborted:
 @dataclass(frozen=True, slots=True)
 class DrainDue:
     """Event: `instance_id` is draining and must be empty by `deadline_s`; `seconds_left` is the
-    driver's estimate, per request on it, of the time it still needs there."""
+    driver's estimate, per streaming request on it, of the time it still needs there."""
 
     instance_id: str
     deadline_s: float

@@ -5,12 +5,15 @@ pure, as the rest of `cluster.controller`; the driver measures, the controller d
         --MovedOut(moved)--> receiving on T, pulling S's leased KV (Migrate) --TransferEnded--> ...
                        \\--(not moved: finished or still receiving)--> as it was
 
-A request moves only once it has streamed (one without a first token is the dispatcher's) and
-only when another instance of a decoding role (`decode` in P/D, `mixed` collocated) can take it:
-T is the linked-or-not decode instance the dispatcher picks (`choose_decode`, every candidate
-linked to S), collocated the one with the most free KV. S pins the request's KV under a lease as
-a prefill instance does, so the pull, its failure (recompute on T), the release of S's blocks and
-an abort meanwhile take the P/D hand-off's paths unchanged.
+A request moves only once it has streamed, and only when another instance of a decoding role
+(`decode` in P/D, `mixed` collocated) can take it: T is the decode instance the dispatcher picks
+(`choose_decode`, every candidate linked to S), collocated the one with the most free KV. S pins
+the request's KV under a lease as a prefill instance does, so the pull, its failure (recompute on
+T), the release of S's blocks and an abort meanwhile take the P/D hand-off's paths unchanged.
+
+A request that has streamed nothing by the deadline (queued, or its prompt still computing) is
+aborted there and dispatched again, when another instance takes it: the client has seen nothing,
+so nothing repeats.
 """
 
 from __future__ import annotations
@@ -19,14 +22,16 @@ from collections.abc import Sequence
 from typing import Protocol
 
 from hyperflexis.cluster.controller_events import (
+    Abort,
     DrainDue,
     Effect,
     Migrate,
     MovedOut,
     MoveOut,
+    Redispatch,
     Release,
 )
-from hyperflexis.cluster.dispatcher import Dispatcher
+from hyperflexis.cluster.dispatcher import Dispatcher, DispatchRequest
 from hyperflexis.cluster.placement import InstanceRecord, Placement
 from hyperflexis.cluster.snapshot import LoadSnapshot
 
@@ -44,22 +49,42 @@ class Controller(Protocol):
 
     def snapshots(self, instance_ids: Sequence[str], now: float) -> Sequence[LoadSnapshot]: ...
 
+    def route(self, now: float, request: DispatchRequest) -> tuple[str | None, str]: ...
+
+    def placement_for(self, request: DispatchRequest, instance_id: str) -> Placement: ...
+
 
 def drain_due(controller: Controller, now: float, event: DrainDue) -> list[Effect]:
     """The requests on a draining instance that would outlive its deadline and can go
     elsewhere: each is asked to stop there (`MoveOut`)."""
     effects: list[Effect] = []
-    for request_id, left_s in event.seconds_left.items():
-        placement = controller.requests.get(request_id)
-        if placement is None or placement.instance_id != event.instance_id:
+    on_it = [(r, p) for r, p in controller.requests.items() if p.instance_id == event.instance_id]
+    for request_id, placement in on_it:
+        if not placement.has_first_token:
+            if now >= event.deadline_s and placement.stage in ("running", "prefilling"):
+                effects += _dispatch_again(controller, now, request_id, placement)
             continue
-        if placement.stage not in MOVABLE_STAGES or not placement.has_first_token:
+        left_s = event.seconds_left.get(request_id)
+        if placement.stage not in MOVABLE_STAGES or left_s is None:
             continue
         if now + left_s <= event.deadline_s or target(controller, now, placement) is None:
             continue
         placement.stage = "migrating"
         effects.append(MoveOut(request_id, event.instance_id))
     return effects
+
+
+def _dispatch_again(
+    controller: Controller, now: float, request_id: str, placement: Placement
+) -> list[Effect]:
+    """Past the deadline, a request that has streamed nothing is aborted where it waits and
+    dispatched again from the start, if another instance takes it."""
+    instance_id, reason = controller.route(now, placement.request)
+    if instance_id is None:
+        return []
+    controller.requests[request_id] = controller.placement_for(placement.request, instance_id)
+    from_id = placement.instance_id
+    return [Abort(request_id, from_id), Redispatch(request_id, from_id, instance_id, reason)]
 
 
 def moved_out(controller: Controller, now: float, event: MovedOut) -> list[Effect]:
