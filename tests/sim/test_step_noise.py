@@ -95,11 +95,35 @@ def test_zero_noise_is_todays_simulator_exactly() -> None:
 )
 def test_fast_forward_charges_noisy_steps_as_stepping_one_by_one(deployment: Deployment) -> None:
     load = workload(60, rate_rps=20.0)
-    noise = StepNoise(cv=0.4, bias=0.1, seed=3)
+    noise = StepNoise(cv=0.4, bias=0.1, seed=3, decode_cv=0.2, decode_bias=0.5)
     fast = _run(noise, load, deployment=deployment)
     slow = _run(noise, load, deployment=deployment, fast_forward=False)
     assert fast.num_fast_forward_steps > 0
     assert fast.records == slow.records and fast.step_logs == slow.step_logs
+
+
+def test_decode_only_steps_take_their_own_factor_from_the_same_draws() -> None:
+    both = StepNoise(cv=0.3, bias=0.1, seed=4, decode_cv=0.3, decode_bias=0.6)
+    same = StepNoise(cv=0.3, bias=0.1, seed=4)
+    a, b = both.for_instance("i"), same.for_instance("i")
+    assert a is not None and b is not None
+    for k in range(50):
+        assert a.factor(k) == b.factor(k)  # steps with prefill: as without the override
+        assert a.factor(k, decode_only=True) == pytest.approx(b.factor(k) * 1.6 / 1.1)
+    only_decode = StepNoise(decode_bias=1.0).for_instance("i")  # not exact: decodes are off
+    assert only_decode is not None
+    assert only_decode.charge(0, 2.0) == 2.0 and only_decode.charge(0, 2.0, True) == 4.0
+    with pytest.raises(ValueError, match="invalid"):
+        SimSetup(decode_step_noise_cv=-1.0)
+
+
+def test_a_decode_bias_stretches_only_the_decode_only_steps() -> None:
+    alone = [RequestSpec("r0", 0.0, 300, 40, "batch")]  # one prefill step, then decodes
+    exact = _run(None, alone, policy="fcfs").records[0]
+    slow = _run(StepNoise(decode_bias=1.0), alone, policy="fcfs").records[0]
+    assert exact.ttft_s is not None and exact.e2e_s is not None and slow.e2e_s is not None
+    assert slow.ttft_s == pytest.approx(exact.ttft_s, rel=1e-12)
+    assert slow.e2e_s - slow.ttft_s == pytest.approx(2 * (exact.e2e_s - exact.ttft_s), rel=1e-9)
 
 
 def test_a_profile_bias_stretches_every_step_by_its_factor() -> None:

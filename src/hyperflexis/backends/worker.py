@@ -283,6 +283,9 @@ class InstanceLoop:
             num_rejections=scheduler.num_rejections,
             step_execute_s=self.engine.last_step.execute_s if stepped else 0.0,
             correction_factor=1.0 if self.cost_model is None else self.cost_model.factor,
+            step_ratio_moments={}
+            if self.cost_model is None
+            else dict(self.cost_model.ratio_moments),
             kv_ready=self._kv_ready,
             handoffs=self._handoffs,
             leases_expired=expired,

@@ -11,13 +11,24 @@ import math
 from hyperflexis.perf.base import StepCostModel, StepFeatures, max_prefill_tokens
 from hyperflexis.perf.chunks import refine_chunk
 
+RatioMoments = tuple[int, float, float]  # (count, sum, sum of squares) of step-time ratios
+STEP_KINDS = ("prefill", "decode")  # steps with prefill tokens; decode-only steps
+
 
 class OnlineCorrection:
     """Wraps a model; predicts `model.predict(f) * factor`, where `factor` is an exponentially
     weighted mean of measured/predicted ratios, clamped to [min_factor, max_factor] (each ratio is
     clamped too, so one stalled step cannot swing it). Monotone if the wrapped model is."""
 
-    __slots__ = ("_factor", "alpha", "max_factor", "min_factor", "model", "num_observations")
+    __slots__ = (
+        "_factor",
+        "alpha",
+        "max_factor",
+        "min_factor",
+        "model",
+        "num_observations",
+        "ratio_moments",
+    )
 
     def __init__(
         self,
@@ -37,6 +48,10 @@ class OnlineCorrection:
         self.min_factor = min_factor
         self.max_factor = max_factor
         self.num_observations = 0  # measurements used so far
+        # Per kind of step (`STEP_KINDS`), of every observed measured/predicted ratio,
+        # unclamped: (count, sum, sum of squares), cumulative, so a reader takes a window's mean
+        # and spread from two readings.
+        self.ratio_moments: dict[str, RatioMoments] = dict.fromkeys(STEP_KINDS, (0, 0.0, 0.0))
         self._factor = 1.0
 
     def __repr__(self) -> str:
@@ -58,7 +73,11 @@ class OnlineCorrection:
         predicted_s = self.model.predict(features)
         if not (math.isfinite(predicted_s) and predicted_s > 0):
             return
-        ratio = min(max(measured_s / predicted_s, self.min_factor), self.max_factor)
+        raw = measured_s / predicted_s
+        kind = "prefill" if features.num_prefill_tokens else "decode"
+        count, total, total_sq = self.ratio_moments[kind]
+        self.ratio_moments[kind] = (count + 1, total + raw, total_sq + raw * raw)
+        ratio = min(max(raw, self.min_factor), self.max_factor)
         factor = (1 - self.alpha) * self._factor + self.alpha * ratio
         self._factor = min(max(factor, self.min_factor), self.max_factor)
         self.num_observations += 1

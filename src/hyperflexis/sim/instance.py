@@ -143,18 +143,21 @@ class SimInstance:
             )
         self.step = output
         self.generation += 1
-        step_s = self.cost_model.predict(output.features())
+        features = output.features()
+        step_s = self.cost_model.predict(features)
         if self.step_times is not None:
-            step_s = self.step_times.charge(self.num_steps, step_s)
+            decode_only = not features.num_prefill_tokens
+            step_s = self.step_times.charge(self.num_steps, step_s, decode_only)
         return now + step_s, []
 
     def _window_charge(self) -> Callable[[int, float], float] | None:
-        """A fast-forward window's step m is the instance's step `num_steps + m`."""
+        """A fast-forward window's step m is the instance's step `num_steps + m` (decode-only,
+        as every step of a window is)."""
         times = self.step_times
         if times is None:
             return None
         first = self.num_steps
-        return lambda m, step_s: times.charge(first + m, step_s)
+        return lambda m, step_s: times.charge(first + m, step_s, decode_only=True)
 
     def finish_step(self, now: float) -> list[Request]:
         """The regular step in flight ends at `now`: record its tokens. Returns the requests

@@ -55,6 +55,9 @@ class SimSetup:
     scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
     memory_fraction: float = 0.9  # of HBM for weights + KV, as vLLM's gpu_memory_utilization
     block_size: int = 16  # tokens per KV block
+    # KV blocks per instance; None: what `memory_fraction` of the hardware holds (a live
+    # instance's own count, for a simulated twin of it).
+    num_kv_blocks: int | None = None
     fast_forward: bool = True  # advance decode-only stretches in one go (same results)
     # Steps that vary (`sim.step_noise`): each step charged its prediction x (1 + profile_error)
     # x lognormal noise of this CV, seeded by `noise_seed`; the schedulers plan with the
@@ -62,9 +65,12 @@ class SimSetup:
     step_noise_cv: float = 0.0
     profile_error: float = 0.0
     noise_seed: int = 0
+    # Decode-only steps' own CV and profile error (None: the above; `sim.step_noise`).
+    decode_step_noise_cv: float | None = None
+    decode_profile_error: float | None = None
 
     def __post_init__(self) -> None:
-        StepNoise(self.step_noise_cv, self.profile_error, self.noise_seed)  # checks them
+        self.step_noise  # noqa: B018 (checks them)
         if self.scheduler.role != "mixed":
             raise ValueError(
                 f"invalid 'scheduler.role' {self.scheduler.role!r}: the deployment sets each "
@@ -73,7 +79,13 @@ class SimSetup:
 
     @property
     def step_noise(self) -> StepNoise:
-        return StepNoise(self.step_noise_cv, self.profile_error, self.noise_seed)
+        return StepNoise(
+            self.step_noise_cv,
+            self.profile_error,
+            self.noise_seed,
+            self.decode_step_noise_cv,
+            self.decode_profile_error,
+        )
 
     @property
     def dispatcher_name(self) -> str:
@@ -94,10 +106,13 @@ class SimSetup:
             **self.scheduler.knob_values(),
             "memory_fraction": self.memory_fraction,
             "block_size": self.block_size,
+            "num_kv_blocks": self.num_kv_blocks,
             "fast_forward": self.fast_forward,
             "step_noise_cv": self.step_noise_cv,
             "profile_error": self.profile_error,
             "noise_seed": self.noise_seed,
+            "decode_step_noise_cv": self.decode_step_noise_cv,
+            "decode_profile_error": self.decode_profile_error,
         }
 
 
@@ -134,7 +149,9 @@ def build_parts(setup: SimSetup, workload: Workload) -> SimParts:
     model = model_spec(setup.model)
     policy_class(setup.policy)  # fail on an unknown policy before anything else is built
     cost_model = cost_model_for(setup)
-    num_kv_blocks = kv_cache_tokens(hardware, model, setup.memory_fraction) // setup.block_size
+    num_kv_blocks = setup.num_kv_blocks
+    if num_kv_blocks is None:
+        num_kv_blocks = kv_cache_tokens(hardware, model, setup.memory_fraction) // setup.block_size
     if num_kv_blocks < 1:
         raise ValueError(f"model {model.name!r} does not fit on {hardware.name!r}")
     budget = setup.scheduler.max_num_batched_tokens

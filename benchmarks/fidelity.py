@@ -1,0 +1,296 @@
+"""Fidelity: one trace live and in the simulator, request for request (issue 18, item 7).
+
+At each rate, the first `rate x --duration-s` requests of the Azure conversation trace
+(time-scaled to the rate, lengths x0.125 as `serve_slo.py` has them, SLO mix 3:5:2) are written
+to a JSON-lines workload file, read back, and that one request list is replayed twice:
+
+- live: open loop through the OpenAI API (`hyperflexis bench`'s client, prompts of exactly the
+  listed token counts) against `hyperflexis serve` on this CPU, the default tiny model, two
+  instances, one torch thread each, the hyperflexis policy and dispatcher;
+- simulated: `hyperflexis simulate`'s engine on two instances with the live instances' own KV
+  block count, stepping at the profile the server was started with (fitted here first with
+  `hyperflexis profile --quick`, as `serve` does when it has none), scaled by the mean
+  measured/predicted step time the live instances saw during that rate's run (what their online
+  corrections plan with), with lognormal step noise of the CV they saw (`--step-noise`).
+
+Both runs' per-request records (written beside the results) are summarised by the same code
+(`hyperflexis report`'s recomputation) and compared by `hyperflexis.bench.fidelity`: per class,
+attainment (target: within 3 points at every rate) and p50 / p90 of TTFT and TPOT (target:
+within 10%, goal 5%, at the rates where the live run attains >= 90%).
+
+    .venv/bin/python benchmarks/fidelity.py [--rates 16,32,40,48,56] [--duration-s 60]
+        [--class-scale 0.63] [--profile PATH] [--out-dir /tmp/hf-fidelity]
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import dataclasses
+import json
+import os
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from hyperflexis.bench.client import ClientConfig, run_benchmark
+from hyperflexis.bench.fidelity import (
+    PointComparison,
+    Targets,
+    TwinNoise,
+    compare_point,
+    comparison_json,
+    markdown_table,
+    moments_by_instance,
+    scaled_profile,
+    step_spread,
+    twin_noise,
+    verdict,
+)
+from hyperflexis.bench.prompts import PromptFactory, tokenizer_counter
+from hyperflexis.bench.recompute import duration_from_rows, recompute
+from hyperflexis.bench.records import records_from_rows, write_rows
+from hyperflexis.bench.report import request_row
+from hyperflexis.bench.seeds import EVALUATION_SEEDS
+from hyperflexis.bench.server_info import correction_factor, instance_rows, served_model_id
+from hyperflexis.bench.server_process import ServerProcess, exit_on_sigterm
+from hyperflexis.core.slo import DEFAULT_CLASSES, SLOClass, SLOClasses
+from hyperflexis.engine import default_model_path
+from hyperflexis.sim.deployment import Deployment
+from hyperflexis.sim.setup import SimSetup, simulate_with_records
+from hyperflexis.workloads import build_workload, load_workload, parse_slo_mix, save_workload
+from hyperflexis.workloads.spec import Workload
+
+DEFAULT_TRACE = Path(__file__).resolve().parents[1] / ".." / "shared" / "traces"
+DEFAULT_TRACE = DEFAULT_TRACE / "azure_llm_2023_conv.csv"
+NUM_INSTANCES = 2
+WARM_UP_S = 3.0  # of arrivals at the first rate before the sweep, not compared
+TWINS = {
+    "pooled": "every step charged the pooled measured mean and CV",
+    "per-kind": "steps with prefill and decode-only steps each their own measured mean and CV",
+}
+_PROGRESS = ("plan_factor", "step_spread", "load_average")
+
+
+def main() -> int:
+    args = _parse_args()
+    exit_on_sigterm()
+    started = time.perf_counter()
+    args.out_dir.mkdir(parents=True, exist_ok=True)
+    profile = args.profile or fit_profile(args.out_dir / "profile.json")
+    classes = scaled_classes(args.class_scale)
+    load_before = os.getloadavg()
+    server_args = ["--instances", str(NUM_INSTANCES), "--threads", "1", "--profile", str(profile)]
+    server_args += ["--policy", "hyperflexis", "--dispatch", "hyperflexis"]
+    points: dict[str, list[PointComparison]] = {name: [] for name in TWINS}
+    runs: list[dict[str, Any]] = []
+    with ServerProcess(server_args) as server:
+        model = served_model_id(server.url)
+        config = ClientConfig(server.url, model, timeout_s=300.0, show_progress=False)
+        prompts = PromptFactory(tokenizer_counter(str(default_model_path())))
+        warm_up = _workload(args, classes, args.rates[0], WARM_UP_S)
+        run_benchmark(warm_up, classes, config, prompts)
+        for rate in args.rates:
+            compared, run = run_rate(args, server.url, config, prompts, classes, profile, rate)
+            for name, point in compared.items():
+                points[name].append(point)
+            runs.append(run)
+            print(f"rate {rate:g}: " + json.dumps({k: run[k] for k in _PROGRESS}), flush=True)
+    result = {
+        "command": " ".join(sys.argv),
+        "profile": str(profile),
+        "classes": {c.name: [c.ttft_s, c.tpot_s] for c in classes.values()},
+        "load_average": {"before": load_before, "after": os.getloadavg()},
+        "runs": runs,
+        "comparison": {k: [comparison_json(p) for p in v] for k, v in points.items()},
+        "verdict": {k: verdict(v, Targets()) for k, v in points.items()},
+        "wall_s": time.perf_counter() - started,
+    }
+    (args.out_dir / "fidelity.json").write_text(json.dumps(result, indent=1) + "\n")
+    for name in TWINS:
+        print(f"\n{name} twin ({TWINS[name]}):\n" + markdown_table(points[name]))
+        print(f"verdict, {name} twin: " + json.dumps(result["verdict"][name]))
+    print(f"load average before {load_before}, after {result['load_average']['after']}")
+    print(f"wall time {result['wall_s']:.0f} s; results in {args.out_dir}")
+    return 0
+
+
+def run_rate(
+    args: argparse.Namespace,
+    url: str,
+    config: ClientConfig,
+    prompts: PromptFactory,
+    classes: SLOClasses,
+    profile: Path,
+    rate: float,
+) -> tuple[dict[str, PointComparison], dict[str, Any]]:
+    """One rate: the workload to a file and back, live, then its simulated twins."""
+    stem = args.out_dir / f"rate-{rate:g}"
+    save_workload(_workload(args, classes, rate, args.duration_s), f"{stem}.workload.jsonl")
+    workload = load_workload(f"{stem}.workload.jsonl")  # what every run replays
+    before = instance_rows(url)
+    with CorrectionSampler(url) as sampler:
+        live_run = run_benchmark(workload, classes, config, prompts)
+    after = instance_rows(url)
+    moments = moments_by_instance(before), moments_by_instance(after)
+    spreads = {
+        "pooled": step_spread(*moments),
+        "prefill": step_spread(*moments, kind="prefill"),
+        "decode": step_spread(*moments, kind="decode"),
+    }
+    live_rows = [request_row(r) for r in live_run.results]
+    write_rows(live_rows, f"{stem}.live.jsonl")
+    live = _summary(live_rows)
+    plan_factor = sampler.mean()
+    twins = {
+        "pooled": twin_noise(plan_factor, spreads["pooled"]),
+        "per-kind": twin_noise(plan_factor, *spreads.values()),
+    }
+    num_kv_blocks = min(int(row["num_blocks"]) for row in after if row.get("num_blocks"))
+    planned = scaled_profile(profile, plan_factor, f"{stem}.profile.json")
+    points, sims = {}, {}
+    for name, noise in twins.items():
+        setup = twin_setup(planned, num_kv_blocks, noise, args.seed)
+        _, sim_rows = simulate_with_records(setup, classes, workload)
+        write_rows(sim_rows, f"{stem}.sim-{name}.jsonl")
+        sim = _summary(sim_rows)
+        points[name] = compare_point(rate, live, sim)
+        sims[name] = {"noise": dataclasses.asdict(noise), **_brief(sim)}
+    run = {
+        "rate_rps": rate,
+        "num_requests": len(workload),
+        "num_kv_blocks": num_kv_blocks,
+        "plan_factor": plan_factor,
+        "step_spread": {k: dataclasses.asdict(v) for k, v in spreads.items()},
+        "load_average": os.getloadavg(),
+        "live": _brief(live),
+        "sim": sims,
+    }
+    return points, run
+
+
+def twin_setup(profile: Path, num_kv_blocks: int, noise: TwinNoise, seed: int) -> SimSetup:
+    """The live deployment in the simulator: two instances, hyperflexis, their KV blocks."""
+    return SimSetup(
+        deployment=Deployment(num_mixed=NUM_INSTANCES),
+        policy="hyperflexis",
+        dispatch="hyperflexis",
+        profile_path=str(profile),
+        num_kv_blocks=num_kv_blocks,
+        step_noise_cv=noise.cv,
+        profile_error=noise.bias,
+        decode_step_noise_cv=noise.decode_cv,
+        decode_profile_error=noise.decode_bias,
+        noise_seed=seed,
+    )
+
+
+class CorrectionSampler:
+    """The live instances' mean correction factor, read every `period_s` during a run: what
+    their schedulers planned with, on average."""
+
+    def __init__(self, url: str, period_s: float = 0.5) -> None:
+        self._url, self._period_s = url, period_s
+        self._values: list[float] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._poll, daemon=True)
+
+    def __enter__(self) -> CorrectionSampler:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(timeout=10.0)
+
+    def _poll(self) -> None:
+        while not self._stop.wait(self._period_s):
+            with contextlib.suppress(httpx.HTTPError, ValueError):
+                factor = correction_factor(self._url)
+                if factor is not None:
+                    self._values.append(factor)
+
+    def mean(self) -> float:
+        return statistics.fmean(self._values) if self._values else 1.0
+
+
+def _brief(summary: dict[str, Any]) -> dict[str, Any]:
+    return {k: summary[k] for k in ("attainment", "num_rejected", "latency_by_class")}
+
+
+def _summary(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """`hyperflexis report`'s recomputation of a run from its rows alone."""
+    duration_s = duration_from_rows(rows)
+    return recompute(records_from_rows(rows), duration_s, NUM_INSTANCES * duration_s)
+
+
+def fit_profile(out: Path) -> Path:
+    """The server's profile, fitted as `serve` fits a missing one (`profile --quick`)."""
+    command = [sys.executable, "-m", "hyperflexis", "profile", "--quick", "--out", str(out)]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=600, check=False)
+    if done.returncode != 0:
+        raise RuntimeError(f"profiling failed:\n{done.stderr[-2000:]}")
+    print(done.stdout.strip(), flush=True)
+    return out
+
+
+def scaled_classes(factor: float) -> SLOClasses:
+    return SLOClasses(
+        tuple(
+            SLOClass(c.name, c.ttft_s * factor, c.tpot_s * factor, c.priority, c.late)
+            for c in DEFAULT_CLASSES
+        )
+    )
+
+
+def _workload(
+    args: argparse.Namespace, classes: SLOClasses, rate: float, duration_s: float
+) -> Workload:
+    return build_workload(
+        seed=args.seed,
+        slo_mix=parse_slo_mix(args.slo_mix, classes),
+        trace=args.trace,
+        num_requests=max(round(rate * duration_s), 1),
+        rate_rps=rate,
+        length_scale=args.length_scale,
+        max_prompt_len=args.max_prompt_len,
+        max_output_len=args.max_output_len,
+    )
+
+
+def _parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--trace", type=Path, default=DEFAULT_TRACE)
+    parser.add_argument(
+        "--rates", type=lambda s: [float(x) for x in s.split(",")], default=[16, 32, 40, 48, 56]
+    )
+    parser.add_argument("--duration-s", type=float, default=60.0, help="seconds of arrivals")
+    parser.add_argument("--slo-mix", default="interactive:3,standard:5,batch:2")
+    parser.add_argument("--length-scale", type=float, default=0.125, help="trace lengths x this")
+    parser.add_argument("--max-prompt-len", type=int, default=512)
+    parser.add_argument("--max-output-len", type=int, default=128)
+    parser.add_argument(
+        "--class-scale",
+        type=float,
+        default=0.63,
+        help="the default classes x this (0.63: serve_slo.py's quiet-machine calibration)",
+    )
+    parser.add_argument(
+        "--profile", type=Path, default=None, help="the server's profile (default: fit one)"
+    )
+    parser.add_argument("--seed", type=int, default=EVALUATION_SEEDS[0], help="workload seed")
+    parser.add_argument("--out-dir", type=Path, default=Path("/tmp/hf-fidelity"))
+    args = parser.parse_args()
+    if len(set(args.rates)) != len(args.rates) or min(args.rates) <= 0:
+        parser.error(f"--rates must be distinct and > 0, got {args.rates}")
+    return args
+
+
+if __name__ == "__main__":
+    sys.exit(main())
