@@ -19,7 +19,7 @@ attainment (target: within 3 points at every rate) and p50 / p90 of TTFT and TPO
 within 10%, goal 5%, at the rates where the live run attains >= 90%).
 
     .venv/bin/python benchmarks/fidelity.py [--rates 16,32,40,48,56] [--duration-s 60]
-        [--class-scale 0.63] [--profile PATH] [--out-dir /tmp/hf-fidelity]
+        [--class-scale S] [--profile PATH] [--out-dir /tmp/hf-fidelity]
 """
 
 from __future__ import annotations
@@ -60,12 +60,13 @@ from hyperflexis.bench.report import request_row
 from hyperflexis.bench.seeds import EVALUATION_SEEDS
 from hyperflexis.bench.server_info import correction_factor, instance_rows, served_model_id
 from hyperflexis.bench.server_process import ServerProcess, exit_on_sigterm
-from hyperflexis.core.slo import DEFAULT_CLASSES, SLOClass, SLOClasses
+from hyperflexis.core.slo import SLOClasses
 from hyperflexis.engine import default_model_path
 from hyperflexis.sim.deployment import Deployment
 from hyperflexis.sim.setup import SimSetup, simulate_with_records
 from hyperflexis.workloads import build_workload, load_workload, parse_slo_mix, save_workload
 from hyperflexis.workloads.spec import Workload
+from serve_slo import REFERENCE_STEP_S, calibrate, scaled_classes  # this folder's
 
 DEFAULT_TRACE = Path(__file__).resolve().parents[1] / ".." / "shared" / "traces"
 DEFAULT_TRACE = DEFAULT_TRACE / "azure_llm_2023_conv.csv"
@@ -84,7 +85,6 @@ def main() -> int:
     started = time.perf_counter()
     args.out_dir.mkdir(parents=True, exist_ok=True)
     profile = args.profile or fit_profile(args.out_dir / "profile.json")
-    classes = scaled_classes(args.class_scale)
     load_before = os.getloadavg()
     server_args = ["--instances", str(NUM_INSTANCES), "--threads", "1", "--profile", str(profile)]
     server_args += ["--policy", "hyperflexis", "--dispatch", "hyperflexis"]
@@ -92,6 +92,12 @@ def main() -> int:
     runs: list[dict[str, Any]] = []
     with ServerProcess(server_args) as server:
         model = served_model_id(server.url)
+        scale = args.class_scale
+        if scale is None:  # as serve_slo.py: the classes x the loaded decode step / 12.5 ms
+            step_s, calibration = calibrate(server.url, model)
+            scale = step_s / REFERENCE_STEP_S
+            print(f"calibration: {calibration}", flush=True)
+        classes = scaled_classes(scale)
         config = ClientConfig(server.url, model, timeout_s=300.0, show_progress=False)
         prompts = PromptFactory(tokenizer_counter(str(default_model_path())))
         warm_up = _workload(args, classes, args.rates[0], WARM_UP_S)
@@ -105,6 +111,7 @@ def main() -> int:
     result = {
         "command": " ".join(sys.argv),
         "profile": str(profile),
+        "class_scale": scale,
         "classes": {c.name: [c.ttft_s, c.tpot_s] for c in classes.values()},
         "load_average": {"before": load_before, "after": os.getloadavg()},
         "runs": runs,
@@ -240,15 +247,6 @@ def fit_profile(out: Path) -> Path:
     return out
 
 
-def scaled_classes(factor: float) -> SLOClasses:
-    return SLOClasses(
-        tuple(
-            SLOClass(c.name, c.ttft_s * factor, c.tpot_s * factor, c.priority, c.late)
-            for c in DEFAULT_CLASSES
-        )
-    )
-
-
 def _workload(
     args: argparse.Namespace, classes: SLOClasses, rate: float, duration_s: float
 ) -> Workload:
@@ -278,8 +276,9 @@ def _parse_args() -> argparse.Namespace:
     parser.add_argument(
         "--class-scale",
         type=float,
-        default=0.63,
-        help="the default classes x this (0.63: serve_slo.py's quiet-machine calibration)",
+        default=None,
+        help="the default classes x this (serve_slo.py's quiet-machine calibration gave 0.63); "
+        "default: calibrate as serve_slo.py does, so the knee follows the machine's load",
     )
     parser.add_argument(
         "--profile", type=Path, default=None, help="the server's profile (default: fit one)"
