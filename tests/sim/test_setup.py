@@ -44,6 +44,7 @@ def test_echo_keeps_its_keys_and_values() -> None:
         "noise_seed": 0,
         "decode_step_noise_cv": None,
         "decode_profile_error": None,
+        "response_latency_s": 0.0,
     }
 
 

@@ -24,10 +24,13 @@ def _run(
     policy: str = "hyperflexis",
     deployment: Deployment | None = None,
     fast_forward: bool = True,
+    response_latency_s: float = 0.0,
 ) -> SimResult:
     config = SchedulerConfig(max_num_batched_tokens=512)
     dispatcher = make_dispatcher("hyperflexis", COST_MODEL, config, False)
-    extra = {} if noise is None else {"step_noise": noise}
+    extra: dict[str, object] = {"response_latency_s": response_latency_s}
+    if noise is not None:
+        extra["step_noise"] = noise
     simulator = ClusterSimulator(
         deployment or Deployment(num_mixed=2),
         policy,
@@ -133,3 +136,25 @@ def test_a_profile_bias_stretches_every_step_by_its_factor() -> None:
     assert exact.e2e_s is not None and exact.ttft_s is not None
     assert slow.e2e_s == pytest.approx(1.5 * exact.e2e_s, rel=1e-12)
     assert slow.ttft_s == pytest.approx(1.5 * exact.ttft_s, rel=1e-12)
+
+
+def test_a_response_latency_delays_what_the_client_sees_and_no_decision() -> None:
+    load = workload(60, rate_rps=20.0)
+    noise = StepNoise(cv=0.3, seed=2)
+    engine_side = _run(noise, load)
+    client_side = _run(noise, load, response_latency_s=0.025)
+    assert client_side.step_logs == engine_side.step_logs  # the same steps, at the same times
+    pairs = zip(engine_side.records, client_side.records, strict=True)
+    for engine, client in pairs:
+        assert client.request_id == engine.request_id and client.status == engine.status
+        if engine.ttft_s is not None and client.ttft_s is not None:
+            assert client.ttft_s == pytest.approx(engine.ttft_s + 0.025, abs=1e-12)
+            assert client.tpot_s == pytest.approx(engine.tpot_s, abs=1e-12)
+        if engine.max_token_lateness_s is not None:
+            assert client.max_token_lateness_s == pytest.approx(
+                engine.max_token_lateness_s + 0.025, abs=1e-12
+            )
+    with pytest.raises(ValueError, match="response latency"):
+        SimSetup(response_latency_s=-0.1)
+    with pytest.raises(ValueError, match="response latency"):
+        _run(None, load, response_latency_s=float("nan"))

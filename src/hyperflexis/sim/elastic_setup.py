@@ -109,6 +109,7 @@ def make_elastic_simulator(
         fast_forward=setup.fast_forward,
         record_steps=record_steps,
         step_noise=setup.step_noise,
+        response_latency_s=setup.response_latency_s,
     )
 
 

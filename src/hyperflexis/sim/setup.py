@@ -8,6 +8,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
+from hyperflexis.bench.metrics import delivered_after
 from hyperflexis.bench.records import simulated_row
 from hyperflexis.cluster import Dispatcher, make_dispatcher
 from hyperflexis.cluster.dispatch_hyperflexis import HyperFlexisDispatcher
@@ -68,9 +69,13 @@ class SimSetup:
     # Decode-only steps' own CV and profile error (None: the above; `sim.step_noise`).
     decode_step_noise_cv: float | None = None
     decode_profile_error: float | None = None
+    # How much later than the engine made them a request's tokens reach its client (the
+    # response path outside the engine; `bench.metrics.delivered_after`). No decision sees it.
+    response_latency_s: float = 0.0
 
     def __post_init__(self) -> None:
         self.step_noise  # noqa: B018 (checks them)
+        delivered_after(None, self.response_latency_s)  # checks it
         if self.scheduler.role != "mixed":
             raise ValueError(
                 f"invalid 'scheduler.role' {self.scheduler.role!r}: the deployment sets each "
@@ -113,6 +118,7 @@ class SimSetup:
             "noise_seed": self.noise_seed,
             "decode_step_noise_cv": self.decode_step_noise_cv,
             "decode_profile_error": self.decode_profile_error,
+            "response_latency_s": self.response_latency_s,
         }
 
 
@@ -189,6 +195,7 @@ def make_simulator(
         fast_forward=setup.fast_forward,
         record_steps=record_steps,
         step_noise=setup.step_noise,
+        response_latency_s=setup.response_latency_s,
     )
 
 

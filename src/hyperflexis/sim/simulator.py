@@ -23,7 +23,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-from hyperflexis.bench.metrics import RequestRecord, record_from_request
+from hyperflexis.bench.metrics import RequestRecord, delivered_after, record_from_request
 from hyperflexis.cluster.controller import Controller
 from hyperflexis.cluster.controller_events import (
     Effect,
@@ -87,11 +87,13 @@ class ClusterSimulator:
         reuse_snapshots: bool = True,
         hooks: ClusterHooks | None = None,
         step_noise: StepNoise = EXACT_STEPS,
+        response_latency_s: float = 0.0,
     ) -> None:
         """`scheduler_config` is every instance's, with `role` set per instance. `kv_transfer`
         is required for P/D deployments. `hooks` is a driver's seam (`sim.hooks`); the driver
         builds any instance it adds with `self.factory`, on the same settings. `reuse_snapshots`
-        is `SimInstance`'s; `step_noise` what each step is charged (`sim.step_noise`)."""
+        is `SimInstance`'s; `step_noise` what each step is charged (`sim.step_noise`);
+        `response_latency_s` the records' `bench.metrics.delivered_after` (no decision sees it)."""
         if deployment.is_disaggregated and kv_transfer is None:
             raise ValueError("invalid parameter 'kv_transfer': a P/D deployment needs one")
         self.deployment = deployment
@@ -99,6 +101,8 @@ class ClusterSimulator:
         self.slo_classes = slo_classes
         self.kv_transfer = kv_transfer
         self.hooks = hooks or ClusterHooks()
+        delivered_after(None, response_latency_s)  # checks it
+        self.response_latency_s = response_latency_s
         self.controller = Controller(dispatcher, self._snapshots, links=deployment.link_table())
         self.factory = InstanceFactory(
             policy,
@@ -378,7 +382,7 @@ class ClusterSimulator:
 
     def _record(self, request: Request, now: float) -> None:
         self.execute(self.controller.handle(now, RequestEnded(request.request_id)), now)
-        record = record_from_request(request)
+        record = delivered_after(record_from_request(request), self.response_latency_s)
         self._records.append(record)
         self.hooks.request_ended(record)
 
