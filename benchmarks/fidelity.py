@@ -42,12 +42,14 @@ import httpx
 from hyperflexis.bench.client import ClientConfig, run_benchmark
 from hyperflexis.bench.fidelity import (
     PointComparison,
+    StepSpread,
     Targets,
     TwinNoise,
     compare_point,
     comparison_json,
     markdown_table,
     moments_by_instance,
+    response_latency,
     scaled_profile,
     step_spread,
     twin_noise,
@@ -55,12 +57,12 @@ from hyperflexis.bench.fidelity import (
 )
 from hyperflexis.bench.prompts import PromptFactory, tokenizer_counter
 from hyperflexis.bench.recompute import duration_from_rows, recompute
-from hyperflexis.bench.records import records_from_rows, write_rows
+from hyperflexis.bench.records import read_rows, records_from_rows, write_rows
 from hyperflexis.bench.report import request_row
 from hyperflexis.bench.seeds import EVALUATION_SEEDS
 from hyperflexis.bench.server_info import correction_factor, instance_rows, served_model_id
 from hyperflexis.bench.server_process import ServerProcess, exit_on_sigterm
-from hyperflexis.core.slo import SLOClasses
+from hyperflexis.core.slo import DEFAULT_CLASSES, SLOClass, SLOClasses
 from hyperflexis.engine import default_model_path
 from hyperflexis.sim.deployment import Deployment
 from hyperflexis.sim.setup import SimSetup, simulate_with_records
@@ -72,11 +74,13 @@ DEFAULT_TRACE = Path(__file__).resolve().parents[1] / ".." / "shared" / "traces"
 DEFAULT_TRACE = DEFAULT_TRACE / "azure_llm_2023_conv.csv"
 NUM_INSTANCES = 2
 WARM_UP_S = 3.0  # of arrivals at the first rate before the sweep, not compared
+# Twin name -> (what it is, charge each kind of step its own mean and CV, add the response
+# latency measured at the lightest rate).
 TWINS = {
-    "pooled": "every step charged the pooled measured mean and CV",
-    "per-kind": "steps with prefill and decode-only steps each their own measured mean and CV",
+    "pooled": ("every step charged the pooled measured mean and CV", False, False),
+    "per-kind": ("prefill and decode-only steps each their own mean and CV", True, False),
+    "per-kind+latency": ("as per-kind, tokens delivered the response latency later", True, True),
 }
-_PROGRESS = ("plan_factor", "step_spread", "load_average")
 
 
 def main() -> int:
@@ -84,12 +88,52 @@ def main() -> int:
     exit_on_sigterm()
     started = time.perf_counter()
     args.out_dir.mkdir(parents=True, exist_ok=True)
-    profile = args.profile or fit_profile(args.out_dir / "profile.json")
-    load_before = os.getloadavg()
+    if args.twins_only:  # the live half of an earlier run, from its files
+        doc = json.loads((args.out_dir / "fidelity.json").read_text())
+        profile, live, classes = Path(doc["profile"]), doc["runs"], _classes(doc["classes"])
+        head = {k: doc[k] for k in ("command", "profile", "class_scale", "classes", "load_average")}
+    else:
+        profile = args.profile or fit_profile(args.out_dir / "profile.json")
+        load_before = os.getloadavg()
+        scale, classes, live = run_live(args, profile)
+        head = {
+            "command": " ".join(sys.argv),
+            "profile": str(profile),
+            "class_scale": scale,
+            "classes": {c.name: [c.ttft_s, c.tpot_s] for c in classes.values()},
+            "load_average": {"before": load_before, "after": os.getloadavg()},
+        }
+    latency_s = _response_latency(args, live[0], profile, classes)
+    points = {
+        name: [
+            twin_point(args, run, profile, classes, kinds, latency_s if late else 0.0)
+            for run in live
+        ]
+        for name, (_, kinds, late) in TWINS.items()
+    }
+    result = {
+        **head,
+        "runs": live,
+        "response_latency_s": latency_s,
+        "comparison": {k: [comparison_json(p) for p in v] for k, v in points.items()},
+        "verdict": {k: verdict(v, Targets()) for k, v in points.items()},
+        "wall_s": time.perf_counter() - started,
+    }
+    (args.out_dir / "fidelity.json").write_text(json.dumps(result, indent=1) + "\n")
+    for name, (what, _, _) in TWINS.items():
+        print(f"\n{name} twin ({what}):\n" + markdown_table(points[name]))
+        print(f"verdict, {name} twin: " + json.dumps(result["verdict"][name]))
+    print(f"response latency (lightest rate): {latency_s * 1e3:.1f} ms")
+    print(f"load average {result['load_average']}; wall time {result['wall_s']:.0f} s")
+    return 0
+
+
+def run_live(
+    args: argparse.Namespace, profile: Path
+) -> tuple[float, SLOClasses, list[dict[str, Any]]]:
+    """The live half: the server on `profile`, its classes calibrated, every rate replayed."""
     server_args = ["--instances", str(NUM_INSTANCES), "--threads", "1", "--profile", str(profile)]
     server_args += ["--policy", "hyperflexis", "--dispatch", "hyperflexis"]
-    points: dict[str, list[PointComparison]] = {name: [] for name in TWINS}
-    runs: list[dict[str, Any]] = []
     with ServerProcess(server_args) as server:
         model = served_model_id(server.url)
         scale = args.class_scale
@@ -100,89 +144,85 @@ def main() -> int:
         classes = scaled_classes(scale)
         config = ClientConfig(server.url, model, timeout_s=300.0, show_progress=False)
         prompts = PromptFactory(tokenizer_counter(str(default_model_path())))
-        warm_up = _workload(args, classes, args.rates[0], WARM_UP_S)
-        run_benchmark(warm_up, classes, config, prompts)
+        run_benchmark(_workload(args, classes, args.rates[0], WARM_UP_S), classes, config, prompts)
+        runs = []
         for rate in args.rates:
-            compared, run = run_rate(args, server.url, config, prompts, classes, profile, rate)
-            for name, point in compared.items():
-                points[name].append(point)
-            runs.append(run)
-            print(f"rate {rate:g}: " + json.dumps({k: run[k] for k in _PROGRESS}), flush=True)
-    result = {
-        "command": " ".join(sys.argv),
-        "profile": str(profile),
-        "class_scale": scale,
-        "classes": {c.name: [c.ttft_s, c.tpot_s] for c in classes.values()},
-        "load_average": {"before": load_before, "after": os.getloadavg()},
-        "runs": runs,
-        "comparison": {k: [comparison_json(p) for p in v] for k, v in points.items()},
-        "verdict": {k: verdict(v, Targets()) for k, v in points.items()},
-        "wall_s": time.perf_counter() - started,
-    }
-    (args.out_dir / "fidelity.json").write_text(json.dumps(result, indent=1) + "\n")
-    for name in TWINS:
-        print(f"\n{name} twin ({TWINS[name]}):\n" + markdown_table(points[name]))
-        print(f"verdict, {name} twin: " + json.dumps(result["verdict"][name]))
-    print(f"load average before {load_before}, after {result['load_average']['after']}")
-    print(f"wall time {result['wall_s']:.0f} s; results in {args.out_dir}")
-    return 0
+            runs.append(live_rate(args, server.url, config, prompts, classes, rate))
+            shown = {k: runs[-1][k] for k in ("plan_factor", "step_spread", "load_average")}
+            print(f"rate {rate:g}: " + json.dumps(shown), flush=True)
+    return scale, classes, runs
 
 
-def run_rate(
+def live_rate(
     args: argparse.Namespace,
     url: str,
     config: ClientConfig,
     prompts: PromptFactory,
     classes: SLOClasses,
-    profile: Path,
     rate: float,
-) -> tuple[dict[str, PointComparison], dict[str, Any]]:
-    """One rate: the workload to a file and back, live, then its simulated twins."""
+) -> dict[str, Any]:
+    """One rate live: the workload to a file and back (what the twins replay too), the run,
+    the instances' step spread and planning factor over it."""
     stem = args.out_dir / f"rate-{rate:g}"
     save_workload(_workload(args, classes, rate, args.duration_s), f"{stem}.workload.jsonl")
-    workload = load_workload(f"{stem}.workload.jsonl")  # what every run replays
+    workload = load_workload(f"{stem}.workload.jsonl")
     before = instance_rows(url)
     with CorrectionSampler(url) as sampler:
         live_run = run_benchmark(workload, classes, config, prompts)
     after = instance_rows(url)
     moments = moments_by_instance(before), moments_by_instance(after)
-    spreads = {
-        "pooled": step_spread(*moments),
-        "prefill": step_spread(*moments, kind="prefill"),
-        "decode": step_spread(*moments, kind="decode"),
-    }
-    live_rows = [request_row(r) for r in live_run.results]
-    write_rows(live_rows, f"{stem}.live.jsonl")
-    live = _summary(live_rows)
-    plan_factor = sampler.mean()
-    twins = {
-        "pooled": twin_noise(plan_factor, spreads["pooled"]),
-        "per-kind": twin_noise(plan_factor, *spreads.values()),
-    }
-    num_kv_blocks = min(int(row["num_blocks"]) for row in after if row.get("num_blocks"))
-    planned = scaled_profile(profile, plan_factor, f"{stem}.profile.json")
-    points, sims = {}, {}
-    for name, noise in twins.items():
-        setup = twin_setup(planned, num_kv_blocks, noise, args.seed)
-        _, sim_rows = simulate_with_records(setup, classes, workload)
-        write_rows(sim_rows, f"{stem}.sim-{name}.jsonl")
-        sim = _summary(sim_rows)
-        points[name] = compare_point(rate, live, sim)
-        sims[name] = {"noise": dataclasses.asdict(noise), **_brief(sim)}
-    run = {
+    spreads = {kind: step_spread(*moments, kind=kind) for kind in ("prefill", "decode")}
+    spreads["pooled"] = step_spread(*moments)
+    write_rows([request_row(r) for r in live_run.results], f"{stem}.live.jsonl")
+    return {
         "rate_rps": rate,
+        "stem": str(stem),
         "num_requests": len(workload),
-        "num_kv_blocks": num_kv_blocks,
-        "plan_factor": plan_factor,
+        "num_kv_blocks": min(int(row["num_blocks"]) for row in after if row.get("num_blocks")),
+        "plan_factor": sampler.mean(),
         "step_spread": {k: dataclasses.asdict(v) for k, v in spreads.items()},
         "load_average": os.getloadavg(),
-        "live": _brief(live),
-        "sim": sims,
     }
-    return points, run
 
 
-def twin_setup(profile: Path, num_kv_blocks: int, noise: TwinNoise, seed: int) -> SimSetup:
+def twin_point(
+    args: argparse.Namespace,
+    run: dict[str, Any],
+    profile: Path,
+    classes: SLOClasses,
+    per_kind: bool,
+    latency_s: float,
+) -> PointComparison:
+    """The simulated twin of one live rate, compared with it."""
+    stem, spreads = run["stem"], {k: StepSpread(**v) for k, v in run["step_spread"].items()}
+    kinds = (spreads["prefill"], spreads["decode"]) if per_kind else ()
+    noise = twin_noise(run["plan_factor"], spreads["pooled"], *kinds)
+    planned = scaled_profile(profile, run["plan_factor"], f"{stem}.profile.json")
+    setup = twin_setup(planned, run["num_kv_blocks"], noise, args.seed, latency_s)
+    _, sim_rows = simulate_with_records(setup, classes, load_workload(f"{stem}.workload.jsonl"))
+    name = ("per-kind" if per_kind else "pooled") + ("+latency" if latency_s else "")
+    write_rows(sim_rows, f"{stem}.sim-{name}.jsonl")
+    live = _summary(read_rows(f"{stem}.live.jsonl"))
+    return compare_point(run["rate_rps"], live, _summary(sim_rows))
+
+
+def _response_latency(
+    args: argparse.Namespace, run: dict[str, Any], profile: Path, classes: SLOClasses
+) -> float:
+    """`--response-latency-ms`, or what the lightest rate shows: the median of live minus
+    simulated TTFT over its requests, for the per-kind twin without it."""
+    if args.response_latency_ms is not None:
+        return float(args.response_latency_ms) / 1e3
+    twin_point(args, run, profile, classes, True, 0.0)
+    stem = run["stem"]
+    return response_latency(
+        read_rows(f"{stem}.live.jsonl"), read_rows(f"{stem}.sim-per-kind.jsonl")
+    )
+
+
+def twin_setup(
+    profile: Path, num_kv_blocks: int, noise: TwinNoise, seed: int, latency_s: float
+) -> SimSetup:
     """The live deployment in the simulator: two instances, hyperflexis, their KV blocks."""
     return SimSetup(
         deployment=Deployment(num_mixed=NUM_INSTANCES),
@@ -195,6 +235,7 @@ def twin_setup(profile: Path, num_kv_blocks: int, noise: TwinNoise, seed: int) -
         decode_step_noise_cv=noise.decode_cv,
         decode_profile_error=noise.decode_bias,
         noise_seed=seed,
+        response_latency_s=latency_s,
     )
 
 
@@ -227,8 +268,15 @@ class CorrectionSampler:
         return statistics.fmean(self._values) if self._values else 1.0
 
 
-def _brief(summary: dict[str, Any]) -> dict[str, Any]:
-    return {k: summary[k] for k in ("attainment", "num_rejected", "latency_by_class")}
+def _classes(doc: dict[str, list[float]]) -> SLOClasses:
+    """The classes a results file lists (name -> [TTFT s, TPOT s]), priorities as the defaults'."""
+    defaults = {c.name: c for c in DEFAULT_CLASSES}
+    return SLOClasses(
+        tuple(
+            SLOClass(name, ttft, tpot, defaults[name].priority, defaults[name].late)
+            for name, (ttft, tpot) in doc.items()
+        )
+    )
 
 
 def _summary(rows: list[dict[str, Any]]) -> dict[str, Any]:
@@ -285,6 +333,17 @@ def _parse_args() -> argparse.Namespace:
     )
     parser.add_argument("--seed", type=int, default=EVALUATION_SEEDS[0], help="workload seed")
     parser.add_argument("--out-dir", type=Path, default=Path("/tmp/hf-fidelity"))
+    parser.add_argument(
+        "--response-latency-ms",
+        type=float,
+        default=None,
+        help="the twins' response path latency (default: measured at the lightest rate)",
+    )
+    parser.add_argument(
+        "--twins-only",
+        action="store_true",
+        help="no live run: the twins of the live runs already in --out-dir (its fidelity.json)",
+    )
     args = parser.parse_args()
     if len(set(args.rates)) != len(args.rates) or min(args.rates) <= 0:
         parser.error(f"--rates must be distinct and > 0, got {args.rates}")

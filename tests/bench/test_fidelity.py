@@ -17,6 +17,7 @@ from hyperflexis.bench.fidelity import (
     compare_point,
     markdown_table,
     moments_by_instance,
+    response_latency,
     scaled_profile,
     step_spread,
     twin_noise,
@@ -186,3 +187,14 @@ def test_a_scaled_profile_predicts_the_factor_times_the_original(tmp_path: Path)
     assert scaled.meta["scaled_from"]["factor"] == 1.5
     with pytest.raises(ValueError, match="scale"):
         scaled_profile(source, math.inf, tmp_path / "bad.json")
+
+
+def test_the_response_latency_is_the_median_ttft_gap_of_matched_requests() -> None:
+    live = [{"request_id": f"r{i}", "ttft_s": 0.1 + 0.01 * i} for i in range(5)]
+    live.append({"request_id": "lost", "ttft_s": None})  # no first token: left out
+    sim = [{"request_id": f"r{i}", "ttft_s": 0.07} for i in range(5)]
+    sim.append({"request_id": "lost", "ttft_s": 0.05})
+    assert response_latency(live, sim) == pytest.approx(0.05)  # gaps 0.03..0.07
+    assert response_latency(sim[:5], live[:5]) == 0.0  # a twin slower than live: no latency
+    with pytest.raises(ValueError, match="first token"):
+        response_latency(live[5:], sim)

@@ -19,6 +19,7 @@ kind's mean over it, with the kind's CV as noise (`twin_noise`).
 from __future__ import annotations
 
 import math
+import statistics
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -280,3 +281,20 @@ def comparison_json(point: PointComparison) -> dict[str, Any]:
             for row in point.rows
         ],
     }
+
+
+def response_latency(
+    live_rows: Iterable[Mapping[str, Any]], sim_rows: Iterable[Mapping[str, Any]]
+) -> float:
+    """The response path a twin misses, as a light run shows it: the median over the requests
+    with a first token in both runs of live minus simulated TTFT, at least 0 (per-request rows,
+    `bench.records`, matched by `request_id`)."""
+    simulated = {row["request_id"]: row.get("ttft_s") for row in sim_rows}
+    gaps = [
+        row["ttft_s"] - sim
+        for row in live_rows
+        if row.get("ttft_s") is not None and (sim := simulated.get(row["request_id"])) is not None
+    ]
+    if not gaps:
+        raise ValueError("no request has a first token in both runs")
+    return max(statistics.median(gaps), 0.0)
