@@ -47,6 +47,7 @@ from hyperflexis.bench.fidelity import (
     TwinNoise,
     compare_point,
     comparison_json,
+    fit_window,
     markdown_table,
     moments_by_instance,
     response_latency,
@@ -64,6 +65,7 @@ from hyperflexis.bench.server_info import correction_factor, instance_rows, serv
 from hyperflexis.bench.server_process import ServerProcess, exit_on_sigterm
 from hyperflexis.core.slo import DEFAULT_CLASSES, SLOClass, SLOClasses
 from hyperflexis.engine import default_model_path
+from hyperflexis.perf.profiled import ProfiledCostModel, read_profile, write_profile
 from hyperflexis.sim.deployment import Deployment
 from hyperflexis.sim.setup import SimSetup, simulate_with_records
 from hyperflexis.workloads import build_workload, load_workload, parse_slo_mix, save_workload
@@ -74,13 +76,19 @@ DEFAULT_TRACE = Path(__file__).resolve().parents[1] / ".." / "shared" / "traces"
 DEFAULT_TRACE = DEFAULT_TRACE / "azure_llm_2023_conv.csv"
 NUM_INSTANCES = 2
 WARM_UP_S = 3.0  # of arrivals at the first rate before the sweep, not compared
-# Twin name -> (what it is, charge each kind of step its own mean and CV, add the response
-# latency measured at the lightest rate).
+# Twin name -> (what it is, how its steps are charged, whether it adds the response latency
+# measured at the lightest rate). Every twin plans with the profile x the live correction.
 TWINS = {
-    "pooled": ("every step charged the pooled measured mean and CV", False, False),
-    "per-kind": ("prefill and decode-only steps each their own mean and CV", True, False),
-    "per-kind+latency": ("as per-kind, tokens delivered the response latency later", True, True),
+    "pooled": ("every step the pooled measured mean ratio, its CV as noise", "pooled", False),
+    "per-kind": ("prefill and decode-only steps each their own mean and CV", "per-kind", False),
+    "refit": ("steps take the model refitted on the live steps, its CV as noise", "refit", False),
+    "refit+latency": (
+        "as refit, tokens reach the client the response latency later",
+        "refit",
+        True,
+    ),
 }
+LATENCY_BASE = "refit"  # the twin whose lightest-rate TTFT gap gives the response latency
 
 
 def main() -> int:
@@ -106,10 +114,10 @@ def main() -> int:
     latency_s = _response_latency(args, live[0], profile, classes)
     points = {
         name: [
-            twin_point(args, run, profile, classes, kinds, latency_s if late else 0.0)
+            twin_point(args, run, profile, classes, mode, latency_s if late else 0.0)
             for run in live
         ]
-        for name, (_, kinds, late) in TWINS.items()
+        for name, (_, mode, late) in TWINS.items()
     }
     result = {
         **head,
@@ -147,7 +155,7 @@ def run_live(
         run_benchmark(_workload(args, classes, args.rates[0], WARM_UP_S), classes, config, prompts)
         runs = []
         for rate in args.rates:
-            runs.append(live_rate(args, server.url, config, prompts, classes, rate))
+            runs.append(live_rate(args, server.url, config, prompts, classes, profile, rate))
             shown = {k: runs[-1][k] for k in ("plan_factor", "step_spread", "load_average")}
             print(f"rate {rate:g}: " + json.dumps(shown), flush=True)
     return scale, classes, runs
@@ -159,10 +167,11 @@ def live_rate(
     config: ClientConfig,
     prompts: PromptFactory,
     classes: SLOClasses,
+    profile: Path,
     rate: float,
 ) -> dict[str, Any]:
     """One rate live: the workload to a file and back (what the twins replay too), the run,
-    the instances' step spread and planning factor over it."""
+    the instances' step spread, planning factor and refitted model over it."""
     stem = args.out_dir / f"rate-{rate:g}"
     save_workload(_workload(args, classes, rate, args.duration_s), f"{stem}.workload.jsonl")
     workload = load_workload(f"{stem}.workload.jsonl")
@@ -173,8 +182,11 @@ def live_rate(
     moments = moments_by_instance(before), moments_by_instance(after)
     spreads = {kind: step_spread(*moments, kind=kind) for kind in ("prefill", "decode")}
     spreads["pooled"] = step_spread(*moments)
+    refit, refit_cv = fit_window(before, after)
+    write_refit(profile, refit, f"{stem}.refit.json")
     write_rows([request_row(r) for r in live_run.results], f"{stem}.live.jsonl")
     return {
+        "refit": {"coefficients": list(refit.coefficients), "cv": refit_cv},
         "rate_rps": rate,
         "stem": str(stem),
         "num_requests": len(workload),
@@ -190,17 +202,21 @@ def twin_point(
     run: dict[str, Any],
     profile: Path,
     classes: SLOClasses,
-    per_kind: bool,
+    mode: str,
     latency_s: float,
 ) -> PointComparison:
     """The simulated twin of one live rate, compared with it."""
     stem, spreads = run["stem"], {k: StepSpread(**v) for k, v in run["step_spread"].items()}
-    kinds = (spreads["prefill"], spreads["decode"]) if per_kind else ()
+    kinds = (spreads["prefill"], spreads["decode"]) if mode == "per-kind" else ()
     noise = twin_noise(run["plan_factor"], spreads["pooled"], *kinds)
+    truth = None
+    if mode == "refit":  # the refitted model as it is, with its own spread
+        noise, truth = TwinNoise(run["refit"]["cv"], 0.0), f"{stem}.refit.json"
     planned = scaled_profile(profile, run["plan_factor"], f"{stem}.profile.json")
     setup = twin_setup(planned, run["num_kv_blocks"], noise, args.seed, latency_s)
+    setup = dataclasses.replace(setup, charge_profile_path=truth)
     _, sim_rows = simulate_with_records(setup, classes, load_workload(f"{stem}.workload.jsonl"))
-    name = ("per-kind" if per_kind else "pooled") + ("+latency" if latency_s else "")
+    name = mode + ("+latency" if latency_s else "")
     write_rows(sim_rows, f"{stem}.sim-{name}.jsonl")
     live = _summary(read_rows(f"{stem}.live.jsonl"))
     return compare_point(run["rate_rps"], live, _summary(sim_rows))
@@ -210,14 +226,22 @@ def _response_latency(
     args: argparse.Namespace, run: dict[str, Any], profile: Path, classes: SLOClasses
 ) -> float:
     """`--response-latency-ms`, or what the lightest rate shows: the median of live minus
-    simulated TTFT over its requests, for the per-kind twin without it."""
+    simulated TTFT over its requests, for the `LATENCY_BASE` twin without it."""
     if args.response_latency_ms is not None:
         return float(args.response_latency_ms) / 1e3
-    twin_point(args, run, profile, classes, True, 0.0)
+    twin_point(args, run, profile, classes, LATENCY_BASE, 0.0)
     stem = run["stem"]
     return response_latency(
-        read_rows(f"{stem}.live.jsonl"), read_rows(f"{stem}.sim-per-kind.jsonl")
+        read_rows(f"{stem}.live.jsonl"), read_rows(f"{stem}.sim-{LATENCY_BASE}.jsonl")
     )
+
+
+def write_refit(profile: Path, model: ProfiledCostModel, target: str) -> None:
+    """The refitted model as a profile file (the simulator reads models from those), with the
+    profile's own samples (its error field is then the refit's error on the profiled grid)."""
+    source = read_profile(profile)
+    meta = {"model": source.model, "device": source.device, "dtype": source.dtype}
+    write_profile(target, source.samples, model, {**meta, "refit_on_live_steps": True})
 
 
 def twin_setup(

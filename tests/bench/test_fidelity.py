@@ -198,3 +198,43 @@ def test_the_response_latency_is_the_median_ttft_gap_of_matched_requests() -> No
     assert response_latency(sim[:5], live[:5]) == 0.0  # a twin slower than live: no latency
     with pytest.raises(ValueError, match="first token"):
         response_latency(live[5:], sim)
+
+
+def test_a_window_refits_the_model_the_live_steps_followed() -> None:
+    import random
+
+    from hyperflexis.bench.fidelity import fit_window
+    from hyperflexis.perf.online import OnlineCorrection
+
+    truth = ProfiledCostModel((4e-3, 3e-5, 0.0, 6e-4, 2e-7))
+    profile = ProfiledCostModel((1e-3, 1e-4, 0.0, 5e-3, 0.0))  # what the instances plan with
+    rng = random.Random(3)
+    instances = {name: OnlineCorrection(profile) for name in ("i0", "i1")}
+
+    def steps(count: int) -> None:
+        for _ in range(count):
+            prefill = [(rng.randint(16, 256), 0)] if rng.random() < 0.3 else []
+            decodes = [rng.randint(50, 400) for _ in range(rng.randint(0 if prefill else 1, 12))]
+            features = StepFeatures.of(prefill, decodes)
+            noise = math.exp(rng.gauss(0.0, 0.1))
+            instances[rng.choice(["i0", "i1"])].observe(features, truth.predict(features) * noise)
+
+    def reading() -> list[dict[str, Any]]:
+        return [
+            {"instance_id": name, "alive": True, "step_fit_moments": list(c.fit_moments)}
+            for name, c in instances.items()
+        ]
+
+    steps(50)  # before the window, off the truth: left out
+    for c in instances.values():
+        c.observe(StepFeatures.of(decodes=[10]), 1.0)
+    before = reading()
+    steps(3000)
+    model, cv = fit_window(before, reading())
+    probe = StepFeatures.of([(128, 0)], [200] * 6)
+    assert model.predict(probe) == pytest.approx(truth.predict(probe), rel=0.03)
+    assert model.coefficients[0] == pytest.approx(4e-3, rel=0.1)
+    assert model.coefficients[3] == pytest.approx(6e-4, rel=0.1)
+    assert cv == pytest.approx(0.1, rel=0.2)
+    with pytest.raises(ValueError, match="too few"):
+        fit_window(before, before)

@@ -45,6 +45,7 @@ def test_echo_keeps_its_keys_and_values() -> None:
         "decode_step_noise_cv": None,
         "decode_profile_error": None,
         "response_latency_s": 0.0,
+        "charge_profile_path": None,
     }
 
 

@@ -9,6 +9,8 @@ import statistics
 import pytest
 
 from hyperflexis.cluster import make_dispatcher
+from hyperflexis.perf.base import StepFeatures
+from hyperflexis.perf.profiled import ProfiledCostModel
 from hyperflexis.scheduler import SchedulerConfig
 from hyperflexis.sim import ClusterSimulator, Deployment, SimResult, SimSetup
 from hyperflexis.sim.step_noise import StepNoise
@@ -28,9 +30,7 @@ def _run(
 ) -> SimResult:
     config = SchedulerConfig(max_num_batched_tokens=512)
     dispatcher = make_dispatcher("hyperflexis", COST_MODEL, config, False)
-    extra: dict[str, object] = {"response_latency_s": response_latency_s}
-    if noise is not None:
-        extra["step_noise"] = noise
+    extra = {} if noise is None else {"step_noise": noise}
     simulator = ClusterSimulator(
         deployment or Deployment(num_mixed=2),
         policy,
@@ -45,6 +45,7 @@ def _run(
         record_steps=True,
         **extra,  # type: ignore[arg-type]
     )
+    simulator.response_latency_s = response_latency_s
     result = simulator.run(load)
     assert all(n == 0 for n in result.kv_blocks_in_use.values())
     return result
@@ -115,7 +116,8 @@ def test_decode_only_steps_take_their_own_factor_from_the_same_draws() -> None:
         assert a.factor(k, decode_only=True) == pytest.approx(b.factor(k) * 1.6 / 1.1)
     only_decode = StepNoise(decode_bias=1.0).for_instance("i")  # not exact: decodes are off
     assert only_decode is not None
-    assert only_decode.charge(0, 2.0) == 2.0 and only_decode.charge(0, 2.0, True) == 4.0
+    decode_step = StepFeatures(num_decodes=3, decode_ctx_tokens=300)
+    assert only_decode.charge(0, 2.0) == 2.0 and only_decode.charge(0, 2.0, decode_step) == 4.0
     with pytest.raises(ValueError, match="invalid"):
         SimSetup(decode_step_noise_cv=-1.0)
 
@@ -156,5 +158,18 @@ def test_a_response_latency_delays_what_the_client_sees_and_no_decision() -> Non
             )
     with pytest.raises(ValueError, match="response latency"):
         SimSetup(response_latency_s=-0.1)
-    with pytest.raises(ValueError, match="response latency"):
-        _run(None, load, response_latency_s=float("nan"))
+
+
+def test_steps_may_follow_a_true_model_while_the_schedulers_plan_with_theirs() -> None:
+    truth = ProfiledCostModel((2e-3, 1e-5, 0.0, 1e-3, 0.0))
+    times = StepNoise(truth=truth).for_instance("i")  # no noise, but not the prediction
+    assert times is not None
+    step = StepFeatures(num_decodes=4, decode_ctx_tokens=400)
+    assert times.charge(0, 1.0, step) == pytest.approx(truth.predict(step))
+    load = workload(60, rate_rps=20.0)
+    noise = StepNoise(cv=0.2, seed=5, truth=truth)
+    fast = _run(noise, load)
+    slow = _run(noise, load, fast_forward=False)
+    assert fast.num_fast_forward_steps > 0
+    assert fast.records == slow.records and fast.step_logs == slow.step_logs
+    assert fast.records != _run(StepNoise(cv=0.2, seed=5), load).records

@@ -25,7 +25,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
+from hyperflexis.perf.nnls import nnls
 from hyperflexis.perf.profiled import (
+    NUM_COEFFICIENTS,
     ProfiledCostModel,
     ProfileSample,
     read_profile,
@@ -298,3 +302,38 @@ def response_latency(
     if not gaps:
         raise ValueError("no request has a first token in both runs")
     return max(statistics.median(gaps), 0.0)
+
+
+def fit_window(
+    before: Iterable[Mapping[str, Any]], after: Iterable[Mapping[str, Any]]
+) -> tuple[ProfiledCostModel, float]:
+    """The linear latency model refitted on the live steps between two `/debug/instances`
+    readings (their `step_fit_moments`: `perf.profiled.fit`'s relative least squares, pooled over
+    the instances; one that restarted counts from zero), and the CV of measured / refitted time
+    around it (to first order: the spread of refitted / measured)."""
+    n = NUM_COEFFICIENTS
+    earlier = {str(r["instance_id"]): r.get("step_fit_moments") or [] for r in before}
+    total = np.zeros(n * n + n + 1)
+    for row in after:
+        now = np.asarray(row.get("step_fit_moments") or [], dtype=np.float64)
+        if not row.get("alive") or now.size != total.size:
+            continue
+        then = np.asarray(earlier.get(str(row["instance_id"])) or [0.0] * now.size)
+        total += now - then if then.size == now.size and then[-1] <= now[-1] else now
+    gram, sums, count = total[: n * n].reshape(n, n), total[n * n : -1], total[-1]
+    if count < 2 * n:
+        raise ValueError(f"only {count:g} steps between the readings: too few to refit")
+    used = np.flatnonzero(np.diag(gram) > 0)  # features no step had stay at 0
+    scale = np.sqrt(np.diag(gram)[used])
+    scaled = gram[np.ix_(used, used)] / np.outer(scale, scale)
+    lower = np.linalg.cholesky(scaled + 1e-12 * np.eye(used.size))
+    # min |A w - 1|^2 = |L^T w - L^-1 c|^2 + const, with A^T A = L L^T and A^T 1 = c.
+    target = np.asarray(np.linalg.solve(lower, sums[used] / scale), dtype=np.float64)
+    solution = nnls(lower.T, target) / scale
+    coefficients = np.zeros(n)
+    coefficients[used] = np.maximum(solution, 0.0)
+    c0, c1, c2, c3, c4 = (float(c) for c in coefficients)
+    mean = float(sums @ coefficients) / count  # of refitted / measured
+    mean_sq = float(coefficients @ gram @ coefficients) / count
+    cv = math.sqrt(max(mean_sq - mean * mean, 0.0)) / mean
+    return ProfiledCostModel((c0, c1, c2, c3, c4)), cv

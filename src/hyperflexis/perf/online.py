@@ -10,9 +10,11 @@ import math
 
 from hyperflexis.perf.base import StepCostModel, StepFeatures, max_prefill_tokens
 from hyperflexis.perf.chunks import refine_chunk
+from hyperflexis.perf.profiled import NUM_COEFFICIENTS, feature_vector
 
 RatioMoments = tuple[int, float, float]  # (count, sum, sum of squares) of step-time ratios
 STEP_KINDS = ("prefill", "decode")  # steps with prefill tokens; decode-only steps
+FIT_MOMENTS = NUM_COEFFICIENTS * NUM_COEFFICIENTS + NUM_COEFFICIENTS + 1
 
 
 class OnlineCorrection:
@@ -23,6 +25,7 @@ class OnlineCorrection:
     __slots__ = (
         "_factor",
         "alpha",
+        "fit_moments",
         "max_factor",
         "min_factor",
         "model",
@@ -52,6 +55,10 @@ class OnlineCorrection:
         # unclamped: (count, sum, sum of squares), cumulative, so a reader takes a window's mean
         # and spread from two readings.
         self.ratio_moments: dict[str, RatioMoments] = dict.fromkeys(STEP_KINDS, (0, 0.0, 0.0))
+        # The normal equations of `perf.profiled.fit`'s relative least squares over every
+        # observed step (r = features / measured: sum of r r^T row by row, then sum of r, then
+        # the count), cumulative: two readings refit the linear model on a window's own steps.
+        self.fit_moments = [0.0] * FIT_MOMENTS
         self._factor = 1.0
 
     def __repr__(self) -> str:
@@ -77,10 +84,23 @@ class OnlineCorrection:
         kind = "prefill" if features.num_prefill_tokens else "decode"
         count, total, total_sq = self.ratio_moments[kind]
         self.ratio_moments[kind] = (count + 1, total + raw, total_sq + raw * raw)
+        self._fold_fit(features, measured_s)
         ratio = min(max(raw, self.min_factor), self.max_factor)
         factor = (1 - self.alpha) * self._factor + self.alpha * ratio
         self._factor = min(max(factor, self.min_factor), self.max_factor)
         self.num_observations += 1
+
+    def _fold_fit(self, features: StepFeatures, measured_s: float) -> None:
+        row = [x / measured_s for x in feature_vector(features)]
+        moments, k = self.fit_moments, 0
+        for a in row:
+            for b in row:
+                moments[k] += a * b
+                k += 1
+        for a in row:
+            moments[k] += a
+            k += 1
+        moments[k] += 1.0
 
     def max_prefill_tokens(
         self, features_base: StepFeatures, ctx_before: int, budget_s: float, max_tokens: int

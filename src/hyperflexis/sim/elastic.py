@@ -95,7 +95,6 @@ class ElasticSimulator(ClusterHooks):
         fast_forward: bool = True,
         record_steps: bool = False,
         step_noise: StepNoise = EXACT_STEPS,
-        response_latency_s: float = 0.0,
     ) -> None:
         """As `ClusterSimulator` (fresh snapshots for every reader), plus the scaler, its pool
         bounds (the deployment's roles: `mixed`, or `prefill` and `decode`), the cost meter (per
@@ -116,7 +115,6 @@ class ElasticSimulator(ClusterHooks):
             reuse_snapshots=False,
             hooks=self,
             step_noise=step_noise,
-            response_latency_s=response_latency_s,
         )
         _check_pools(deployment, pools)
         self.scaler, self.pools, self.cost_meter = scaler, dict(pools), cost_meter

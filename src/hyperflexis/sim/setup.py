@@ -72,6 +72,9 @@ class SimSetup:
     # How much later than the engine made them a request's tokens reach its client (the
     # response path outside the engine; `bench.metrics.delivered_after`). No decision sees it.
     response_latency_s: float = 0.0
+    # A `hyperflexis profile`-format JSON whose model every step's time follows (times the noise
+    # above) while the schedulers plan with `profile_path`'s; None: the planning model's.
+    charge_profile_path: str | None = None
 
     def __post_init__(self) -> None:
         self.step_noise  # noqa: B018 (checks them)
@@ -84,12 +87,16 @@ class SimSetup:
 
     @property
     def step_noise(self) -> StepNoise:
+        truth = None
+        if self.charge_profile_path is not None:
+            truth = make_cost_model("profiled", path=self.charge_profile_path)
         return StepNoise(
             self.step_noise_cv,
             self.profile_error,
             self.noise_seed,
             self.decode_step_noise_cv,
             self.decode_profile_error,
+            truth,
         )
 
     @property
@@ -119,6 +126,7 @@ class SimSetup:
             "decode_step_noise_cv": self.decode_step_noise_cv,
             "decode_profile_error": self.decode_profile_error,
             "response_latency_s": self.response_latency_s,
+            "charge_profile_path": self.charge_profile_path,
         }
 
 
@@ -182,7 +190,7 @@ def make_simulator(
 ) -> ClusterSimulator:
     """The simulator of `setup`, sized for `workload`. Unknown names raise ValueError."""
     parts = build_parts(setup, workload)
-    return ClusterSimulator(
+    simulator = ClusterSimulator(
         setup.deployment,
         setup.policy,
         parts.config,
@@ -195,8 +203,9 @@ def make_simulator(
         fast_forward=setup.fast_forward,
         record_steps=record_steps,
         step_noise=setup.step_noise,
-        response_latency_s=setup.response_latency_s,
     )
+    simulator.response_latency_s = setup.response_latency_s
+    return simulator
 
 
 def simulate(

@@ -70,6 +70,9 @@ ProgressCallback = Callable[[int], None]  # called with the number of requests j
 class ClusterSimulator:
     """Simulates one run of a workload on a deployment; build a new one for each run."""
 
+    # Each record's `bench.metrics.delivered_after` (the response path; no decision sees it).
+    response_latency_s: float = 0.0
+
     def __init__(
         self,
         deployment: Deployment,
@@ -87,13 +90,11 @@ class ClusterSimulator:
         reuse_snapshots: bool = True,
         hooks: ClusterHooks | None = None,
         step_noise: StepNoise = EXACT_STEPS,
-        response_latency_s: float = 0.0,
     ) -> None:
         """`scheduler_config` is every instance's, with `role` set per instance. `kv_transfer`
         is required for P/D deployments. `hooks` is a driver's seam (`sim.hooks`); the driver
         builds any instance it adds with `self.factory`, on the same settings. `reuse_snapshots`
-        is `SimInstance`'s; `step_noise` what each step is charged (`sim.step_noise`);
-        `response_latency_s` the records' `bench.metrics.delivered_after` (no decision sees it)."""
+        is `SimInstance`'s; `step_noise` what each step is charged (`sim.step_noise`)."""
         if deployment.is_disaggregated and kv_transfer is None:
             raise ValueError("invalid parameter 'kv_transfer': a P/D deployment needs one")
         self.deployment = deployment
@@ -101,8 +102,6 @@ class ClusterSimulator:
         self.slo_classes = slo_classes
         self.kv_transfer = kv_transfer
         self.hooks = hooks or ClusterHooks()
-        delivered_after(None, response_latency_s)  # checks it
-        self.response_latency_s = response_latency_s
         self.controller = Controller(dispatcher, self._snapshots, links=deployment.link_table())
         self.factory = InstanceFactory(
             policy,

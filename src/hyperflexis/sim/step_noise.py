@@ -14,13 +14,19 @@ factor for decode-only batches than for batches with prefill (docs/results.md, "
 times"), and `benchmarks/fidelity.py` measures both live. Step k then takes `exp(mu + sigma z_k)`
 of its kind, with one standard normal `z_k` per step index, so the stream of draws is the same
 whatever the kinds.
+
+`truth`, when given, is the model a step's time follows instead of the schedulers' prediction
+(a latency model fitted on a live instance's own steps, where the schedulers plan with the
+profile it started from): step k then takes `truth(step) x (1 + bias) x e_k`.
 """
 
 from __future__ import annotations
 
 import math
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+
+from hyperflexis.perf.base import StepCostModel, StepFeatures
 
 _BATCH = 256  # factors drawn at a time
 
@@ -32,6 +38,7 @@ class StepNoise:
     seed: int = 0
     decode_cv: float | None = None  # of decode-only steps; None: `cv`
     decode_bias: float | None = None  # of decode-only steps; None: `bias`
+    truth: StepCostModel | None = field(default=None, compare=False)  # None: the prediction
 
     def __post_init__(self) -> None:
         for cv in (self.cv, self.decode_cv):
@@ -50,7 +57,7 @@ class StepNoise:
     @property
     def is_exact(self) -> bool:
         """Every step takes exactly its prediction."""
-        return self.cv == 0 and self.bias == 0 and self.decode == (0, 0)
+        return self.cv == 0 and self.bias == 0 and self.decode == (0, 0) and self.truth is None
 
     def for_instance(self, instance_id: str) -> StepTimes | None:
         """The charged-time stream of one instance; None when steps are exact."""
@@ -85,6 +92,7 @@ class StepTimes:
         # A string seed is hashed with SHA-512: the same stream in every process.
         self._rng = random.Random(f"{noise.seed}:{instance_id}")
         self._z: list[float] = []
+        self._truth = noise.truth
 
     def factor(self, step_index: int, decode_only: bool = False) -> float:
         kind = self._decode if decode_only else self._any
@@ -96,6 +104,12 @@ class StepTimes:
             z.extend(draw(0.0, 1.0) for _ in range(_BATCH))
         return kind.factor(z[step_index])
 
-    def charge(self, step_index: int, predicted_s: float, decode_only: bool = False) -> float:
-        """The time step `step_index` of the instance takes, predicted `predicted_s`."""
-        return predicted_s * self.factor(step_index, decode_only)
+    def charge(
+        self, step_index: int, predicted_s: float, features: StepFeatures | None = None
+    ) -> float:
+        """The time step `step_index` of the instance takes, predicted `predicted_s`; its
+        `features` tell its kind (None: a step with prefill) and feed `truth`."""
+        if features is None:
+            return predicted_s * self.factor(step_index)
+        base_s = predicted_s if self._truth is None else self._truth.predict(features)
+        return base_s * self.factor(step_index, not features.num_prefill_tokens)
