@@ -308,32 +308,34 @@ def fit_window(
     before: Iterable[Mapping[str, Any]], after: Iterable[Mapping[str, Any]]
 ) -> tuple[ProfiledCostModel, float]:
     """The linear latency model refitted on the live steps between two `/debug/instances`
-    readings (their `step_fit_moments`: `perf.profiled.fit`'s relative least squares, pooled over
-    the instances; one that restarted counts from zero), and the CV of measured / refitted time
-    around it (to first order: the spread of refitted / measured)."""
+    readings (their `step_fit_moments`: non-negative least squares on the measured times, pooled
+    over the instances; one that restarted counts from zero), and its residual's spread over the
+    mean step (the CV a multiplicative noise around it needs, to first order). Absolute, not the
+    profile's relative, errors: under a CV near 1 a relative fit runs well below the mean."""
     n = NUM_COEFFICIENTS
     earlier = {str(r["instance_id"]): r.get("step_fit_moments") or [] for r in before}
-    total = np.zeros(n * n + n + 1)
+    total = np.zeros(n * n + n + 2)
     for row in after:
         now = np.asarray(row.get("step_fit_moments") or [], dtype=np.float64)
         if not row.get("alive") or now.size != total.size:
             continue
         then = np.asarray(earlier.get(str(row["instance_id"])) or [0.0] * now.size)
         total += now - then if then.size == now.size and then[-1] <= now[-1] else now
-    gram, sums, count = total[: n * n].reshape(n, n), total[n * n : -1], total[-1]
+    gram, sums = total[: n * n].reshape(n, n), total[n * n : n * n + n]
+    squares, count = total[-2], total[-1]
     if count < 2 * n:
         raise ValueError(f"only {count:g} steps between the readings: too few to refit")
     used = np.flatnonzero(np.diag(gram) > 0)  # features no step had stay at 0
     scale = np.sqrt(np.diag(gram)[used])
     scaled = gram[np.ix_(used, used)] / np.outer(scale, scale)
     lower = np.linalg.cholesky(scaled + 1e-12 * np.eye(used.size))
-    # min |A w - 1|^2 = |L^T w - L^-1 c|^2 + const, with A^T A = L L^T and A^T 1 = c.
+    # min |X w - y|^2 = |L^T w - L^-1 c|^2 + const, with X^T X = L L^T and X^T y = c.
     target = np.asarray(np.linalg.solve(lower, sums[used] / scale), dtype=np.float64)
     solution = nnls(lower.T, target) / scale
     coefficients = np.zeros(n)
     coefficients[used] = np.maximum(solution, 0.0)
     c0, c1, c2, c3, c4 = (float(c) for c in coefficients)
-    mean = float(sums @ coefficients) / count  # of refitted / measured
-    mean_sq = float(coefficients @ gram @ coefficients) / count
-    cv = math.sqrt(max(mean_sq - mean * mean, 0.0)) / mean
+    residual = squares - 2 * float(sums @ coefficients) + float(coefficients @ gram @ coefficients)
+    mean_step_s = float(sums[0]) / count  # the first feature is 1
+    cv = math.sqrt(max(residual, 0.0) / count) / mean_step_s
     return ProfiledCostModel((c0, c1, c2, c3, c4)), cv

@@ -14,7 +14,7 @@ from hyperflexis.perf.profiled import NUM_COEFFICIENTS, feature_vector
 
 RatioMoments = tuple[int, float, float]  # (count, sum, sum of squares) of step-time ratios
 STEP_KINDS = ("prefill", "decode")  # steps with prefill tokens; decode-only steps
-FIT_MOMENTS = NUM_COEFFICIENTS * NUM_COEFFICIENTS + NUM_COEFFICIENTS + 1
+FIT_MOMENTS = NUM_COEFFICIENTS * NUM_COEFFICIENTS + NUM_COEFFICIENTS + 2
 
 
 class OnlineCorrection:
@@ -55,9 +55,9 @@ class OnlineCorrection:
         # unclamped: (count, sum, sum of squares), cumulative, so a reader takes a window's mean
         # and spread from two readings.
         self.ratio_moments: dict[str, RatioMoments] = dict.fromkeys(STEP_KINDS, (0, 0.0, 0.0))
-        # The normal equations of `perf.profiled.fit`'s relative least squares over every
-        # observed step (r = features / measured: sum of r r^T row by row, then sum of r, then
-        # the count), cumulative: two readings refit the linear model on a window's own steps.
+        # The normal equations of the linear model's least squares over every observed step
+        # (x = `feature_vector`, y = measured: sum of x x^T row by row, sum of x y, sum of y^2,
+        # count), cumulative: two readings refit the model on a window's own steps.
         self.fit_moments = [0.0] * FIT_MOMENTS
         self._factor = 1.0
 
@@ -91,16 +91,17 @@ class OnlineCorrection:
         self.num_observations += 1
 
     def _fold_fit(self, features: StepFeatures, measured_s: float) -> None:
-        row = [x / measured_s for x in feature_vector(features)]
+        row = feature_vector(features)
         moments, k = self.fit_moments, 0
         for a in row:
             for b in row:
                 moments[k] += a * b
                 k += 1
         for a in row:
-            moments[k] += a
+            moments[k] += a * measured_s
             k += 1
-        moments[k] += 1.0
+        moments[k] += measured_s * measured_s
+        moments[k + 1] += 1.0
 
     def max_prefill_tokens(
         self, features_base: StepFeatures, ctx_before: int, budget_s: float, max_tokens: int
