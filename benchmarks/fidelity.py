@@ -2,24 +2,27 @@
 
 At each rate, the first `rate x --duration-s` requests of the Azure conversation trace
 (time-scaled to the rate, lengths x0.125 as `serve_slo.py` has them, SLO mix 3:5:2) are written
-to a JSON-lines workload file, read back, and that one request list is replayed twice:
+to a JSON-lines workload file, read back, and that one request list is replayed:
 
 - live: open loop through the OpenAI API (`hyperflexis bench`'s client, prompts of exactly the
   listed token counts) against `hyperflexis serve` on this CPU, the default tiny model, two
-  instances, one torch thread each, the hyperflexis policy and dispatcher;
-- simulated: `hyperflexis simulate`'s engine on two instances with the live instances' own KV
-  block count, stepping at the profile the server was started with (fitted here first with
-  `hyperflexis profile --quick`, as `serve` does when it has none), scaled by the mean
-  measured/predicted step time the live instances saw during that rate's run (what their online
-  corrections plan with), with lognormal step noise of the CV they saw (`--step-noise`).
+  instances, one torch thread each, the hyperflexis policy and dispatcher, on the profile given
+  (default: fitted here first with `hyperflexis profile --quick`, as `serve` fits a missing one);
+  the classes are the defaults calibrated to the machine as `serve_slo.py` does them;
+- simulated: twins of that deployment (two instances with the live instances' own KV block
+  count) that plan with the profile times the live instances' mean online correction over the
+  rate (what their schedulers planned with) and charge each step what the live instances
+  measured over the same rate (`TWINS`: the pooled or per-kind mean ratio and CV from their
+  `step_ratio_moments`, or the model refitted on their steps from `step_fit_moments`, plus the
+  response path latency the lightest rate shows).
 
 Both runs' per-request records (written beside the results) are summarised by the same code
 (`hyperflexis report`'s recomputation) and compared by `hyperflexis.bench.fidelity`: per class,
 attainment (target: within 3 points at every rate) and p50 / p90 of TTFT and TPOT (target:
 within 10%, goal 5%, at the rates where the live run attains >= 90%).
 
-    .venv/bin/python benchmarks/fidelity.py [--rates 16,32,40,48,56] [--duration-s 60]
-        [--class-scale S] [--profile PATH] [--out-dir /tmp/hf-fidelity]
+    .venv/bin/python benchmarks/fidelity.py [--rates 1,2,4,6,8] [--duration-s 60]
+        [--class-scale S] [--profile PATH] [--out-dir /tmp/hf-fidelity] [--twins-only]
 """
 
 from __future__ import annotations
@@ -338,7 +341,11 @@ def _parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--trace", type=Path, default=DEFAULT_TRACE)
     parser.add_argument(
-        "--rates", type=lambda s: [float(x) for x in s.split(",")], default=[16, 32, 40, 48, 56]
+        "--rates",
+        type=lambda s: [float(x) for x in s.split(",")],
+        default=[1, 2, 4, 6, 8],
+        help="requests/s (the knee, calibrated classes: ~5 at load average 10-16 on 2 cores, "
+        "40-48 on a quiet machine: docs/results.md)",
     )
     parser.add_argument("--duration-s", type=float, default=60.0, help="seconds of arrivals")
     parser.add_argument("--slo-mix", default="interactive:3,standard:5,batch:2")
