@@ -21,6 +21,8 @@ import httpx
 import openai
 import pytest
 
+from hyperflexis.bench.server_info import correction_factor, instance_rows
+from hyperflexis.perf.online import FIT_MOMENTS
 from tests.server.live import (
     LiveServer,
     read_until,
@@ -478,7 +480,13 @@ def test_debug_instances_show_each_kind_of_steps_ratio_moments(server: LiveServe
     after = steps()  # the prompt's step, then one decode-only step per further token
     assert after["prefill"] >= before["prefill"] + 1
     assert after["decode"] >= before["decode"] + 4
-    for row in server.instances():
+    rows = instance_rows(server.url, API_KEY)  # what benchmarks read, the same rows
+    assert {row["instance_id"] for row in rows} == {
+        row["instance_id"] for row in server.instances()
+    }
+    assert correction_factor(server.url, API_KEY) is not None
+    for row in rows:
+        assert len(row["step_fit_moments"]) in (0, FIT_MOMENTS)
         for count, total, total_sq in row["step_ratio_moments"].values():
             assert total > 0 and total_sq > 0 if count else total == total_sq == 0
 

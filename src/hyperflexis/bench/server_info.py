@@ -40,13 +40,9 @@ def correction_factor(
 ) -> float | None:
     """A HyperFlexis server's measured/predicted step time, the mean of its live instances'
     online corrections (`GET /debug/instances`); None when no live instance has one."""
-    response = httpx.get(
-        f"{_root(base_url)}/debug/instances", headers=_auth(api_key), timeout=timeout_s
-    )
-    response.raise_for_status()
     factors = [
         float(row["correction_factor"])
-        for row in response.json()
+        for row in instance_rows(base_url, api_key, timeout_s)
         if row.get("alive") and row.get("correction_factor") is not None
     ]
     return sum(factors) / len(factors) if factors else None
