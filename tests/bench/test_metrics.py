@@ -321,3 +321,29 @@ def test_a_stall_that_catches_up_meets_mean_tpot_but_not_per_token_deadlines() -
     summary = summarize([record], duration_s=1.0)
     assert (summary["attainment"], summary["attainment_per_token"]) == (1.0, 0.0)
     assert (summary["goodput_rps"], summary["goodput_per_token_rps"]) == (1.0, 0.0)
+
+
+def test_a_record_delivered_later_moves_every_output_and_keeps_the_tpot() -> None:
+    from hyperflexis.bench.metrics import delivered_after
+
+    record = RequestRecord(
+        request_id="r",
+        slo_class="standard",
+        priority=1,
+        ttft_slo_s=0.5,
+        tpot_slo_s=0.1,
+        arrival_s=1.0,
+        first_token_s=1.45,
+        finish_s=2.4,
+        num_prompt_tokens=8,
+        num_output_tokens=11,
+        status="completed",
+        max_token_lateness_s=-0.04,
+    )
+    later = delivered_after(record, 0.1)
+    assert later.ttft_s == pytest.approx(0.55) and later.tpot_s == pytest.approx(record.tpot_s)
+    assert later.e2e_s == pytest.approx(1.5) and later.max_token_lateness_s == pytest.approx(0.06)
+    assert record.attained and not later.attained and not later.attained_per_token
+    assert delivered_after(record, 0.0) is record
+    with pytest.raises(ValueError, match="response latency"):
+        delivered_after(record, -1e-3)

@@ -62,3 +62,20 @@ def test_clamped_and_outliers_bounded() -> None:
 def test_invalid_arguments(kwargs: dict[str, float], field: str) -> None:
     with pytest.raises(ValueError, match=field):
         OnlineCorrection(INNER, **kwargs)
+
+
+def test_keeps_the_moments_of_every_raw_ratio_clamped_ones_included() -> None:
+    corrected = OnlineCorrection(INNER, max_factor=2.0)
+    features = StepFeatures.of(decodes=[10])
+    predicted = INNER.predict(features)
+    for ratio in (0.5, 1.5, 5.0):  # 5.0 is clamped for the factor, not for the moments
+        corrected.observe(features, ratio * predicted)
+    corrected.observe(features, math.nan)  # ignored: no ratio
+    corrected.observe(
+        StepFeatures.of([(64, 0)], [10]), 2 * INNER.predict(StepFeatures.of([(64, 0)], [10]))
+    )
+    count, total, total_sq = corrected.ratio_moments["decode"]
+    assert corrected.ratio_moments["prefill"] == pytest.approx((1, 2.0, 4.0))
+    assert count == 3
+    assert total == pytest.approx(7.0)
+    assert total_sq == pytest.approx(0.25 + 2.25 + 25.0)

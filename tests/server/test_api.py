@@ -21,6 +21,8 @@ import httpx
 import openai
 import pytest
 
+from hyperflexis.bench.server_info import correction_factor, instance_rows
+from hyperflexis.perf.online import FIT_MOMENTS
 from tests.server.live import (
     LiveServer,
     read_until,
@@ -463,6 +465,30 @@ def test_instance_seconds_and_cost_per_pool(server: LiveServer) -> None:
     assert usd_2 == pytest.approx(seconds_2 * 3.6 / 3600)  # every pool's cost is the mixed one's
     assert usd_2 > usd_1
     assert server.metric(seconds, role="prefill") == server.metric(seconds, role="decode") == 0
+
+
+def test_debug_instances_show_each_kind_of_steps_ratio_moments(server: LiveServer) -> None:
+    def steps() -> dict[str, int]:
+        rows = server.instances()
+        return {
+            k: sum(int(r["step_ratio_moments"].get(k, [0])[0]) for r in rows)
+            for k in ("prefill", "decode")
+        }
+
+    before = steps()  # an instance that never stepped has reported none yet
+    _post(server, COMPLETIONS, {"prompt": "hi", "max_tokens": 6, "ignore_eos": True})
+    after = steps()  # the prompt's step, then one decode-only step per further token
+    assert after["prefill"] >= before["prefill"] + 1
+    assert after["decode"] >= before["decode"] + 4
+    rows = instance_rows(server.url, API_KEY)  # what benchmarks read, the same rows
+    assert {row["instance_id"] for row in rows} == {
+        row["instance_id"] for row in server.instances()
+    }
+    assert correction_factor(server.url, API_KEY) is not None
+    for row in rows:
+        assert len(row["step_fit_moments"]) in (0, FIT_MOMENTS)
+        for count, total, total_sq in row["step_ratio_moments"].values():
+            assert total > 0 and total_sq > 0 if count else total == total_sq == 0
 
 
 def test_debug_needs_the_key_and_shows_no_pids(server: LiveServer) -> None:

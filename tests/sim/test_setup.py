@@ -37,11 +37,21 @@ def test_echo_keeps_its_keys_and_values() -> None:
         "late_age_factor": 0.0,
         "memory_fraction": 0.9,
         "block_size": 16,
+        "num_kv_blocks": None,
         "fast_forward": True,
         "step_noise_cv": 0.0,
         "profile_error": 0.0,
         "noise_seed": 0,
+        "decode_step_noise_cv": None,
+        "decode_profile_error": None,
+        "response_latency_s": 0.0,
+        "charge_profile_path": None,
     }
+
+
+def test_a_setup_may_fix_the_instances_kv_blocks_as_a_live_instance_has_them() -> None:
+    assert build_parts(SimSetup(), workload(5)).num_kv_blocks > 10_000  # an H100's
+    assert build_parts(SimSetup(num_kv_blocks=512), workload(5)).num_kv_blocks == 512
 
 
 def test_the_instances_get_the_setups_scheduler_config() -> None:

@@ -9,6 +9,8 @@ import statistics
 import pytest
 
 from hyperflexis.cluster import make_dispatcher
+from hyperflexis.perf.base import StepFeatures
+from hyperflexis.perf.profiled import ProfiledCostModel
 from hyperflexis.scheduler import SchedulerConfig
 from hyperflexis.sim import ClusterSimulator, Deployment, SimResult, SimSetup
 from hyperflexis.sim.step_noise import StepNoise
@@ -24,6 +26,7 @@ def _run(
     policy: str = "hyperflexis",
     deployment: Deployment | None = None,
     fast_forward: bool = True,
+    response_latency_s: float = 0.0,
 ) -> SimResult:
     config = SchedulerConfig(max_num_batched_tokens=512)
     dispatcher = make_dispatcher("hyperflexis", COST_MODEL, config, False)
@@ -42,6 +45,7 @@ def _run(
         record_steps=True,
         **extra,  # type: ignore[arg-type]
     )
+    simulator.response_latency_s = response_latency_s
     result = simulator.run(load)
     assert all(n == 0 for n in result.kv_blocks_in_use.values())
     return result
@@ -95,11 +99,36 @@ def test_zero_noise_is_todays_simulator_exactly() -> None:
 )
 def test_fast_forward_charges_noisy_steps_as_stepping_one_by_one(deployment: Deployment) -> None:
     load = workload(60, rate_rps=20.0)
-    noise = StepNoise(cv=0.4, bias=0.1, seed=3)
+    noise = StepNoise(cv=0.4, bias=0.1, seed=3, decode_cv=0.2, decode_bias=0.5)
     fast = _run(noise, load, deployment=deployment)
     slow = _run(noise, load, deployment=deployment, fast_forward=False)
     assert fast.num_fast_forward_steps > 0
     assert fast.records == slow.records and fast.step_logs == slow.step_logs
+
+
+def test_decode_only_steps_take_their_own_factor_from_the_same_draws() -> None:
+    both = StepNoise(cv=0.3, bias=0.1, seed=4, decode_cv=0.3, decode_bias=0.6)
+    same = StepNoise(cv=0.3, bias=0.1, seed=4)
+    a, b = both.for_instance("i"), same.for_instance("i")
+    assert a is not None and b is not None
+    for k in range(50):
+        assert a.factor(k) == b.factor(k)  # steps with prefill: as without the override
+        assert a.factor(k, decode_only=True) == pytest.approx(b.factor(k) * 1.6 / 1.1)
+    only_decode = StepNoise(decode_bias=1.0).for_instance("i")  # not exact: decodes are off
+    assert only_decode is not None
+    decode_step = StepFeatures(num_decodes=3, decode_ctx_tokens=300)
+    assert only_decode.charge(0, 2.0) == 2.0 and only_decode.charge(0, 2.0, decode_step) == 4.0
+    with pytest.raises(ValueError, match="invalid"):
+        SimSetup(decode_step_noise_cv=-1.0)
+
+
+def test_a_decode_bias_stretches_only_the_decode_only_steps() -> None:
+    alone = [RequestSpec("r0", 0.0, 300, 40, "batch")]  # one prefill step, then decodes
+    exact = _run(None, alone, policy="fcfs").records[0]
+    slow = _run(StepNoise(decode_bias=1.0), alone, policy="fcfs").records[0]
+    assert exact.ttft_s is not None and exact.e2e_s is not None and slow.e2e_s is not None
+    assert slow.ttft_s == pytest.approx(exact.ttft_s, rel=1e-12)
+    assert slow.e2e_s - slow.ttft_s == pytest.approx(2 * (exact.e2e_s - exact.ttft_s), rel=1e-9)
 
 
 def test_a_profile_bias_stretches_every_step_by_its_factor() -> None:
@@ -109,3 +138,38 @@ def test_a_profile_bias_stretches_every_step_by_its_factor() -> None:
     assert exact.e2e_s is not None and exact.ttft_s is not None
     assert slow.e2e_s == pytest.approx(1.5 * exact.e2e_s, rel=1e-12)
     assert slow.ttft_s == pytest.approx(1.5 * exact.ttft_s, rel=1e-12)
+
+
+def test_a_response_latency_delays_what_the_client_sees_and_no_decision() -> None:
+    load = workload(60, rate_rps=20.0)
+    noise = StepNoise(cv=0.3, seed=2)
+    engine_side = _run(noise, load)
+    client_side = _run(noise, load, response_latency_s=0.025)
+    assert client_side.step_logs == engine_side.step_logs  # the same steps, at the same times
+    pairs = zip(engine_side.records, client_side.records, strict=True)
+    for engine, client in pairs:
+        assert client.request_id == engine.request_id and client.status == engine.status
+        if engine.ttft_s is not None and client.ttft_s is not None:
+            assert client.ttft_s == pytest.approx(engine.ttft_s + 0.025, abs=1e-12)
+            assert client.tpot_s == pytest.approx(engine.tpot_s, abs=1e-12)
+        if engine.max_token_lateness_s is not None:
+            assert client.max_token_lateness_s == pytest.approx(
+                engine.max_token_lateness_s + 0.025, abs=1e-12
+            )
+    with pytest.raises(ValueError, match="response latency"):
+        SimSetup(response_latency_s=-0.1)
+
+
+def test_steps_may_follow_a_true_model_while_the_schedulers_plan_with_theirs() -> None:
+    truth = ProfiledCostModel((2e-3, 1e-5, 0.0, 1e-3, 0.0))
+    times = StepNoise(truth=truth).for_instance("i")  # no noise, but not the prediction
+    assert times is not None
+    step = StepFeatures(num_decodes=4, decode_ctx_tokens=400)
+    assert times.charge(0, 1.0, step) == pytest.approx(truth.predict(step))
+    load = workload(60, rate_rps=20.0)
+    noise = StepNoise(cv=0.2, seed=5, truth=truth)
+    fast = _run(noise, load)
+    slow = _run(noise, load, fast_forward=False)
+    assert fast.num_fast_forward_steps > 0
+    assert fast.records == slow.records and fast.step_logs == slow.step_logs
+    assert fast.records != _run(StepNoise(cv=0.2, seed=5), load).records

@@ -57,6 +57,8 @@ class InstanceHandle:
     num_preemptions: int = 0  # latest totals the instance reported
     num_rejections: int = 0
     correction_factor: float = 1.0
+    step_ratio_moments: dict[str, tuple[int, float, float]] = field(default_factory=dict)
+    step_fit_moments: list[float] = field(default_factory=list)
     num_dispatched: int = 0  # requests the server sent it
     last_heard_s: float = field(default_factory=time.monotonic)  # its latest message, monotonic
     num_restarts: int = 0  # how many processes ran under this id before this one
@@ -266,6 +268,8 @@ class InstancePool:
                     handle.num_preemptions = message.num_preemptions
                     handle.num_rejections = message.num_rejections
                     handle.correction_factor = message.correction_factor
+                    handle.step_ratio_moments = message.step_ratio_moments
+                    handle.step_fit_moments = message.step_fit_moments
                     on_report(handle, message)
                 elif isinstance(message, InstanceFailed):
                     raise EOFError(message.message)

@@ -209,6 +209,10 @@ class StepReport:
     num_rejections: int = 0  # late requests its scheduler rejected, since it started
     step_execute_s: float = 0.0  # the model runner's time in this step; 0 when none ran
     correction_factor: float = 1.0  # the instance latency model's measured/predicted ratio
+    # Per kind of step, every step's measured/predicted ratio since the start: (count, sum, sum
+    # of squares) (`perf.online.OnlineCorrection.ratio_moments`).
+    step_ratio_moments: dict[str, tuple[int, float, float]] = field(default_factory=dict)
+    step_fit_moments: list[float] = field(default_factory=list)  # `OnlineCorrection.fit_moments`
     kv_ready: list[KVReady] = field(default_factory=list)  # prefills handed to the controller
     handoffs: list[HandoffDone] = field(default_factory=list)  # pulls that ended this step
     leases_expired: list[str] = field(default_factory=list)  # requests whose pinned KV was freed

@@ -293,7 +293,7 @@ class InstanceLoop:
         )
 
     def _publish(self, deltas: list[OutputDelta], stepped: bool, expired: list[str]) -> bool:
-        scheduler = self.engine.scheduler
+        scheduler, model = self.engine.scheduler, self.cost_model
         report = StepReport(
             instance_id=self.instance_id,
             snapshot=take_snapshot(self.instance_id, scheduler, time.monotonic()),
@@ -301,7 +301,9 @@ class InstanceLoop:
             num_preemptions=scheduler.num_preemptions,
             num_rejections=scheduler.num_rejections,
             step_execute_s=self.engine.last_step.execute_s if stepped else 0.0,
-            correction_factor=1.0 if self.cost_model is None else self.cost_model.factor,
+            correction_factor=1.0 if model is None else model.factor,
+            step_ratio_moments={} if model is None else dict(model.ratio_moments),
+            step_fit_moments=[] if model is None else list(model.fit_moments),
             kv_ready=self._kv_ready,
             handoffs=self._handoffs,
             leases_expired=expired,

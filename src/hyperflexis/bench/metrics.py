@@ -11,11 +11,12 @@ JSON byte for byte, in whatever order the records came.
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, overload
 
 import numpy as np
 
@@ -164,6 +165,33 @@ def record_from_request(request: Request) -> RequestRecord:
         max_itl_s=request.max_itl_s,
         max_token_lateness_s=request.max_token_lateness_s,
         finish_reason=reason.value,
+    )
+
+
+@overload
+def delivered_after(record: RequestRecord, latency_s: float) -> RequestRecord: ...
+@overload
+def delivered_after(record: None, latency_s: float) -> None: ...
+
+
+def delivered_after(record: RequestRecord | None, latency_s: float) -> RequestRecord | None:
+    """The record as a client sees it when every output (each token, the end) reaches it
+    `latency_s` after the engine made it: the response path outside the engine (the server
+    relaying the step, the stream, the network, the OS waking each process on the way).
+    None (only checks `latency_s`) gives None."""
+    if not (_finite(latency_s) and latency_s >= 0):
+        raise ValueError(f"invalid response latency {latency_s!r}: expected a finite number >= 0")
+    if record is None or latency_s == 0:
+        return record
+
+    def later(value: float | None) -> float | None:
+        return None if value is None else value + latency_s
+
+    return dataclasses.replace(
+        record,
+        first_token_s=later(record.first_token_s),
+        finish_s=later(record.finish_s),
+        max_token_lateness_s=later(record.max_token_lateness_s),
     )
 
 

@@ -1,7 +1,7 @@
 """What a benchmark asks a server about itself: the model it serves (OpenAI's `/v1/models`) and,
 from a HyperFlexis server, its own per-request overhead (`/debug/stats`), how much slower than
-their profile its instances run (`/debug/instances`), and what its instances have cost so far
-with the scaling events behind it (`/metrics`, `/debug/scaling`)."""
+their profile its instances run and how their step times spread (`/debug/instances`), and what
+its instances have cost so far with the scaling events behind it (`/metrics`, `/debug/scaling`)."""
 
 from __future__ import annotations
 
@@ -52,16 +52,28 @@ def correction_factor(
 ) -> float | None:
     """A HyperFlexis server's measured/predicted step time, the mean of its live instances'
     online corrections (`GET /debug/instances`); None when no live instance has one."""
+    factors = [
+        float(row["correction_factor"])
+        for row in instance_rows(base_url, api_key, timeout_s)
+        if row.get("alive") and row.get("correction_factor") is not None
+    ]
+    return sum(factors) / len(factors) if factors else None
+
+
+def instance_rows(
+    base_url: str, api_key: str | None = None, timeout_s: float = 10.0
+) -> list[dict[str, Any]]:
+    """A HyperFlexis server's `GET /debug/instances` rows: per instance its id, state, KV
+    blocks (`num_blocks`), online correction and `step_ratio_moments` (count, sum and sum of
+    squares of every step's measured/predicted time since it started)."""
     response = httpx.get(
         f"{_root(base_url)}/debug/instances", headers=_auth(api_key), timeout=timeout_s
     )
     response.raise_for_status()
-    factors = [
-        float(row["correction_factor"])
-        for row in response.json()
-        if row.get("alive") and row.get("correction_factor") is not None
-    ]
-    return sum(factors) / len(factors) if factors else None
+    rows = response.json()
+    if not isinstance(rows, list):
+        raise ValueError(f"{base_url}/debug/instances is not a list")
+    return rows
 
 
 @dataclass(frozen=True, slots=True)

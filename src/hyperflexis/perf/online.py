@@ -10,6 +10,11 @@ import math
 
 from hyperflexis.perf.base import StepCostModel, StepFeatures, max_prefill_tokens
 from hyperflexis.perf.chunks import refine_chunk
+from hyperflexis.perf.profiled import NUM_COEFFICIENTS, feature_vector
+
+RatioMoments = tuple[int, float, float]  # (count, sum, sum of squares) of step-time ratios
+STEP_KINDS = ("prefill", "decode")  # steps with prefill tokens; decode-only steps
+FIT_MOMENTS = NUM_COEFFICIENTS * NUM_COEFFICIENTS + NUM_COEFFICIENTS + 2
 
 
 class OnlineCorrection:
@@ -17,7 +22,16 @@ class OnlineCorrection:
     weighted mean of measured/predicted ratios, clamped to [min_factor, max_factor] (each ratio is
     clamped too, so one stalled step cannot swing it). Monotone if the wrapped model is."""
 
-    __slots__ = ("_factor", "alpha", "max_factor", "min_factor", "model", "num_observations")
+    __slots__ = (
+        "_factor",
+        "alpha",
+        "fit_moments",
+        "max_factor",
+        "min_factor",
+        "model",
+        "num_observations",
+        "ratio_moments",
+    )
 
     def __init__(
         self,
@@ -37,6 +51,14 @@ class OnlineCorrection:
         self.min_factor = min_factor
         self.max_factor = max_factor
         self.num_observations = 0  # measurements used so far
+        # Per kind of step (`STEP_KINDS`), of every observed measured/predicted ratio,
+        # unclamped: (count, sum, sum of squares), cumulative, so a reader takes a window's mean
+        # and spread from two readings.
+        self.ratio_moments: dict[str, RatioMoments] = dict.fromkeys(STEP_KINDS, (0, 0.0, 0.0))
+        # The normal equations of the linear model's least squares over every observed step
+        # (x = `feature_vector`, y = measured: sum of x x^T row by row, sum of x y, sum of y^2,
+        # count), cumulative: two readings refit the model on a window's own steps.
+        self.fit_moments = [0.0] * FIT_MOMENTS
         self._factor = 1.0
 
     def __repr__(self) -> str:
@@ -58,10 +80,28 @@ class OnlineCorrection:
         predicted_s = self.model.predict(features)
         if not (math.isfinite(predicted_s) and predicted_s > 0):
             return
-        ratio = min(max(measured_s / predicted_s, self.min_factor), self.max_factor)
+        raw = measured_s / predicted_s
+        kind = "prefill" if features.num_prefill_tokens else "decode"
+        count, total, total_sq = self.ratio_moments[kind]
+        self.ratio_moments[kind] = (count + 1, total + raw, total_sq + raw * raw)
+        self._fold_fit(features, measured_s)
+        ratio = min(max(raw, self.min_factor), self.max_factor)
         factor = (1 - self.alpha) * self._factor + self.alpha * ratio
         self._factor = min(max(factor, self.min_factor), self.max_factor)
         self.num_observations += 1
+
+    def _fold_fit(self, features: StepFeatures, measured_s: float) -> None:
+        row = feature_vector(features)
+        moments, k = self.fit_moments, 0
+        for a in row:
+            for b in row:
+                moments[k] += a * b
+                k += 1
+        for a in row:
+            moments[k] += a * measured_s
+            k += 1
+        moments[k] += measured_s * measured_s
+        moments[k + 1] += 1.0
 
     def max_prefill_tokens(
         self, features_base: StepFeatures, ctx_before: int, budget_s: float, max_tokens: int

@@ -147,6 +147,8 @@ def create_app(core: ServingCore, elastic: LiveScaler | None = None) -> FastAPI:
                     "num_preemptions": handle.num_preemptions,
                     "num_rejections": handle.num_rejections,
                     "correction_factor": handle.correction_factor,
+                    "step_ratio_moments": handle.step_ratio_moments,
+                    "step_fit_moments": handle.step_fit_moments,
                     **({} if handle.ready is None else handle.ready.start_info()),
                 }
             )

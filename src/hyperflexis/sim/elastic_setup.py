@@ -90,7 +90,7 @@ def make_elastic_simulator(
     scaler = make_scaler(scaling.scaler, context, _scaler_config(scaling))
     roles: tuple[Role, ...] = ("prefill", "decode") if deployment.is_disaggregated else ("mixed",)
     limits = PoolLimits(scaling.min_instances, scaling.max_instances)
-    return ElasticSimulator(
+    simulator = ElasticSimulator(
         deployment,
         setup.policy,
         config,
@@ -110,6 +110,8 @@ def make_elastic_simulator(
         record_steps=record_steps,
         step_noise=setup.step_noise,
     )
+    simulator.cluster.response_latency_s = setup.response_latency_s
+    return simulator
 
 
 def _scaler_config(scaling: ScalingSetup) -> Any:

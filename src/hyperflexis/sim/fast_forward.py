@@ -122,12 +122,12 @@ def plan_window(
     cost_model: StepCostModel,
     now: float,
     max_steps: int | None = None,
-    charge: Callable[[int, float], float] | None = None,
+    charge: Callable[[int, StepFeatures, float], float] | None = None,
 ) -> DecodeWindow | None:
     """The decode-only steps `scheduler` would run from `now` until the first request finishes
-    or the policy would do something else; None when that is no step at all. `charge(m, s)` is
-    the time the window's step m takes when predicted `s` (step noise); None: `s`. Where the
-    window stops is decided on predictions, as the policy decides."""
+    or the policy would do something else; None when that is no step at all. `charge(m, f, s)`
+    is the time the window's step m (features f) takes when predicted `s` (step noise); None:
+    `s`. Where the window stops is decided on predictions, as the policy decides."""
     if scheduler.waiting or not scheduler.running:
         return None
     requests = list(scheduler.running)
@@ -171,7 +171,7 @@ def plan_window(
         if step_s > step_cap_s:
             break  # the policy would preempt (hyperflexis: to keep the TPOT gap bound)
         free -= need
-        end_s = end_s + (step_s if charge is None else charge(m, step_s))
+        end_s = end_s + (step_s if charge is None else charge(m, features, step_s))
         ends.append(end_s)
     if not ends:
         return None

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 from hyperflexis.cluster.snapshot import LoadSnapshot, take_snapshot
 from hyperflexis.core.request import FinishReason, Request
-from hyperflexis.perf.base import StepCostModel
+from hyperflexis.perf.base import StepCostModel, StepFeatures
 from hyperflexis.scheduler.base import Scheduler
 from hyperflexis.scheduler.config import Role, SchedulerConfig
 from hyperflexis.scheduler.kv_blocks import KVBlockManager
@@ -143,18 +143,20 @@ class SimInstance:
             )
         self.step = output
         self.generation += 1
-        step_s = self.cost_model.predict(output.features())
+        features = output.features()
+        step_s = self.cost_model.predict(features)
         if self.step_times is not None:
-            step_s = self.step_times.charge(self.num_steps, step_s)
+            step_s = self.step_times.charge(self.num_steps, step_s, features)
         return now + step_s, []
 
-    def _window_charge(self) -> Callable[[int, float], float] | None:
-        """A fast-forward window's step m is the instance's step `num_steps + m`."""
+    def _window_charge(self) -> Callable[[int, StepFeatures, float], float] | None:
+        """A fast-forward window's step m is the instance's step `num_steps + m` (decode-only,
+        as every step of a window is)."""
         times = self.step_times
         if times is None:
             return None
         first = self.num_steps
-        return lambda m, step_s: times.charge(first + m, step_s)
+        return lambda m, features, step_s: times.charge(first + m, step_s, features)
 
     def finish_step(self, now: float) -> list[Request]:
         """The regular step in flight ends at `now`: record its tokens. Returns the requests

@@ -8,6 +8,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
+from hyperflexis.bench.metrics import delivered_after
 from hyperflexis.bench.records import simulated_row
 from hyperflexis.cluster import Dispatcher, make_dispatcher
 from hyperflexis.cluster.dispatch_hyperflexis import HyperFlexisDispatcher
@@ -55,6 +56,9 @@ class SimSetup:
     scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
     memory_fraction: float = 0.9  # of HBM for weights + KV, as vLLM's gpu_memory_utilization
     block_size: int = 16  # tokens per KV block
+    # KV blocks per instance; None: what `memory_fraction` of the hardware holds (a live
+    # instance's own count, for a simulated twin of it).
+    num_kv_blocks: int | None = None
     fast_forward: bool = True  # advance decode-only stretches in one go (same results)
     # Steps that vary (`sim.step_noise`): each step charged its prediction x (1 + profile_error)
     # x lognormal noise of this CV, seeded by `noise_seed`; the schedulers plan with the
@@ -62,9 +66,19 @@ class SimSetup:
     step_noise_cv: float = 0.0
     profile_error: float = 0.0
     noise_seed: int = 0
+    # Decode-only steps' own CV and profile error (None: the above; `sim.step_noise`).
+    decode_step_noise_cv: float | None = None
+    decode_profile_error: float | None = None
+    # How much later than the engine made them a request's tokens reach its client (the
+    # response path outside the engine; `bench.metrics.delivered_after`). No decision sees it.
+    response_latency_s: float = 0.0
+    # A `hyperflexis profile`-format JSON whose model every step's time follows (times the noise
+    # above) while the schedulers plan with `profile_path`'s; None: the planning model's.
+    charge_profile_path: str | None = None
 
     def __post_init__(self) -> None:
-        StepNoise(self.step_noise_cv, self.profile_error, self.noise_seed)  # checks them
+        self.step_noise  # noqa: B018 (checks them)
+        delivered_after(None, self.response_latency_s)  # checks it
         if self.scheduler.role != "mixed":
             raise ValueError(
                 f"invalid 'scheduler.role' {self.scheduler.role!r}: the deployment sets each "
@@ -73,7 +87,17 @@ class SimSetup:
 
     @property
     def step_noise(self) -> StepNoise:
-        return StepNoise(self.step_noise_cv, self.profile_error, self.noise_seed)
+        truth = None
+        if self.charge_profile_path is not None:
+            truth = make_cost_model("profiled", path=self.charge_profile_path)
+        return StepNoise(
+            self.step_noise_cv,
+            self.profile_error,
+            self.noise_seed,
+            self.decode_step_noise_cv,
+            self.decode_profile_error,
+            truth,
+        )
 
     @property
     def dispatcher_name(self) -> str:
@@ -94,10 +118,15 @@ class SimSetup:
             **self.scheduler.knob_values(),
             "memory_fraction": self.memory_fraction,
             "block_size": self.block_size,
+            "num_kv_blocks": self.num_kv_blocks,
             "fast_forward": self.fast_forward,
             "step_noise_cv": self.step_noise_cv,
             "profile_error": self.profile_error,
             "noise_seed": self.noise_seed,
+            "decode_step_noise_cv": self.decode_step_noise_cv,
+            "decode_profile_error": self.decode_profile_error,
+            "response_latency_s": self.response_latency_s,
+            "charge_profile_path": self.charge_profile_path,
         }
 
 
@@ -134,7 +163,9 @@ def build_parts(setup: SimSetup, workload: Workload) -> SimParts:
     model = model_spec(setup.model)
     policy_class(setup.policy)  # fail on an unknown policy before anything else is built
     cost_model = cost_model_for(setup)
-    num_kv_blocks = kv_cache_tokens(hardware, model, setup.memory_fraction) // setup.block_size
+    num_kv_blocks = setup.num_kv_blocks
+    if num_kv_blocks is None:
+        num_kv_blocks = kv_cache_tokens(hardware, model, setup.memory_fraction) // setup.block_size
     if num_kv_blocks < 1:
         raise ValueError(f"model {model.name!r} does not fit on {hardware.name!r}")
     budget = setup.scheduler.max_num_batched_tokens
@@ -159,7 +190,7 @@ def make_simulator(
 ) -> ClusterSimulator:
     """The simulator of `setup`, sized for `workload`. Unknown names raise ValueError."""
     parts = build_parts(setup, workload)
-    return ClusterSimulator(
+    simulator = ClusterSimulator(
         setup.deployment,
         setup.policy,
         parts.config,
@@ -173,6 +204,8 @@ def make_simulator(
         record_steps=record_steps,
         step_noise=setup.step_noise,
     )
+    simulator.response_latency_s = setup.response_latency_s
+    return simulator
 
 
 def simulate(

@@ -23,7 +23,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-from hyperflexis.bench.metrics import RequestRecord, record_from_request
+from hyperflexis.bench.metrics import RequestRecord, delivered_after, record_from_request
 from hyperflexis.cluster.controller import Controller
 from hyperflexis.cluster.controller_events import (
     Effect,
@@ -69,6 +69,9 @@ ProgressCallback = Callable[[int], None]  # called with the number of requests j
 
 class ClusterSimulator:
     """Simulates one run of a workload on a deployment; build a new one for each run."""
+
+    # Each record's `bench.metrics.delivered_after` (the response path; no decision sees it).
+    response_latency_s: float = 0.0
 
     def __init__(
         self,
@@ -378,7 +381,7 @@ class ClusterSimulator:
 
     def _record(self, request: Request, now: float) -> None:
         self.execute(self.controller.handle(now, RequestEnded(request.request_id)), now)
-        record = record_from_request(request)
+        record = delivered_after(record_from_request(request), self.response_latency_s)
         self._records.append(record)
         self.hooks.request_ended(record)
 
