@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -25,6 +26,10 @@ class ServerConfig:
     num_prefill: int = 0
     num_decode: int = 0
     kv_transport: str = "shm"  # P/D: the KV transport of every link (a transfer/ registry name)
+    backend: str = "local"  # what runs the instances (backends/registry.py): local or ray
+    ray_address: str | None = "auto"  # --backend ray: the cluster (auto: `ray start`'s here)
+    # --backend ray: custom resources per role or instance id, e.g. {"decode": {"node2": 1}}
+    ray_resources: Mapping[str, Mapping[str, float]] = field(default_factory=dict)
     link_policy: LinkPolicy = "all"  # P/D: which decode instances each prefill one hands to
     policy: str = "hyperflexis"  # instance scheduling policy
     dispatch: str = "hyperflexis"  # global dispatch policy
@@ -84,6 +89,10 @@ class ServerConfig:
             )
         if not self.kv_transport:
             raise ValueError("invalid 'kv_transport': must not be empty")
+        if self.backend not in ("local", "ray"):
+            raise ValueError(f"invalid 'backend' {self.backend!r}: known: local, ray")
+        if self.ray_resources and self.backend != "ray":
+            raise ValueError("invalid 'ray_resources': only with the ray backend")
         if self.scaler is not None:
             self._check_scaling()
         if not self.price_per_hour >= 0:

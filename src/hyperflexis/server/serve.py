@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING
 from hyperflexis.server.config import ServerConfig
 
 if TYPE_CHECKING:
+    from hyperflexis.backends.base import Backend
     from hyperflexis.perf import StepCostModel
     from hyperflexis.server.core import ServingCore
     from hyperflexis.server.elastic import LiveScaler
@@ -94,7 +95,7 @@ def serve(config: ServerConfig) -> int:
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
     previous = signal.signal(signal.SIGTERM, _raise_stop)
-    pool = InstancePool(specs)
+    pool = InstancePool(specs, _backend(config))
     try:
         pool.start(config.ready_timeout_s)
         core = ServingCore(
@@ -121,6 +122,22 @@ def serve(config: ServerConfig) -> int:
         pool.stop()
         signal.signal(signal.SIGTERM, previous)
     return 0
+
+
+def _backend(config: ServerConfig) -> Backend:
+    """`--backend`'s; ValueError (exit 2) for `ray` without Ray installed."""
+    from hyperflexis.backends.registry import RAY_MISSING, create_backend, ray_available
+
+    if config.backend != "ray":
+        return create_backend(config.backend)
+    if not ray_available():
+        raise ValueError(RAY_MISSING)
+    try:
+        return create_backend("ray", address=config.ray_address, placement=config.ray_resources)
+    except ConnectionError as exc:  # no cluster there
+        raise RuntimeError(
+            f"ray: cannot reach the cluster at {config.ray_address}: {exc}"
+        ) from None
 
 
 def _chat_template(value: str) -> str:
