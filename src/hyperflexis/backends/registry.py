@@ -34,8 +34,9 @@ def create_backend(name: str = DEFAULT_BACKEND, **options: Any) -> Backend:
     return backend
 
 
-def ray_available() -> bool:
-    """Whether Ray can be imported here (without importing it)."""
-    import importlib.util
-
-    return importlib.util.find_spec("ray") is not None
+def require_ray() -> None:
+    """Raise ValueError (the CLI's exit 2) with how to install Ray when it cannot be imported."""
+    try:
+        import ray  # noqa: F401
+    except ImportError as exc:
+        raise ValueError(f"{RAY_MISSING} ({exc})") from None

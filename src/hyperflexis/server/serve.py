@@ -49,6 +49,10 @@ def serve(config: ServerConfig) -> int:
     from hyperflexis.server.cost_model import SharedCorrection, load_or_profile
 
     policy_class(config.policy)  # unknown names fail before anything starts
+    if config.backend == "ray":
+        from hyperflexis.backends.registry import require_ray
+
+        require_ray()
     slo_classes = (
         SLOClasses.from_file(config.slo_classes_path)
         if config.slo_classes_path is not None
@@ -126,12 +130,10 @@ def serve(config: ServerConfig) -> int:
 
 def _backend(config: ServerConfig) -> Backend:
     """`--backend`'s; ValueError (exit 2) for `ray` without Ray installed."""
-    from hyperflexis.backends.registry import RAY_MISSING, create_backend, ray_available
+    from hyperflexis.backends.registry import create_backend
 
     if config.backend != "ray":
         return create_backend(config.backend)
-    if not ray_available():
-        raise ValueError(RAY_MISSING)
     try:
         return create_backend("ray", address=config.ray_address, placement=config.ray_resources)
     except ConnectionError as exc:  # no cluster there
