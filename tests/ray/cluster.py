@@ -58,7 +58,7 @@ def _env() -> dict[str, str]:
     return {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "RAY_ADDRESS": ADDRESS}
 
 
-def start_cluster(temp_dir: Path, cpus_per_node: int = 2) -> None:
+def start_cluster(temp_dir: Path, cpus_per_node: int = 4) -> None:
     """The head and the second node; raises RuntimeError (after stopping) when one fails."""
     common = ["--node-ip-address", "127.0.0.1", "--num-cpus", str(cpus_per_node)]
     common += ["--disable-usage-stats"]

@@ -135,5 +135,5 @@ def test_an_instance_ray_cannot_place_asks_the_autoscaler_and_stays_starting(
 
 
 def test_nothing_is_left_running(seen: dict[str, Any]) -> None:
-    assert seen["collocated"]["actors_left"] == []  # the server's stop ended every actor
+    assert seen["actors_left"] == []  # the server's stop ended every actor
     assert seen["leftover_pids"] == []  # ray stop ended the raylets, GCS and workers

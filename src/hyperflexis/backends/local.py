@@ -258,6 +258,8 @@ class InstancePool:
         retired ones included."""
         for handle in self.handles.values():
             self._detach(handle)
+            if not handle.connected.is_set():
+                handle.process.kill()  # never placed or never connected: nothing to ask
             handle.send(Shutdown())
             handle.send(None)  # ends the sender thread after the shutdown command
         every = [*self.handles.values(), *self.retired]
