@@ -20,7 +20,7 @@ from typing import Any
 
 import httpx
 
-from tests.ray.cluster import ADDRESS, start_cluster, stop_cluster
+from hyperflexis.bench.ray_cluster import ADDRESS, start_cluster, stop_cluster
 from tests.server.live import LiveServer, start_server, stop_server, wait_idle, wait_until
 
 PROMPTS = ["The children ran along the beach", "Every morning the fishermen", "A short history"]
@@ -78,7 +78,17 @@ def _metric(server: LiveServer, name: str) -> float:
 
 
 def _pd(work: Path, common: list[str]) -> dict[str, Any]:
-    args = [*common, "--backend", "ray", "--prefill", "1", "--decode", "1"]
+    args = [
+        *common,
+        "--backend",
+        "ray",
+        "--ray-address",
+        ADDRESS,
+        "--prefill",
+        "1",
+        "--decode",
+        "1",
+    ]
     args += ["--ray-resources", json.dumps(PLACEMENT)]
     with _server(work, "pd", args) as live:
         outputs = _outputs(live)
@@ -120,7 +130,8 @@ def _under_load(live: LiveServer, action: Any) -> tuple[list[str], Any]:
 
 def _collocated(work: Path, common: list[str], found: dict[str, Any]) -> None:
     """Into `found` as it goes (what came before a failure is kept)."""
-    args = [*common, "--backend", "ray", "--instances", "2", "--dispatch", "round-robin"]
+    args = [*common, "--backend", "ray", "--ray-address", ADDRESS, "--instances", "2"]
+    args += ["--dispatch", "round-robin"]
     args += ["--scaler", "static", "--min-instances", "1", "--max-instances", "4"]
     args += ["--control-interval", "0.2", "--ray-resources", json.dumps(PLACEMENT)]
     with _server(work, "collocated", args) as live, _driver():

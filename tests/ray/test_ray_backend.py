@@ -23,10 +23,10 @@ from typing import Any
 
 import pytest
 
-from tests.ray.cluster import in_loopback_namespace, leftover_pids, unshare_available
+from hyperflexis.bench.ray_cluster import in_loopback_namespace, leftover_pids, unshare_available
 from tests.ray.scenario import PROMPTS
 
-SCENARIO_TIMEOUT_S = 420.0  # about 60 s on two quiet cores, 125 s with five other loads
+SCENARIO_TIMEOUT_S = 420.0  # it took 125 s on two cores shared with five other loads
 ROOT = Path(__file__).resolve().parents[2]
 
 pytestmark = [
