@@ -24,8 +24,8 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import sys
 import statistics
+import sys
 import tempfile
 from pathlib import Path
 from typing import Any
