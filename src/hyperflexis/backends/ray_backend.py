@@ -19,6 +19,7 @@ from __future__ import annotations
 import itertools
 import logging
 import os
+import threading
 import time
 from collections.abc import Mapping
 from typing import Any
@@ -36,6 +37,7 @@ from hyperflexis.transfer.torch_dist import NODE_IP_ENV  # its node's address: l
 logger = logging.getLogger(__name__)
 
 NAMESPACE = "hyperflexis"  # the Ray namespace of the actors (named hf-<instance>-<n>)
+REAP_INTERVAL_S = 0.5  # how often ended actors are looked for (and freed)
 Placement = Mapping[str, Mapping[str, float]]  # role or instance id -> custom resources
 
 
@@ -139,6 +141,11 @@ class RayBackend(Backend):
         self._actor_class = ray.remote(InstanceActor)
         self._names = itertools.count()
         self._demand: dict[str, dict[str, float]] = {}  # actor name -> its bundle, while it runs
+        self._running: dict[str, RayProcess] = {}  # actor name -> process, until it ended
+        self._lock = threading.Lock()
+        self._closing = threading.Event()
+        self._reaper = threading.Thread(target=self._reap, name="hf-ray-reaper", daemon=True)
+        self._reaper.start()
 
     def resources_of(self, spec: InstanceSpec) -> dict[str, float]:
         """The bundle one instance needs: CPUs, a GPU on CUDA, its placement's resources."""
@@ -166,6 +173,8 @@ class RayBackend(Backend):
         address, authkey = self.listener.address, self.listener.authkey
         run = actor.run.remote(spec, address, authkey, token)  # type: ignore[attr-defined]
         process = RayProcess(actor, run, name)
+        with self._lock:
+            self._running[name] = process
         handle = InstanceHandle(spec, process, None, None)
         handle.start_sender()
 
@@ -186,6 +195,23 @@ class RayBackend(Backend):
         logger.warning("ray: %s needs %s, more than is free: asking the autoscaler", name, bundle)
         request_resources(bundles=list(self._demand.values()))
 
+    def _reap(self) -> None:
+        """Free each actor whose `run` ended (a retired instance returns from it and would
+        otherwise hold its resources until the server stops)."""
+        while not self._closing.wait(REAP_INTERVAL_S):
+            with self._lock:
+                running = list(self._running.values())
+            if not running:
+                continue
+            runs = [p.run for p in running]
+            done, _ = ray.wait(runs, num_returns=len(runs), timeout=0)
+            for process in (p for p in running if p.run in done):
+                process.join(0)
+                ray.kill(process.actor, no_restart=True)
+                with self._lock:
+                    self._running.pop(process.name, None)
+                    self._demand.pop(process.name, None)
+
     def cleanup(self, handle: InstanceHandle) -> None:
         """Free the actor's worker, and on this host its shared memory (an actor elsewhere
         sweeps its node's orphans when the next one starts there)."""
@@ -199,6 +225,8 @@ class RayBackend(Backend):
             unlink_dead_segments(process)
 
     def close(self) -> None:
+        self._closing.set()
+        self._reaper.join(5.0)
         self.listener.close()
         self._demand.clear()
         ray.shutdown()

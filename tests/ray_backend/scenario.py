@@ -1,10 +1,11 @@
-"""The Ray backend's live scenario, run by tests/ray/test_ray_backend.py inside a loopback-only
-network namespace (`python -m tests.ray.scenario MODEL PROFILE TEMP_DIR OUT.json`).
+"""The Ray backend's live scenario, run by tests/ray_backend/test_ray_backend.py inside a
+loopback-only network namespace (`python -m tests.ray_backend.scenario MODEL PROFILE TEMP OUT`).
 
-On a two-node cluster (`tests/ray/cluster.py`) it runs, in turn: a local-backend server (the
-reference outputs), a Ray P/D server with P on node1 and D on node2, and a Ray collocated server
-that is killed into, scaled out and in under load. It records what it saw as JSON for the test
-to assert; it asserts nothing itself, and it always stops its servers and its cluster.
+On a two-node cluster (`hyperflexis.bench.ray_cluster`) it runs a local-backend server (the
+reference outputs, while the cluster starts), then at once a Ray P/D server with P on node1 and D
+on node2 and a Ray collocated server that is killed into, scaled out and in under load. It
+records what it saw as JSON for the test to assert; it asserts nothing itself, and it always
+stops its servers and its cluster.
 """
 
 from __future__ import annotations

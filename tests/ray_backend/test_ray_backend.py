@@ -1,11 +1,11 @@
-"""`serve --backend ray` live, on a two-node Ray cluster on loopback (tests/ray/cluster.py):
+"""`serve --backend ray` live, on a two-node Ray cluster on loopback (tests/ray_backend/cluster.py):
 collocated and 1P+1D with P and D on different nodes give the local backend's outputs token for
 token (greedy, streaming and not) with every KV block free afterwards; a killed actor's requests
 complete elsewhere and it is replaced; a scale-out and a scale-in under load lose nothing; an
 instance Ray cannot place asks the autoscaler and stays starting; nothing is left running.
 
 The whole scenario runs once per module, in a child process inside a loopback-only network
-namespace (`tests/ray/scenario.py`), and records what it saw; the tests assert on that record.
+namespace (`tests/ray_backend/scenario.py`), and records what it saw; the tests assert on it.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from typing import Any
 import pytest
 
 from hyperflexis.bench.ray_cluster import in_loopback_namespace, leftover_pids, unshare_available
-from tests.ray.scenario import PROMPTS
+from tests.ray_backend.scenario import PROMPTS
 
 SCENARIO_TIMEOUT_S = 420.0  # it took 125 s on two cores shared with five other loads
 ROOT = Path(__file__).resolve().parents[2]
@@ -44,7 +44,7 @@ def seen(
     temp = Path(f"/tmp/hf-ray-{os.getpid()}")
     temp.mkdir()
     out = tmp_path_factory.mktemp("ray-scenario") / "seen.json"
-    argv = [sys.executable, "-m", "tests.ray.scenario"]
+    argv = [sys.executable, "-m", "tests.ray_backend.scenario"]
     argv += [str(server_model_dir), str(fixed_profile), str(temp), str(out)]
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "src"), str(ROOT)])}
     try:
