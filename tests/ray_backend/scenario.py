@@ -147,6 +147,8 @@ def _collocated(work: Path, common: list[str], found: dict[str, Any]) -> None:
         texts, status = _under_load(live, lambda: _scale(live, "scale_in", "instance-1"))
         found["scale_in"] = {"status": status, "texts": texts}
         wait_until(lambda: "instance-1" not in _rows(live), "instance-1 stopped", 60)
+        retired = lambda: not any("instance-1" in n for n in _actors_alive())  # noqa: E731
+        wait_until(retired, "instance-1's actor freed", 10)  # not held until the server stops
         found["unplaceable_status"] = _scale(live, "scale_out", "mixed-9")
         time.sleep(0.5)  # the backend asks the autoscaler when it creates the actor
         found["unplaceable"] = _rows(live)["mixed-9"]
