@@ -4,12 +4,13 @@ backend, and P/D with both instances on one Ray node against P and D on two node
 The Ray cluster is two nodes on loopback (`hyperflexis.bench.ray_cluster`: a head and a second
 `ray start` standing for another machine), so the script re-runs itself inside a loopback-only
 network namespace (`unshare -rn`). Each server runs alone, in turn, on the built-in tiny model
-with a fixed step profile: 2 collocated instances (local, then Ray with both on node1), then
-1P+1D on Ray (both on node1: the link is shm; then P on node1 and D on node2: torch-dist). Each
-gets the same closed-loop load (`--requests` requests, `--concurrency` in flight, fixed prompt
-and output lengths, ignore_eos) through the `hyperflexis bench` client, after a warm-up; the
-servers take turns `--repeats` times (every other round in reverse order) and each figure is the
-median over the rounds, since on a shared machine one run's figure follows the others' load.
+with a fixed step profile: 2 collocated instances (local; local with OMP_NUM_THREADS=1, as Ray
+sets it for its actors; Ray with both on node1), then 1P+1D on Ray (both on node1: the link is
+shm; then P on node1 and D on node2: torch-dist). Each gets the same closed-loop load
+(`--requests` requests, `--concurrency` in flight, fixed prompt and output lengths, ignore_eos)
+through the `hyperflexis bench` client, after a warm-up; the servers take turns `--repeats`
+times (every other round in reverse order) and each figure is the median over the rounds, since
+on a shared machine one run's figure follows the others' load.
 
 Printed: output-token throughput, p50/p99 TTFT and TPOT per server, and the ratios ray/local
 (targets: throughput >= 0.95, p50 TTFT <= 1.1) and across/one node (KV transfer time per request,
@@ -52,10 +53,14 @@ PD = ["--prefill", "1", "--decode", "1"]
 RAY = ["--backend", "ray", "--ray-address", ADDRESS]
 SERVERS: dict[str, list[str]] = {
     "local": COLLOCATED,
+    "local-omp1": COLLOCATED,  # as Ray runs its actors: OMP_NUM_THREADS=1 (see `ENV`)
     "ray": [*COLLOCATED, *RAY, "--ray-resources", json.dumps(ONE_NODE)],
     "ray-pd-one-node": [*PD, *RAY, "--ray-resources", json.dumps(ONE_NODE)],
     "ray-pd-two-nodes": [*PD, *RAY, "--ray-resources", json.dumps(TWO_NODES)],
 }
+
+
+ENV = {"local-omp1": {"OMP_NUM_THREADS": "1"}}  # what Ray sets for an actor with num_cpus=1
 
 
 def main() -> int:
@@ -120,7 +125,8 @@ def _measure(common: list[str], name: str, args: argparse.Namespace) -> dict[str
         RequestSpec(f"r{i:04d}", 0.0, args.prompt_len, args.output_len, "batch")
         for i in range(args.requests)
     )
-    with ServerProcess([*common, *SERVERS[name]], ready_timeout_s=300.0) as server:
+    env = {**os.environ, **ENV.get(name, {})}
+    with ServerProcess([*common, *SERVERS[name]], ready_timeout_s=300.0, env=env) as server:
         config = ClientConfig(
             server.url,
             served_model_id(server.url),
@@ -171,6 +177,9 @@ def _report(
         / local["throughput_tok_s"],
         "p50 TTFT ray/local (target <= 1.1)": ray["ttft_s"]["p50"] / local["ttft_s"]["p50"],
         "p50 TPOT ray/local": ray["tpot_s"]["p50"] / local["tpot_s"]["p50"],
+        "throughput ray/local-omp1": ray["throughput_tok_s"]
+        / results["local-omp1"]["throughput_tok_s"],
+        "p50 TTFT ray/local-omp1": ray["ttft_s"]["p50"] / results["local-omp1"]["ttft_s"]["p50"],
         "throughput P/D two nodes/one node": two["throughput_tok_s"] / one["throughput_tok_s"],
     }
     if one["kv_transfer_s_per_request"] and two["kv_transfer_s_per_request"]:

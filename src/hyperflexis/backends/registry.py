@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from hyperflexis.backends.base import Backend
@@ -21,7 +22,7 @@ def _ray(**options: Any) -> Backend:
     return RayBackend(**options)
 
 
-BACKENDS: Registry[Any] = Registry("backend")
+BACKENDS: Registry[Callable[..., Backend]] = Registry("backend")
 BACKENDS.add("local", LocalBackend)
 BACKENDS.add("ray", _ray)
 
@@ -29,9 +30,7 @@ BACKENDS.add("ray", _ray)
 def create_backend(name: str = DEFAULT_BACKEND, **options: Any) -> Backend:
     """The backend registered as `name`, made with its options (`ray`: address, placement).
     Unknown names raise ValueError; `ray` without Ray installed raises ImportError."""
-    backend = BACKENDS.get(name)(**options)
-    assert isinstance(backend, Backend)
-    return backend
+    return BACKENDS.get(name)(**options)
 
 
 def require_ray() -> None:

@@ -176,10 +176,12 @@ def _add_reliability_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _add_backend_arguments(parser: argparse.ArgumentParser) -> None:
+    from hyperflexis.server.config import BACKEND_NAMES
+
     parser.add_argument(
         "--backend",
         default="local",
-        choices=("local", "ray"),
+        choices=BACKEND_NAMES,
         help="what runs the instances: local processes (default) or Ray actors across a Ray "
         "cluster's nodes (pip install 'hyperflexis[ray]')",
     )

@@ -15,6 +15,7 @@ DEFAULT_MAX_REQUEST_BYTES = 8 * 2**20  # a 128k-token prompt as token ids is ~1 
 DEFAULT_REQUEST_TIMEOUT_S = 300.0  # every request is answered within this (503 past it)
 DEFAULT_INSTANCE_TIMEOUT_S = 5.0  # an instance silent this long (no heartbeat) is failed
 DEFAULT_SHUTDOWN_TIMEOUT_S = 30.0  # SIGTERM: open requests get this long to finish
+BACKEND_NAMES = ("local", "ray")  # backends/registry.py's, spelled here for a light import
 MIN_INSTANCE_TIMEOUT_S = 1.0  # several heartbeats (backends/heartbeat.py beats every 0.25 s)
 
 
@@ -89,8 +90,9 @@ class ServerConfig:
             )
         if not self.kv_transport:
             raise ValueError("invalid 'kv_transport': must not be empty")
-        if self.backend not in ("local", "ray"):
-            raise ValueError(f"invalid 'backend' {self.backend!r}: known: local, ray")
+        if self.backend not in BACKEND_NAMES:
+            known = ", ".join(BACKEND_NAMES)
+            raise ValueError(f"invalid 'backend' {self.backend!r}: known: {known}")
         if self.ray_resources and self.backend != "ray":
             raise ValueError("invalid 'ray_resources': only with the ray backend")
         if self.scaler is not None:
