@@ -13,7 +13,14 @@ import logging
 import secrets
 import threading
 from collections.abc import Callable
-from multiprocessing.connection import Client, Connection, Listener
+from multiprocessing import AuthenticationError
+from multiprocessing.connection import (
+    Client,
+    Connection,
+    Listener,
+    answer_challenge,
+    deliver_challenge,
+)
 from typing import Any
 
 from hyperflexis.backends.base import ConnectedHandler, InstanceHandle
@@ -42,7 +49,7 @@ class ChannelListener:
 
     def __init__(self, host: str) -> None:
         self.authkey = secrets.token_bytes(32)
-        self._listener = Listener((host, 0), authkey=self.authkey)
+        self._listener = Listener((host, 0))  # each connection is authenticated in `_admit`
         self.address: tuple[str, int] = self._listener.address  # type: ignore[assignment]
         self._lock = threading.Lock()
         self._expected: set[str] = set()
@@ -70,33 +77,41 @@ class ChannelListener:
         self._pair(token)
 
     def _accept(self) -> None:
+        """Take connections; each is admitted on a thread of its own, so that a peer that
+        connects and says nothing holds up no one."""
         while not self._closing.is_set():
             try:
-                conn = self._listener.accept()
-            except (OSError, EOFError) as exc:  # a failed handshake, or closed
+                conn = self._listener.accept()  # no handshake here: `_admit` does it
+            except OSError:
                 if self._closing.is_set():
                     return
-                logger.warning("instance channel refused: %s", exc)
                 continue
             if self._closing.is_set():  # `close` woke us
                 conn.close()
                 return
-            try:
-                if not conn.poll(HELLO_TIMEOUT_S):
-                    raise EOFError("no hello")
-                hello: Any = conn.recv()
-                token, channel, where = hello
-            except (EOFError, OSError, ValueError, TypeError) as exc:
-                logger.warning("instance channel dropped: %s", exc)
+            threading.Thread(target=self._admit, args=(conn,), daemon=True).start()
+
+    def _admit(self, conn: Connection) -> None:
+        """The authkey handshake (as an authenticated Listener's), then the hello naming the
+        instance and the channel; anything else closes the connection."""
+        try:
+            deliver_challenge(conn, self.authkey)
+            answer_challenge(conn, self.authkey)
+            if not conn.poll(HELLO_TIMEOUT_S):
+                raise EOFError("no hello")
+            hello: Any = conn.recv()
+            token, channel, where = hello
+        except (OSError, EOFError, AuthenticationError, ValueError, TypeError) as exc:
+            logger.warning("instance channel refused: %s", exc)
+            conn.close()
+            return
+        with self._lock:
+            if token not in self._expected or channel not in (COMMANDS, REPORTS):
                 conn.close()
-                continue
-            with self._lock:
-                if token not in self._expected or channel not in (COMMANDS, REPORTS):
-                    conn.close()
-                    continue
-                self._halves.setdefault(token, {})[channel] = conn
-                self._where[token] = where
-            self._pair(token)
+                return
+            self._halves.setdefault(token, {})[channel] = conn
+            self._where[token] = where
+        self._pair(token)
 
     def _pair(self, token: str) -> None:
         with self._lock:
@@ -114,7 +129,7 @@ class ChannelListener:
     def close(self) -> None:
         """Stop accepting; close connections never paired with a handle."""
         self._closing.set()
-        with contextlib.suppress(OSError, EOFError):  # wake the accept thread
+        with contextlib.suppress(OSError, EOFError, AuthenticationError):  # wake `_accept`
             Client(self.address, authkey=self.authkey).close()
         self._thread.join(5.0)
         with contextlib.suppress(OSError):
