@@ -14,20 +14,26 @@ on a shared machine one run's figure follows the others' load.
 
 Printed: output-token throughput, p50/p99 TTFT and TPOT per server, and the ratios ray/local
 (targets: throughput >= 0.95, p50 TTFT <= 1.1) and across/one node (KV transfer time per request,
-from the server's `hyperflexis:kv_transfer_seconds`).
+from the server's `hyperflexis:kv_transfer_seconds`); and first, free of the servers' noise, the
+one thing the Ray backend adds per step: a round trip over its socket channel against the local
+backend's pipe.
 
     .venv/bin/python benchmarks/backend_overhead.py [--requests 64] [--concurrency 8]
-        [--prompt-len 96] [--output-len 32] [--repeats 2] [--out results.json]
+        [--prompt-len 96] [--output-len 32] [--repeats 2] [--round-trips 2000] [--out FILE]
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import multiprocessing
 import os
 import statistics
 import sys
 import tempfile
+import time
+from multiprocessing.connection import Client, Connection, Listener
 from pathlib import Path
 from typing import Any
 
@@ -74,6 +80,7 @@ def main() -> int:
         env = {**os.environ, INSIDE: "1"}
         return os.spawnvpe(os.P_WAIT, "unshare", in_loopback_namespace(argv), env)
     exit_on_sigterm()
+    channels = _channel_round_trips(args.round_trips)
     with tempfile.TemporaryDirectory(prefix="hf-bench-", dir="/tmp") as folder:
         profile = Path(folder) / "profile.json"
         model = Path(folder) / "model"
@@ -89,7 +96,50 @@ def main() -> int:
         finally:
             stop_cluster()
     _report({name: _median(rows) for name, rows in runs.items()}, runs, args)
+    pipe_us, socket_us = channels["pipe"] * 1e6, channels["socket"] * 1e6
+    print(f"channel round trip (2 KiB each way), median: pipe {pipe_us:.1f} us, socket (the ray")
+    print(f"backend's) {socket_us:.1f} us: ratio {channels['socket'] / channels['pipe']:.2f}")
     return 0
+
+
+def _echo(conn: Connection) -> None:
+    """Child process: send back whatever arrives, until EOF."""
+    with contextlib.suppress(EOFError, OSError):
+        while True:
+            conn.send_bytes(conn.recv_bytes())
+
+
+def _echo_client(address: tuple[str, int], authkey: bytes) -> None:
+    _echo(Client(address, authkey=authkey))
+
+
+def _channel_round_trips(num: int) -> dict[str, float]:
+    """Median seconds of one command-and-report round trip through a child process: over a
+    pipe (the local backend's channel) and over an authenticated loopback socket (the Ray
+    backend's, `backends/channels.py`), alternated three times."""
+    context = multiprocessing.get_context("spawn")
+    times: dict[str, list[float]] = {"pipe": [], "socket": []}
+    payload = b"x" * 2048  # about one StepReport of a few requests' deltas
+    for _ in range(3):
+        for kind in times:
+            if kind == "pipe":
+                conn, child_end = context.Pipe()
+                child = context.Process(target=_echo, args=(child_end,))
+                child.start()
+            else:
+                authkey = os.urandom(32)
+                with Listener(("127.0.0.1", 0), authkey=authkey) as listener:
+                    child = context.Process(target=_echo_client, args=(listener.address, authkey))
+                    child.start()
+                    conn = listener.accept()
+            for _ in range(num):
+                start = time.perf_counter()
+                conn.send_bytes(payload)
+                conn.recv_bytes()
+                times[kind].append(time.perf_counter() - start)
+            conn.close()
+            child.join(10)
+    return {kind: statistics.median(values) for kind, values in times.items()}
 
 
 def _median(rows: list[dict[str, Any]]) -> dict[str, Any]:
@@ -203,6 +253,7 @@ def _parse_args() -> argparse.Namespace:
     parser.add_argument("--prompt-len", type=int, default=96)
     parser.add_argument("--output-len", type=int, default=32)
     parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--round-trips", type=int, default=2000)
     parser.add_argument("--out", type=Path, default=None)
     return parser.parse_args()
 
