@@ -1,7 +1,7 @@
 """An instance's channels over TCP (`backends/channels.py`), with real sockets on loopback: the
-two connections of one token reach their handle, which the instance then talks to both ways;
-a wrong key or token is refused, and a silent peer holds up no one; a handle killed before its instance connects closes the
-late connections; the backend names are the CLI's."""
+two connections of one token reach their handle, which the instance then talks to both ways; a
+wrong key or token is refused, and a silent peer holds up no one; a handle killed before its
+instance connects closes the late connections; the backend names are the CLI's."""
 
 from __future__ import annotations
 
