@@ -11,7 +11,8 @@ $(STAMP): pyproject.toml Makefile
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	# Keep an installed torch (a CUDA build stays); with none, take the CPU build 2.13.0.
 	$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/python -m pip install --quiet torch==2.13.0
-	$(BIN)/python -m pip install --quiet -e ".[dev]"
+	# dev tools and the optional Ray backend (its tests run in `make test`); torch stays as is.
+	$(BIN)/python -m pip install --quiet -e ".[dev,ray]"
 	# The optional nixl KV transport: numpy and torch are already here, so --no-deps keeps torch.
 	$(BIN)/python -m pip install --quiet --no-deps "nixl-cu12>=1.5,<2"
 	touch $(STAMP)

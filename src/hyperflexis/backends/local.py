@@ -1,5 +1,7 @@
-"""The server's side of its instance processes: start them, send commands, read their reports,
-stop them. Each instance gets a command pipe in and a report pipe out.
+"""The server's side of its instances (`InstancePool`): start them through a backend, send
+commands, read their reports, stop them; and the `local` backend, processes on this host. Each
+instance gets a command channel in and a report channel out (pipes here, sockets from a Ray
+actor: `backends/ray_backend.py`).
 
 Commands go through a sender thread per instance, never straight from the event loop: an
 instance busy in a long step stops reading its pipe, and a blocking send on a full pipe would
@@ -13,17 +15,15 @@ import contextlib
 import dataclasses
 import multiprocessing
 import os
-import queue
 import signal
-import threading
+import socket
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
 from multiprocessing.connection import Connection, wait
 from multiprocessing.process import BaseProcess
 
+from hyperflexis.backends.base import Backend, ConnectedHandler, InstanceHandle, InstanceProcess
 from hyperflexis.backends.messages import (
-    Command,
     Heartbeat,
     InstanceFailed,
     InstanceReady,
@@ -38,63 +38,11 @@ from hyperflexis.scheduler.config import Role
 from hyperflexis.transfer.shm import SEGMENT_PREFIX, unlink_segments_of
 from hyperflexis.transfer.weights import WEIGHT_SEGMENT_PREFIX
 
+__all__ = ["InstanceHandle", "InstancePool", "LocalBackend", "specs_for_roles"]
+
 ReportHandler = Callable[["InstanceHandle", StepReport], None]
 ExitHandler = Callable[["InstanceHandle"], None]
 ReadyHandler = Callable[["InstanceHandle"], None]
-
-
-@dataclass(eq=False)
-class InstanceHandle:
-    """One instance process as the server sees it."""
-
-    spec: InstanceSpec
-    process: BaseProcess
-    commands: Connection  # the server's (write) end of the command pipe
-    reports: Connection  # the server's (read) end of the report pipe
-    ready: InstanceReady | None = None  # its start-up message
-    snapshot: LoadSnapshot | None = None  # the latest published load
-    alive: bool = True  # False once its pipe closed or it failed
-    num_preemptions: int = 0  # latest totals the instance reported
-    num_rejections: int = 0
-    correction_factor: float = 1.0
-    step_ratio_moments: dict[str, tuple[int, float, float]] = field(default_factory=dict)
-    step_fit_moments: list[float] = field(default_factory=list)
-    num_dispatched: int = 0  # requests the server sent it
-    last_heard_s: float = field(default_factory=time.monotonic)  # its latest message, monotonic
-    num_restarts: int = 0  # how many processes ran under this id before this one
-    _outbox: queue.SimpleQueue[Command | None] = field(default_factory=queue.SimpleQueue)
-    _sender: threading.Thread | None = None
-
-    @property
-    def instance_id(self) -> str:
-        return self.spec.instance_id
-
-    @property
-    def role(self) -> Role:
-        """The role the instance says it serves (its spec's until it is ready)."""
-        if self.ready is not None:
-            return self.ready.role
-        if self.snapshot is not None:
-            return self.snapshot.role
-        return self.spec.scheduler_config.role
-
-    def send(self, command: Command | None) -> None:
-        """Queue a command for the instance; never blocks. None ends the sender thread."""
-        self._outbox.put(command)
-
-    def start_sender(self) -> None:
-        """Start the thread that sends queued commands (once, right after creation)."""
-        self._sender = threading.Thread(
-            target=self._send_loop, name=f"send-{self.instance_id}", daemon=True
-        )
-        self._sender.start()
-
-    def _send_loop(self) -> None:
-        while (command := self._outbox.get()) is not None:
-            try:
-                self.commands.send(command)
-            except (BrokenPipeError, EOFError, OSError):
-                return  # the instance is gone; its report pipe tells the server
 
 
 def specs_for_roles(base: InstanceSpec, roles: Sequence[tuple[str, Role]]) -> list[InstanceSpec]:
@@ -114,11 +62,12 @@ def specs_for_roles(base: InstanceSpec, roles: Sequence[tuple[str, Role]]) -> li
 class InstancePool:
     """Starts, talks to and stops the instance processes."""
 
-    def __init__(self, specs: Sequence[InstanceSpec]) -> None:
+    def __init__(self, specs: Sequence[InstanceSpec], backend: Backend | None = None) -> None:
         ids = [s.instance_id for s in specs]
         if not ids or len(set(ids)) != len(ids):
             raise ValueError(f"invalid instances: need one or more unique ids, got {ids}")
         self.specs = list(specs)
+        self.backend = LocalBackend() if backend is None else backend
         self.handles: dict[str, InstanceHandle] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
         self._handlers: tuple[ReportHandler, ExitHandler, ReadyHandler | None] | None = None
@@ -131,16 +80,34 @@ class InstancePool:
         """Spawn every instance and wait until all are ready; raises RuntimeError (after
         stopping the others) if one fails or the time runs out."""
         for spec in self.specs:
-            self.handles[spec.instance_id] = _spawn(spec)
+            self.handles[spec.instance_id] = self._spawn(spec)
         try:
+            self._wait_connected(timeout_s)
             self._wait_ready(timeout_s)
         except BaseException:
             self.stop()
             raise
 
+    def _spawn(self, spec: InstanceSpec) -> InstanceHandle:
+        return self.backend.spawn(spec, self._on_connected)
+
+    def _on_connected(self, handle: InstanceHandle) -> None:
+        """A handle's channels arrived (a backend's thread): read it on the loop from now."""
+        if self._loop is not None:
+            self._loop.call_soon_threadsafe(self._add_reader, handle)
+
+    def _wait_connected(self, timeout_s: float) -> None:
+        deadline = time.monotonic() + timeout_s
+        for handle in self.handles.values():
+            if not handle.connected.wait(max(0.0, deadline - time.monotonic())):
+                raise RuntimeError(
+                    f"instance {handle.instance_id} did not connect within {timeout_s:.0f} s "
+                    f"({handle.process.describe()})"
+                )
+
     def _wait_ready(self, timeout_s: float) -> None:
         deadline = time.monotonic() + timeout_s
-        pending = {h.reports: h for h in self.handles.values()}
+        pending = {h.reports: h for h in self.handles.values() if h.reports is not None}
         while pending:
             left = deadline - time.monotonic()
             if left <= 0:
@@ -150,7 +117,7 @@ class InstancePool:
                 assert isinstance(conn, Connection)
                 handle = pending.pop(conn)
                 try:
-                    message = handle.reports.recv()
+                    message = conn.recv()
                 except (EOFError, OSError):
                     raise RuntimeError(
                         f"instance {handle.instance_id} exited while starting "
@@ -180,8 +147,14 @@ class InstancePool:
             self._add_reader(handle)
 
     def _add_reader(self, handle: InstanceHandle) -> None:
+        """Read `handle` on the loop once its channels are there (else `_on_connected` will)."""
         assert self._loop is not None and self._handlers is not None
-        self._loop.add_reader(handle.reports.fileno(), self._read, handle, *self._handlers)
+        reports = handle.reports
+        if reports is None or reports.closed or handle.killed:
+            return
+        if self.handles.get(handle.instance_id) is not handle:
+            return  # replaced or retired before it connected
+        self._loop.add_reader(reports.fileno(), self._read, handle, *self._handlers)
 
     def replace(self, instance_id: str) -> InstanceHandle:
         """Start a new process from a failed instance's spec under the same id (weights from a
@@ -190,8 +163,8 @@ class InstancePool:
         old = self.handles[instance_id]
         self.kill(old)
         old.process.join(0.5)  # dead or closing: reap it
-        _unlink_segments(old)
-        handle = _spawn(self._replacement_spec(old.spec))
+        self.backend.cleanup(old)
+        handle = self._spawn(self._replacement_spec(old.spec))
         handle.alive = False  # not dispatched to until ready
         handle.num_restarts = old.num_restarts + 1
         self.handles[instance_id] = handle
@@ -204,7 +177,7 @@ class InstancePool:
         takes no traffic until its `InstanceReady` reaches `on_ready`. Never blocks."""
         if spec.instance_id in self.handles:
             raise ValueError(f"invalid instance id {spec.instance_id!r}: already in use")
-        handle = _spawn(self._replacement_spec(spec))
+        handle = self._spawn(self._replacement_spec(spec))
         handle.alive = False  # not dispatched to until ready
         self.handles[spec.instance_id] = handle
         self.specs.append(spec)
@@ -233,16 +206,13 @@ class InstancePool:
         return dataclasses.replace(spec, weight_source="peer", peer_weights=manifest)
 
     def kill(self, handle: InstanceHandle) -> None:
-        """SIGKILL (a frozen process cannot resist it, and never wakes to send stale output)
-        and stop reading it; its pipes close."""
+        """SIGKILL or its backend's kill (a frozen process cannot resist it, and never wakes
+        to send stale output) and stop reading it; its channels close."""
         self._detach(handle)
         handle.alive = False
-        if handle.process.pid is not None and handle.process.exitcode is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(handle.process.pid, signal.SIGKILL)
+        handle.process.kill()
         handle.send(None)
-        for conn in (handle.commands, handle.reports):
-            conn.close()
+        handle.close_channels()
 
     def _read(
         self,
@@ -251,9 +221,11 @@ class InstancePool:
         on_exit: ExitHandler,
         on_ready: ReadyHandler | None,
     ) -> None:
+        reports = handle.reports
+        assert reports is not None  # read only once connected
         try:
-            while handle.reports.poll():
-                message: Report = handle.reports.recv()
+            while reports.poll():
+                message: Report = reports.recv()
                 handle.last_heard_s = time.monotonic()
                 if isinstance(message, Heartbeat):
                     continue
@@ -279,14 +251,17 @@ class InstancePool:
             on_exit(handle)
 
     def _detach(self, handle: InstanceHandle) -> None:
-        if self._loop is not None and not handle.reports.closed:
-            self._loop.remove_reader(handle.reports.fileno())
+        reports = handle.reports
+        if self._loop is not None and reports is not None and not reports.closed:
+            self._loop.remove_reader(reports.fileno())
 
     def stop(self, timeout_s: float = 5.0) -> None:
         """Ask every instance to exit, then terminate (and finally kill) the stragglers, the
         retired ones included."""
         for handle in self.handles.values():
             self._detach(handle)
+            if not handle.connected.is_set():
+                handle.process.kill()  # never placed or never connected: nothing to ask
             handle.send(Shutdown())
             handle.send(None)  # ends the sender thread after the shutdown command
         every = [*self.handles.values(), *self.retired]
@@ -301,9 +276,9 @@ class InstancePool:
                 handle.process.kill()
                 handle.process.join(1.0)
             handle.alive = False
-            for conn in (handle.commands, handle.reports):
-                conn.close()
-            _unlink_segments(handle)
+            handle.close_channels()
+            self.backend.cleanup(handle)
+        self.backend.close()
 
     # -- state ------------------------------------------------------------------------------
 
@@ -337,33 +312,76 @@ class InstancePool:
         return self._limits
 
 
-def _spawn(spec: InstanceSpec) -> InstanceHandle:
-    """One instance process and its pipes and sender thread; it reports `InstanceReady` (or
-    `InstanceFailed`) when its model is loaded."""
-    context = multiprocessing.get_context("spawn")
-    command_reader, command_writer = context.Pipe(duplex=False)
-    report_reader, report_writer = context.Pipe(duplex=False)
-    process = context.Process(
-        target=run_instance,
-        args=(spec, command_reader, report_writer),
-        name=f"hyperflexis-{spec.instance_id}",
-        daemon=True,  # never outlives the server, even if the server dies abruptly
-    )
-    process.start()
-    # Close our copies of the child's ends, so each side sees EOF when the other exits.
-    command_reader.close()
-    report_writer.close()
-    handle = InstanceHandle(spec, process, command_writer, report_reader)
-    handle._sender = threading.Thread(
-        target=handle._send_loop, name=f"send-{spec.instance_id}", daemon=True
-    )
-    handle._sender.start()
-    return handle
+class LocalProcess:
+    """A `multiprocessing` process as an `InstanceProcess`."""
+
+    def __init__(self, process: BaseProcess) -> None:
+        self.process = process
+
+    @property
+    def pid(self) -> int | None:
+        return self.process.pid
+
+    @property
+    def exitcode(self) -> int | None:
+        return self.process.exitcode
+
+    @property
+    def node(self) -> str:
+        return socket.gethostname()
+
+    def is_alive(self) -> bool:
+        return self.process.is_alive()
+
+    def join(self, timeout: float | None = None) -> None:
+        self.process.join(timeout)
+
+    def terminate(self) -> None:
+        self.process.terminate()
+
+    def kill(self) -> None:
+        """SIGKILL, unless it already ended."""
+        if self.process.pid is not None and self.process.exitcode is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(self.process.pid, signal.SIGKILL)
+
+    def describe(self) -> dict[str, object]:
+        return {"backend": "local", "node": self.node}
 
 
-def _unlink_segments(handle: InstanceHandle) -> None:
-    """The shared-memory segments (KV pool, published weights) of an instance that has exited:
-    one that was killed could not remove its own."""
-    pid = handle.process.pid
-    if pid is not None and handle.process.exitcode is not None:
+class LocalBackend(Backend):
+    """Instance processes on this host, spawned with a pipe each way (the default)."""
+
+    name = "local"
+
+    def spawn(self, spec: InstanceSpec, on_connected: ConnectedHandler) -> InstanceHandle:
+        """One instance process and its pipes and sender thread; it reports `InstanceReady`
+        (or `InstanceFailed`) when its model is loaded. Its pipes exist at once."""
+        context = multiprocessing.get_context("spawn")
+        command_reader, command_writer = context.Pipe(duplex=False)
+        report_reader, report_writer = context.Pipe(duplex=False)
+        process = context.Process(
+            target=run_instance,
+            args=(spec, command_reader, report_writer),
+            name=f"hyperflexis-{spec.instance_id}",
+            daemon=True,  # never outlives the server, even if the server dies abruptly
+        )
+        process.start()
+        # Close our copies of the child's ends, so each side sees EOF when the other exits.
+        command_reader.close()
+        report_writer.close()
+        handle = InstanceHandle(spec, LocalProcess(process), command_writer, report_reader)
+        handle.start_sender()
+        return handle
+
+    def cleanup(self, handle: InstanceHandle) -> None:
+        """The shared-memory segments (KV pool, published weights) of an instance that has
+        exited: one that was killed could not remove its own."""
+        unlink_dead_segments(handle.process)
+
+
+def unlink_dead_segments(process: InstanceProcess) -> None:
+    """Unlink the /dev/shm segments of `process` on this host once it has exited."""
+    pid = process.pid
+    if pid is not None and process.exitcode is not None:
         unlink_segments_of(pid, (SEGMENT_PREFIX, WEIGHT_SEGMENT_PREFIX))

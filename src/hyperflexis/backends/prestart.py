@@ -19,7 +19,7 @@ from multiprocessing.connection import Connection, wait
 from multiprocessing.process import BaseProcess
 from pathlib import Path
 
-from hyperflexis.backends.local import InstanceHandle
+from hyperflexis.backends.local import InstanceHandle, LocalProcess
 from hyperflexis.backends.start_phases import process_age_s
 from hyperflexis.backends.worker import run_instance
 from hyperflexis.engine.factory import InstanceSpec
@@ -136,7 +136,7 @@ class PrestartPool:
         if self.refill:
             self._workers.append(self._spawn())
         worker.commands.send(BecomeInstance(spec))
-        handle = InstanceHandle(spec, worker.process, worker.commands, worker.reports)
+        handle = InstanceHandle(spec, LocalProcess(worker.process), worker.commands, worker.reports)
         handle.start_sender()
         return handle
 

@@ -52,11 +52,16 @@ PROCESS_NAME_PREFIX = "hf:"  # an instance process's name (/proc/PID/comm) is th
 
 
 def run_instance(
-    spec: InstanceSpec, commands: Connection, reports: Connection, asked_s: float | None = None
+    spec: InstanceSpec,
+    commands: Connection,
+    reports: Connection,
+    asked_s: float | None = None,
+    exit_process: bool = True,
 ) -> None:
     """Process entry point (spawned): build the engine, say ready, loop until told to stop.
     `asked_s`: when, on this process's monotonic clock, it was asked to become this instance
-    (a pre-started worker, `backends/prestart.py`); None: when the process began."""
+    (a pre-started worker, `backends/prestart.py`); None: when the process began.
+    `exit_process` False: return instead of leaving the process (a Ray actor's method)."""
     startup_s = process_age_s() if asked_s is None else time.monotonic() - asked_s
     # Ctrl-C in a terminal reaches the whole process group; the server stops us in order.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
@@ -100,6 +105,8 @@ def run_instance(
         weights.close()  # and a published weight segment
     # Nothing is left to clean up, and interpreter teardown with torch loaded takes seconds on
     # a busy host: leave at once so a shutdown is quick.
+    if not exit_process:
+        return
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(0)

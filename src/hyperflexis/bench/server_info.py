@@ -139,6 +139,18 @@ def cost_between(before: ServerCost, after: ServerCost) -> dict[str, Any]:
     }
 
 
+def metric_total(
+    base_url: str, name: str, api_key: str | None = None, timeout_s: float = 10.0
+) -> float:
+    """The sum of every `GET /metrics` sample called `name` (0 when none is exported)."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    response = httpx.get(f"{_root(base_url)}/metrics", headers=_auth(api_key), timeout=timeout_s)
+    response.raise_for_status()
+    families = text_string_to_metric_families(response.text)
+    return sum(s.value for f in families for s in f.samples if s.name == name)
+
+
 def _auth(api_key: str | None) -> dict[str, str]:
     return {"Authorization": f"Bearer {api_key}"} if api_key else {}
 

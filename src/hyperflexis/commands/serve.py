@@ -96,6 +96,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "(default: --max-num-seqs per live instance)",
     )
     _add_reliability_arguments(parser)
+    _add_backend_arguments(parser)
     parser.add_argument(
         "--dtype",
         default="auto",
@@ -189,6 +190,46 @@ def _add_reliability_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def _add_backend_arguments(parser: argparse.ArgumentParser) -> None:
+    from hyperflexis.server.config import BACKEND_NAMES
+
+    parser.add_argument(
+        "--backend",
+        default="local",
+        choices=BACKEND_NAMES,
+        help="what runs the instances: local processes (default) or Ray actors across a Ray "
+        "cluster's nodes (pip install 'hyperflexis[ray]')",
+    )
+    parser.add_argument(
+        "--ray-address",
+        default="auto",
+        help="--backend ray: the cluster, auto (the one `ray start` runs here, default) or "
+        "HOST:PORT",
+    )
+    parser.add_argument(
+        "--ray-resources",
+        type=_resources,
+        default=None,
+        help="--backend ray: custom Ray resources per role or instance id, as JSON, e.g. "
+        '\'{"decode": {"node2": 1}}\' places decode instances where node2 is',
+    )
+
+
+def _resources(text: str) -> dict[str, dict[str, float]]:
+    import json
+
+    try:
+        value = json.loads(text)
+        return {
+            str(key): {str(name): float(amount) for name, amount in bundle.items()}
+            for key, bundle in value.items()
+        }
+    except (ValueError, AttributeError, TypeError) as exc:
+        raise argparse.ArgumentTypeError(
+            f"not a JSON object of resource objects (role -> {{name: amount}}): {exc}"
+        ) from None
+
+
 def _add_vllm_arguments(parser: argparse.ArgumentParser) -> None:
     """Settings a vLLM user passes, spelled as vLLM spells them."""
     parser.add_argument(
@@ -226,6 +267,7 @@ def _model(args: argparse.Namespace) -> str | None:
 def _deployment(args: argparse.Namespace) -> dict[str, Any]:
     """Collocated (`--instances`) or P/D (`--prefill`, `--decode` and their link settings)."""
     pd = args.prefill is not None or args.decode is not None
+    ray = args.backend == "ray"
     if pd and args.instances is not None:
         raise ValueError("invalid '--instances': give either --instances or --prefill and --decode")
     if not pd:
@@ -238,7 +280,8 @@ def _deployment(args: argparse.Namespace) -> dict[str, Any]:
     return {
         "num_prefill": args.prefill,
         "num_decode": args.decode,
-        "kv_transport": args.kv_transport or "shm",
+        # Ray's instances may sit on several nodes: shm or torch-dist per link.
+        "kv_transport": args.kv_transport or ("auto" if ray else "shm"),
         "link_policy": args.links or "all",
     }
 
@@ -266,6 +309,9 @@ def run(args: argparse.Namespace) -> int:
         max_restarts=args.max_restarts,
         start_timeout_s=args.start_timeout_s,
         peer_weights=args.peer_weights,
+        backend=args.backend,
+        ray_address=args.ray_address,
+        ray_resources=args.ray_resources or {},
         price_per_hour=args.price_per_hour,
         scaler=args.scaler,
         min_instances=args.min_instances,

@@ -24,6 +24,7 @@ from hyperflexis.server.errors import APIError, bad_request
 from hyperflexis.server.generation import generate
 from hyperflexis.server.health import health_report
 from hyperflexis.server.protocol import parse_chat, parse_completion
+from hyperflexis.transfer.per_link import link_transport
 
 logger = logging.getLogger(__name__)
 
@@ -131,10 +132,13 @@ def create_app(core: ServingCore, elastic: LiveScaler | None = None) -> FastAPI:
         rows = []
         for handle in core.pool.handles.values():
             snapshot = handle.snapshot
+            described = core.handoff.describe(handle.instance_id)  # role, P/D links
             rows.append(
                 {
                     "instance_id": handle.instance_id,
-                    **core.handoff.describe(handle.instance_id),  # role, P/D links
+                    **described,
+                    "kv_links": _kv_links(core, handle, described.get("linked")),
+                    "where": handle.process.describe(),  # backend, node
                     "alive": handle.alive,
                     "state": _state(handle, elastic),
                     "flip_s": None if elastic is None else elastic.flip_s.get(handle.instance_id),
@@ -185,6 +189,20 @@ def create_app(core: ServingCore, elastic: LiveScaler | None = None) -> FastAPI:
         }
 
     return app
+
+
+def _kv_links(core: ServingCore, handle: InstanceHandle, linked: object) -> dict[str, str]:
+    """Per P/D link of the instance: the KV transport its blocks take (`auto` picks per link)."""
+    mine = None if handle.ready is None else handle.ready.kv_pool
+    links = {}
+    for peer_id in linked if isinstance(linked, list) else []:
+        peer = core.pool.handles.get(peer_id)
+        theirs = None if peer is None or peer.ready is None else peer.ready.kv_pool
+        if mine is None or theirs is None:
+            continue
+        prefill_pool, decode_pool = (mine, theirs) if handle.role == "prefill" else (theirs, mine)
+        links[peer_id] = link_transport(decode_pool, prefill_pool)  # D reads from P
+    return links
 
 
 def _state(handle: InstanceHandle, elastic: LiveScaler | None) -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -14,6 +15,7 @@ DEFAULT_MAX_REQUEST_BYTES = 8 * 2**20  # a 128k-token prompt as token ids is ~1 
 DEFAULT_REQUEST_TIMEOUT_S = 300.0  # every request is answered within this (503 past it)
 DEFAULT_INSTANCE_TIMEOUT_S = 5.0  # an instance silent this long (no heartbeat) is failed
 DEFAULT_SHUTDOWN_TIMEOUT_S = 30.0  # SIGTERM: open requests get this long to finish
+BACKEND_NAMES = ("local", "ray")  # backends/registry.py's, spelled here for a light import
 MIN_INSTANCE_TIMEOUT_S = 1.0  # several heartbeats (backends/heartbeat.py beats every 0.25 s)
 
 
@@ -25,6 +27,10 @@ class ServerConfig:
     num_prefill: int = 0
     num_decode: int = 0
     kv_transport: str = "shm"  # P/D: the KV transport of every link (a transfer/ registry name)
+    backend: str = "local"  # what runs the instances (backends/registry.py): local or ray
+    ray_address: str | None = "auto"  # --backend ray: the cluster (auto: `ray start`'s here)
+    # --backend ray: custom resources per role or instance id, e.g. {"decode": {"node2": 1}}
+    ray_resources: Mapping[str, Mapping[str, float]] = field(default_factory=dict)
     link_policy: LinkPolicy = "all"  # P/D: which decode instances each prefill one hands to
     policy: str = "hyperflexis"  # instance scheduling policy
     dispatch: str = "hyperflexis"  # global dispatch policy
@@ -90,6 +96,11 @@ class ServerConfig:
             )
         if not self.kv_transport:
             raise ValueError("invalid 'kv_transport': must not be empty")
+        if self.backend not in BACKEND_NAMES:
+            known = ", ".join(BACKEND_NAMES)
+            raise ValueError(f"invalid 'backend' {self.backend!r}: known: {known}")
+        if self.ray_resources and self.backend != "ray":
+            raise ValueError("invalid 'ray_resources': only with the ray backend")
         if self.scaler is not None:
             self._check_scaling()
         if not self.price_per_hour >= 0:

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING
 from hyperflexis.server.config import ServerConfig
 
 if TYPE_CHECKING:
+    from hyperflexis.backends.base import Backend
     from hyperflexis.perf import StepCostModel
     from hyperflexis.scheduler.config import Role
     from hyperflexis.server.core import ServingCore
@@ -49,6 +50,10 @@ def serve(config: ServerConfig) -> int:
     from hyperflexis.server.cost_model import SharedCorrection, load_or_profile
 
     policy_class(config.policy)  # unknown names fail before anything starts
+    if config.backend == "ray":
+        from hyperflexis.backends.registry import require_ray
+
+        require_ray()
     slo_classes = (
         SLOClasses.from_file(config.slo_classes_path)
         if config.slo_classes_path is not None
@@ -96,7 +101,7 @@ def serve(config: ServerConfig) -> int:
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
     previous = signal.signal(signal.SIGTERM, _raise_stop)
-    pool = InstancePool(specs)
+    pool = InstancePool(specs, _backend(config))
     try:
         pool.start(config.ready_timeout_s)
         core = ServingCore(
@@ -123,6 +128,20 @@ def serve(config: ServerConfig) -> int:
         pool.stop()
         signal.signal(signal.SIGTERM, previous)
     return 0
+
+
+def _backend(config: ServerConfig) -> Backend:
+    """`--backend`'s; ValueError (exit 2) for `ray` without Ray installed."""
+    from hyperflexis.backends.registry import create_backend
+
+    if config.backend != "ray":
+        return create_backend(config.backend)
+    try:
+        return create_backend("ray", address=config.ray_address, placement=config.ray_resources)
+    except ConnectionError as exc:  # no cluster there
+        raise RuntimeError(
+            f"ray: cannot reach the cluster at {config.ray_address}: {exc}"
+        ) from None
 
 
 def _chat_template(value: str) -> str:

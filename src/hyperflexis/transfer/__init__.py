@@ -1,14 +1,14 @@
 """Moving KV blocks between instances: transports behind one interface (`base.KVTransport`), in
 one registry (`KV_TRANSPORTS`). `shm` is the same-host default, `torch-dist` runs over a
 persistent gloo (CPU) or NCCL (CUDA) group per link, `nixl` over UCX when `nixl-cu12` is
-installed.
+installed, `auto` picks shm or torch-dist per link by the two instances' nodes.
 
 Weights for a new instance come from a registry of sources (`weights.WEIGHT_SOURCES`): `peer` (a
 running instance's /dev/shm segment) and `disk` (safetensors), through `weights.load_weights`."""
 
 from __future__ import annotations
 
-from hyperflexis.transfer import faulty, nixl, shm, torch_dist, weights
+from hyperflexis.transfer import faulty, nixl, per_link, shm, torch_dist, weights
 from hyperflexis.transfer.base import (
     KV_TRANSPORTS,
     KVTransport,
@@ -37,6 +37,7 @@ __all__ = [
     "create_kv_transport",
     "faulty",
     "nixl",
+    "per_link",
     "shm",
     "torch_dist",
     "weights",

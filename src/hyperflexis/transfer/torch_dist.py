@@ -1,5 +1,6 @@
 """`torch-dist`: KV blocks over a persistent two-rank process group per link (gloo for CPU pools,
-NCCL for CUDA ones), rendezvous through a TCPStore that the owner hosts on 127.0.0.1.
+NCCL for CUDA ones), rendezvous through a TCPStore that the owner hosts on its node's address
+(`node_address`: 127.0.0.1 unless a multi-node backend sets one).
 
 The pull is made two-sided by a serving thread on the owner: a reader joins a link once (rank 1;
 the owner's accept thread builds rank 0 of the same group), then posts each request's block ids
@@ -38,7 +39,8 @@ from hyperflexis.transfer.base import (
 
 logger = logging.getLogger(__name__)
 
-HOST = "127.0.0.1"  # links never leave the host until a multi-node backend sets an address
+LOOPBACK = "127.0.0.1"
+NODE_IP_ENV = "HYPERFLEXIS_NODE_IP"  # a multi-node backend sets its instances' node address
 CLOSE = "close"  # written to the key a serving thread waits on, to end it at once
 # A serving thread rechecks `closing` this often. Closing ends it at once (it writes CLOSE to the
 # keys the thread may wait on next); the slice is a backstop, long because each expiry logs a
@@ -46,9 +48,14 @@ CLOSE = "close"  # written to the key a serving thread waits on, to end it at on
 WAIT_SLICE = datetime.timedelta(seconds=300)
 
 
-def _store(port: int, timeout_s: float) -> dist.TCPStore:
+def node_address() -> str:
+    """The address this process's links bind to: its node's (`NODE_IP_ENV`), else loopback."""
+    return os.environ.get(NODE_IP_ENV) or LOOPBACK
+
+
+def _store(address: tuple[str, int], timeout_s: float) -> dist.TCPStore:
     timeout = datetime.timedelta(seconds=timeout_s)
-    return dist.TCPStore(HOST, port, is_master=False, timeout=timeout)
+    return dist.TCPStore(address[0], address[1], is_master=False, timeout=timeout)
 
 
 def _group(store: dist.Store, rank: int, device: torch.device, timeout_s: float) -> Any:
@@ -61,7 +68,7 @@ def _group(store: dist.Store, rank: int, device: torch.device, timeout_s: float)
         return dist.ProcessGroupNCCL(store, rank, 2, options)
     # The private options class is the only way to pin gloo's device to loopback.
     options = dist.ProcessGroupGloo._Options()  # type: ignore[attr-defined]
-    options._devices = [dist.ProcessGroupGloo.create_device(hostname=HOST)]
+    options._devices = [dist.ProcessGroupGloo.create_device(hostname=node_address())]
     options._timeout = timeout
     return dist.ProcessGroupGloo(store, rank, 2, options)
 
@@ -104,6 +111,7 @@ class TorchDistTransport(KVTransport):
         self.timeout_s = timeout_s  # bound on every rendezvous, store and group operation
         self._master: dist.TCPStore | None = None
         self._port = 0
+        self._address = (LOOPBACK, 0)
         self._closing = threading.Event()
         self._accept: threading.Thread | None = None
         self._served: list[_Served] = []
@@ -115,24 +123,26 @@ class TorchDistTransport(KVTransport):
 
     def _register(self, kv_cache: KVCache, layout: PoolLayout) -> PoolDescriptor:
         listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        listener.bind((HOST, 0))  # a free port, on loopback only (TCPStore alone binds to all)
+        host = node_address()
+        listener.bind((host, 0))  # a free port, on that address only (TCPStore binds to all)
         listener.listen()
         self._port = listener.getsockname()[1]
+        self._address = (host, self._port)
         self._master = dist.TCPStore(
-            HOST,
+            host,
             self._port,
             is_master=True,
             wait_for_workers=False,
             timeout=datetime.timedelta(seconds=self.timeout_s),
             master_listen_fd=listener.detach(),  # the store owns and closes the socket
         )
-        owner = f"torch-dist-{self._port}"
+        owner = f"torch-dist-{host}:{self._port}"
         # Daemon threads: a backstop so that a wedged link can never hold up interpreter exit.
         self._accept = threading.Thread(
             target=self._accept_links, name=f"{owner}-accept", daemon=True
         )
         self._accept.start()
-        return PoolDescriptor(self.name, owner, os.getpid(), layout, self._port)
+        return PoolDescriptor(self.name, owner, os.getpid(), layout, self._address)
 
     # --- owner side -------------------------------------------------------------------------
 
@@ -147,7 +157,7 @@ class TorchDistTransport(KVTransport):
         return None
 
     def _accept_links(self) -> None:
-        store = _store(self._port, self.timeout_s)
+        store = _store(self._address, self.timeout_s)
         index = 0
         while self._wait_key(store, f"join/{index}") not in (None, CLOSE.encode()):
             served = _Served(index)
@@ -163,7 +173,7 @@ class TorchDistTransport(KVTransport):
             index += 1
 
     def _serve(self, served: _Served) -> None:
-        store = _store(self._port, self.timeout_s)
+        store = _store(self._address, self.timeout_s)
         prefix = f"link/{served.index}/"
         try:
             group = _group(dist.PrefixStore(prefix, store), 0, self.pool_device, self.timeout_s)
