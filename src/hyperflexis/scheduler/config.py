@@ -12,6 +12,10 @@ from typing import Any, Literal, TypeVar
 
 Role = Literal["mixed", "prefill", "decode"]
 ROLES: tuple[Role, ...] = ("mixed", "prefill", "decode")
+# hyperflexis: which request its feasibility check sets late at a predicted miss (DESIGN.md
+# §4.3). "priority": the least important, then the most work. "work": the most remaining work
+# whatever its class (Moore-Hodgson's rule, which keeps the most requests on time).
+SHED_ORDERS = ("priority", "work")
 # hyperflexis: plan decodes' deadlines this fraction of their TPOT early; held exactly at their
 # targets, real step times that scatter around the prediction miss about half of them.
 DEFAULT_TPOT_MARGIN = 0.05
@@ -69,6 +73,11 @@ class SchedulerConfig:
         "deadline goes ahead of the queue, so its wait is bounded under sustained overload "
         "(0: never; late work waits for capacity no feasible request needs)",
     )
+    shed_order: str = knob(
+        "priority",
+        "hyperflexis: at a predicted TTFT miss set late the least important request "
+        "(priority) or the one with the most prefill work, whatever its class (work)",
+    )
     # prefill role: a finished prompt's KV stays pinned this long for its decode peer to pull
     kv_lease_s: float = 30.0
 
@@ -83,6 +92,8 @@ class SchedulerConfig:
         for name in ("max_gap_factor", "max_step_s", "target_step_s", "kv_lease_s"):
             if not getattr(self, name) > 0:
                 raise InvalidSchedulerField(name, "must be > 0")
+        if self.shed_order not in SHED_ORDERS:
+            raise InvalidSchedulerField("shed_order", f"{self.shed_order!r}; known: {SHED_ORDERS}")
         if not self.late_age_factor >= 0:
             raise InvalidSchedulerField("late_age_factor", "must be >= 0")
         for name in ("tpot_margin", "prefill_rate_margin"):

@@ -90,6 +90,10 @@ def _late_order(rechecked: list[Request], hopeless: list[Hopeless]) -> Iterator[
         yield entry[3]
 
 
+def _late_key(request: Request) -> tuple[int, float]:
+    return request.slo.priority, request.next_token_deadline_s
+
+
 @register_policy
 class HyperFlexisScheduler(Scheduler):
     name = "hyperflexis"
@@ -227,7 +231,7 @@ class HyperFlexisScheduler(Scheduler):
             return [], []
         tightest = min(decodes.tightest_tpot_s, waiting_tpot_s)
         rate = budgeted_prefill_rate(self._model, decodes.features, tightest, self.config)
-        blind = self._priority_blind
+        blind = self._priority_blind or self.config.shed_order == "work"
         jobs: list[PrefillJob] = [
             (
                 r.next_token_deadline_s,
@@ -237,7 +241,11 @@ class HyperFlexisScheduler(Scheduler):
             )
             for r in candidates
         ]
-        return split_feasible(jobs, now, rate)
+        feasible, late = split_feasible(jobs, now, rate)
+        if blind and not self._priority_blind:
+            # Who goes late was chosen by work; the late set is still served in its own order.
+            late.sort(key=_late_key)
+        return feasible, late
 
     def _sit_out_for(
         self, feasible: list[Request], decodes: _Decodes, budget_s: float, now: float
