@@ -78,6 +78,12 @@ class SchedulerConfig:
         "hyperflexis: at a predicted TTFT miss set late the least important request "
         "(priority) or the one with the most prefill work, whatever its class (work)",
     )
+    oversize_load: float = knob(
+        0.0,
+        "hyperflexis: when the prompts that arrived over the last 10 s hold more prefill work "
+        "than this share of the instance's prefill rate serves, set the largest late at once "
+        "(0: never)",
+    )
     # prefill role: a finished prompt's KV stays pinned this long for its decode peer to pull
     kv_lease_s: float = 30.0
 
@@ -94,8 +100,9 @@ class SchedulerConfig:
                 raise InvalidSchedulerField(name, "must be > 0")
         if self.shed_order not in SHED_ORDERS:
             raise InvalidSchedulerField("shed_order", f"{self.shed_order!r}; known: {SHED_ORDERS}")
-        if not self.late_age_factor >= 0:
-            raise InvalidSchedulerField("late_age_factor", "must be >= 0")
+        for name in ("late_age_factor", "oversize_load"):
+            if not getattr(self, name) >= 0:
+                raise InvalidSchedulerField(name, "must be >= 0")
         for name in ("tpot_margin", "prefill_rate_margin"):
             if not 0 <= getattr(self, name) < 1:
                 raise InvalidSchedulerField(name, "must be in [0, 1)")
