@@ -38,6 +38,7 @@ def test_the_knobs_are_todays_flags() -> None:
         "prefill_rate_margin",
         "late_age_factor",
         "shed_order",
+        "oversize_load",
     ]
     assert flag_name("tpot_margin") == "--tpot-margin"
 

@@ -36,6 +36,7 @@ def test_echo_keeps_its_keys_and_values() -> None:
         "prefill_rate_margin": 0.2,
         "late_age_factor": 0.0,
         "shed_order": "priority",
+        "oversize_load": 0.0,
         "memory_fraction": 0.9,
         "block_size": 16,
         "fast_forward": True,
