@@ -52,6 +52,6 @@ def test_the_largest_prompt_goes_late_at_once_under_overload(load: float, first:
 
 
 def test_oversize_load_is_checked() -> None:
-    assert SchedulerConfig().oversize_load == 0.0
+    assert SchedulerConfig().oversize_load == 1.0
     with pytest.raises(InvalidSchedulerField):
         SchedulerConfig(oversize_load=-0.5)

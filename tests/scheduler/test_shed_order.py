@@ -55,6 +55,6 @@ def test_work_order_keeps_more_requests_on_time() -> None:
 
 
 def test_shed_order_is_checked() -> None:
-    assert SchedulerConfig().shed_order == "priority"
+    assert SchedulerConfig().shed_order == "work"
     with pytest.raises(InvalidSchedulerField):
         SchedulerConfig(shed_order="size")
