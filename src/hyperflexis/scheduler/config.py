@@ -18,8 +18,9 @@ ROLES: tuple[Role, ...] = ("mixed", "prefill", "decode")
 SHED_ORDERS = ("priority", "work")
 # hyperflexis (issue 18, item 12): goodput counts every request alike, so by default the check
 # sheds the most work and each instance sets late at once the largest prompts past what its
-# prefill rate serves (`oversize_load` 1.0). Chosen on tuning seed 1 (1.0 against 0.9: 0.9 is
-# 2% higher collocated, 10% lower P/D), then checked on the evaluation seeds (docs/results.md).
+# prefill rate serves (`oversize_load` 1.0). Chosen on tuning seed 1 (1.0 against 0.9, 2% higher
+# collocated but 10% lower P/D, and 1.1, lower P/D), then checked on the evaluation seeds
+# (docs/results.md, "A scheduler near the bound").
 DEFAULT_SHED_ORDER = "work"
 DEFAULT_OVERSIZE_LOAD = 1.0
 # hyperflexis: plan decodes' deadlines this fraction of their TPOT early; held exactly at their
