@@ -55,3 +55,14 @@ def test_oversize_load_is_checked() -> None:
     assert SchedulerConfig().oversize_load == 1.0
     with pytest.raises(InvalidSchedulerField):
         SchedulerConfig(oversize_load=-0.5)
+
+
+def test_a_burst_at_start_up_is_not_an_overload() -> None:
+    """Less than a second of prefill work arriving at once on a new instance sets nothing late:
+    the cut measures over at least `MIN_SPAN_S`."""
+    cut = OversizeCut(load=1.0, window_s=10.0)
+    for _ in range(20):
+        cut.arrived(0.0, 1000)
+    cut.arrived(0.0, 4000)
+    assert math.isinf(cut.cut_tokens(0.001, 35_000.0))  # 24,000 tokens < 1 s at 35k tokens/s
+    assert cut.cut_tokens(0.5, 20_000.0) == 1000  # past a second's work: the big one is cut

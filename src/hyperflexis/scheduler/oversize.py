@@ -20,6 +20,9 @@ from collections import deque
 # Seconds of arrivals the cut is computed over: the longest TTFT target of the default classes
 # (batch, 10 s), so the cut sees the whole queue a request can wait in. Chosen on tuning seed 1.
 WINDOW_S = 10.0
+# An instance younger than the window measures over its life so far, but over at least this:
+# a burst in its first moments is not taken for a sustained overload.
+MIN_SPAN_S = 1.0
 # Recompute the cut at most this often: a sort of the window's sizes.
 _REFRESH_S = 0.25
 
@@ -50,9 +53,9 @@ class OversizeCut:
         arrivals, start_s = self._arrivals, now - self.window_s
         while arrivals and arrivals[0][0] < start_s:
             self._work_tokens -= arrivals.popleft()[1]
-        span_s = min(self.window_s, now - self._first_s)
+        span_s = max(min(self.window_s, now - self._first_s), MIN_SPAN_S)
         budget = self.load * tokens_per_s * span_s
-        if span_s <= 0 or self._work_tokens <= budget:
+        if self._work_tokens <= budget:
             self._cut = math.inf
             return self._cut
         self._cut = 0.0
