@@ -37,6 +37,8 @@ def test_the_knobs_are_todays_flags() -> None:
         "tpot_margin",
         "prefill_rate_margin",
         "late_age_factor",
+        "shed_order",
+        "oversize_load",
     ]
     assert flag_name("tpot_margin") == "--tpot-margin"
 
@@ -49,13 +51,14 @@ def test_defaults_build_the_default_config(command: str) -> None:
 @pytest.mark.parametrize("command", ["serve", "simulate"])
 def test_flags_set_their_fields(command: str) -> None:
     extra = ["--max-num-batched-tokens", "512", "--admission-control", "--tpot-margin", "0.1"]
-    extra += ["--prefill-rate-margin", "0.3", "--late-age-factor", "1.5"]
+    extra += ["--prefill-rate-margin", "0.3", "--late-age-factor", "1.5", "--shed-order", "work"]
     assert scheduler_config(_parse(command, extra)) == SchedulerConfig(
         max_num_batched_tokens=512,
         admission_control=True,
         tpot_margin=0.1,
         prefill_rate_margin=0.3,
         late_age_factor=1.5,
+        shed_order="work",
     )
 
 

@@ -62,7 +62,9 @@ def test_no_budget_fills_the_token_budget_whatever_the_decodes_deadlines() -> No
 def _two_that_cannot_both_make_it(policy: str) -> list[str]:
     """A big important prompt and a small unimportant one due together; ~50k tokens/s serves
     one of them in time. Returns who is served first."""
-    scheduler = make(policy, max_num_batched_tokens=8192, prefill_rate_margin=0.0)
+    scheduler = make(
+        policy, max_num_batched_tokens=8192, prefill_rate_margin=0.0, shed_order="priority"
+    )
     scheduler.add_request(request("vip", 8000, ttft_s=0.2, priority=0))
     scheduler.add_request(request("small", 4000, ttft_s=0.2, priority=2))
     return [c.request_id for c in scheduler.schedule(0.0).chunks]
@@ -71,7 +73,7 @@ def _two_that_cannot_both_make_it(policy: str) -> list[str]:
 @pytest.mark.parametrize(
     ("policy", "first"),
     [
-        ("hyperflexis", "vip"),  # the least important goes late
+        ("hyperflexis", "vip"),  # the least important goes late (shed_order "priority")
         ("hyperflexis-no-prioritise", "small"),  # the most work goes late, priority unseen
     ],
 )

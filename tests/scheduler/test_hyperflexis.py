@@ -84,7 +84,8 @@ def test_urgent_high_priority_request_runs_ahead_of_low_priority_backlog() -> No
 
 
 def test_infeasible_backlog_sheds_least_important_and_the_rest_attain() -> None:
-    scheduler = make(max_num_batched_tokens=2048, admission_control=True)
+    # The priority order (the default sheds the most work: tests/scheduler/test_shed_order.py).
+    scheduler = make(max_num_batched_tokens=2048, admission_control=True, shed_order="priority")
     # Ten 2000-token prompts due in 0.25 s: at ~50k tokens/s only about six can make it.
     reqs = [
         request(f"r{i}", 2000, output_len=4, ttft_s=0.25, tpot_s=0.1, priority=i % 3, late="reject")

@@ -35,6 +35,8 @@ def test_echo_keeps_its_keys_and_values() -> None:
         "tpot_margin": 0.05,
         "prefill_rate_margin": 0.2,
         "late_age_factor": 0.0,
+        "shed_order": "priority",
+        "oversize_load": 0.0,
         "memory_fraction": 0.9,
         "block_size": 16,
         "num_kv_blocks": None,

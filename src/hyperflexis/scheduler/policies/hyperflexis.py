@@ -20,6 +20,7 @@ from hyperflexis.perf.base import StepCostModel, StepFeatures, max_prefill_token
 from hyperflexis.scheduler.base import Scheduler
 from hyperflexis.scheduler.feasibility import PrefillJob, budgeted_prefill_rate, split_feasible
 from hyperflexis.scheduler.output import SchedulerOutput
+from hyperflexis.scheduler.oversize import OversizeCut
 from hyperflexis.scheduler.registry import register_policy
 from hyperflexis.scheduler.step_budget import idle_step_budget_s, step_budget_s, step_gap_bound_s
 from hyperflexis.scheduler.waiting import Hopeless
@@ -90,12 +91,26 @@ def _late_order(rechecked: list[Request], hopeless: list[Hopeless]) -> Iterator[
         yield entry[3]
 
 
+def _late_key(request: Request) -> tuple[int, float]:
+    return request.slo.priority, request.next_token_deadline_s
+
+
 @register_policy
 class HyperFlexisScheduler(Scheduler):
     name = "hyperflexis"
     needs_cost_model = True
     _sets_aside_hopeless: ClassVar[bool] = True  # see _candidates
     _priority_blind: ClassVar[bool] = False  # the no-prioritise ablation: every job at one priority
+
+    _oversize: OversizeCut | None = None  # with `oversize_load`: made on the first arrival
+
+    def add_request(self, request: Request) -> None:
+        super().add_request(request)
+        load = self.config.oversize_load
+        if load > 0 and request.num_computed_tokens == 0 and self.config.role != "decode":
+            if self._oversize is None:
+                self._oversize = OversizeCut(load)
+            self._oversize.arrived(request.arrival_s, request.num_uncomputed_tokens)
 
     def schedule(self, now: float) -> SchedulerOutput:
         output = SchedulerOutput()
@@ -227,7 +242,8 @@ class HyperFlexisScheduler(Scheduler):
             return [], []
         tightest = min(decodes.tightest_tpot_s, waiting_tpot_s)
         rate = budgeted_prefill_rate(self._model, decodes.features, tightest, self.config)
-        blind = self._priority_blind
+        candidates, oversize = self._split_oversize(candidates, rate, now)
+        blind = self._priority_blind or self.config.shed_order == "work"
         jobs: list[PrefillJob] = [
             (
                 r.next_token_deadline_s,
@@ -237,7 +253,30 @@ class HyperFlexisScheduler(Scheduler):
             )
             for r in candidates
         ]
-        return split_feasible(jobs, now, rate)
+        feasible, late = split_feasible(jobs, now, rate)
+        if oversize or (blind and not self._priority_blind):
+            # Who goes late was chosen by size; the late set is still served in its own order.
+            late += oversize
+            late.sort(key=_late_key)
+        return feasible, late
+
+    def _split_oversize(
+        self, candidates: list[Request], rate: float, now: float
+    ) -> tuple[list[Request], list[Request]]:
+        """The candidates the feasibility check weighs, and the waiting prompts above the
+        oversize cut (scheduler/oversize.py), late at once; a started prefill is never cut."""
+        cut = self._oversize
+        if cut is None or rate <= 0:
+            return candidates, []
+        size = cut.cut_tokens(now, rate / (1.0 - self.config.prefill_rate_margin))
+        if math.isinf(size):
+            return candidates, []
+        kept: list[Request] = []
+        oversize: list[Request] = []
+        for r in candidates:
+            big = r.num_computed_tokens == 0 and r.num_uncomputed_tokens > size
+            (oversize if big else kept).append(r)
+        return kept, oversize
 
     def _sit_out_for(
         self, feasible: list[Request], decodes: _Decodes, budget_s: float, now: float
