@@ -107,12 +107,12 @@ def _analyse(runs: list[dict[str, Any]], names: list[str]) -> dict[str, Any]:
         name: [(r["rate"], r["attainment"]) for r in runs if r["row"] == name] for name in names
     }
     goodput = {name: goodput_at(points, 0.9) for name, points in series.items()}
-    baselines = [p for p in BASELINES if p in names]
-    best_goodput = max(baselines, key=lambda p: goodput[p])
+    baselines = [p for p in BASELINES if p in names]  # none: a run of the ablation rows only
+    best_goodput = max(baselines, key=lambda p: goodput[p], default=None)
     # The baseline that holds out longest before falling to 50% attainment.
     falls = {p: rate_where_falls_to(series[p], 0.5) for p in baselines}
-    best_50 = max(baselines, key=lambda p: float("inf") if falls[p] is None else falls[p])
-    rate_50 = falls[best_50]
+    best_50 = max(baselines, key=lambda p: falls[p] or float("inf"), default=OURS)
+    rate_50 = falls.get(best_50)
     ours_at_50 = None if rate_50 is None else attainment_at(series[OURS], rate_50)
     base_at_50 = None if rate_50 is None else attainment_at(series[best_50], rate_50)
     # Mean latency at the swept rate nearest that point.
@@ -121,8 +121,8 @@ def _analyse(runs: list[dict[str, Any]], names: list[str]) -> dict[str, Any]:
         near = min((r["rate"] for r in runs), key=lambda rate: abs(rate - rate_50))
     e2e = {r["row"]: r["e2e_s"]["mean"] for r in runs if near is not None and r["rate"] == near}
 
-    def ratio(other: str) -> float | None:
-        return goodput[OURS] / goodput[other] if goodput.get(other) else None
+    def ratio(other: str | None) -> float | None:
+        return goodput[OURS] / goodput[other] if other and goodput.get(other) else None
 
     return {
         "goodput_at_90": goodput,
@@ -272,8 +272,9 @@ def _over_seeds(analyses: dict[int, dict[str, Any]]) -> dict[str, Any]:
     ratio = {seed: dict(a["goodput_ratio_by_row"]) for seed, a in analyses.items()}
     best = {seed: a["best_baseline_goodput"] for seed, a in analyses.items()}
     for seed, a in analyses.items():
-        goodput[seed][BEST] = a["goodput_at_90"][best[seed]]
-        ratio[seed][BEST] = a["goodput_ratio"]
+        if best[seed] is not None:
+            goodput[seed][BEST] = a["goodput_at_90"][best[seed]]
+            ratio[seed][BEST] = a["goodput_ratio"]
 
     def echo(figures: dict[int, dict[str, float | None]]) -> dict[str, Any]:
         return {k: v and v.echo() for k, v in rows_over_seeds(figures).items()}
