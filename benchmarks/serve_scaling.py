@@ -33,6 +33,7 @@ import json
 import math
 import sys
 import time
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -192,6 +193,7 @@ def live_run(
         "ttft_p50_s": summary["ttft_s"]["p50"],
         "tpot_p50_s": summary["tpot_s"]["p50"],
         "correction_factor": factor,
+        "errors": dict(Counter(r.error[:120] for r in run.results if r.error)),
         **cost,
         "events": events,
     }
