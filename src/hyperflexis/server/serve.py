@@ -120,7 +120,7 @@ def serve(config: ServerConfig) -> int:
             link_policy=config.link_policy,
             price_per_hour=config.price_per_hour,
         )
-        elastic = _live_scaler(config, core, profiled)
+        elastic = _live_scaler(config, core, shared)
         asyncio.run(_serve_http(config, core, create_app(core, elastic), elastic))
     except (_Stop, KeyboardInterrupt):
         pass
@@ -158,7 +158,8 @@ def _live_scaler(
     config: ServerConfig, core: ServingCore, cost_model: StepCostModel
 ) -> LiveScaler | None:
     """`--scaler`'s control loop, or None. The scaler sizes capacity with the server's
-    profiled step cost model; the hardware and model specs only feed its start-up estimates."""
+    profiled step cost model scaled by the instances' measured correction (the dispatcher's
+    `SharedCorrection`); the hardware and model specs only feed its start-up estimates."""
     from hyperflexis.cluster.scaler import PoolLimits, ScalerContext, make_scaler
     from hyperflexis.server.elastic import LiveScaler
 
