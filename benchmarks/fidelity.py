@@ -73,10 +73,13 @@ from hyperflexis.sim.deployment import Deployment
 from hyperflexis.sim.setup import SimSetup, simulate_with_records
 from hyperflexis.workloads import build_workload, load_workload, parse_slo_mix, save_workload
 from hyperflexis.workloads.spec import Workload
-from serve_slo import REFERENCE_STEP_S, calibrate, scaled_classes  # this folder's
+from serve_slo import (  # this folder's
+    DEFAULT_TRACE,
+    REFERENCE_STEP_S,
+    calibrate,
+    scaled_classes,
+)
 
-DEFAULT_TRACE = Path(__file__).resolve().parents[1] / ".." / "shared" / "traces"
-DEFAULT_TRACE = DEFAULT_TRACE / "azure_llm_2023_conv.csv"
 NUM_INSTANCES = 2
 WARM_UP_S = 3.0  # of arrivals at the first rate before the sweep, not compared
 # Twin name -> (what it is, how its steps are charged, whether it adds the response latency
