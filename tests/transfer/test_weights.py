@@ -17,10 +17,10 @@ import torch
 from hyperflexis import LLM, SamplingParams
 from hyperflexis.engine.model import CausalLM
 from hyperflexis.transfer import weights as weights_module
+from hyperflexis.transfer.instance_weights import InstanceWeights
 from hyperflexis.transfer.weights import (
     WEIGHT_SOURCES,
     DiskSource,
-    InstanceWeights,
     LoadedWeights,
     PeerSource,
     PublishedWeights,
@@ -83,7 +83,7 @@ def load_peer_first(folder: Path, manifest: WeightManifest | None) -> LoadedWeig
 
 
 def test_the_registry_names_both_sources() -> None:
-    assert WEIGHT_SOURCES.names() == ["disk", "peer"]
+    assert WEIGHT_SOURCES.names() == ["disk", "peer", "peer-dist"]
     assert WEIGHT_SOURCES.get("peer") is PeerSource
 
 

@@ -141,6 +141,9 @@ class Backend(ABC):
     """Places, starts, watches and stops instance processes; the registry names them."""
 
     name: str
+    # The weight source of an instance started while a peer publishes (transfer/weights.py):
+    # `peer` maps the peer's segment; `peer-dist` also reaches peers on other nodes.
+    peer_weight_source = "peer"
 
     @abstractmethod
     def spawn(self, spec: InstanceSpec, on_connected: ConnectedHandler) -> InstanceHandle:

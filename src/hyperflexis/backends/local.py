@@ -198,12 +198,14 @@ class InstancePool:
 
     def _replacement_spec(self, spec: InstanceSpec) -> InstanceSpec:
         """`spec`, with weights from a live peer's published segment when it publishes its own
-        and a peer has (the load falls back to disk on any mismatch); else from disk."""
+        and a peer has (the backend's `peer_weight_source`; the load falls back to disk on any
+        mismatch); else from disk."""
         peers = [h.ready.weights_manifest for h in self.live() if h.ready is not None]
         manifest = next((m for m in peers if m is not None), None)
         if not spec.publish_weights or manifest is None:
             return dataclasses.replace(spec, weight_source="disk", peer_weights=None)
-        return dataclasses.replace(spec, weight_source="peer", peer_weights=manifest)
+        source = self.backend.peer_weight_source
+        return dataclasses.replace(spec, weight_source=source, peer_weights=manifest)
 
     def kill(self, handle: InstanceHandle) -> None:
         """SIGKILL or its backend's kill (a frozen process cannot resist it, and never wakes

@@ -54,7 +54,7 @@ def run_prestarted(commands: Connection, reports: Connection) -> None:
     import torch  # noqa: F401 (imported ahead: the point of a pre-started worker)
 
     import hyperflexis.engine.model_runner
-    import hyperflexis.transfer.weights  # noqa: F401
+    import hyperflexis.transfer.instance_weights  # noqa: F401 (every weight source)
 
     try:
         reports.send(WorkerIdle(os.getpid(), process_age_s()))

@@ -121,6 +121,9 @@ class RayBackend(Backend):
     """Instances as Ray actors; see the module docstring."""
 
     name = "ray"
+    # A replacement's node is known only once Ray placed it: it maps a peer on its own node and
+    # receives over torch.distributed from one elsewhere (instance_weights.peer_sources).
+    peer_weight_source = "peer-dist"
 
     def __init__(
         self,

@@ -43,7 +43,7 @@ from hyperflexis.core.outputs import RequestOutput
 from hyperflexis.engine.factory import InstanceSpec, build_engine
 from hyperflexis.engine.loop import LLMEngine
 from hyperflexis.perf.online import OnlineCorrection
-from hyperflexis.transfer.weights import InstanceWeights, weight_origin
+from hyperflexis.transfer.instance_weights import InstanceWeights, weight_origin
 
 # An engine with requests that ran an empty step (nothing fits now) waits this long for a
 # command before trying again, instead of spinning.

@@ -29,7 +29,8 @@ from hyperflexis.scheduler import (
 if TYPE_CHECKING:
     from hyperflexis.engine import ModelRunner
     from hyperflexis.engine.model_runner import KVStorage
-    from hyperflexis.transfer.weights import InstanceWeights, WeightManifest
+    from hyperflexis.transfer.instance_weights import InstanceWeights
+    from hyperflexis.transfer.weights import WeightManifest
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,7 +83,7 @@ def build_engine(
     to read where the weights came from afterwards; None: one for `spec.weight_source`."""
     needs_cost_model = policy_class(spec.policy).needs_cost_model  # unknown names fail first
     from hyperflexis.engine import IncrementalDetokenizer, ModelRunner
-    from hyperflexis.transfer.weights import InstanceWeights
+    from hyperflexis.transfer.instance_weights import InstanceWeights
 
     if weights is None:
         weights = InstanceWeights(spec.weight_source, spec.peer_weights, spec.publish_weights)

@@ -62,7 +62,7 @@ class ModelRunner:
         than the model's; `gpu_memory_utilization`: the fraction of the device's memory this
         replica may fill, KV cache included (CUDA only; vLLM's meaning); `kv_storage`: where
         the KV cache's memory comes from (a KV transport's `allocate`, so peers can read it);
-        `load`: reads the weights (`transfer.weights.InstanceWeights`: from a live peer)."""
+        `load`: reads the weights (`transfer.instance_weights.InstanceWeights`: from a peer)."""
         if dtype != "auto":
             parse_dtype(dtype)  # validated before any loading
         _check_limits(block_size, kv_cache_bytes, max_model_len, gpu_memory_utilization, device)

@@ -4,11 +4,22 @@ persistent gloo (CPU) or NCCL (CUDA) group per link, `nixl` over UCX when `nixl-
 installed, `auto` picks shm or torch-dist per link by the two instances' nodes.
 
 Weights for a new instance come from a registry of sources (`weights.WEIGHT_SOURCES`): `peer` (a
-running instance's /dev/shm segment) and `disk` (safetensors), through `weights.load_weights`."""
+running instance's /dev/shm segment), `peer-dist` (that segment over torch.distributed, for a
+peer on another node: `weights_dist`) and `disk` (safetensors), through `weights.load_weights`;
+`instance_weights.InstanceWeights` picks them for an instance."""
 
 from __future__ import annotations
 
-from hyperflexis.transfer import faulty, nixl, per_link, shm, torch_dist, weights
+from hyperflexis.transfer import (
+    faulty,
+    instance_weights,
+    nixl,
+    per_link,
+    shm,
+    torch_dist,
+    weights,
+    weights_dist,
+)
 from hyperflexis.transfer.base import (
     KV_TRANSPORTS,
     KVTransport,
@@ -36,11 +47,13 @@ __all__ = [
     "TransferTimeoutError",
     "create_kv_transport",
     "faulty",
+    "instance_weights",
     "nixl",
     "per_link",
     "shm",
     "torch_dist",
     "weights",
+    "weights_dist",
 ]
 
 

@@ -53,12 +53,41 @@ def node_address() -> str:
     return os.environ.get(NODE_IP_ENV) or LOOPBACK
 
 
-def _store(address: tuple[str, int], timeout_s: float) -> dist.TCPStore:
+def host_store(timeout_s: float) -> tuple[dist.TCPStore, tuple[str, int]]:
+    """A master TCPStore on a free port of this node's address, and that address."""
+    listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    host = node_address()
+    listener.bind((host, 0))  # a free port, on that address only (TCPStore binds to all)
+    listener.listen()
+    port = listener.getsockname()[1]
+    master = dist.TCPStore(
+        host,
+        port,
+        is_master=True,
+        wait_for_workers=False,
+        timeout=datetime.timedelta(seconds=timeout_s),
+        master_listen_fd=listener.detach(),  # the store owns and closes the socket
+    )
+    return master, (host, port)
+
+
+def wait_key(store: dist.TCPStore, key: str, closing: threading.Event) -> bytes | None:
+    """The key's value once set, or None when `closing` is set first."""
+    while not closing.is_set():
+        try:
+            store.wait([key], WAIT_SLICE)
+        except dist.DistStoreError:
+            continue  # not set yet: recheck `closing`
+        return store.get(key)
+    return None
+
+
+def store_client(address: tuple[str, int], timeout_s: float) -> dist.TCPStore:
     timeout = datetime.timedelta(seconds=timeout_s)
     return dist.TCPStore(address[0], address[1], is_master=False, timeout=timeout)
 
 
-def _group(store: dist.Store, rank: int, device: torch.device, timeout_s: float) -> Any:
+def pair_group(store: dist.Store, rank: int, device: torch.device, timeout_s: float) -> Any:
     """A two-rank group; `Any` because torch's stubs give the gloo and NCCL backends no
     send/recv."""
     timeout = datetime.timedelta(seconds=timeout_s)
@@ -73,7 +102,7 @@ def _group(store: dist.Store, rank: int, device: torch.device, timeout_s: float)
     return dist.ProcessGroupGloo(store, rank, 2, options)
 
 
-def _as_error(exc: Exception, what: str) -> TransferError:
+def as_error(exc: Exception, what: str) -> TransferError:
     text = str(exc)
     if "Timed out" in text or "timeout" in text.lower():
         return TransferTimeoutError(f"torch-dist: {what} timed out: {text}")
@@ -122,20 +151,8 @@ class TorchDistTransport(KVTransport):
         return torch.zeros(num_bytes, dtype=torch.uint8, device=device)
 
     def _register(self, kv_cache: KVCache, layout: PoolLayout) -> PoolDescriptor:
-        listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        host = node_address()
-        listener.bind((host, 0))  # a free port, on that address only (TCPStore binds to all)
-        listener.listen()
-        self._port = listener.getsockname()[1]
-        self._address = (host, self._port)
-        self._master = dist.TCPStore(
-            host,
-            self._port,
-            is_master=True,
-            wait_for_workers=False,
-            timeout=datetime.timedelta(seconds=self.timeout_s),
-            master_listen_fd=listener.detach(),  # the store owns and closes the socket
-        )
+        self._master, self._address = host_store(self.timeout_s)
+        host, self._port = self._address
         owner = f"torch-dist-{host}:{self._port}"
         # Daemon threads: a backstop so that a wedged link can never hold up interpreter exit.
         self._accept = threading.Thread(
@@ -147,17 +164,10 @@ class TorchDistTransport(KVTransport):
     # --- owner side -------------------------------------------------------------------------
 
     def _wait_key(self, store: dist.TCPStore, key: str) -> bytes | None:
-        """The key's value once set, or None when the transport closes first."""
-        while not self._closing.is_set():
-            try:
-                store.wait([key], WAIT_SLICE)
-            except dist.DistStoreError:
-                continue  # not set yet: recheck `closing`
-            return store.get(key)
-        return None
+        return wait_key(store, key, self._closing)
 
     def _accept_links(self) -> None:
-        store = _store(self._address, self.timeout_s)
+        store = store_client(self._address, self.timeout_s)
         index = 0
         while self._wait_key(store, f"join/{index}") not in (None, CLOSE.encode()):
             served = _Served(index)
@@ -173,10 +183,10 @@ class TorchDistTransport(KVTransport):
             index += 1
 
     def _serve(self, served: _Served) -> None:
-        store = _store(self._address, self.timeout_s)
+        store = store_client(self._address, self.timeout_s)
         prefix = f"link/{served.index}/"
         try:
-            group = _group(dist.PrefixStore(prefix, store), 0, self.pool_device, self.timeout_s)
+            group = pair_group(dist.PrefixStore(prefix, store), 0, self.pool_device, self.timeout_s)
         except RuntimeError as exc:
             logger.warning("torch-dist link %d failed to form: %s", served.index, exc)
             return
@@ -218,13 +228,13 @@ class TorchDistTransport(KVTransport):
         if link is not None:
             return link
         try:
-            store = _store(peer.handle, self.timeout_s)
+            store = store_client(peer.handle, self.timeout_s)
             index = store.add("num_links", 1) - 1
             store.set(f"join/{index}", "join")
             prefix = dist.PrefixStore(f"link/{index}/", store)
-            group = _group(prefix, 1, self.pool_device, self.timeout_s)
+            group = pair_group(prefix, 1, self.pool_device, self.timeout_s)
         except (RuntimeError, dist.DistError) as exc:
-            raise _as_error(exc, f"joining {peer.owner}") from exc
+            raise as_error(exc, f"joining {peer.owner}") from exc
         executor = ThreadPoolExecutor(1, thread_name_prefix=f"torch-dist-recv-{index}")
         link = self._links[peer.owner] = _Link(store, group, index, executor)
         return link
@@ -241,7 +251,7 @@ class TorchDistTransport(KVTransport):
             ids = ",".join(map(str, transfer.remote_blocks))
             link.store.set(f"link/{link.index}/req/{tag}", ids)
         except (RuntimeError, dist.DistError) as exc:
-            raise _as_error(exc, f"requesting blocks from {transfer.peer.owner}") from exc
+            raise as_error(exc, f"requesting blocks from {transfer.peer.owner}") from exc
         local = torch.tensor(transfer.local_blocks, dtype=torch.int64, device=first.device)
         transfer.state = link.executor.submit(_finish_recv, work, staging, local, self.pool)
 
@@ -256,7 +266,7 @@ class TorchDistTransport(KVTransport):
             future.result()
         except RuntimeError as exc:
             self._drop_link(transfer.peer.owner)
-            raise _as_error(exc, f"receiving from {transfer.peer.owner}") from exc
+            raise as_error(exc, f"receiving from {transfer.peer.owner}") from exc
         return True
 
     def _drop_link(self, owner: str) -> None:

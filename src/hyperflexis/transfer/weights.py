@@ -14,7 +14,6 @@ pass over the bytes is the checksum, which the new instance needs anyway.
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import mmap
 import os
@@ -25,7 +24,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import ClassVar
 
 import torch
 
@@ -68,6 +67,9 @@ class WeightManifest:
     owner_pid: int
     num_bytes: int  # the segment's size
     tensors: tuple[TensorEntry, ...]
+    node: str = ""  # the publisher's node (`per_link.node_name`); "" before it serves
+    # Where it serves the segment over torch.distributed (`peer-dist`, weights_dist.py); None: not.
+    dist_address: tuple[str, int] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -134,25 +136,44 @@ class PeerSource(WeightSource):
             raise WeightSourceError("no peer has published its weights")
         phases: dict[str, float] = {}
         start = time.perf_counter()
-        config = ModelConfig.from_file(folder / "config.json")
-        skeleton = CausalLM(config, device="meta").to(dtype)  # shapes only, no memory
-        skeleton.tie_weights()
-        _check_layout(manifest, dict(skeleton.named_parameters()))
+        config = checked_config(folder, dtype, manifest)
         segment = tensor_over(_map_segment(manifest))  # the views keep the mapping alive
-        views = _segment_views(segment, manifest)
         phases["map_s"] = time.perf_counter() - start
         start = time.perf_counter()
         _verify_digests(manifest, segment)
         _check_owner(manifest)  # a publisher gone mid-check leaves bytes not to be trusted
         phases["verify_s"] = time.perf_counter() - start
+        return config, model_over(config, dtype, device, manifest, segment, phases), phases
+
+
+def checked_config(folder: Path, dtype: torch.dtype, manifest: WeightManifest) -> ModelConfig:
+    """The folder's config, once the manifest's names, shapes and dtypes match its model's."""
+    config = ModelConfig.from_file(folder / "config.json")
+    skeleton = CausalLM(config, device="meta").to(dtype)  # shapes only, no memory
+    skeleton.tie_weights()
+    _check_layout(manifest, dict(skeleton.named_parameters()))
+    return config
+
+
+def model_over(
+    config: ModelConfig,
+    dtype: torch.dtype,
+    device: torch.device,
+    manifest: WeightManifest,
+    segment: torch.Tensor,
+    phases: dict[str, float],
+) -> CausalLM:
+    """The model whose weights are views of `segment` (verified, laid out as `manifest` says),
+    copied to `device` when it is not the CPU; adds "copy_s" and "build_s" to `phases`."""
+    views = _segment_views(segment, manifest)
+    start = time.perf_counter()
+    if device.type != "cpu":
+        views = {name: view.to(device) for name, view in views.items()}
+        phases["copy_s"] = time.perf_counter() - start
         start = time.perf_counter()
-        if device.type != "cpu":
-            views = {name: view.to(device) for name, view in views.items()}
-            phases["copy_s"] = time.perf_counter() - start
-            start = time.perf_counter()
-        model = mapped_model(config, dtype, views)
-        phases["build_s"] = time.perf_counter() - start
-        return config, model, phases
+    model = mapped_model(config, dtype, views)
+    phases["build_s"] = time.perf_counter() - start
+    return model
 
 
 class PublishedWeights:
@@ -212,61 +233,6 @@ def load_weights(
         logger.info("weights from %s (%s)", source.name, timings)
         return LoadedWeights(config, model, source.name, phases, tuple(failures))
     raise AssertionError("unreachable: the last source returns or raises")
-
-
-class InstanceWeights:
-    """An instance's weight loader (`ModelRunner`'s `load`): the sources `weight_source` names,
-    in order ("peer" from `peer`'s segment, falling back to "disk"; "disk" alone). Remembers
-    what served (`loaded`) and how long the whole load took (`load_s`, fallbacks included).
-
-    `publish`: also publish the weights for peers (`published`) and run on the published
-    segment itself (the loaded copy is freed), so the host keeps one copy however many
-    instances map it. `close` unlinks the segment (peers that mapped it keep their pages)."""
-
-    def __init__(
-        self, weight_source: str, peer: WeightManifest | None = None, publish: bool = False
-    ) -> None:
-        WEIGHT_SOURCES.get(weight_source)  # unknown names fail here, before any loading
-        self.sources: list[WeightSource] = [DiskSource()]
-        if weight_source == PeerSource.name:
-            self.sources.insert(0, PeerSource(peer))
-        self.publish = publish
-        self.loaded: LoadedWeights | None = None
-        self.published: PublishedWeights | None = None
-        self.load_s = 0.0
-
-    def __call__(
-        self, folder: Path, dtype: torch.dtype, device: torch.device
-    ) -> tuple[ModelConfig, torch.nn.Module]:
-        start = time.perf_counter()
-        loaded = load_weights(folder, dtype, device, self.sources)
-        self.load_s = time.perf_counter() - start
-        if self.publish:
-            self.published = PublishedWeights(loaded.model)
-            if device.type == "cpu":
-                _, model, _ = PeerSource(self.published.manifest).load(folder, dtype, device)
-                loaded = dataclasses.replace(loaded, model=model)
-        self.loaded = loaded
-        return loaded.config, loaded.model
-
-    @property
-    def manifest(self) -> WeightManifest | None:
-        return None if self.published is None else self.published.manifest
-
-    def close(self) -> None:
-        if self.published is not None:
-            self.published.close()
-
-
-def weight_origin(weights: InstanceWeights) -> dict[str, Any]:
-    """`InstanceReady`'s weight fields: the source that served, what failed first, and the
-    published segment's manifest."""
-    loaded = weights.loaded
-    return {
-        "weight_source": "" if loaded is None else loaded.source,
-        "weight_failures": () if loaded is None else loaded.failures,
-        "weights_manifest": weights.manifest,
-    }
 
 
 def unlink_orphaned_weight_segments(directory: Path = SHM_DIR) -> list[Path]:
