@@ -76,6 +76,7 @@ from hyperflexis.workloads.spec import Workload
 from serve_slo import (  # this folder's
     DEFAULT_TRACE,
     REFERENCE_STEP_S,
+    add_workload_args,
     calibrate,
     scaled_classes,
 )
@@ -351,10 +352,7 @@ def _parse_args() -> argparse.Namespace:
         "40-48 on a quiet machine: docs/results.md)",
     )
     parser.add_argument("--duration-s", type=float, default=60.0, help="seconds of arrivals")
-    parser.add_argument("--slo-mix", default="interactive:3,standard:5,batch:2")
-    parser.add_argument("--length-scale", type=float, default=0.125, help="trace lengths x this")
-    parser.add_argument("--max-prompt-len", type=int, default=512)
-    parser.add_argument("--max-output-len", type=int, default=128)
+    add_workload_args(parser)
     parser.add_argument(
         "--class-scale",
         type=float,

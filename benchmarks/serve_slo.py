@@ -75,6 +75,14 @@ BASELINE = "fcfs+round-robin"
 NUM_INSTANCES = 2
 
 
+def add_workload_args(parser: argparse.ArgumentParser) -> None:
+    """The trace-shaping flags this script and fidelity.py share: class mix and lengths."""
+    parser.add_argument("--slo-mix", default="interactive:3,standard:5,batch:2")
+    parser.add_argument("--length-scale", type=float, default=0.125, help="trace lengths x this")
+    parser.add_argument("--max-prompt-len", type=int, default=512)
+    parser.add_argument("--max-output-len", type=int, default=128)
+
+
 def main() -> int:
     args = _parse_args()
     exit_on_sigterm()
@@ -356,10 +364,7 @@ def _parse_args() -> argparse.Namespace:
     parser.add_argument(
         "--repeats", type=int, default=1, help="walk the rates this many times; means are used"
     )
-    parser.add_argument("--slo-mix", default="interactive:3,standard:5,batch:2")
-    parser.add_argument("--length-scale", type=float, default=0.125, help="trace lengths x this")
-    parser.add_argument("--max-prompt-len", type=int, default=512)
-    parser.add_argument("--max-output-len", type=int, default=128)
+    add_workload_args(parser)
     parser.add_argument(
         "--class-scale",
         type=float,
