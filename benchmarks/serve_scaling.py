@@ -37,7 +37,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from hyperflexis.bench.client import ClientConfig, run_benchmark
+from hyperflexis.bench.client import ClientConfig, RequestResult, run_benchmark
 from hyperflexis.bench.report import bench_summary
 from hyperflexis.bench.server_info import (
     ServerCost,
@@ -64,6 +64,7 @@ from hyperflexis.workloads import (
 SLO_MIX = "interactive:3,standard:5,batch:2"
 SCALERS = ("hyperflexis", "threshold")
 MAX_INSTANCES = 2  # per pool: two cores
+MAX_FAILURES = 50  # failed requests kept in the results, each with its times and error
 # P/D: the shift's phases as (fraction of the run, mean prompt tokens, mean output tokens).
 PD_PHASES = ((0.4, 400, 8), (0.2, 150, 40), (0.4, 40, 120))
 
@@ -169,7 +170,9 @@ def live_run(
 ) -> dict[str, Any]:
     """One server under the whole load: attainment, the server's cost and scaling events."""
     marks: list[tuple[float, ServerCost | None]] = []
-    with ServerProcess(_server_args(args, policy, static), ready_timeout_s=600) as server:
+    with ServerProcess(
+        _server_args(args, policy, static), ready_timeout_s=600, echo=args.echo_server
+    ) as server:
 
         def at_start() -> None:
             marks.append((time.monotonic(), server_cost(server.url)))
@@ -194,8 +197,26 @@ def live_run(
         "tpot_p50_s": summary["tpot_s"]["p50"],
         "correction_factor": factor,
         "errors": dict(Counter(r.error[:120] for r in run.results if r.error)),
+        "failures": [_failure(r) for r in run.results if r.record.status == "failed"][
+            :MAX_FAILURES
+        ],
         **cost,
         "events": events,
+    }
+
+
+def _failure(result: RequestResult) -> dict[str, Any]:
+    """One failed request, enough to find it in the server's log."""
+    record = result.record
+    return {
+        "request_id": record.request_id,
+        "sent_s": round(record.arrival_s, 3),
+        "finish_s": round(record.finish_s, 3) if record.finish_s is not None else None,
+        "instance": record.instance,
+        "prompt_tokens": result.prompt_tokens,
+        "output_len": result.spec.output_len,
+        "http_status": result.http_status,
+        "error": result.error[:300],
     }
 
 
@@ -303,6 +324,7 @@ def _parse_args() -> argparse.Namespace:
     parser.add_argument("--probe-s", type=float, default=60.0, help="static-sizing probe")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=None, help="results JSON")
+    parser.add_argument("--echo-server", action="store_true", help="server output to stderr")
     args = parser.parse_args()
     args.policies = [p for p in args.policies.split(",") if p]
     unknown = set(args.policies) - {*SCALERS, "static"}
