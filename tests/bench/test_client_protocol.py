@@ -120,6 +120,25 @@ def test_what_goes_wrong_is_recorded(response: httpx.Response, status: str, erro
         assert result.retry_after_s == 2.0
 
 
+def test_tokens_without_text_complete_at_their_finish_chunk() -> None:
+    """One sampled special token (skipped in the text) is still one completed token: usage says
+    so, and the finish chunk is when it came."""
+    usage = {"choices": [], "usage": {"prompt_tokens": 10, "completion_tokens": 1}}
+    body = _sse(_text("", "length"), usage, "[DONE]")
+    result = _run(lambda request: httpx.Response(200, content=body), output_len=1)
+    record = result.record
+    assert record.status == "completed" and result.error == ""
+    assert record.num_output_tokens == 1 and result.generated_text == ""
+    assert record.first_token_s is not None and record.first_token_s <= record.finish_s
+
+
+def test_a_finish_without_tokens_is_still_a_failure() -> None:
+    usage = {"choices": [], "usage": {"prompt_tokens": 10, "completion_tokens": 0}}
+    body = _sse(_text("", "length"), usage, "[DONE]")
+    result = _run(lambda request: httpx.Response(200, content=body), output_len=1)
+    assert result.record.status == "failed" and "without output" in result.error
+
+
 def test_a_connection_error_is_a_failure() -> None:
     def handler(request: httpx.Request) -> httpx.Response:
         raise httpx.ConnectError("refused", request=request)

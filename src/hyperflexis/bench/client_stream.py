@@ -50,6 +50,7 @@ class ResponseStream:
         self.usage_prompt_tokens: int | None = None
         self.usage_completion_tokens: int | None = None
         self.finish_reason: str | None = None  # the last one a choice gave
+        self.finish_chunk_s: float | None = None  # arrival of the chunk that gave it
         self.finish_s: float | None = None
         self.status: RecordStatus | None = None  # set when it ended badly
         self.error = ""
@@ -86,6 +87,7 @@ class ResponseStream:
         reason = choices[0].get("finish_reason") if text is not None and choices else None
         if isinstance(reason, str):
             self.finish_reason = reason
+            self.finish_chunk_s = now
         if text:
             self.chunk_times_s.append(now)
             self.texts.append(text)
@@ -118,8 +120,21 @@ class ResponseStream:
                 "rejected" if self.finish_reason == "rejected" else "failed"
             )
             self.fail(f"finish_reason {self.finish_reason!r}", status_of_reason)
+        # Tokens whose text is empty (a special token, skipped): the usage counts them and the
+        # finish chunk is when they had all come, so it stands for the first one.
+        if (
+            self.status is None
+            and not self.chunk_times_s
+            and num_output >= 1
+            and self.finish_reason in ("stop", "length")
+            and self.finish_chunk_s is not None
+        ):
+            self.chunk_times_s.append(self.finish_chunk_s)
         if self.status is None and (not self.chunk_times_s or num_output < 1):
-            self.fail("the stream ended without output")
+            self.fail(
+                "the stream ended without output (finish_reason "
+                f"{self.finish_reason!r}, usage completion_tokens {self.usage_completion_tokens})"
+            )
         status: RecordStatus = self.status or "completed"
         first = self.chunk_times_s[0] if self.chunk_times_s else None
         finish = self.finish_s if self.finish_s is not None else self._clock()
