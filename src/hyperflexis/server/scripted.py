@@ -48,10 +48,11 @@ def scripted_decision(
     if hang_s is not None and kind != "role_switch":
         raise bad_request("'switch_hang_s' is for a role_switch only", "switch_hang_s")
     if kind == "scale_out":
-        role = body.get("role", next(iter(pools)) if len(pools) == 1 else None)
-        if role not in pools:
+        asked = body.get("role", next(iter(pools)) if len(pools) == 1 else None)
+        pool = next((role for role in pools if role == asked), None)
+        if pool is None:
             raise bad_request(f"'role' must be one of {', '.join(pools)}", "role")
-        return Scripted(ScalingDecision("scale_out", role, instance_id, now, REASON), deadline)
+        return Scripted(ScalingDecision("scale_out", pool, instance_id, now, REASON), deadline)
     life = lifecycle.lives.get(instance_id)
     role = "mixed" if life is None else life.role
     if kind == "role_switch" and role != "mixed":
