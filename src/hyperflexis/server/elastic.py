@@ -265,7 +265,7 @@ class LiveScaler:
         which the supervisor awaits as long as a start's (`flip_starts`)."""
         handle = self.core.pool.handles[flip.instance_id]
         config = dataclasses.replace(handle.spec.scheduler_config, role=flip.role)
-        handle.spec = dataclasses.replace(handle.spec, scheduler_config=config)
+        handle.spec = dataclasses.replace(handle.spec, scheduler_config=config)  # a restart too
         handle.alive = False
         self.core.handoff.on_flipping(handle, flip.role, now)
         drain = self.drains[flip.instance_id]
