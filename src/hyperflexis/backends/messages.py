@@ -89,6 +89,9 @@ class SwitchRole:
     weights and registered KV pool; answered by an `InstanceReady` in the new role."""
 
     role: Role
+    # A test's fault (`POST /debug/scale`'s `switch_hang_s`): the loop sleeps this long before
+    # switching, its heartbeat going on, so the server's flip timeout can be seen to act.
+    hang_s: float = 0.0
 
 
 @dataclass(frozen=True, slots=True)

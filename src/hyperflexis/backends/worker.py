@@ -212,6 +212,8 @@ class InstanceLoop:
         if isinstance(command, SwitchRole):
             if self.switch_role is None:
                 raise RuntimeError(f"{self.instance_id}: this instance cannot switch roles")
+            if command.hang_s > 0:
+                time.sleep(command.hang_s)  # a test's hung switch: the heartbeat beats on
             self.reports.send(self.switch_role(command.role))
             return []
         assert isinstance(command, AddRequest)

@@ -145,8 +145,9 @@ def _add_reliability_arguments(parser: argparse.ArgumentParser) -> None:
         "--start-timeout-s",
         type=float,
         default=300.0,
-        help="kill a replacement or a new (scaled-out) instance still loading after this long "
-        "(default: %(default)s)",
+        help="kill a replacement or a new (scaled-out) instance still loading after this long, "
+        "or an instance whose role flip (--scaler) has not answered by then: a replacement is "
+        "restarted, the others leave (default: %(default)s)",
     )
     parser.add_argument(
         "--max-restarts",

@@ -164,9 +164,14 @@ def create_app(core: ServingCore, elastic: LiveScaler | None = None) -> FastAPI:
         core.access.bound_class(request.headers)
         if elastic is None:
             raise bad_request("the server runs no --scaler")
-        decision, drain_deadline_s = elastic.scripted(await request.json(), elastic.now())
+        scripted = elastic.scripted(await request.json(), elastic.now())
         try:
-            elastic.apply(decision, elastic.now(), drain_deadline_s)
+            elastic.apply(
+                scripted.decision,
+                elastic.now(),
+                scripted.drain_deadline_s,
+                switch_hang_s=scripted.switch_hang_s,
+            )
         except RuntimeError as error:  # not possible now: an id in use, below the minimum
             raise bad_request(str(error)) from None
         return {"events": elastic.events}

@@ -70,8 +70,9 @@ class ServerConfig:
     num_threads: int = 1  # torch CPU threads per instance
     seed: int = 0  # sampling seed of instance 0 (instance i uses seed + i)
     ready_timeout_s: float = 300.0  # how long instances may take to load
-    # A replacement or a scaled-out instance still loading this long is killed (a replacement
-    # is restarted within the budget, a scale-out leaves).
+    # A replacement or a scaled-out instance still loading this long, or a role flip not
+    # answered by then, is killed (a replacement is restarted within the budget, the others
+    # leave).
     start_timeout_s: float = 300.0
     graceful_shutdown_s: int = 2  # after the drain: uvicorn's wait for responses to flush
     # vLLM's spellings of what a deployment also sets:

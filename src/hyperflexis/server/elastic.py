@@ -20,7 +20,11 @@ same scaler object `simulate --scaler` uses, checks each decision against the in
 
 A new instance that exits while loading, or still loads after `--start-timeout-s`, is killed and
 leaves the pool, the controller and the lifecycle (`abandon_start`, called by the supervisor,
-which times every start): event `start_failed`.
+which times every start): event `start_failed`. A flip is a start in the new role, timed the
+same way from its `SwitchRole`: an instance that has not answered it within `--start-timeout-s`
+(hung, though its heartbeat may go on) or that exits meanwhile is killed and leaves the same way
+(`abandon_flip`): event `flip_failed`. It was drained, so it held nothing; the pool it left has
+lost it and the pool it was joining never got it, and the scaler sees both as they are.
 
 A pool never drops below its `--min-instances` (the lifecycle refuses such a drain); P/D has a
 pool per role, each within the same bounds. Decisions may also come from `POST /debug/scale`
@@ -50,16 +54,14 @@ from hyperflexis.cluster.lifecycle_decisions import (
 )
 from hyperflexis.cluster.links import LinkPolicy, LinkTable
 from hyperflexis.cluster.scaler import PoolLimits, Scaler, ScalingDecision, StartupModel
-from hyperflexis.cluster.scaler.tracker import flipped
 from hyperflexis.cluster.snapshot import LoadSnapshot
 from hyperflexis.core.slo import SLO
 from hyperflexis.scheduler.config import Role
 from hyperflexis.server.core import ServingCore
-from hyperflexis.server.errors import bad_request
+from hyperflexis.server.scripted import Scripted, scripted_decision
 
 logger = logging.getLogger("hyperflexis.server.elastic")
 
-KINDS = ("scale_out", "scale_in", "role_switch")  # what /debug/scale may script
 DEFAULT_DRAIN_DEADLINE_S = 5.0  # a drain's decodes that would take longer move elsewhere
 
 
@@ -70,6 +72,7 @@ class _Drain:
     decided_s: float
     deadline_s: float
     drained_s: float | None = None  # a flip: when it was drained and told to switch
+    switch_hang_s: float = 0.0  # a flip's test fault (`SwitchRole.hang_s`)
 
 
 @dataclass(frozen=True, slots=True)
@@ -115,8 +118,10 @@ class LiveScaler:
         self.drains: dict[str, _Drain] = {}  # draining or flipping instances
         self.flip_s: dict[str, float] = {}  # each instance's latest flip, decision to serving
         self._check_soon = False  # a check of the drains is scheduled on the event loop
-        # New instances still loading: when each started (the supervisor times them).
+        # New instances still loading, and flipping instances not yet ready in their new role:
+        # when each started or was told to switch (the supervisor times them).
         self.scale_out_starts: dict[str, float] = {}
+        self.flip_starts: dict[str, float] = {}
         core.handoff.observer = self  # the scaler sees every arrival and finish
 
     def now(self) -> float:
@@ -163,11 +168,16 @@ class LiveScaler:
             self.apply(decision, now)
 
     def apply(
-        self, decision: ScalingDecision, now: float, drain_deadline_s: float | None = None
+        self,
+        decision: ScalingDecision,
+        now: float,
+        drain_deadline_s: float | None = None,
+        switch_hang_s: float = 0.0,
     ) -> None:
         """Check one decision against the instances' lives and carry it out; an impossible
         one raises RuntimeError (the lifecycle's and the checker's words). A drain's deadline
-        is `drain_deadline_s` (default: the server's) after `now`."""
+        is `drain_deadline_s` (default: the server's) after `now`; `switch_hang_s`: a test's
+        hung role switch (`Scripted`)."""
         action = check_decision(
             self.scaler.name, decision, self.lifecycle, self.pools, self._startup
         )
@@ -175,7 +185,7 @@ class LiveScaler:
             self._start_instance(action, decision.reason, now)
         else:
             deadline_s = self.drain_deadline_s if drain_deadline_s is None else drain_deadline_s
-            self._drain(action, decision.reason, now, now + deadline_s)
+            self._drain(action, decision.reason, now, now + deadline_s, switch_hang_s)
 
     def state_of(self, instance_id: str) -> str | None:
         """starting, active, draining, flipping (drained, switching its role) or stopped."""
@@ -207,8 +217,24 @@ class LiveScaler:
         """A new instance that will not start (it exited, or is still loading past the start
         timeout; `server.health.Supervisor`'s call): killed, out of the pool, the controller
         and the lifecycle. It never served; the scaler decides again."""
+        self.scale_out_starts.pop(handle.instance_id, None)
+        self._remove(handle, now)
+        self._event(now, handle.instance_id, "start_failed", reason)
+
+    def abandon_flip(self, handle: InstanceHandle, reason: str, now: float) -> None:
+        """A flipping instance that will not serve in its new role (no answer to its
+        `SwitchRole` within the start timeout, or it exited; the supervisor's call): killed,
+        out of the pool, the controller and the lifecycle, as a failed start. It was drained:
+        it held no request and no KV, so nothing is lost; the scaler decides again."""
+        self.flip_starts.pop(handle.instance_id, None)
+        self.drains.pop(handle.instance_id, None)
+        self._remove(handle, now)
+        self._event(now, handle.instance_id, "flip_failed", reason)
+
+    def _remove(self, handle: InstanceHandle, now: float) -> None:
+        """Kill an instance that is not serving and drop it from the pool, the controller,
+        /metrics' gauges and the lifecycle."""
         instance_id = handle.instance_id
-        self.scale_out_starts.pop(instance_id, None)
         pool = self.core.pool
         if pool.handles.get(instance_id) is handle:
             del pool.handles[instance_id]
@@ -218,25 +244,33 @@ class LiveScaler:
         self.core.handoff.on_retired(handle, now)
         self.core.metrics.remove_instance(instance_id)
         self.lifecycle.stopped(instance_id, now)
-        self._event(now, instance_id, "start_failed", reason)
 
-    def _drain(self, action: DrainInstance, reason: str, now: float, deadline_s: float) -> None:
+    def _drain(
+        self,
+        action: DrainInstance,
+        reason: str,
+        now: float,
+        deadline_s: float,
+        switch_hang_s: float = 0.0,
+    ) -> None:
         self.lifecycle.drain(action.instance_id, action.target, now)
         self.core.handoff.draining.add(action.instance_id)  # the dispatcher skips it
-        self.drains[action.instance_id] = _Drain(now, deadline_s)
+        self.drains[action.instance_id] = _Drain(now, deadline_s, switch_hang_s=switch_hang_s)
         self._event(now, action.instance_id, "drain", f"to {action.target}: {reason}")
         self._finish_drains(now)
 
     def _flip(self, flip: Flip, now: float) -> None:
         """A drained instance switches roles in place: down in the controller (it holds
-        nothing) and not dispatched to until its `InstanceReady` in the new role arrives."""
+        nothing) and not dispatched to until its `InstanceReady` in the new role arrives,
+        which the supervisor awaits as long as a start's (`flip_starts`)."""
         handle = self.core.pool.handles[flip.instance_id]
         config = dataclasses.replace(handle.spec.scheduler_config, role=flip.role)
         handle.spec = dataclasses.replace(handle.spec, scheduler_config=config)  # a restart too
         handle.alive = False
         self.core.handoff.on_flipping(handle, flip.role, now)
-        handle.send(SwitchRole(flip.role))
         drain = self.drains[flip.instance_id]
+        handle.send(SwitchRole(flip.role, drain.switch_hang_s))
+        self.flip_starts[flip.instance_id] = now
         drain.drained_s = now
         detail = f"drained {now - drain.decided_s:.3f} s after the decision; to {flip.role}"
         self._event(now, flip.instance_id, "flip", detail)
@@ -252,6 +286,7 @@ class LiveScaler:
         self.lifecycle.ready(handle.instance_id, now)
         drain = self.drains.pop(handle.instance_id, None)
         if drain is not None and drain.drained_s is not None:
+            self.flip_starts.pop(handle.instance_id, None)
             flip_s = self.flip_s[handle.instance_id] = now - drain.decided_s
             self.core.metrics.on_role_flip(flip_s)
             detail = (
@@ -308,28 +343,6 @@ class LiveScaler:
         self.events.append({**row, "detail": detail, **extra})
         logger.warning("scaling: instance %s %s (%s)", instance_id, event, detail)
 
-    def scripted(self, body: Any, now: float) -> tuple[ScalingDecision, float | None]:
-        """`POST /debug/scale`'s body as a decision and its drain deadline (None: the
-        server's); anything malformed is a 400. `{"kind": "scale_out", "instance_id": ...,
-        "role": ...}` (role: the only pool's by default), `{"kind": "scale_in" | "role_switch",
-        "instance_id": ..., "drain_deadline_s": ...}`."""
-        if not isinstance(body, dict) or body.get("kind") not in KINDS:
-            raise bad_request(f"'kind' must be one of {', '.join(KINDS)}", "kind")
-        instance_id = body.get("instance_id")
-        if not isinstance(instance_id, str) or not instance_id:
-            raise bad_request("'instance_id' must be a non-empty string", "instance_id")
-        deadline = body.get("drain_deadline_s")
-        if deadline is not None and (not isinstance(deadline, int | float) or deadline < 0):
-            raise bad_request("'drain_deadline_s' must be a number >= 0", "drain_deadline_s")
-        kind, reason = body["kind"], "scripted (/debug/scale)"
-        life = self.lifecycle.lives.get(instance_id)
-        if kind == "scale_out":
-            role = body.get("role", next(iter(self.pools)) if len(self.pools) == 1 else None)
-            if role not in self.pools:
-                raise bad_request(f"'role' must be one of {', '.join(self.pools)}", "role")
-            return ScalingDecision("scale_out", role, instance_id, now, reason), deadline
-        role = "mixed" if life is None else life.role
-        if kind == "role_switch" and role != "mixed":
-            decision = ScalingDecision(kind, flipped(role), instance_id, now, reason, role)
-            return decision, deadline
-        return ScalingDecision(kind, role, instance_id, now, reason), deadline
+    def scripted(self, body: Any, now: float) -> Scripted:
+        """`POST /debug/scale`'s body as a decision (`server.scripted`); malformed: a 400."""
+        return scripted_decision(body, now, self.lifecycle, self.pools)

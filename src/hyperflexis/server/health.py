@@ -13,7 +13,11 @@ from disk) if the restart budget allows. Every fault and recovery is logged.
 A replacement still loading after the start timeout is killed and restarted (within the budget);
 a new instance (`serve --scaler`'s scale-out) that exits or is still loading then is killed and
 leaves the pool, the lifecycle and the controller (`ScaleOuts.abandon_start`): it never served,
-and the scaler decides again.
+and the scaler decides again. A role flip is timed the same way from its `SwitchRole`: an instance
+that has not answered within the start timeout (hung: its heartbeat thread may beat on while its
+loop never switches, and a flipping instance is not dispatched to, so silence cannot tell) or
+that exits meanwhile is killed, counted as a failure, and leaves the same way
+(`ScaleOuts.abandon_flip`), not replaced: it was drained, so it held nothing.
 
 /health, for a load balancer: 200 while the server can serve, with `status` "ok" (every instance
 ready) or "degraded" (some missing: capacity is down or still coming up, requests are still
@@ -48,9 +52,13 @@ class ScaleOuts(Protocol):
     supervisor times as it times replacements'."""
 
     scale_out_starts: dict[str, float]  # each new instance still loading: when it started
+    flip_starts: dict[str, float]  # each instance switching roles: when it was told to
 
     def abandon_start(self, handle: InstanceHandle, reason: str, now: float) -> None:
         """Kill a new instance that will not start; it leaves the pool, lifecycle, controller."""
+
+    def abandon_flip(self, handle: InstanceHandle, reason: str, now: float) -> None:
+        """Kill a flipping instance that will not serve in its new role; it leaves the same way."""
 
 
 @dataclass
@@ -102,7 +110,7 @@ class Supervisor:
     def check(self, now: float) -> list[str]:
         """Fail every live instance silent for longer than the timeout, restart every
         replacement still loading past the start timeout (it may beat while hung) and stop
-        every new (scaled-out) one; their ids."""
+        every new (scaled-out) one and every unanswered role flip; their ids."""
         silent = [h for h in self.pool.live() if now - h.last_heard_s > self.instance_timeout_s]
         for handle in silent:
             self.fail(handle, f"silent for {now - handle.last_heard_s:.1f} s", now)
@@ -119,21 +127,35 @@ class Supervisor:
         return [h.instance_id for h in silent] + stuck + self._stop_hung_scale_outs(now)
 
     def _stop_hung_scale_outs(self, now: float) -> list[str]:
-        """A new instance still loading past the start timeout is killed and leaves (it never
-        served, so nothing is lost; the scaler decides again), not restarted."""
+        """A new instance still loading past the start timeout, or a flipping one that has not
+        answered its `SwitchRole` by then, is killed and leaves (it holds nothing, so nothing
+        is lost; the scaler decides again), not restarted."""
         if self.scaling is None:
             return []
+        timeout_s = self.start_timeout_s
         starts = self.scaling.scale_out_starts
-        hung = [i for i, t in starts.items() if now - t > self.start_timeout_s]
+        hung = [i for i, t in starts.items() if now - t > timeout_s]
         for instance_id in hung:
             logger.warning(
                 "instance %s: a new instance did not start within %.0f s: stopped",
                 instance_id,
-                self.start_timeout_s,
+                timeout_s,
             )
-            reason = f"not ready within {self.start_timeout_s:g} s"
+            reason = f"not ready within {timeout_s:g} s"
             self.scaling.abandon_start(self.pool.handles[instance_id], reason, now)
-        return hung
+        flips = [i for i, t in self.scaling.flip_starts.items() if now - t > timeout_s]
+        for instance_id in flips:
+            handle = self.pool.handles[instance_id]
+            logger.warning(
+                "instance %s: no answer to its role switch (to %s) within %.0f s: stopped",
+                instance_id,
+                handle.spec.scheduler_config.role,
+                timeout_s,
+            )
+            self.core.metrics.on_instance_failed(instance_id, {})
+            reason = f"no answer to its switch to {handle.spec.scheduler_config.role} within "
+            self.scaling.abandon_flip(handle, f"{reason}{timeout_s:g} s", now)
+        return hung + flips
 
     def on_exit(self, handle: InstanceHandle) -> None:
         """Its report pipe closed: it exited, crashed, or failed to start."""
@@ -171,6 +193,9 @@ class Supervisor:
         if self.scaling is not None and instance_id in self.scaling.scale_out_starts:
             self.scaling.abandon_start(handle, f"failed while starting: {reason}", now)
             return  # a new instance that never served leaves; the scaler decides again
+        if self.scaling is not None and instance_id in self.scaling.flip_starts:
+            self.scaling.abandon_flip(handle, f"failed while switching roles: {reason}", now)
+            return  # as a failed start: it held nothing, it leaves
         if self.core.draining:
             return  # the server is stopping: its requests are recovered, it is not replaced
         self._restart(instance_id, now)

@@ -95,7 +95,8 @@ ENGINE_COUNTERS = {
     "preemptions": ("vllm:num_preemptions", "Preemptions (KV freed, recomputed later)."),
     "failures": (
         "hyperflexis:instance_failures",
-        "Times the instance failed: exited, or silent past --instance-timeout-s.",
+        "Times the instance failed: exited, silent past --instance-timeout-s, or its role "
+        "flip unanswered past --start-timeout-s.",
     ),
     "restarts": ("hyperflexis:instance_restarts", "Replacement processes started for it."),
 }
