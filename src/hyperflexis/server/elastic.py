@@ -49,6 +49,7 @@ from hyperflexis.cluster.lifecycle_decisions import (
     cluster_view,
 )
 from hyperflexis.cluster.links import LinkPolicy, LinkTable
+from hyperflexis.cluster.migration import DEFAULT_DRAIN_DEADLINE_S
 from hyperflexis.cluster.scaler import PoolLimits, Scaler, ScalingDecision, StartupModel
 from hyperflexis.cluster.scaler.tracker import flipped
 from hyperflexis.cluster.snapshot import LoadSnapshot
@@ -60,7 +61,6 @@ from hyperflexis.server.errors import bad_request
 logger = logging.getLogger("hyperflexis.server.elastic")
 
 KINDS = ("scale_out", "scale_in", "role_switch")  # what /debug/scale may script
-DEFAULT_DRAIN_DEADLINE_S = 5.0  # a drain's decodes that would take longer move elsewhere
 
 
 @dataclass(slots=True)
