@@ -61,7 +61,9 @@ def _stop_s(result: ElasticResult, instance_id: str) -> float:
     return stop.time_s
 
 
-def _check_every_request_ended_once_whole(result: ElasticResult, load: tuple[RequestSpec, ...]):
+def _check_every_request_ended_once_whole(
+    result: ElasticResult, load: tuple[RequestSpec, ...]
+) -> None:
     records = {r.request_id: r for r in result.sim.records}
     assert len(result.sim.records) == len(records) == len(load)
     for spec in load:
@@ -112,7 +114,9 @@ def test_pd_a_draining_decode_instance_hands_its_decode_to_another() -> None:
     )
     result = _run(Deployment(num_prefill=1, num_decode=2), "decode-1", 5.0, load)
     _check_every_request_ended_once_whole(result, load)
-    moved = [rid for rid, path in result.sim.routes.items() if path[-2:] == ("decode-1", "decode-0")]
+    moved = [
+        rid for rid, path in result.sim.routes.items() if path[-2:] == ("decode-1", "decode-0")
+    ]
     assert len(moved) == 1
     assert result.summary()["num_migrations"] == 1
     (record,) = [r for r in result.sim.records if r.request_id == moved[0]]
