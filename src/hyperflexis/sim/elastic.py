@@ -199,7 +199,7 @@ class ElasticSimulator(ClusterHooks):
     # -- the control loop -------------------------------------------------------------------
 
     def _on_control_tick(self, event: ControlTick, now: float) -> None:
-        for instance_id, life in self.lifecycle.lives.items():
+        for instance_id, life in list(self.lifecycle.lives.items()):
             if life.state == "draining":  # as the server's tick: what is due moves, or stops
                 self._finish_drain(self._index(instance_id), now)
         decisions = self.scaler.decide(now, self.view(now))

@@ -123,9 +123,12 @@ class SimInstance:
         return request, 0 if lease is None else lease.num_tokens
 
     def release_lease(self, request_id: str) -> bool:
-        """Free a migration's leased KV (its pull ended); False when none is held."""
-        self._snapshot = None
-        return self.scheduler.release_lease(request_id)
+        """Free a migration's leased KV (its pull ended); False when none is held (a P/D
+        hand-off's, freed at its prefill's end)."""
+        released = self.scheduler.release_lease(request_id)
+        if released:
+            self._snapshot = None
+        return released
 
     def abort(self, request_id: str, now: float) -> Request | None:
         """End a request here at once, freeing its KV (it goes elsewhere); None if unknown."""
