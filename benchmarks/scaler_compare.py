@@ -231,6 +231,7 @@ _KEYS = (
     "peak_instances",
     "num_decisions",
     "num_parked_handoffs",
+    "num_migrations",
     "duration_s",
     "ttft_s",
     "tpot_s",

@@ -1,14 +1,16 @@
 """One controller, two drivers (DESIGN.md §10): a scripted P/D workload through the simulator and
-through the server's core gives the same controller effects in the same order.
+through the server's core gives the same controller effects in the same order; and so does one
+through the elastic simulator with a scripted drain whose decodes migrate (DESIGN.md §10.3).
 
 The server side runs on scripted instances: an in-process fake of the backend that answers with
 the `StepReport`s the simulated instances' events stand for (a first token with its `KVReady` from
-P, a `HandoffDone` from D, a finished delta). That fake is acceptable here ONLY because this test
-is about the controller's effects, not about instances: every instance publishes the load the
-simulator's instance had at that moment, so the dispatcher is asked the same questions, and the
-test checks that the server's driver turns reports into the same controller events the
-simulator's does, and executes the effects as commands (`AddRequest`, `ResumeRequest` with P's
-`KVSource`, `ReleaseKV`). Live P/D against real instance processes is `test_pd_live.py`.
+P, a `HandoffDone` from D, a finished delta, a `MigratedOut` from a draining D). That fake is
+acceptable here ONLY because this test is about the controller's effects, not about instances:
+every instance publishes the load the simulator's instance had at that moment, so the dispatcher
+is asked the same questions, and the test checks that the server's driver turns reports into the
+same controller events the simulator's does, and executes the effects as commands (`AddRequest`,
+`ResumeRequest` with P's `KVSource`, `ReleaseKV`, `MigrateOut`). Live P/D against real instance
+processes is `test_pd_live.py`; live migration `test_migration_live.py`.
 """
 
 from __future__ import annotations
@@ -25,6 +27,8 @@ from hyperflexis.backends.messages import (
     HandoffDone,
     InstanceReady,
     KVReady,
+    MigratedOut,
+    MigrateOut,
     OutputDelta,
     ReleaseKV,
     ResumeRequest,
@@ -33,9 +37,14 @@ from hyperflexis.backends.messages import (
 from hyperflexis.cluster import LoadSnapshot
 from hyperflexis.cluster.controller import Controller
 from hyperflexis.cluster.controller_events import (
+    DrainDue,
     Effect,
     Event,
     HandOff,
+    InstanceDown,
+    Migrate,
+    MovedOut,
+    MoveOut,
     PrefillDone,
     Reject,
     Release,
@@ -51,16 +60,47 @@ from hyperflexis.server.core import ServingCore
 from hyperflexis.server.errors import APIError
 from hyperflexis.server.protocol import parse_completion
 from hyperflexis.sim import Deployment
+from hyperflexis.sim.elastic import ElasticTimes
 from hyperflexis.transfer.base import PoolDescriptor, PoolLayout
 from hyperflexis.workloads import RequestSpec
+from tests.sim.elastic_helpers import TIMES, elastic, phased_workload
 from tests.sim.helpers import CLASSES, EveryOtherRejected, simulator, workload
+from tests.sim.test_elastic_migration import ScaleInAt
 
 Step = tuple[float, Event, list[list[LoadSnapshot]]]  # when, what, the snapshots each decision saw
 
 
 def _record_sim(load: Sequence[RequestSpec]) -> tuple[list[Step], list[Effect]]:
     sim = simulator("hyperflexis", Deployment.disaggregated(2, 2), dispatch=EveryOtherRejected())
-    ctl = sim.controller
+    steps, effects = _logged(sim.controller)
+    result = sim.run(tuple(load))
+    assert result.num_unfinished == 0
+    return steps, effects
+
+
+def _record_drain(load: Sequence[RequestSpec]) -> tuple[list[Step], list[Effect]]:
+    """1 P + 2 D in the elastic simulator; `decode-1` is scaled in with a deadline of 0, so
+    every decode on it that has tokens to go moves (the two drivers estimate their paces apart;
+    at 0 both move the same requests)."""
+    times = ElasticTimes(
+        TIMES.control_interval_s, TIMES.role_switch_s, TIMES.stop_s, drain_deadline_s=0.0
+    )
+    sim = elastic(
+        Deployment.disaggregated(1, 2), dispatch=EveryOtherRejected(), link_policy="all",
+        times=times,
+    )  # fmt: skip
+    scaler = ScaleInAt(sim.scaler.context)
+    scaler.victim = "decode-1"
+    sim.scaler = scaler
+    steps, effects = _logged(sim.cluster.controller)
+    result = sim.run_elastic(tuple(load))
+    assert result.sim.num_unfinished == 0
+    return steps, effects
+
+
+def _logged(ctl: Controller) -> tuple[list[Step], list[Effect]]:
+    """Every event `ctl` handles from now on, with the snapshots each decision saw; its
+    effects."""
     steps: list[Step] = []
     effects: list[Effect] = []
     handle, snapshots = ctl.handle, ctl._snapshots
@@ -78,8 +118,6 @@ def _record_sim(load: Sequence[RequestSpec]) -> tuple[list[Step], list[Effect]]:
 
     ctl.handle = logged_handle  # type: ignore[method-assign]
     ctl._snapshots = logged_snapshots
-    result = sim.run(tuple(load))
-    assert result.num_unfinished == 0
     return steps, effects
 
 
@@ -161,6 +199,17 @@ class Replay:
         if isinstance(event, RequestArrived):
             self._submit(self.specs[event.request.request_id])
             return
+        handoff = self.core.handoff
+        if isinstance(event, DrainDue):  # as the server's control loop does for a drain
+            handoff.draining.add(event.instance_id)
+            handoff.drain_due(event.instance_id, event.deadline_s, now)
+            return
+        if isinstance(event, InstanceDown):  # the drained instance stopped
+            handoff.on_retired(self.pool.handles[event.instance_id], now)  # type: ignore[arg-type]
+            return
+        if isinstance(event, MovedOut):
+            self._moved_out(event)
+            return
         rid = self.server_id.get(getattr(event, "request_id"))  # noqa: B009
         if rid is None:  # the simulator records a rejected request: the server answered 503
             assert isinstance(event, RequestEnded)
@@ -177,6 +226,16 @@ class Replay:
             report.deltas.append(OutputDelta(rid, [5], "t", "length"))
         else:
             raise AssertionError(f"the workload has no {event!r}")
+        self.core.on_report(handle, report)  # type: ignore[arg-type]
+
+    def _moved_out(self, event: MovedOut) -> None:
+        """The draining instance's answer to `MigrateOut`, after the one token the server has."""
+        handle = self.pool.handles[event.instance_id]
+        report = StepReport(handle.instance_id, handle.snapshot)  # type: ignore[arg-type]
+        rid = self.server_id[event.request_id]
+        blocks = (0, 1) if event.num_kv_tokens else ()
+        moved = MigratedOut(rid, event.moved, blocks, event.num_kv_tokens, num_output_tokens=1)
+        report.migrated.append(moved)
         self.core.on_report(handle, report)  # type: ignore[arg-type]
 
     def _submit(self, spec: RequestSpec) -> None:
@@ -242,16 +301,48 @@ def test_the_simulator_and_the_server_core_get_the_same_effects_in_the_same_orde
     assert replay.core.streams == {}
 
 
-def _initial_snapshots(steps: list[Step]) -> list[LoadSnapshot]:
+def _initial_snapshots(
+    steps: list[Step], ids: Sequence[str] = ("prefill-0", "prefill-1", "decode-0", "decode-1")
+) -> list[LoadSnapshot]:
     """Every instance's first published load: from the first decision that saw it."""
     seen: dict[str, LoadSnapshot] = {}
     for _, _, decisions in steps:
         for snapshots in decisions:
             for s in snapshots:
                 seen.setdefault(s.instance_id, s)
-    ids = ["prefill-0", "prefill-1", "decode-0", "decode-1"]
     assert set(seen) == set(ids), seen
     return [seen[i] for i in ids]
+
+
+def test_a_drain_that_migrates_gives_the_same_effects_in_the_same_order(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    load = phased_workload([(10.0, 6.0, 300, 300)])
+    steps, sim_effects = _record_drain(load)
+    moves = [e for e in sim_effects if isinstance(e, Migrate)]
+    assert moves and all(m.from_id == "decode-1" and m.with_kv for m in moves)
+    specs = {spec.request_id: spec for spec in load}
+    held: list[Replay] = []  # the clock from the core's start on (its cost meter reads it)
+    monkeypatch.setattr(core_module.time, "monotonic", lambda: held[0].now if held else 0.0)
+    replay = Replay(specs, _initial_snapshots(steps, ("prefill-0", "decode-0", "decode-1")))
+    held.append(replay)
+    for now, event, decisions in steps:
+        replay.publish(decisions)
+        replay.step(now, event)
+    server_effects = _in_sim_ids(replay.core.handoff.effects, replay)
+    sim_named = [e if not isinstance(e, Reject) else Reject("?", e.reason) for e in sim_effects]
+    assert server_effects == sim_named
+    # Each MoveOut a MigrateOut to the draining instance, each Migrate a ResumeRequest to the
+    # target carrying the draining instance's leased blocks.
+    handles = replay.pool.handles
+    asked = [c for c in handles["decode-1"].sent if isinstance(c, MigrateOut)]
+    assert len(asked) == sum(isinstance(e, MoveOut) for e in sim_effects) >= len(moves)
+    resumes = [c for c in handles["decode-0"].sent if isinstance(c, ResumeRequest)]
+    moved_ids = {replay.server_id[m.request_id] for m in moves}
+    pulls = [r for r in resumes if r.request_id in moved_ids]
+    assert len(pulls) == len(moves)
+    assert all(r.kv is not None and r.kv.instance_id == "decode-1" for r in pulls)
+    assert replay.core.streams == {}
 
 
 def test_the_controller_is_the_one_both_drivers_hold() -> None:

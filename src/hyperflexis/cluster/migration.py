@@ -37,6 +37,9 @@ from hyperflexis.cluster.snapshot import LoadSnapshot
 
 # Stages of a request that decodes where it is (has streamed, not waiting for KV).
 MOVABLE_STAGES = ("running", "decoding", "recomputing")
+# A drain's deadline after its decision, the server's and the simulator's default: what would
+# decode longer than this on the draining instance moves elsewhere.
+DEFAULT_DRAIN_DEADLINE_S = 5.0
 
 
 class Controller(Protocol):
@@ -110,6 +113,16 @@ def moved_out(controller: Controller, now: float, event: MovedOut) -> list[Effec
     if event.moved and event.num_kv_tokens > 0 and not held:
         effects.append(Release(event.request_id, event.instance_id))
     return effects
+
+
+def seconds_left(
+    num_output_tokens: int, max_tokens: int, decoding_s: float, tpot_s: float
+) -> float:
+    """A driver's estimate for `DrainDue`: how long a streaming request still needs where it
+    is, at its pace so far (`decoding_s` since its first token; its SLO's `tpot_s` until it
+    has two), for the rest of its `max_tokens`, as an EOS may never come."""
+    pace_s = decoding_s / (num_output_tokens - 1) if num_output_tokens > 1 else tpot_s
+    return max(0, max_tokens - num_output_tokens) * pace_s
 
 
 def target(controller: Controller, now: float, placement: Placement) -> str | None:

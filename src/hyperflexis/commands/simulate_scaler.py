@@ -16,6 +16,7 @@ DEFAULT_MIN_INSTANCES = 1
 DEFAULT_MAX_INSTANCES = 16
 DEFAULT_CONTROL_INTERVAL_S = 10.0
 DEFAULT_BIN_S = 60.0
+DEFAULT_DRAIN_DEADLINE_S = 5.0  # cluster.migration's, spelled here for a light import
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -45,6 +46,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help=f"with --scaler: seconds between decisions (default: {DEFAULT_CONTROL_INTERVAL_S:g})",
     )
     scaling.add_argument(
+        "--drain-deadline-s",
+        type=float,
+        default=None,
+        help="with --scaler: a draining instance's decodes that would take longer than this "
+        "after the decision migrate, KV and all, to another instance, as the server's "
+        f"--drain-deadline-s (default: {DEFAULT_DRAIN_DEADLINE_S:g}; inf: none migrates)",
+    )
+    scaling.add_argument(
         "--series-interval",
         type=float,
         default=None,
@@ -58,6 +67,7 @@ def check_arguments(args: argparse.Namespace) -> None:
         "--min-instances": args.min_instances,
         "--max-instances": args.max_instances,
         "--control-interval": args.control_interval,
+        "--drain-deadline-s": args.drain_deadline_s,
         "--series-interval": args.series_interval,
     }
     if args.scaler is None:
@@ -82,6 +92,7 @@ def run(args: argparse.Namespace, setup: Any, classes: Any, workloads: Any) -> i
         max_instances=_pick(args.max_instances, DEFAULT_MAX_INSTANCES),
         control_interval_s=_pick(args.control_interval, DEFAULT_CONTROL_INTERVAL_S),
         link_policy=args.links,
+        drain_deadline_s=_pick(args.drain_deadline_s, DEFAULT_DRAIN_DEADLINE_S),
     )
     _check_initial_cluster(setup.deployment, scaling)
     bin_s = _pick(args.series_interval, DEFAULT_BIN_S)
@@ -101,7 +112,8 @@ def run(args: argparse.Namespace, setup: Any, classes: Any, workloads: Any) -> i
     print(one_line(doc))
     print(
         f"scaler {scaling.scaler}: {doc['instance_seconds']:.0f} instance-seconds, peak "
-        f"{doc['peak_instances']} instances, decisions {doc['num_decisions']}"
+        f"{doc['peak_instances']} instances, decisions {doc['num_decisions']}, "
+        f"{doc['num_migrations']} migrations"
     )
     print(f"wrote {plot}")
     print(f"wrote {out}")

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from hyperflexis.cluster.links import LINK_POLICIES, LinkPolicy
+from hyperflexis.cluster.migration import DEFAULT_DRAIN_DEADLINE_S
 from hyperflexis.scheduler.config import Role, SchedulerConfig
 
 DEFAULT_HOST = "127.0.0.1"
@@ -59,7 +60,7 @@ class ServerConfig:
     min_instances: int = 1
     max_instances: int = 4
     control_interval_s: float = 10.0
-    drain_deadline_s: float = 5.0
+    drain_deadline_s: float = DEFAULT_DRAIN_DEADLINE_S
     dtype: str = "auto"  # vLLM's auto: float32 on the CPU, the checkpoint's dtype on a GPU
     device: str = "cpu"  # every instance on it; "cuda" spreads nothing by itself
     kv_cache_bytes: int | None = None  # per instance; None: the runner's default

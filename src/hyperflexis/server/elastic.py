@@ -53,6 +53,7 @@ from hyperflexis.cluster.lifecycle_decisions import (
     cluster_view,
 )
 from hyperflexis.cluster.links import LinkPolicy, LinkTable
+from hyperflexis.cluster.migration import DEFAULT_DRAIN_DEADLINE_S
 from hyperflexis.cluster.scaler import PoolLimits, Scaler, ScalingDecision, StartupModel
 from hyperflexis.cluster.snapshot import LoadSnapshot
 from hyperflexis.core.slo import SLO
@@ -61,8 +62,6 @@ from hyperflexis.server.core import ServingCore
 from hyperflexis.server.scripted import Scripted, scripted_decision
 
 logger = logging.getLogger("hyperflexis.server.elastic")
-
-DEFAULT_DRAIN_DEADLINE_S = 5.0  # a drain's decodes that would take longer move elsewhere
 
 
 @dataclass(slots=True)

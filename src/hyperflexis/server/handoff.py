@@ -31,6 +31,7 @@ from hyperflexis.backends.messages import (
     ResumeRequest,
     StepReport,
 )
+from hyperflexis.cluster import migration
 from hyperflexis.cluster.controller import Controller
 from hyperflexis.cluster.controller_events import (
     Abort,
@@ -367,12 +368,13 @@ class HandoffDriver:
 
 
 def seconds_left(progress: Progress, now: float) -> float:
-    """How long a streaming request still needs at its pace so far (its SLO's TPOT until it
-    has one): the rest of its `max_tokens`, as an EOS may never come."""
-    num_tokens = len(progress.output_token_ids)
+    """How long a streaming request still needs at its pace so far (`cluster.migration`'s
+    estimate, as the simulator's)."""
     decoding_s = now - progress.arrival_s - (progress.ttft_s or 0.0)
-    pace_s = decoding_s / (num_tokens - 1) if num_tokens > 1 else progress.slo.tpot_s
-    return max(0, progress.params.max_tokens - num_tokens) * pace_s
+    return migration.seconds_left(
+        len(progress.output_token_ids), progress.params.max_tokens, decoding_s,
+        progress.slo.tpot_s,
+    )  # fmt: skip
 
 
 def role_of(handle: InstanceHandle) -> Role:

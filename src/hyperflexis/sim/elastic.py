@@ -10,7 +10,11 @@ builds the `ClusterView` and checks decisions. This module executes all that wit
   from a live peer device-to-device, else from disk, plus initialisation). When it is ready it is
   first linked to its P/D partners, and only then takes traffic.
 - **scale in**: the instance drains (its snapshots say `draining`, so the dispatcher sends it
-  nothing new) and its requests finish; then it shuts down (`stop_s`) and stops costing.
+  nothing new) and its requests finish there, or, when their decode would outlive the drain's
+  deadline (`drain_deadline_s` after the decision), migrate to another instance with their KV
+  (the controller decides, `cluster.migration`; `sim.migration` executes); requests that
+  streamed nothing by the deadline are dispatched again. Then it shuts down (`stop_s`) and stops
+  costing.
 - **role switch**: the instance drains as above, then flips prefill <-> decode without reloading
   weights (`role_switch_s`), is linked in its new role, and takes traffic again.
 
@@ -20,10 +24,12 @@ At the end every offered request must have exactly one record (conservation), or
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from hyperflexis.bench.metrics import RequestRecord, check_conservation
+from hyperflexis.cluster.controller_events import DrainDue, FirstToken
 from hyperflexis.cluster.dispatcher import Dispatcher, DispatchRequest
 from hyperflexis.cluster.lifecycle import Flip, Lifecycle, Stop
 from hyperflexis.cluster.lifecycle_decisions import (
@@ -33,6 +39,7 @@ from hyperflexis.cluster.lifecycle_decisions import (
     cluster_view,
 )
 from hyperflexis.cluster.links import LinkPolicy, LinkTable
+from hyperflexis.cluster.migration import seconds_left
 from hyperflexis.cluster.scaler import (
     INSTANCE_STATES,
     ClusterView,
@@ -51,6 +58,7 @@ from hyperflexis.sim.elastic_control import ElasticTimes, cluster_sample
 from hyperflexis.sim.elastic_events import ControlTick, InstanceReady, InstanceStopped
 from hyperflexis.sim.elastic_result import ClusterSample, ElasticResult, Handoff, Links
 from hyperflexis.sim.hooks import ClusterHooks
+from hyperflexis.sim.instance import SimInstance
 from hyperflexis.sim.result import SimResult
 from hyperflexis.sim.simulator import ClusterSimulator, ProgressCallback
 from hyperflexis.sim.step_noise import EXACT_STEPS, StepNoise
@@ -97,9 +105,8 @@ class ElasticSimulator(ClusterHooks):
         step_noise: StepNoise = EXACT_STEPS,
     ) -> None:
         """As `ClusterSimulator` (fresh snapshots for every reader), plus the scaler, its pool
-        bounds (the deployment's roles: `mixed`, or `prefill` and `decode`), the cost meter (per
-        instance-hour) and the link policy. The deployment is the initial cluster; its `links`
-        are replaced by a `LinkTable` of `link_policy` over its instances."""
+        bounds (the deployment's roles), the cost meter (per instance-hour) and the link policy.
+        The deployment is the initial cluster, linked by a `LinkTable` of `link_policy`."""
         self.cluster = ClusterSimulator(
             deployment,
             policy,
@@ -134,6 +141,7 @@ class ElasticSimulator(ClusterHooks):
         self.cluster.on(InstanceStopped, self._on_instance_stopped)
         self.cluster.on(ControlTick, self._on_control_tick)
         self._tally = _Tally(peak_instances=len(ids))
+        self.drain_deadlines: dict[str, float] = {}  # instance id -> its latest drain's deadline
 
     # -- the run ----------------------------------------------------------------------------
 
@@ -171,7 +179,10 @@ class ElasticSimulator(ClusterHooks):
             assignments=assignments,
             num_parked=self.cluster.controller.num_parked,
             peak_instances=self._tally.peak_instances,
-            extra={"scaler": self.scaler.name},
+            extra={
+                "scaler": self.scaler.name,
+                "num_migrations": self.cluster.controller.num_migrations,
+            },
         )
 
     def view(self, now: float) -> ClusterView:
@@ -188,6 +199,9 @@ class ElasticSimulator(ClusterHooks):
     # -- the control loop -------------------------------------------------------------------
 
     def _on_control_tick(self, event: ControlTick, now: float) -> None:
+        for instance_id, life in list(self.lifecycle.lives.items()):
+            if life.state == "draining":  # as the server's tick: what is due moves, or stops
+                self._finish_drain(self._index(instance_id), now)
         decisions = self.scaler.decide(now, self.view(now))
         for decision in decisions:
             self._tally.decisions.append(decision)
@@ -237,6 +251,7 @@ class ElasticSimulator(ClusterHooks):
         assert index is not None  # checked against the lifecycle
         self.lifecycle.drain(action.instance_id, action.target, now)
         self.cluster.drain(index)
+        self.drain_deadlines[action.instance_id] = now + self.times.drain_deadline_s
         self._meter(now)
         self._finish_drain(index, now)
 
@@ -244,8 +259,15 @@ class ElasticSimulator(ClusterHooks):
         inst = self.cluster.instances[index]
         if not inst.draining:
             return
-        # A prefill instance that holds a parked hand-off's KV is not idle.
-        idle = inst.idle and not self.cluster.controller.parked_on(inst.instance_id)
+        self._drain_due(inst, now)
+        # Not idle: a prefill instance that holds a parked hand-off's KV, an instance with a
+        # migration's KV leased or a request about to move out.
+        idle = (
+            inst.idle
+            and not len(inst.scheduler.leases)
+            and index not in self.cluster.migrations.pending
+            and not self.cluster.controller.parked_on(inst.instance_id)
+        )
         after = self.lifecycle.finish_drain(inst.instance_id, idle, now)
         if isinstance(after, Stop):
             self.cluster.schedule(after.stopped_s, InstanceStopped(index))
@@ -255,6 +277,32 @@ class ElasticSimulator(ClusterHooks):
             cluster.replace_instance(index, cluster.factory.build(inst.instance_id, after.role))
             cluster.schedule(after.ready_s, InstanceReady(index))
             self._meter(now)
+
+    def _drain_due(self, inst: SimInstance, now: float) -> None:
+        """As the server's driver at each report of a draining instance: the controller hears
+        what each streaming request on it still needs at its pace so far (`DrainDue`), and moves
+        what would outlive the deadline. First tokens reach the controller here (`FirstToken`),
+        only where a drain needs them, as nothing else in the simulator reads them."""
+        life = self.lifecycle.lives[inst.instance_id]
+        deadline_s = self.drain_deadlines[inst.instance_id]
+        if life.state != "draining" or life.drained or math.isinf(deadline_s):
+            return
+        controller = self.cluster.controller
+        inst.sync(now)
+        left: dict[str, float] = {}
+        for request in inst.scheduler.requests.values():
+            first_s = request.first_token_s
+            if first_s is None:
+                continue
+            placement = controller.requests.get(request.request_id)
+            if placement is not None and not placement.has_first_token:
+                controller.handle(now, FirstToken(request.request_id))  # (no effects)
+            left[request.request_id] = seconds_left(
+                request.num_output_tokens, request.sampling_params.max_tokens, now - first_s,
+                request.slo.tpot_s,
+            )  # fmt: skip
+        due = DrainDue(inst.instance_id, deadline_s, left)
+        self.cluster.execute(controller.handle(now, due), now)
 
     def _on_instance_ready(self, event: InstanceReady, now: float) -> None:
         index = event.instance_index

@@ -8,6 +8,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from hyperflexis.cluster.lifecycle import Lifecycle
+from hyperflexis.cluster.migration import DEFAULT_DRAIN_DEADLINE_S
 from hyperflexis.cluster.scaler import PoolLimits
 from hyperflexis.scheduler.config import Role
 from hyperflexis.sim.elastic_result import ClusterSample
@@ -23,11 +24,14 @@ class ElasticTimes:
     # With requests still unfinished this long after the last arrival, the run gives up (a
     # scaler that never provides a decode instance would otherwise tick forever).
     give_up_after_s: float = 3600.0
+    # A drain's deadline after its decision (the server's `--drain-deadline-s`): decodes that
+    # would outlive it move to another instance (`cluster.migration`); inf: none moves.
+    drain_deadline_s: float = DEFAULT_DRAIN_DEADLINE_S
 
     def __post_init__(self) -> None:
         if not self.control_interval_s > 0:
             raise ValueError("invalid elastic field 'control_interval_s': must be > 0")
-        for name in ("role_switch_s", "stop_s", "give_up_after_s"):
+        for name in ("role_switch_s", "stop_s", "give_up_after_s", "drain_deadline_s"):
             if not getattr(self, name) >= 0:
                 raise ValueError(f"invalid elastic field {name!r}: must be >= 0")
 

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from hyperflexis.cluster.links import LINK_POLICIES, LinkPolicy
+from hyperflexis.cluster.migration import DEFAULT_DRAIN_DEADLINE_S
 from hyperflexis.cluster.scaler import (
     CostMeter,
     PoolLimits,
@@ -40,6 +41,8 @@ class ScalingSetup:
     role_switch_s: float = 1.0  # a drained instance's flip to the other P/D role
     stop_s: float = 1.0  # a drained instance's shutdown
     init_s: float = 3.0  # a new instance's start-up work besides loading weights
+    # A drain's decodes that would outlive this (after the decision) migrate; inf: none does.
+    drain_deadline_s: float = DEFAULT_DRAIN_DEADLINE_S
     scaler_config: Any = None  # the scaler's settings dataclass; None: its defaults
 
     def __post_init__(self) -> None:
@@ -47,7 +50,7 @@ class ScalingSetup:
         if self.link_policy not in LINK_POLICIES:
             raise ValueError(f"invalid scaling field 'link_policy': {self.link_policy!r}")
         PoolLimits(self.min_instances, self.max_instances)  # checks the bounds
-        ElasticTimes(self.control_interval_s, self.role_switch_s, self.stop_s)
+        self.times()  # checks the times
         if self.init_s < 0:
             raise ValueError("invalid scaling field 'init_s': must be >= 0")
 
@@ -62,7 +65,14 @@ class ScalingSetup:
             "role_switch_s": self.role_switch_s,
             "stop_s": self.stop_s,
             "init_s": self.init_s,
+            "drain_deadline_s": self.drain_deadline_s,
         }
+
+    def times(self) -> ElasticTimes:
+        return ElasticTimes(
+            self.control_interval_s, self.role_switch_s, self.stop_s,
+            drain_deadline_s=self.drain_deadline_s,
+        )  # fmt: skip
 
 
 def make_elastic_simulator(
@@ -103,7 +113,7 @@ def make_elastic_simulator(
         scaler=scaler,
         pools=dict.fromkeys(roles, limits),
         cost_meter=CostMeter(hardware.price_per_hour, model.tensor_parallel),
-        times=ElasticTimes(scaling.control_interval_s, scaling.role_switch_s, scaling.stop_s),
+        times=scaling.times(),
         link_policy=scaling.link_policy,
         link_fanout=scaling.link_fanout,
         fast_forward=setup.fast_forward,

@@ -88,11 +88,53 @@ class SimInstance:
         self.sync(now)
         self.scheduler.add_request(request)
         self._snapshot = None
+        return self.cut_window(now)
+
+    def cut_window(self, now: float) -> float | None:
+        """End a fast-forward window after its step in flight at `now` (the next step must see
+        a change); the window's new end time, or None when nothing was cut."""
+        self.sync(now)
         window = self.window
         if window is not None and window.cut_after_step_in_flight(now):
             self.generation += 1
             return window.end_s
         return None
+
+    # -- requests out (a drain: `sim.migration`) --------------------------------------------
+
+    def migrate_out(self, request_id: str, now: float) -> tuple[Request, int] | None:
+        """Between two steps: stop decoding `request_id` here for another instance to continue
+        it, its computed tokens' KV leased until the pull ends (`release_lease`). The request
+        and the number of tokens leased (0: none, it recomputes); None when it does not decode
+        here (finished, no output yet, receiving)."""
+        if self.busy:
+            raise RuntimeError(f"{self.instance_id}: migrate_out during a step")
+        scheduler = self.scheduler
+        request = scheduler.requests.get(request_id)
+        try:
+            lease = scheduler.migrate_out(request_id, now)
+        except ValueError:
+            return None
+        assert request is not None  # migrate_out knew it
+        self._snapshot = None
+        for other in scheduler.leases.take_new():  # prefill leases: freed at once, as ever
+            if lease is None or other.request_id != lease.request_id:
+                scheduler.release_lease(other.request_id)
+        return request, 0 if lease is None else lease.num_tokens
+
+    def release_lease(self, request_id: str) -> bool:
+        """Free a migration's leased KV (its pull ended); False when none is held (a P/D
+        hand-off's, freed at its prefill's end)."""
+        released = self.scheduler.release_lease(request_id)
+        if released:
+            self._snapshot = None
+        return released
+
+    def abort(self, request_id: str, now: float) -> Request | None:
+        """End a request here at once, freeing its KV (it goes elsewhere); None if unknown."""
+        self.cut_window(now)
+        self._snapshot = None
+        return self.scheduler.abort_request(request_id, now)
 
     def sync(self, now: float) -> None:
         """Bring a fast-forward window's requests and KV to their state at `now`, before anyone

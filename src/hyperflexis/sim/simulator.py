@@ -7,7 +7,8 @@ In P/D deployments a request that finishes its prefill is handed, via `choose_de
 decode instance, and joins its queue once its KV has crossed the interconnect.
 
 Simplifications: a prefill instance frees a request's KV when its prefill ends (the transfer is
-not modelled as holding it), and the decode instance allocates KV when it admits the request. An
+not modelled as holding it; a drain's migration, `sim.migration`, holds its lease until the pull
+ends), and the decode instance allocates KV when it admits the request. An
 instance whose policy schedules nothing although it holds requests waits for its next request
 instead of polling; requests still unfinished when the events run out (a policy that can never
 schedule them) are recorded as failed and counted in `num_unfinished`.
@@ -34,7 +35,6 @@ from hyperflexis.cluster.controller_events import (
     Park,
     PrefillDone,
     Reject,
-    Release,
     RequestArrived,
     RequestEnded,
     Route,
@@ -60,6 +60,7 @@ from hyperflexis.sim.events import (
 )
 from hyperflexis.sim.hooks import ClusterHooks
 from hyperflexis.sim.instance import InstanceFactory, SimInstance
+from hyperflexis.sim.migration import SimMigrations
 from hyperflexis.sim.result import SimResult
 from hyperflexis.sim.step_noise import EXACT_STEPS, StepNoise
 from hyperflexis.workloads.spec import RequestSpec, Workload
@@ -91,10 +92,9 @@ class ClusterSimulator:
         hooks: ClusterHooks | None = None,
         step_noise: StepNoise = EXACT_STEPS,
     ) -> None:
-        """`scheduler_config` is every instance's, with `role` set per instance. `kv_transfer`
-        is required for P/D deployments. `hooks` is a driver's seam (`sim.hooks`); the driver
-        builds any instance it adds with `self.factory`, on the same settings. `reuse_snapshots`
-        is `SimInstance`'s; `step_noise` what each step is charged (`sim.step_noise`)."""
+        """`scheduler_config` is every instance's, `role` set per instance. `kv_transfer` (P/D
+        hand-offs, a drain's migrations) is required for P/D. `hooks` is a driver's seam; it
+        builds what it adds with `self.factory`. `step_noise`: what each step is charged."""
         if deployment.is_disaggregated and kv_transfer is None:
             raise ValueError("invalid parameter 'kv_transfer': a P/D deployment needs one")
         self.deployment = deployment
@@ -119,6 +119,7 @@ class ClusterSimulator:
         self._queue = EventQueue()
         self._arriving: dict[str, Request] = {}  # built, not yet routed
         self._prefilled: dict[str, Request] = {}  # P/D: prefilled, not yet handed off
+        self.migrations = SimMigrations(self)  # a drain's (driven by the elastic simulator)
         for instance_id, role in deployment.instances():
             self.join(self.add_instance(self.factory.build(instance_id, role)))
         self._records: list[RequestRecord] = []
@@ -260,15 +261,15 @@ class ClusterSimulator:
                 index = self._index[effect.instance_id]
                 request = self._arriving.pop(effect.request_id)
                 self._routes[request.request_id] = [effect.instance_id]
-                self._add(index, request, now)
+                self.add_request(index, request, now)
             elif isinstance(effect, Reject):
                 request = self._arriving.pop(effect.request_id)
                 request.finish(FinishReason.REJECTED, now)
                 self._record(request, now)
             elif isinstance(effect, HandOff):
                 self._hand_off(effect, now)
-            elif not isinstance(effect, Park | Release):  # parked: waits; KV freed at prefill end
-                raise RuntimeError(f"the simulator cannot carry out {effect!r}")
+            elif not isinstance(effect, Park) and not self.migrations.execute(effect, now):
+                raise RuntimeError(f"the simulator cannot carry out {effect!r}")  # (parked: waits)
 
     def _hand_off(self, effect: HandOff, now: float) -> None:
         """P/D: send a prefilled request's KV to the decode instance the controller chose."""
@@ -295,7 +296,10 @@ class ClusterSimulator:
 
     def _on_arrival(self, event: Arrival, now: float) -> None:
         request = self._make_request(event.spec)
-        dispatch_request = _dispatch_request(request)
+        dispatch_request = DispatchRequest(
+            request.request_id, request.num_prompt_tokens, request.sampling_params.max_tokens,
+            request.slo, request.arrival_s,
+        )  # fmt: skip
         self.hooks.request_arrived(dispatch_request, now)
         self._arriving[request.request_id] = request
         self.execute(self.controller.handle(now, RequestArrived(dispatch_request)), now)
@@ -304,6 +308,7 @@ class ClusterSimulator:
 
     def _on_step_start(self, event: StepStart, now: float) -> None:
         index = event.instance_index
+        self.migrations.between_steps(index, now)
         self._start_step(index, now)
         self.hooks.instance_changed(index, now)
 
@@ -333,7 +338,7 @@ class ClusterSimulator:
                     self._prefilled[request.request_id] = request
                     done = PrefillDone(request.request_id, inst.instance_id)
                     self.execute(self.controller.handle(now, done), now)
-            self._wake(index, now)
+            self.wake(index, now)
         self.hooks.instance_changed(index, now)
 
     def _on_fast_forward_end(self, event: FastForwardEnd, now: float) -> None:
@@ -341,7 +346,7 @@ class ClusterSimulator:
         inst = self.instances[index]
         if event.generation == inst.generation:  # else the window was cut short: a newer
             inst.finish_window(now)  # end event stands for it
-            self._wake(index, now)
+            self.wake(index, now)
         self.hooks.instance_changed(index, now)
 
     def _on_transfer_done(self, event: TransferDone, now: float) -> None:
@@ -349,20 +354,22 @@ class ClusterSimulator:
         ended = TransferEnded(event.request.request_id, ok=True)
         self.execute(self.controller.handle(now, ended), now)
         self.instances[index].num_incoming -= 1
-        self._add(index, event.request, now)
+        self.add_request(index, event.request, now)
         self.hooks.instance_changed(index, now)
 
     # -- helpers ----------------------------------------------------------------------------
 
-    def _add(self, index: int, request: Request, now: float) -> None:
+    def add_request(self, index: int, request: Request, now: float) -> None:
+        """Queue `request` on the instance (cutting a fast-forward window short)."""
         inst = self.instances[index]
         new_end_s = inst.add_request(request, now)
         if new_end_s is not None:
             self._queue.push(new_end_s, FastForwardEnd(index, inst.generation))
         elif not inst.busy:
-            self._wake(index, now)
+            self.wake(index, now)
 
-    def _wake(self, index: int, now: float) -> None:
+    def wake(self, index: int, now: float) -> None:
+        """Have the instance pick its next step at `now` (after all else at `now`)."""
         inst = self.instances[index]
         if not inst.start_pending:
             inst.start_pending = True
@@ -384,16 +391,6 @@ class ClusterSimulator:
         record = delivered_after(record_from_request(request), self.response_latency_s)
         self._records.append(record)
         self.hooks.request_ended(record)
-
-
-def _dispatch_request(request: Request) -> DispatchRequest:
-    return DispatchRequest(
-        request_id=request.request_id,
-        num_prompt_tokens=request.num_prompt_tokens,
-        max_tokens=request.sampling_params.max_tokens,
-        slo=request.slo,
-        arrival_s=request.arrival_s,
-    )
 
 
 __all__ = ["ClusterSimulator", "Event", "Links", "ProgressCallback"]
