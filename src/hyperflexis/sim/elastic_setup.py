@@ -40,6 +40,9 @@ class ScalingSetup:
     role_switch_s: float = 1.0  # a drained instance's flip to the other P/D role
     stop_s: float = 1.0  # a drained instance's shutdown
     init_s: float = 3.0  # a new instance's start-up work besides loading weights
+    # A new instance's decision to serving as executed (a live run's measured start); None:
+    # the scaler's own estimate (weights + `init_s`), which it plans with either way.
+    start_s: float | None = None
     scaler_config: Any = None  # the scaler's settings dataclass; None: its defaults
 
     def __post_init__(self) -> None:
@@ -47,7 +50,7 @@ class ScalingSetup:
         if self.link_policy not in LINK_POLICIES:
             raise ValueError(f"invalid scaling field 'link_policy': {self.link_policy!r}")
         PoolLimits(self.min_instances, self.max_instances)  # checks the bounds
-        ElasticTimes(self.control_interval_s, self.role_switch_s, self.stop_s)
+        self.times  # noqa: B018 (checks them)
         if self.init_s < 0:
             raise ValueError("invalid scaling field 'init_s': must be >= 0")
 
@@ -62,7 +65,15 @@ class ScalingSetup:
             "role_switch_s": self.role_switch_s,
             "stop_s": self.stop_s,
             "init_s": self.init_s,
+            "start_s": self.start_s,
         }
+
+    @property
+    def times(self) -> ElasticTimes:
+        """The transition times the simulator executes."""
+        return ElasticTimes(
+            self.control_interval_s, self.role_switch_s, self.stop_s, start_s=self.start_s
+        )
 
 
 def make_elastic_simulator(
@@ -103,7 +114,7 @@ def make_elastic_simulator(
         scaler=scaler,
         pools=dict.fromkeys(roles, limits),
         cost_meter=CostMeter(hardware.price_per_hour, model.tensor_parallel),
-        times=ElasticTimes(scaling.control_interval_s, scaling.role_switch_s, scaling.stop_s),
+        times=scaling.times,
         link_policy=scaling.link_policy,
         link_fanout=scaling.link_fanout,
         fast_forward=setup.fast_forward,
