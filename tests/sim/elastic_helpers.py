@@ -79,6 +79,7 @@ def elastic(
     link_fanout: int = 2,
     max_instances: int = 8,
     min_instances: int = 1,
+    times: ElasticTimes = TIMES,
 ) -> ElasticSimulator:
     config = SchedulerConfig(
         role="prefill" if deployment.is_disaggregated else "mixed", max_num_batched_tokens=512
@@ -109,7 +110,7 @@ def elastic(
         scaler=make_scaler(scaler, context, settings),
         pools=dict.fromkeys(roles, PoolLimits(min_instances, max_instances)),  # type: ignore[arg-type]
         cost_meter=CostMeter(price_per_hour=3.6),
-        times=TIMES,
+        times=times,
         link_policy=link_policy,
         link_fanout=link_fanout,
     )

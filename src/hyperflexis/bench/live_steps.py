@@ -52,9 +52,10 @@ class StepSampler:
 
     def _read(self) -> None:
         with contextlib.suppress(httpx.HTTPError, ValueError):
-            self._fold(instance_rows(self._url))
+            self.add_reading(instance_rows(self._url))
 
-    def _fold(self, rows: Iterable[Mapping[str, Any]]) -> None:
+    def add_reading(self, rows: Iterable[Mapping[str, Any]]) -> None:
+        """Fold in one reading of `/debug/instances` (the poller's; a test's own)."""
         alive = [dict(row) for row in rows if row.get("alive")]
         factors = [float(r["correction_factor"]) for r in alive if r.get("correction_factor")]
         with self._lock:
