@@ -9,8 +9,12 @@ and falls back over `--minutes` (a sin^2 cycle in `--phase-s` steps), lengths li
 conversation trace at x0.125 (prompts ~140 tokens, outputs ~33). P/D (`--deployment pd`): 2
 prefill + 1 decode instance (`--prefill 2 --decode 1`), each pool between 1 and 2, at a constant
 rate whose mix switches four times between prompt-heavy and decode-heavy (`PD_PHASES`), so
-2P+1D <-> 1P+2D role flips are the scaler's natural move. (The server bounds each pool, not
-the total: 2P+2D stays possible.)
+2P+1D <-> 1P+2D role flips are the scaler's natural move: long prompts with short outputs
+(standard and batch: documents in, summaries out) in turn with short prompts and long outputs
+(interactive: chat). Each kind has its own classes because the scaler expects each arrival's
+output from its class's recent finishes: under one shared mix that estimate lags the shift by
+its window, so the prefill pool shrinks before the decode pool shows short and no flip comes.
+(The server bounds each pool, not the total: 2P+2D stays possible.)
 
 Each policy gets its own server, one after the other, and the same requests (`hyperflexis
 bench`'s client); the server's instance-seconds, scaling events, role flips and migrations over
@@ -79,12 +83,16 @@ SLO_MIX = "interactive:3,standard:5,batch:2"
 SCALERS = ("hyperflexis", "threshold")
 MAX_INSTANCES = 2  # per pool: two cores
 MAX_FAILURES = 50  # failed requests kept in the results, each with its times and error
-Phases = Sequence[Sequence[float]]  # (fraction of the run, mean prompt tokens, mean output)
-# P/D: prompt-heavy and decode-heavy in turn, each needing about two instances of its own pool
-# and one of the other at 14 req/s (2P+1D <-> 1P+2D).
-PD_PHASES: Phases = ((0.25, 400, 8), (0.25, 40, 64), (0.25, 400, 8), (0.25, 40, 64))
-# What results files without `pd_phases` ran: prompt-heavy, mixed, decode-heavy.
+# (fraction of the run, mean prompt tokens, mean output tokens[, SLO mix; default `SLO_MIX`])
+Phases = Sequence[Sequence[Any]]
+# P/D: prompt-heavy and decode-heavy in turn; at 10 req/s each needs about two instances of its
+# own pool and one of the other (2P+1D <-> 1P+2D). Lengths clipped at `PD_MAX_LENS`.
+_DOCS, _CHAT = (0.25, 700, 8, "standard:5,batch:2"), (0.25, 40, 220, "interactive:1")
+PD_PHASES: Phases = (_DOCS, _CHAT, _DOCS, _CHAT)
+PD_MAX_LENS = (2000, 512)  # prompt, output
+# What results files without `pd_phases` ran: prompt-heavy, mixed, decode-heavy, one mix.
 PD_PHASES_BEFORE: Phases = ((0.4, 400, 8), (0.2, 150, 40), (0.4, 40, 120))
+MAX_LENS = (512, 128)  # collocated, and P/D before `PD_PHASES`
 
 
 def main() -> int:
@@ -94,7 +102,7 @@ def main() -> int:
     exit_on_sigterm()
     started = time.perf_counter()
     classes = scaled_classes(args.class_scale)
-    workload = make_load(args, PD_PHASES)
+    workload = make_load(args, PD_PHASES, PD_MAX_LENS)
     print(f"{len(workload)} requests over {workload[-1].arrival_s:.0f} s", flush=True)
     static = args.static or probe_static(args, classes)
     live: dict[str, dict[str, Any]] = {}
@@ -109,6 +117,7 @@ def main() -> int:
         "deployment": args.deployment,
         "minutes": args.minutes,
         "pd_phases": PD_PHASES,
+        "pd_max_lens": PD_MAX_LENS,
         "num_requests": len(workload),
         "static_size": static,
         "classes": {c.name: [c.ttft_s, c.tpot_s] for c in classes.values()},
@@ -128,7 +137,8 @@ def predict_only(path: Path, out: Path | None) -> int:
     started = time.perf_counter()
     doc = json.loads(path.read_text())
     args = _parse_args(shlex.split(doc["command"])[1:])
-    workload = make_load(args, doc.get("pd_phases", PD_PHASES_BEFORE))
+    lens = doc.get("pd_max_lens", MAX_LENS)
+    workload = make_load(args, doc.get("pd_phases", PD_PHASES_BEFORE), tuple(lens))
     classes = scaled_classes(args.class_scale)
     live = doc["live"]
     with tempfile.TemporaryDirectory() as tmp:
@@ -157,26 +167,30 @@ def scaled_classes(factor: float) -> SLOClasses:
 
 
 def make_load(
-    args: argparse.Namespace, pd_phases: Phases, minutes: float | None = None
+    args: argparse.Namespace,
+    pd_phases: Phases,
+    pd_max_lens: tuple[int, int],
+    minutes: float | None = None,
 ) -> Workload:
     """Collocated: the rise and fall; P/D: the shifting mix (module docstring)."""
     duration_s = (args.minutes if minutes is None else minutes) * 60
-    mix = parse_slo_mix(SLO_MIX, SLOClasses())
     if args.deployment == "pd":
-        shape = [(f * duration_s, args.peak_rate, p, o) for f, p, o in pd_phases]
+        lens = pd_max_lens
+        shape = [(p[0] * duration_s, args.peak_rate, *p[1:]) for p in pd_phases]
     else:
+        lens = MAX_LENS
         n = max(round(duration_s / args.phase_s), 1)
         swing = args.peak_rate - args.low_rate
         rates = [args.low_rate + swing * math.sin(math.pi * (k + 0.5) / n) ** 2 for k in range(n)]
         shape = [(duration_s / n, rate, 140, 33) for rate in rates]
     phases = []
-    for k, (length_s, rate, prompt, output) in enumerate(shape):
+    for k, (length_s, rate, prompt, output, *mix) in enumerate(shape):
         phase = build_workload(
             seed=args.seed * 1000 + k,
-            slo_mix=mix,
+            slo_mix=parse_slo_mix(mix[0] if mix else SLO_MIX, SLOClasses()),
             arrival=poisson(rate),
-            prompt_lens=make_lengths("lognormal", mean=prompt, sigma=0.8, max_len=512),
-            output_lens=make_lengths("lognormal", mean=output, sigma=0.8, max_len=128),
+            prompt_lens=make_lengths("lognormal", mean=prompt, sigma=0.8, max_len=lens[0]),
+            output_lens=make_lengths("lognormal", mean=output, sigma=0.8, max_len=lens[1]),
             num_requests=math.ceil(rate * length_s * 1.3) + 5,
             id_prefix=f"p{k}-",
         )
@@ -192,7 +206,7 @@ def probe_static(args: argparse.Namespace, classes: SLOClasses) -> int:
     probe = argparse.Namespace(
         **{**vars(args), "low_rate": args.peak_rate, "phase_s": args.probe_s}
     )
-    workload = make_load(probe, PD_PHASES, minutes=args.probe_s / 60)
+    workload = make_load(probe, PD_PHASES, PD_MAX_LENS, minutes=args.probe_s / 60)
     with ServerProcess(_server_args(args, "static", 1), ready_timeout_s=600) as server:
         run = run_benchmark(workload, classes, _config(server.url))
     attainment = bench_summary(run)["attainment"]
