@@ -66,7 +66,7 @@ from hyperflexis.bench.server_info import (
     server_cost,
 )
 from hyperflexis.bench.server_process import ServerProcess, exit_on_sigterm
-from hyperflexis.core.slo import DEFAULT_CLASSES, SLOClass, SLOClasses
+from hyperflexis.core.slo import SLOClasses
 from hyperflexis.engine.default_model import default_model_path
 from hyperflexis.engine.step_profiler import default_profile_path
 from hyperflexis.sim import Deployment
@@ -78,6 +78,7 @@ from hyperflexis.workloads import (
     parse_slo_mix,
     poisson,
 )
+from serve_slo import scaled_classes  # this folder's
 
 SLO_MIX = "interactive:3,standard:5,batch:2"
 SCALERS = ("hyperflexis", "threshold")
@@ -110,8 +111,7 @@ def main() -> int:
         live[policy] = live_run(args, policy, static, workload, classes)
         print(f"{policy}: {_line(live[policy])}", flush=True)
     profile = default_profile_path(default_model_path(), "cpu", "float32")
-    sim = predict_all(args, static, workload, classes, live, profile)
-    result = {
+    doc = {
         "command": " ".join(sys.argv),
         "profile": json.loads(profile.read_text()),  # the one the servers planned with
         "deployment": args.deployment,
@@ -122,25 +122,17 @@ def main() -> int:
         "static_size": static,
         "classes": {c.name: [c.ttft_s, c.tpot_s] for c in classes.values()},
         "live": live,
-        "sim": sim,
-        "targets": targets(live, sim),
-        "wall_s": time.perf_counter() - started,
+        "live_wall_s": time.perf_counter() - started,
     }
-    _print(result)
-    if args.out is not None:
-        args.out.write_text(json.dumps(result, indent=1) + "\n")
-    return 0
+    if args.out is not None:  # the live half first: `--predict-only` redoes the rest
+        args.out.write_text(json.dumps(doc, indent=1) + "\n")
+    return _predict_and_write(args, doc, profile, args.out)
 
 
 def predict_only(path: Path, out: Path | None) -> int:
     """The predictions of a results file redone from its live rows and its command's load."""
-    started = time.perf_counter()
     doc = json.loads(path.read_text())
     args = _parse_args(shlex.split(doc["command"])[1:])
-    lens = doc.get("pd_max_lens", MAX_LENS)
-    workload = make_load(args, doc.get("pd_phases", PD_PHASES_BEFORE), tuple(lens))
-    classes = scaled_classes(args.class_scale)
-    live = doc["live"]
     with tempfile.TemporaryDirectory() as tmp:
         profile = default_profile_path(default_model_path(), "cpu", "float32")
         if "profile" in doc:
@@ -148,22 +140,24 @@ def predict_only(path: Path, out: Path | None) -> int:
             profile.write_text(json.dumps(doc["profile"]))
         else:
             print(f"{path} keeps no profile: predicting with today's {profile}", flush=True)
-        sim = predict_all(args, doc["static_size"], workload, classes, live, profile)
-    result = {**doc, "sim": sim, "targets": targets(live, sim), "predicted_from": str(path)}
-    result["wall_s"] = time.perf_counter() - started
+        return _predict_and_write(args, {**doc, "predicted_from": str(path)}, profile, out)
+
+
+def _predict_and_write(
+    args: argparse.Namespace, doc: dict[str, Any], profile: Path, out: Path | None
+) -> int:
+    """The simulator's predictions of `doc`'s live runs, the targets, the table, the file."""
+    started = time.perf_counter()
+    lens = doc.get("pd_max_lens", MAX_LENS)
+    workload = make_load(args, doc.get("pd_phases", PD_PHASES_BEFORE), tuple(lens))
+    classes, live = scaled_classes(args.class_scale), doc["live"]
+    sim = predict_all(args, doc["static_size"], workload, classes, live, profile)
+    result = {**doc, "sim": sim, "targets": targets(live, sim)}
+    result["sim_wall_s"] = time.perf_counter() - started
     _print(result)
     if out is not None:
         out.write_text(json.dumps(result, indent=1) + "\n")
     return 0
-
-
-def scaled_classes(factor: float) -> SLOClasses:
-    return SLOClasses(
-        tuple(
-            SLOClass(c.name, c.ttft_s * factor, c.tpot_s * factor, c.priority, c.late)
-            for c in DEFAULT_CLASSES
-        )
-    )
 
 
 def make_load(
@@ -316,6 +310,9 @@ def targets(live: dict[str, dict[str, Any]], sim: dict[str, dict[str, Any]]) -> 
         out["hyperflexis_vs_static_points"] = {"value": gap * 100, "met": gap >= -0.01}
     for policy, row in live.items():
         predicted = sim[policy]["measured"]
+        if "error" in predicted:
+            out[f"{policy}_vs_sim"] = {"error": predicted["error"], "met": False}
+            continue
         ratio = row["instance_seconds"] / max(predicted["instance_seconds"], 1e-9)
         points = (row["attainment"] - predicted["attainment"]) * 100
         out[f"{policy}_vs_sim"] = {
@@ -344,7 +341,10 @@ def _print(result: dict[str, Any]) -> None:
         sims = [result["sim"][policy][k] for k in ("measured", "uniform", "raw")]
         flips = row["flip_s"]
         flip_s = f"{sum(flips) / len(flips):.1f}" if flips else "-"
-        cells = [f"{s['attainment']:.1%} / {s['instance_seconds']:.0f}" for s in sims]
+        cells = [
+            "error" if "error" in s else f"{s['attainment']:.1%} / {s['instance_seconds']:.0f}"
+            for s in sims
+        ]
         print(
             f"| {policy} | {row['attainment']:.1%} | {row['instance_seconds']:.0f} | "
             f"{row['scaling_events'].get('scale_out', 0)} | {row['num_role_flips']} | {flip_s} "
@@ -353,7 +353,7 @@ def _print(result: dict[str, Any]) -> None:
     policy = next(iter(result["sim"]))
     print(f"\nmeasured times: {result['sim'][policy]['measured_times']}")
     print(f"static size: {result['static_size']}; targets: {json.dumps(result['targets'])}")
-    print(f"wall time {result['wall_s']:.0f} s")
+    print(f"wall time: live {result.get('live_wall_s', 0):.0f} s, sim {result['sim_wall_s']:.0f} s")
 
 
 def _config(url: str) -> ClientConfig:

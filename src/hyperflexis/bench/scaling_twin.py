@@ -78,7 +78,8 @@ def predict(
 ) -> dict[str, Any]:
     """The elastic simulator on the live run's workload: as the live run measured it
     (`measured`: `measured_setup`, the measured transition times), every step slowed by the
-    final correction factor and planned with the raw profile (`uniform`), as profiled (`raw`)."""
+    final correction factor and planned with the raw profile (`uniform`), as profiled (`raw`).
+    A twin whose run fails (its scaler decides what its lifecycle refuses) is `{"error": ...}`."""
     factor = row["correction_factor"] or 1.0
     out: dict[str, Any] = {"correction_factor": factor, "measured_times": dict(times)}
     profile, start = str(twin.profile), twin.start
@@ -90,7 +91,11 @@ def predict(
         }
         for name, setup in setups.items():
             scaling = _scaling(twin, times if name == "measured" else {})
-            doc = simulate_elastic(setup, scaling, classes, workload)
+            try:
+                doc = simulate_elastic(setup, scaling, classes, workload)
+            except RuntimeError as error:  # a decision the lifecycle refuses: that twin fails
+                out[name] = {"error": str(error)}
+                continue
             out[name] = {key: doc[key] for key in SIM_KEYS}
     return out
 
