@@ -28,19 +28,14 @@ within 10%, goal 5%, at the rates where the live run attains >= 90%).
 from __future__ import annotations
 
 import argparse
-import contextlib
 import dataclasses
 import json
 import os
-import statistics
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 from typing import Any
-
-import httpx
 
 from hyperflexis.bench.client import ClientConfig, run_benchmark
 from hyperflexis.bench.fidelity import (
@@ -58,17 +53,18 @@ from hyperflexis.bench.fidelity import (
     step_spread,
     twin_noise,
     verdict,
+    write_refit,
 )
+from hyperflexis.bench.live_steps import StepSampler
 from hyperflexis.bench.prompts import PromptFactory, tokenizer_counter
 from hyperflexis.bench.recompute import duration_from_rows, recompute
 from hyperflexis.bench.records import read_rows, records_from_rows, write_rows
 from hyperflexis.bench.report import request_row
 from hyperflexis.bench.seeds import EVALUATION_SEEDS
-from hyperflexis.bench.server_info import correction_factor, instance_rows, served_model_id
+from hyperflexis.bench.server_info import instance_rows, served_model_id
 from hyperflexis.bench.server_process import ServerProcess, exit_on_sigterm
 from hyperflexis.core.slo import DEFAULT_CLASSES, SLOClass, SLOClasses
 from hyperflexis.engine import default_model_path
-from hyperflexis.perf.profiled import ProfiledCostModel, read_profile, write_profile
 from hyperflexis.sim.deployment import Deployment
 from hyperflexis.sim.setup import SimSetup, simulate_with_records
 from hyperflexis.workloads import build_workload, load_workload, parse_slo_mix, save_workload
@@ -183,7 +179,7 @@ def live_rate(
     save_workload(_workload(args, classes, rate, args.duration_s), f"{stem}.workload.jsonl")
     workload = load_workload(f"{stem}.workload.jsonl")
     before = instance_rows(url)
-    with CorrectionSampler(url) as sampler:
+    with StepSampler(url) as sampler:
         live_run = run_benchmark(workload, classes, config, prompts)
     after = instance_rows(url)
     moments = moments_by_instance(before), moments_by_instance(after)
@@ -243,14 +239,6 @@ def _response_latency(
     )
 
 
-def write_refit(profile: Path, model: ProfiledCostModel, target: str) -> None:
-    """The refitted model as a profile file (the simulator reads models from those), with the
-    profile's own samples (its error field is then the refit's error on the profiled grid)."""
-    source = read_profile(profile)
-    meta = {"model": source.model, "device": source.device, "dtype": source.dtype}
-    write_profile(target, source.samples, model, {**meta, "refit_on_live_steps": True})
-
-
 def twin_setup(
     profile: Path, num_kv_blocks: int, noise: TwinNoise, seed: int, latency_s: float
 ) -> SimSetup:
@@ -268,35 +256,6 @@ def twin_setup(
         noise_seed=seed,
         response_latency_s=latency_s,
     )
-
-
-class CorrectionSampler:
-    """The live instances' mean correction factor, read every `period_s` during a run: what
-    their schedulers planned with, on average."""
-
-    def __init__(self, url: str, period_s: float = 0.5) -> None:
-        self._url, self._period_s = url, period_s
-        self._values: list[float] = []
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._poll, daemon=True)
-
-    def __enter__(self) -> CorrectionSampler:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join(timeout=10.0)
-
-    def _poll(self) -> None:
-        while not self._stop.wait(self._period_s):
-            with contextlib.suppress(httpx.HTTPError, ValueError):
-                factor = correction_factor(self._url)
-                if factor is not None:
-                    self._values.append(factor)
-
-    def mean(self) -> float:
-        return statistics.fmean(self._values) if self._values else 1.0
 
 
 def _classes(doc: dict[str, list[float]]) -> SLOClasses:

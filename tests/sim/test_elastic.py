@@ -4,6 +4,7 @@ over links that exist at that moment, and runs are deterministic."""
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 
 import pytest
@@ -90,6 +91,18 @@ def test_scale_out_uses_the_decision_start_up_time(step_mixed: ElasticResult) ->
             assert ready[decision.instance_id] == pytest.approx(
                 decision.time_s + decision.startup_s
             )
+
+
+def test_a_given_start_time_is_executed_while_the_scaler_plans_its_own() -> None:
+    # A live run's measured start-up (longer than the scaler's estimate) replayed.
+    times = dataclasses.replace(TIMES, start_s=7.5)
+    result = elastic(MIXED, times=times).run_elastic(phased_workload(STEP))
+    ready = {t.instance_id: t.time_s for t in result.transitions if t.event == "ready"}
+    outs = [d for d in result.decisions if d.kind == "scale_out"]
+    assert outs
+    for decision in outs:
+        assert decision.startup_s is not None and decision.startup_s < 7.5  # its estimate
+        assert ready[decision.instance_id] == pytest.approx(decision.time_s + 7.5)
 
 
 def test_drained_instances_stop_after_the_stop_time(step_mixed: ElasticResult) -> None:

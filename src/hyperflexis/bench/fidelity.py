@@ -147,6 +147,15 @@ def scaled_profile(source: str | Path, factor: float, target: str | Path) -> Pat
     return Path(target)
 
 
+def write_refit(profile: str | Path, model: ProfiledCostModel, target: str | Path) -> Path:
+    """The refitted model as a profile file (the simulator reads models from those), with the
+    profile's own samples (its error field is then the refit's error on the profiled grid)."""
+    source = read_profile(profile)
+    meta = {"model": source.model, "device": source.device, "dtype": source.dtype}
+    write_profile(target, source.samples, model, {**meta, "refit_on_live_steps": True})
+    return Path(target)
+
+
 @dataclass(frozen=True, slots=True)
 class ClassComparison:
     """One class (or `ALL`) at one rate: (live, simulated) of each figure."""

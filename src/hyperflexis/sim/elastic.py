@@ -242,7 +242,8 @@ class ElasticSimulator(ClusterHooks):
     def _start(self, action: StartInstance, now: float) -> None:
         cluster = self.cluster
         index = cluster.add_instance(cluster.factory.build(action.instance_id, action.role))
-        cluster.schedule(now + action.startup_s, InstanceReady(index))
+        start_s = action.startup_s if self.times.start_s is None else self.times.start_s
+        cluster.schedule(now + start_s, InstanceReady(index))
         self.lifecycle.start(action.instance_id, action.role, now, action.detail)
         self._meter(now)
 

@@ -27,10 +27,16 @@ class ElasticTimes:
     # A drain's deadline after its decision (the server's `--drain-deadline-s`): decodes that
     # would outlive it move to another instance (`cluster.migration`); inf: none moves.
     drain_deadline_s: float = DEFAULT_DRAIN_DEADLINE_S
+    # A new instance's time from the decision to serving, as executed (a live run's measured
+    # start); None: the decision's own estimate (`cluster.scaler.startup`), which the scaler
+    # plans with either way.
+    start_s: float | None = None
 
     def __post_init__(self) -> None:
         if not self.control_interval_s > 0:
             raise ValueError("invalid elastic field 'control_interval_s': must be > 0")
+        if self.start_s is not None and not self.start_s >= 0:
+            raise ValueError("invalid elastic field 'start_s': must be >= 0")
         for name in ("role_switch_s", "stop_s", "give_up_after_s", "drain_deadline_s"):
             if not getattr(self, name) >= 0:
                 raise ValueError(f"invalid elastic field {name!r}: must be >= 0")

@@ -43,6 +43,9 @@ class ScalingSetup:
     init_s: float = 3.0  # a new instance's start-up work besides loading weights
     # A drain's decodes that would outlive this (after the decision) migrate; inf: none does.
     drain_deadline_s: float = DEFAULT_DRAIN_DEADLINE_S
+    # A new instance's decision to serving as executed (a live run's measured start); None:
+    # the scaler's own estimate (weights + `init_s`), which it plans with either way.
+    start_s: float | None = None
     scaler_config: Any = None  # the scaler's settings dataclass; None: its defaults
 
     def __post_init__(self) -> None:
@@ -66,12 +69,14 @@ class ScalingSetup:
             "stop_s": self.stop_s,
             "init_s": self.init_s,
             "drain_deadline_s": self.drain_deadline_s,
+            "start_s": self.start_s,
         }
 
     def times(self) -> ElasticTimes:
+        """The transition times the simulator executes."""
         return ElasticTimes(
             self.control_interval_s, self.role_switch_s, self.stop_s,
-            drain_deadline_s=self.drain_deadline_s,
+            drain_deadline_s=self.drain_deadline_s, start_s=self.start_s,
         )  # fmt: skip
 
 
