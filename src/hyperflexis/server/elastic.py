@@ -178,6 +178,16 @@ class LiveScaler:
             deadline_s = self.drain_deadline_s if drain_deadline_s is None else drain_deadline_s
             self._drain(action, decision.reason, now, now + deadline_s)
 
+    def startup_predictions(self) -> dict[str, dict[str, Any]]:
+        """The scaler's start-up prediction per weight source and its basis, for
+        /debug/scaling: the spec's until a start from that source was measured."""
+        predictions = {}
+        sources: tuple[WeightSource, ...] = ("disk", "peer")
+        for source in sources:
+            startup_s, basis = self._startup.startup_s(source)
+            predictions[source] = {"startup_s": round(startup_s, 4), "basis": basis}
+        return predictions
+
     def state_of(self, instance_id: str) -> str | None:
         """starting, active, draining, flipping (drained, switching its role) or stopped."""
         life = self.lifecycle.lives.get(instance_id)
