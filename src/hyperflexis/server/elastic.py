@@ -181,7 +181,7 @@ class LiveScaler:
     def startup_predictions(self) -> dict[str, dict[str, Any]]:
         """The scaler's start-up prediction per weight source and its basis, for
         /debug/scaling: the spec's until a start from that source was measured."""
-        predictions = {}
+        predictions: dict[str, dict[str, Any]] = {}
         sources: tuple[WeightSource, ...] = ("disk", "peer")
         for source in sources:
             startup_s, basis = self._startup.startup_s(source)
