@@ -20,9 +20,8 @@ its `PoolPlan`), then the actions are chosen, cheapest first:
 Hysteresis against flapping: a pool that grew (scale-out or a switch into it) does not shrink
 (scale-in or a switch out of it) until the grown instance has served for a cooldown
 (`cooldown.Cooldown`: counted from when it serves, not from the decision, so a slow start does
-not eat it). Growth is never held back: starting
-instances already count towards the pool, so it cannot repeat itself, and missing SLOs costs more
-than an instance.
+not eat it). Growth is never held back: starting instances already count towards the pool, so
+it cannot repeat itself, and missing SLOs costs more than an instance.
 """
 
 from __future__ import annotations
