@@ -139,6 +139,15 @@ def test_scale_out_and_in_lose_nothing_and_change_no_output(server: LiveServer) 
         ("instance-0", "drain"),
         ("instance-0", "stop"),
     ]
+    # Its start, decision to serving, is what the scaler now predicts for starts from a peer.
+    ready = next(e for e in _events(server) if e["event"] == "ready")
+    assert ready["startup_s"] > 0 and "after the decision" in ready["detail"]
+    startup = httpx.get(f"{server.url}/debug/scaling", headers=AUTH, timeout=10).json()["startup"]
+    assert startup["peer"] == {
+        "startup_s": ready["startup_s"],
+        "basis": "measured: 1 start from peer",
+    }
+    assert startup["disk"]["basis"] == "spec"
     rows_left = wait_idle(server)  # every KV block free
     assert [r["instance_id"] for r in rows_left] == ["instance-1"]
     assert "scaling: instance instance-0 stop" in server.stderr()

@@ -91,6 +91,15 @@ def test_scale_out_uses_the_decision_start_up_time(step_mixed: ElasticResult) ->
             assert ready[decision.instance_id] == pytest.approx(
                 decision.time_s + decision.startup_s
             )
+    # Each modelled start is reported to the scaler, which plans later ones with it: the same
+    # figure to the bit, now labelled measured.
+    outs = [d for d in step_mixed.decisions if d.kind == "scale_out"]
+    assert len({d.startup_s for d in outs}) == 1
+    first_ready_s = min(ready[d.instance_id] for d in outs)
+    for decision in outs:
+        measured = decision.time_s > first_ready_s
+        assert ("(measured: " in decision.reason) == measured, decision.reason
+    assert any(d.time_s > first_ready_s for d in outs)
 
 
 def test_a_given_start_time_is_executed_while_the_scaler_plans_its_own() -> None:

@@ -15,7 +15,7 @@ from hyperflexis.cluster.scaler import (
     ScalingDecision,
     StartupModel,
 )
-from hyperflexis.cluster.scaler.decision import DrainTarget
+from hyperflexis.cluster.scaler.decision import DrainTarget, WeightSource
 from hyperflexis.cluster.snapshot import LoadSnapshot
 from hyperflexis.scheduler.config import Role
 
@@ -28,6 +28,7 @@ class StartInstance:
     role: Role
     startup_s: float
     detail: str  # where its weights come from, and the start-up time
+    weight_source: WeightSource = "disk"  # what the start-up time was predicted for
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,14 +55,14 @@ def check_decision(
         if decision.role not in pools:
             raise RuntimeError(f"scaler {scaler_name!r} started a {decision.role} instance")
         startup_s = decision.startup_s
-        source = decision.weight_source or "disk"
+        source: WeightSource = decision.weight_source or "disk"
         if source == "peer" and not lifecycle.is_live(decision.peer_id):
             source, startup_s = "disk", None  # the peer left before the copy could start
         if startup_s is None:
-            startup_s = startup.weight_load_s(source) + startup.init_s
+            startup_s = startup.startup_s(source)[0]
         peer = f" {decision.peer_id}" if source == "peer" else ""
         detail = f"weights from {source}{peer}, {startup_s:.2f} s"
-        return StartInstance(instance_id, decision.role, startup_s, detail)
+        return StartInstance(instance_id, decision.role, startup_s, detail, source)
     life = lifecycle.lives.get(instance_id)
     if life is None or life.state != "active":
         raise RuntimeError(

@@ -182,7 +182,8 @@ def create_app(core: ServingCore, elastic: LiveScaler | None = None) -> FastAPI:
         if elastic is None:
             return {"events": [], "num_migrations": 0}
         migrations = core.handoff.controller.num_migrations
-        return {"events": elastic.events, "num_migrations": migrations}
+        startup = elastic.startup_predictions()
+        return {"events": elastic.events, "num_migrations": migrations, "startup": startup}
 
     @app.get("/debug/stats")
     async def debug_stats(request: Request) -> dict[str, Any]:

@@ -7,7 +7,8 @@ same scaler object `simulate --scaler` uses, checks each decision against the in
 - **scale out**: a new instance process starts under the decision's id (`InstancePool.add`;
   weights from a live peer with `--peer-weights`, else from disk). It takes no traffic until its
   `InstanceReady` arrives (`on_ready`): only then is it active in the lifecycle and up in the
-  controller.
+  controller. Its time from decision to serving goes to the scaler's start-up model
+  (`Scaler.observe_startup`), so the next scale-out is planned with what starts take here.
 - **scale in**: the instance drains: its snapshots say `draining`, so the dispatcher sends it
   nothing new. Its requests finish where they are, but those that would outlive the drain's
   deadline (`--drain-deadline-s` after the decision) move, KV and all, to another instance that
@@ -54,7 +55,8 @@ from hyperflexis.cluster.lifecycle_decisions import (
 )
 from hyperflexis.cluster.links import LinkPolicy, LinkTable
 from hyperflexis.cluster.migration import DEFAULT_DRAIN_DEADLINE_S
-from hyperflexis.cluster.scaler import PoolLimits, Scaler, ScalingDecision, StartupModel
+from hyperflexis.cluster.scaler import PoolLimits, Scaler, ScalingDecision
+from hyperflexis.cluster.scaler.decision import WeightSource
 from hyperflexis.cluster.snapshot import LoadSnapshot
 from hyperflexis.core.slo import SLO
 from hyperflexis.scheduler.config import Role
@@ -111,8 +113,7 @@ class LiveScaler:
             stop_s=0.0,
             minimums={role: limits.min_instances for role, limits in pools.items()},
         )
-        context = scaler.context
-        self._startup = StartupModel(context.hardware, context.model, context.init_s)
+        self._startup = scaler.startup  # the scaler's model: it learns each start's time
         self.events: list[dict[str, Any]] = []  # every scaling event, for /debug/scaling
         self.drains: dict[str, _Drain] = {}  # draining or flipping instances
         self.flip_s: dict[str, float] = {}  # each instance's latest flip, decision to serving
@@ -185,6 +186,16 @@ class LiveScaler:
         else:
             deadline_s = self.drain_deadline_s if drain_deadline_s is None else drain_deadline_s
             self._drain(action, decision.reason, now, now + deadline_s, switch_hang_s)
+
+    def startup_predictions(self) -> dict[str, dict[str, Any]]:
+        """The scaler's start-up prediction per weight source and its basis, for
+        /debug/scaling: the spec's until a start from that source was measured."""
+        predictions: dict[str, dict[str, Any]] = {}
+        sources: tuple[WeightSource, ...] = ("disk", "peer")
+        for source in sources:
+            startup_s, basis = self._startup.startup_s(source)
+            predictions[source] = {"startup_s": round(startup_s, 4), "basis": basis}
+        return predictions
 
     def state_of(self, instance_id: str) -> str | None:
         """starting, active, draining, flipping (drained, switching its role) or stopped."""
@@ -280,7 +291,7 @@ class LiveScaler:
         life = self.lifecycle.lives.get(handle.instance_id)
         if life is None or life.state != "starting":
             return  # a replacement of a failed instance: the supervisor's
-        self.scale_out_starts.pop(handle.instance_id, None)
+        decided_s = self.scale_out_starts.pop(handle.instance_id, None)
         now = self.now()
         self.lifecycle.ready(handle.instance_id, now)
         drain = self.drains.pop(handle.instance_id, None)
@@ -295,7 +306,13 @@ class LiveScaler:
             self._event(now, handle.instance_id, "flipped", detail, flip_s=round(flip_s, 4))
             return
         start = "" if handle.ready is None else f" ({handle.ready.start_info()})"
-        self._event(now, handle.instance_id, "ready", f"takes traffic{start}")
+        if decided_s is None:
+            self._event(now, handle.instance_id, "ready", f"takes traffic{start}")
+            return
+        startup_s = now - decided_s
+        self.scaler.observe_startup(_weight_source(handle.spec.weight_source), startup_s)
+        detail = f"takes traffic {startup_s:.3f} s after the decision{start}"
+        self._event(now, handle.instance_id, "ready", detail, startup_s=round(startup_s, 4))
 
     def _finish_drains(self, now: float) -> None:
         for instance_id, life in list(self.lifecycle.lives.items()):
@@ -345,3 +362,9 @@ class LiveScaler:
     def scripted(self, body: Any, now: float) -> Scripted:
         """`POST /debug/scale`'s body as a decision (`server.scripted`); malformed: a 400."""
         return scripted_decision(body, now, self.lifecycle, self.pools)
+
+
+def _weight_source(source: str) -> WeightSource:
+    """The scaler's name for an instance's weight source (`transfer.weights`): any copy from
+    peers (`peer`, `peer-dist`) is `peer`; fallbacks to disk count in its time."""
+    return "disk" if source == "disk" else "peer"

@@ -159,7 +159,8 @@ def _live_scaler(
 ) -> LiveScaler | None:
     """`--scaler`'s control loop, or None. The scaler sizes capacity with the server's
     profiled step cost model scaled by the instances' measured correction (the dispatcher's
-    `SharedCorrection`); the hardware and model specs only feed its start-up estimates."""
+    `SharedCorrection`); the hardware and model specs only feed its start-up estimates until
+    the first scale-out's start is measured (`LiveScaler.on_ready`)."""
     from hyperflexis.cluster.scaler import PoolLimits, ScalerContext, make_scaler
     from hyperflexis.server.elastic import LiveScaler
 
@@ -172,6 +173,7 @@ def _live_scaler(
         cost_model,
         scheduler_config=config.scheduler,
         kv_cache_tokens=first.num_blocks * first.block_size,
+        peer_weights=config.peer_weights,
     )
     limits = PoolLimits(config.min_instances, config.max_instances)
     scaler = make_scaler(config.scaler, context)

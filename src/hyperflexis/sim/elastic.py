@@ -8,7 +8,8 @@ builds the `ClusterView` and checks decisions. This module executes all that wit
 
 - **scale out**: a new instance starts; it serves after the decision's start-up time (weights
   from a live peer device-to-device, else from disk, plus initialisation). When it is ready it is
-  first linked to its P/D partners, and only then takes traffic.
+  first linked to its P/D partners, and only then takes traffic; its modelled start-up is
+  reported to the scaler (`Scaler.observe_startup`), as the live server reports measured ones.
 - **scale in**: the instance drains (its snapshots say `draining`, so the dispatcher sends it
   nothing new) and its requests finish there, or, when their decode would outlive the drain's
   deadline (`drain_deadline_s` after the decision), migrate to another instance with their KV
@@ -76,6 +77,7 @@ class _Tally:
     samples: list[ClusterSample] = field(default_factory=list)  # one per control tick
     decisions: list[ScalingDecision] = field(default_factory=list)
     handoffs: list[Handoff] = field(default_factory=list)
+    starting: dict[str, StartInstance] = field(default_factory=dict)  # scale-outs not ready yet
 
 
 class ElasticSimulator(ClusterHooks):
@@ -245,6 +247,7 @@ class ElasticSimulator(ClusterHooks):
         start_s = action.startup_s if self.times.start_s is None else self.times.start_s
         cluster.schedule(now + start_s, InstanceReady(index))
         self.lifecycle.start(action.instance_id, action.role, now, action.detail)
+        self._tally.starting[action.instance_id] = action
         self._meter(now)
 
     def _drain(self, action: DrainInstance, now: float) -> None:
@@ -309,6 +312,9 @@ class ElasticSimulator(ClusterHooks):
         index = event.instance_index
         inst = self.cluster.instances[index]
         self.lifecycle.ready(inst.instance_id, now)  # linked before it takes traffic
+        start = self._tally.starting.pop(inst.instance_id, None)
+        if start is not None:  # a scale-out, not a flip: its modelled time, to the bit
+            self.scaler.observe_startup(start.weight_source, start.startup_s)
         controller = self.cluster.controller
         holders = [controller.requests[r].prefill_id for r in controller.parked]
         self.cluster.join(index, now)  # a decode instance takes the parked hand-offs

@@ -108,12 +108,13 @@ class Traffic:
 
 @dataclass
 class MiniCluster:
-    """Applies decisions: new instances start for their predicted start-up time, draining ones
-    take `drain_s` and then stop or flip."""
+    """Applies decisions: new instances start for `startup_s` (None: their predicted start-up
+    time), draining ones take `drain_s` and then stop or flip."""
 
     instances: dict[str, InstanceView]
     pools: dict[str, tuple[int, int]]
     drain_s: float = 5.0
+    startup_s: float | None = None
     ready_at: dict[str, float] = field(default_factory=dict)
     log: list[ScalingDecision] = field(default_factory=list)
 
@@ -156,7 +157,7 @@ class MiniCluster:
                 self.instances[d.instance_id] = InstanceView(
                     d.instance_id, d.role, "starting", MODEL
                 )
-                self.ready_at[d.instance_id] = now + d.startup_s
+                self.ready_at[d.instance_id] = now + (self.startup_s or d.startup_s)
             else:
                 target = "stop" if d.kind == "scale_in" else "flip"
                 instance = self.instances[d.instance_id]

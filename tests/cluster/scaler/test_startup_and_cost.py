@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import pytest
 
-from hyperflexis.cluster.scaler import CostMeter, InstanceView, StartupModel
+from hyperflexis.cluster.scaler import CostMeter, InstanceView, Scaler, StartupModel
 from hyperflexis.perf import hardware_spec, model_spec
 from tests.cluster.scaler.helpers import MODEL, STANDARD, Traffic, scaler, snapshot, view
 
 
-def _scale_out_with(instances: list[InstanceView]):  # type: ignore[no-untyped-def]
-    s = scaler()
+def _scale_out_with(instances: list[InstanceView], s: Scaler | None = None):  # type: ignore[no-untyped-def]
+    s = s or scaler()
     traffic = Traffic(s)
     for now in (0.0, 10.0, 20.0):
         # 120 req/s fill ~4.1 instances: a 4th is needed even planned at the budget's floor.
@@ -53,6 +53,41 @@ def test_startup_model_needs_a_live_instance_of_the_same_model() -> None:
     plan = startup.plan([])
     assert plan.startup_s == pytest.approx(plan.weight_load_s + 2.0)
     assert plan.weight_load_s == pytest.approx(model_spec(MODEL).weight_bytes / 3e9)
+
+
+def test_measured_starts_replace_the_spec_by_weight_source() -> None:
+    startup = StartupModel(hardware_spec("h100"), model_spec(MODEL), init_s=3.0)
+    spec_disk, basis = startup.startup_s("disk")
+    assert basis == "spec" and spec_disk == pytest.approx(startup.weight_load_s("disk") + 3.0)
+    startup.record("disk", 12.0)  # live on a CPU host: the process and its imports
+    assert startup.startup_s("disk") == (12.0, "measured: 1 start from disk")
+    assert startup.startup_s("peer")[1] == "spec"  # another source is still the spec's
+    for seconds in (9.0, 40.0, 11.0, 13.0):  # one start slowed by a loaded machine
+        startup.record("disk", seconds)
+    assert startup.startup_s("disk") == (12.0, "measured: median of the last 5 starts from disk")
+    for seconds in (20.0, 21.0, 22.0):  # conditions changed: the oldest starts drop out
+        startup.record("disk", seconds)
+    assert startup.startup_s("disk")[0] == 20.0  # of 11, 13, 20, 21, 22
+    plan = startup.plan([])
+    assert plan.startup_s == 20.0 and plan.weight_load_s == startup.weight_load_s("disk")
+    with pytest.raises(ValueError, match="startup_s"):
+        startup.record("disk", -1.0)
+
+
+def test_a_scale_out_plans_with_the_measured_start_and_says_so() -> None:
+    s = scaler()
+    s.observe_startup("disk", 14.5)
+    decision = _scale_out_with([InstanceView("new", "mixed", "starting", MODEL)], s)
+    assert decision.startup_s == 14.5
+    assert "serving in 14.50 s (measured: 1 start from disk)" in decision.reason
+    # The look-ahead is one measured start-up and an interval.
+    assert "forecast 24.5 s ahead" in decision.reason
+
+
+def test_without_peer_copies_every_start_is_from_disk() -> None:
+    startup = StartupModel(hardware_spec("h100"), model_spec(MODEL), peer_copy=False)
+    plan = startup.plan([InstanceView("a", "mixed", "active", MODEL)])
+    assert plan.weight_source == "disk" and plan.peer_id is None
 
 
 def test_cost_meter_integrates_instance_seconds_by_state() -> None:

@@ -49,13 +49,15 @@ class ActionBuilder:
         plan = self.startup.plan(view.instances)
         added, removed = _change(links, instance_id, None, role)
         source = plan.weight_source + (f" {plan.peer_id}" if plan.peer_id else "")
+        if plan.basis == "spec":
+            source += f" in {plan.weight_load_s:.2f} s"
         return ScalingDecision(
             kind="scale_out",
             role=role,
             instance_id=instance_id,
             time_s=now,
-            reason=f"{reason}; weights from {source} in {plan.weight_load_s:.2f} s, serving in "
-            f"{plan.startup_s:.2f} s",
+            reason=f"{reason}; weights from {source}, serving in {plan.startup_s:.2f} s "
+            f"({plan.basis})",
             weight_source=plan.weight_source,
             peer_id=plan.peer_id,
             weight_load_s=plan.weight_load_s,

@@ -10,7 +10,7 @@ from typing import Any, ClassVar
 
 from hyperflexis.cluster.dispatcher import DispatchRequest
 from hyperflexis.cluster.scaler.actions import ActionBuilder
-from hyperflexis.cluster.scaler.decision import ClusterView, ScalingDecision
+from hyperflexis.cluster.scaler.decision import ClusterView, ScalingDecision, WeightSource
 from hyperflexis.cluster.scaler.observe import DemandObserver, FinishedRequest
 from hyperflexis.cluster.scaler.startup import StartupModel
 from hyperflexis.cluster.scaler.tracker import TransitionTracker
@@ -37,6 +37,7 @@ class ScalerContext:
     scheduler_config: SchedulerConfig = field(default_factory=SchedulerConfig)  # their limits
     kv_cache_tokens: int | None = None  # KV tokens per instance; None: from the specs
     init_s: float = 3.0  # start-up work besides loading weights (allocator, KV cache, graphs)
+    peer_weights: bool = True  # new instances copy weights from a live peer; False: from disk
 
     @classmethod
     def of(
@@ -66,7 +67,10 @@ class Scaler(ABC):
         self.context = context
         self.observer = DemandObserver(*self._window())
         self.tracker = TransitionTracker()
-        self.actions = ActionBuilder(StartupModel(context.hardware, context.model, context.init_s))
+        self.startup = StartupModel(
+            context.hardware, context.model, context.init_s, peer_copy=context.peer_weights
+        )
+        self.actions = ActionBuilder(self.startup)
 
     def _window(self) -> tuple[float, float]:
         """(window_s, bin_s) of the observer."""
@@ -77,6 +81,11 @@ class Scaler(ABC):
 
     def observe_finish(self, now: float, record: FinishedRequest) -> None:
         self.observer.observe_finish(now, record)
+
+    def observe_startup(self, source: WeightSource, startup_s: float) -> None:
+        """A new instance with weights from `source` served `startup_s` after its decision:
+        from then on the start-up model predicts what such starts measured."""
+        self.startup.record(source, startup_s)
 
     def observe_snapshots(self, now: float, snapshots: Iterable[LoadSnapshot]) -> None:
         self.observer.observe_snapshots(now, snapshots)

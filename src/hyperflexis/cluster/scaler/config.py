@@ -24,7 +24,7 @@ class HyperFlexisScalerConfig:
     calm_headroom: float | None = 0.0
     scale_in_headroom: float = 0.1  # spare kept on a scale-in, above the window's own noise
     scale_in_window_s: float = 20.0  # ... and only after that held for this long
-    cooldown_s: float = 20.0  # a pool that grew does not shrink this soon after
+    cooldown_s: float = 20.0  # a pool that grew does not shrink until its new one served this long
     role_switch: bool = True  # flip prefill <-> decode instances instead of starting new ones
 
     def __post_init__(self) -> None:

@@ -18,9 +18,10 @@ its `PoolPlan`), then the actions are chosen, cheapest first:
    when there is one).
 
 Hysteresis against flapping: a pool that grew (scale-out or a switch into it) does not shrink
-(scale-in or a switch out of it) within a cooldown. Growth is never held back: starting
-instances already count towards the pool, so it cannot repeat itself, and missing SLOs costs more
-than an instance.
+(scale-in or a switch out of it) until the grown instance has served for a cooldown
+(`cooldown.Cooldown`: counted from when it serves, not from the decision, so a slow start does
+not eat it). Growth is never held back: starting instances already count towards the pool, so
+it cannot repeat itself, and missing SLOs costs more than an instance.
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ from hyperflexis.cluster.scaler.base import Scaler, ScalerContext
 from hyperflexis.cluster.scaler.budget import ErrorBudget
 from hyperflexis.cluster.scaler.capacity import CapacityModel
 from hyperflexis.cluster.scaler.config import HyperFlexisScalerConfig
+from hyperflexis.cluster.scaler.cooldown import Cooldown
 from hyperflexis.cluster.scaler.decision import ClusterView, ScalingDecision
 from hyperflexis.cluster.scaler.observe import FinishedRequest, Observation
 from hyperflexis.cluster.scaler.sizing import Outlook, PoolPlan, PoolState, size_pool
@@ -54,7 +56,6 @@ class _Actions:
     suffix: str  # the interval's arithmetic, appended to every reason
     decisions: list[ScalingDecision] = field(default_factory=list)
     acted: set[Role] = field(default_factory=set)  # pools an action changed this interval
-    grew: set[Role] = field(default_factory=set)  # pools that grew (their cooldown restarts)
 
 
 class HyperFlexisScaler(Scaler):
@@ -69,7 +70,7 @@ class HyperFlexisScaler(Scaler):
         self.capacity_model = CapacityModel(
             context.cost_model, context.scheduler_config, context.instance_kv_tokens
         )
-        self._last_grow_s: dict[Role, float] = {}
+        self.cooldown = Cooldown(self.config.cooldown_s)
         self._last_short_s: dict[Role, float] = {}  # last time fewer served than the model needs
         # Per pool, (time, num_to_keep) over the last scale-in window.
         self._to_keep: dict[Role, deque[tuple[float, int]]] = {}
@@ -89,6 +90,7 @@ class HyperFlexisScaler(Scaler):
         config = self.config
         if self._first_decide_s is None:
             self._first_decide_s = now
+        self.cooldown.sync(now, view)
         observation = self.observer.observe(now)
         self.last_observation = observation
         outlook = self._outlook(now, view)
@@ -118,8 +120,7 @@ class HyperFlexisScaler(Scaler):
             self._switch_roles(actions)
         self._scale_in(actions)
         self._scale_out(actions)
-        for role in actions.grew:
-            self._last_grow_s[role] = now
+        self.cooldown.record(now, actions.decisions)
         return actions.decisions
 
     def _outlook(self, now: float, view: ClusterView) -> Outlook:
@@ -185,7 +186,6 @@ class HyperFlexisScaler(Scaler):
                 )
                 num_short[receiver] -= 1
                 actions.acted.update((receiver, donor))
-                actions.grew.add(receiver)
 
     def _scale_in(self, actions: _Actions) -> None:
         """Step 2: pools with more than they kept needing over a scale-in window shrink."""
@@ -225,12 +225,11 @@ class HyperFlexisScaler(Scaler):
                     )
                 )
                 actions.acted.add(role)
-                actions.grew.add(role)
 
     def _cooling(self, role: Role, now: float) -> bool:
-        """Whether `role` grew too recently to shrink."""
-        last = self._last_grow_s.get(role)
-        return last is not None and now - last < self.config.cooldown_s
+        """Whether `role` grew too recently to shrink (its new instance is not serving yet, or
+        has served less than the cooldown)."""
+        return self.cooldown.is_cooling(role, now)
 
 
 def _suffix(observation: Observation, horizon_s: float) -> str:
