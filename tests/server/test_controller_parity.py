@@ -281,12 +281,7 @@ def test_the_simulator_and_the_server_core_get_the_same_effects_in_the_same_orde
     specs = {spec.request_id: spec for spec in load}
     replay = Replay(specs, _initial_snapshots(steps))
     monkeypatch.setattr(core_module.time, "monotonic", lambda: replay.now)
-    for now, event, decisions in steps:
-        replay.publish(decisions)
-        replay.step(now, event)
-    server_effects = _in_sim_ids(replay.core.handoff.effects, replay)
-    sim_named = [e if not isinstance(e, Reject) else Reject("?", e.reason) for e in sim_effects]
-    assert server_effects == sim_named
+    _assert_same_effects(replay, steps, sim_effects)
     # The effects became commands: each hand-off a ResumeRequest carrying P's blocks, each
     # release a ReleaseKV to P.
     handles = replay.pool.handles
@@ -299,6 +294,17 @@ def test_the_simulator_and_the_server_core_get_the_same_effects_in_the_same_orde
     assert all(r.kv is not None and r.kv.block_ids == (0, 1) for r in resumes)
     assert all(r.output_token_ids == [5] and r.num_text_chars_sent == 1 for r in resumes)
     assert replay.core.streams == {}
+
+
+def _assert_same_effects(replay: Replay, steps: list[Step], sim_effects: list[Effect]) -> None:
+    """Replay the simulator's steps through the server's core: the same effects, in order
+    (rejections compared by reason: their ids are the server's)."""
+    for now, event, decisions in steps:
+        replay.publish(decisions)
+        replay.step(now, event)
+    server_effects = _in_sim_ids(replay.core.handoff.effects, replay)
+    sim_named = [e if not isinstance(e, Reject) else Reject("?", e.reason) for e in sim_effects]
+    assert server_effects == sim_named
 
 
 def _initial_snapshots(
@@ -326,12 +332,7 @@ def test_a_drain_that_migrates_gives_the_same_effects_in_the_same_order(
     monkeypatch.setattr(core_module.time, "monotonic", lambda: held[0].now if held else 0.0)
     replay = Replay(specs, _initial_snapshots(steps, ("prefill-0", "decode-0", "decode-1")))
     held.append(replay)
-    for now, event, decisions in steps:
-        replay.publish(decisions)
-        replay.step(now, event)
-    server_effects = _in_sim_ids(replay.core.handoff.effects, replay)
-    sim_named = [e if not isinstance(e, Reject) else Reject("?", e.reason) for e in sim_effects]
-    assert server_effects == sim_named
+    _assert_same_effects(replay, steps, sim_effects)
     # Each MoveOut a MigrateOut to the draining instance, each Migrate a ResumeRequest to the
     # target carrying the draining instance's leased blocks.
     handles = replay.pool.handles
