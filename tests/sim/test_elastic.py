@@ -102,15 +102,21 @@ def test_scale_out_uses_the_decision_start_up_time(step_mixed: ElasticResult) ->
     assert any(d.time_s > first_ready_s for d in outs)
 
 
-def test_a_given_start_time_is_executed_while_the_scaler_plans_its_own() -> None:
-    # A live run's measured start-up (longer than the scaler's estimate) replayed.
+def test_a_given_start_time_is_executed_and_learnt_by_the_scaler() -> None:
+    # A live run's measured start-up (longer than the scaler's estimate) replayed: the scaler
+    # plans with its own estimate until a start has been seen, then with the executed one.
     times = dataclasses.replace(TIMES, start_s=7.5)
     result = elastic(MIXED, times=times).run_elastic(phased_workload(STEP))
     ready = {t.instance_id: t.time_s for t in result.transitions if t.event == "ready"}
     outs = [d for d in result.decisions if d.kind == "scale_out"]
     assert outs
+    first_ready_s = min(ready[d.instance_id] for d in outs)
     for decision in outs:
-        assert decision.startup_s is not None and decision.startup_s < 7.5  # its estimate
+        assert decision.startup_s is not None
+        if decision.time_s > first_ready_s:
+            assert decision.startup_s == pytest.approx(7.5)  # learnt
+        else:
+            assert decision.startup_s < 7.5  # its estimate
         assert ready[decision.instance_id] == pytest.approx(decision.time_s + 7.5)
 
 

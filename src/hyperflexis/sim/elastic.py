@@ -25,6 +25,7 @@ At the end every offered request must have exactly one record (conservation), or
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -247,7 +248,8 @@ class ElasticSimulator(ClusterHooks):
         start_s = action.startup_s if self.times.start_s is None else self.times.start_s
         cluster.schedule(now + start_s, InstanceReady(index))
         self.lifecycle.start(action.instance_id, action.role, now, action.detail)
-        self._tally.starting[action.instance_id] = action
+        # What the scaler learns is the start executed, as the server reports measured ones.
+        self._tally.starting[action.instance_id] = dataclasses.replace(action, startup_s=start_s)
         self._meter(now)
 
     def _drain(self, action: DrainInstance, now: float) -> None:
